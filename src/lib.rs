@@ -1,0 +1,25 @@
+//! stratafs: a union filesystem in userspace that reads and writes the Linux kernel
+//! overlayfs on-disk format.
+//!
+//! The crate is split the way the kernel's `fs/overlayfs` is: [`lookup`] resolves names
+//! across layers, [`readdir`] merges listings, [`attr`] answers metadata, [`file`] serves
+//! data. [`fs::UnionFs`] is the operation API in plain Rust types; [`fuse`] only adapts it
+//! to the FUSE protocol, so everything but the adapter is testable without mounting.
+
+pub mod attr;
+pub mod error;
+pub mod file;
+pub mod fs;
+pub mod fuse;
+pub mod inode;
+pub mod layers;
+pub mod lookup;
+pub mod mount;
+pub mod options;
+pub mod readdir;
+pub mod sys;
+pub mod whiteout;
+
+pub use error::{Error, Result};
+
+pub use options::Config;

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("stratafs: not yet functional");
+    std::process::exit(1);
+}

@@ -1,0 +1,250 @@
+//! Every raw libc call and `unsafe` block of the crate, as small safe wrappers that return
+//! `io::Result`. Callers outside this module never see a raw pointer.
+//!
+//! Conventions: every path argument is a single name or a relative path *below a directory
+//! fd*; every open adds `O_CLOEXEC | O_NOFOLLOW`, every stat/xattr/chown uses
+//! `AT_SYMLINK_NOFOLLOW`, so nothing here ever follows a symlink that lives in a branch.
+
+pub mod dirent;
+pub mod xattr;
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+pub use dirent::{read_dir, RawDirent};
+
+/// The `struct stat` we pass around; a plain copy of the kernel's answer.
+pub type Stat = libc::stat;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// A name as a C string. Names containing NUL cannot exist on Linux.
+pub fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Opens a host path given by the administrator (a branch root or the mount point).
+/// This is the only open that may follow symlinks: the kernel overlayfs resolves its
+/// `lowerdir=` paths the same way.
+pub fn open_host_dir(path: &Path) -> io::Result<OwnedFd> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: c is a valid NUL-terminated string; the returned fd is owned by us.
+    let fd = cvt(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fd was just returned by open and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: name is NUL-terminated; dir is a live fd for the duration of the call.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: fresh fd from openat.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An `O_PATH` handle on a directory below `dir`; fails with ENOTDIR on anything else,
+/// and with ELOOP on a symlink.
+pub fn open_dir_path(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+/// Reopens an `O_PATH` fd with real access flags through its /proc magic link. The link
+/// names the object itself, so no name is resolved and no symlink in a branch is followed.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: path is NUL-terminated.
+    let nfd = cvt(unsafe { libc::open(path.as_ptr(), (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW & !libc::O_CREAT) })?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(nfd) })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dir` itself.
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+    let mut st = std::mem::MaybeUninit::<Stat>::zeroed();
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: st points to writable memory of the right size; name is NUL-terminated.
+    cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) })?;
+    // SAFETY: fstatat succeeded and filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat` on any fd, `O_PATH` included.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    fstatat(fd, c"")
+}
+
+/// `readlinkat(dir, name)`; an empty name reads the symlink an `O_PATH` fd refers to.
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: buf is writable for buf.len() bytes.
+    let n = cvt_size(unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// `pread` into a fresh buffer of at most `size` bytes.
+pub fn pread(fd: BorrowedFd<'_>, size: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size];
+    let mut done = 0;
+    while done < size {
+        // SAFETY: the slice buf[done..] is writable for size - done bytes.
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                buf[done..].as_mut_ptr().cast(),
+                size - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// `pwrite` of the whole buffer (short writes are retried).
+pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: data[done..] is readable.
+        let n = unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            if done > 0 {
+                return Ok(done);
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    Ok(done)
+}
+
+/// `lseek(fd, offset, whence)`.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: plain syscall on a live fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as i64)
+    }
+}
+
+/// `fstatvfs` on any fd.
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: st is writable; fd is live.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: filled by a successful fstatvfs.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit (and the hard one as far as we may).
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let want = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(lim.rlim_max);
+    let raised = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want.max(lim.rlim_max),
+    };
+    // SAFETY: valid pointer; failure (no CAP_SYS_RESOURCE) is handled below.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// The raw number of a borrowed fd, for log lines only.
+pub fn raw(fd: BorrowedFd<'_>) -> RawFd {
+    fd.as_raw_fd()
+}
+
+/// The process's umask, read without changing it (from /proc, then by a set-and-restore).
+pub fn current_umask() -> u32 {
+    if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
+        for line in s.lines() {
+            if let Some(v) = line.strip_prefix("Umask:") {
+                if let Ok(m) = u32::from_str_radix(v.trim(), 8) {
+                    return m;
+                }
+            }
+        }
+    }
+    0o022
+}
