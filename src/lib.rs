@@ -7,6 +7,7 @@
 //! to the FUSE protocol, so everything but the adapter is testable without mounting.
 
 pub mod attr;
+pub mod daemon;
 pub mod error;
 pub mod file;
 pub mod fs;

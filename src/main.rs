@@ -1,44 +1,58 @@
-//! The `stratafs` command: parse, validate, mount, serve, exit code.
+//! The `stratafs` command: parse, validate, daemonize, mount, serve, exit code.
 
 use std::process::ExitCode;
 
+use stratafs::daemon::{self, Notifier, Role};
 use stratafs::options::{self, Command};
 
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("stratafs: {msg}");
+    ExitCode::from(1)
+}
+
 fn main() -> ExitCode {
-    let cmd = match options::parse_args(std::env::args_os()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("stratafs: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let cfg = match cmd {
-        Command::Help => {
-            println!("usage: stratafs [SOURCE] MOUNTPOINT -o lowerdir=L1:L2…[,upperdir=U,workdir=W][,OPTIONS] [-f] [-d]");
+    let mut cfg = match options::parse_args(std::env::args_os()) {
+        Ok(Command::Mount(cfg)) => cfg,
+        Ok(Command::Help) => {
+            print!("{}", options::help_text());
             return ExitCode::SUCCESS;
         }
-        Command::Version => {
+        Ok(Command::Version) => {
             println!("stratafs {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Command::Mount(cfg) => cfg,
+        Err(e) => return fail(e),
     };
-    let mut log =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if cfg.debug {
-            "debug"
-        } else {
-            "error"
-        }));
-    log.init();
     if let Err(e) = cfg.validate() {
-        eprintln!("stratafs: {e}");
-        return ExitCode::from(1);
+        return fail(e);
     }
-    match stratafs::mount::run(&cfg, || {}) {
+    if let Err(e) = daemon::init_logging(&cfg) {
+        return fail(e);
+    }
+    if let Err(e) = cfg.prepare() {
+        return fail(e);
+    }
+    // Fork now, while the process has one thread; fuser starts its threads in the child.
+    let mut notifier = if cfg.foreground {
+        Notifier::none()
+    } else {
+        match daemon::detach() {
+            Ok(Role::Daemon(n)) => n,
+            Ok(Role::Exit(code)) => return ExitCode::from(code),
+            Err(e) => return fail(format!("starting the daemon: {e}")),
+        }
+    };
+    match stratafs::mount::run(&cfg, || notifier.ready()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("stratafs: {e}");
-            ExitCode::from(1)
+            if !cfg.foreground {
+                log::error!("{e}");
+            }
+            if notifier.fail(&e.to_string()) {
+                ExitCode::from(1)
+            } else {
+                fail(e)
+            }
         }
     }
 }

@@ -30,10 +30,7 @@ pub fn fuser_config(cfg: &Config) -> fuser::Config {
         (cfg.nosuid, MountOption::NoSuid),
         (cfg.noexec, MountOption::NoExec),
         (cfg.noatime, MountOption::NoAtime),
-        (
-            cfg.auto_unmount && (cfg.allow_other || cfg.allow_root),
-            MountOption::AutoUnmount,
-        ),
+        (cfg.auto_unmount, MountOption::AutoUnmount),
     ] {
         if on {
             opts.push(opt);
@@ -43,7 +40,9 @@ pub fn fuser_config(cfg: &Config) -> fuser::Config {
     c.mount_options = opts;
     c.acl = if cfg.allow_other {
         SessionACL::All
-    } else if cfg.allow_root {
+    } else if cfg.allow_root || cfg.auto_unmount {
+        // fusermount3's auto_unmount wants more than owner-only access (fuser checks it);
+        // root may access the mount anyway.
         SessionACL::RootAndOwner
     } else {
         SessionACL::Owner
@@ -93,7 +92,13 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     let fcfg = fuser_config(cfg);
     // Mount ourselves so /proc/mounts says `fuse.stratafs` (fuser's own mount always says
     // `fuse`); without the privilege for mount(2), fusermount3 does it and sets the subtype.
-    let (session, own_mount) = match sys::fuse_mount(&cfg.mountpoint, &mount_args(cfg)) {
+    // auto_unmount is fusermount3's: it keeps a process that unmounts when we die.
+    let direct = if cfg.auto_unmount {
+        Err(std::io::Error::from_raw_os_error(libc::EPERM))
+    } else {
+        sys::fuse_mount(&cfg.mountpoint, &mount_args(cfg))
+    };
+    let (session, own_mount) = match direct {
         Ok(fd) => {
             let acl = fcfg.acl;
             let s = Session::from_fd(adapter, fd, acl, fcfg).map_err(|e| {
@@ -129,8 +134,12 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         })
         .map_err(|e| Error::io(e, "signal thread"))?;
     for i in &cfg.ignored {
-        info!("option {i} accepted and ignored");
+        warn!("option {i} accepted and ignored");
     }
+    info!(
+        "mounted {} on {} (lower {:?}, upper {:?}, work {:?})",
+        cfg.fsname, mnt, cfg.lowerdirs, cfg.upperdir, cfg.workdir
+    );
     ready();
     session
         .run()

@@ -1,9 +1,31 @@
 //! Every accepted command-line and `-o` option syntax, turned into one validated [`Config`]
 //! (the kernel's `params.c`). Parsing is pure (no filesystem access) so it is unit-tested
-//! in full; [`Config::validate`] then checks the paths once, at startup.
+//! in full; [`Config::validate`] then checks the paths once, at startup, without writing
+//! anything, and [`Config::prepare`] makes the one thing we may create (an automatic
+//! workdir).
+//!
+//! Three branch syntaxes give the same configuration (one writable top branch, then
+//! read-only lowers, highest first):
+//! - kernel overlayfs / fuse-overlayfs: `-o lowerdir=A:B,upperdir=U,workdir=W`;
+//! - unionfs-fuse: `stratafs [-o cow] /u=RW:/a=RO:/b MNT` or `-o dirs=/u=RW:/a:/b`; a branch
+//!   without a mode is read-only, except the first one with `cow`;
+//! - aufs: `-o br=/u=rw:/a=ro:/b` (or `br:/u=rw:…`); `ro`, `rr` and `ro+wh` are read-only;
+//!   a branch without a mode is writable if it is the first, read-only otherwise.
+//!
+//! The positional rule (mount.fuse3 runs `stratafs SOURCE MOUNTPOINT -o OPTS`): with two
+//! positionals and no `lowerdir=`/`br=`/`dirs=`, the first is a unionfs-fuse branch list
+//! when it contains `:` or ends a branch with `=RW`/`=RO`, or when `cow` is given;
+//! otherwise it is the source, shown as the fsname.
+//!
+//! The unionfs and aufs syntaxes have no workdir. Unless `workdir=` is given, stratafs uses
+//! the sibling directory `UPPER.stratafs-work` (created at mount time, mode 0700): a
+//! sibling is on the upper's filesystem yet outside the merged view. When the upper is the
+//! root of its filesystem (a tmpfs, say) there is no such sibling and `workdir=` is
+//! required.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// What the command line asks for.
@@ -21,6 +43,8 @@ pub struct Config {
     pub lowerdirs: Vec<PathBuf>,
     pub upperdir: Option<PathBuf>,
     pub workdir: Option<PathBuf>,
+    /// The workdir was chosen by us (`UPPER.stratafs-work`); [`Config::prepare`] creates it.
+    pub auto_workdir: bool,
     pub mountpoint: PathBuf,
     /// Shown as the source in /proc/mounts: the source argument, `fsname=`, or "stratafs".
     pub fsname: String,
@@ -52,6 +76,203 @@ pub struct Config {
     pub ignored: Vec<String>,
 }
 
+/// One line of `--help`, and one entry of the man page's OPTIONS section.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionDoc {
+    /// The name the man page must mention (`\fBkey` in docs/stratafs.1).
+    pub key: &'static str,
+    pub usage: &'static str,
+    pub help: &'static str,
+}
+
+const fn doc(key: &'static str, usage: &'static str, help: &'static str) -> OptionDoc {
+    OptionDoc { key, usage, help }
+}
+
+/// Every option, in `--help` order. docs/stratafs.1 is checked against this table by a unit
+/// test, both ways, so the two cannot drift.
+pub const OPTIONS: &[OptionDoc] = &[
+    doc(
+        "-o",
+        "-o OPT[,OPT...]",
+        "mount options (below); may be repeated",
+    ),
+    doc(
+        "-f",
+        "-f, --foreground",
+        "stay in the foreground (default: detach once the mount is live)",
+    ),
+    doc(
+        "-d",
+        "-d, --debug",
+        "log every request to stderr; implies -f (RUST_LOG is respected)",
+    ),
+    doc(
+        "--log-file",
+        "--log-file=FILE",
+        "the daemon logs to FILE instead of syslog",
+    ),
+    doc("-h", "-h, --help", "print this help and exit"),
+    doc("-V", "-V, --version", "print the version and exit"),
+    doc(
+        "lowerdir",
+        "lowerdir=DIR[:DIR...]",
+        "read-only branches, highest first; \\: and \\, escape",
+    ),
+    doc(
+        "upperdir",
+        "upperdir=DIR",
+        "the writable upper branch (needs workdir=)",
+    ),
+    doc(
+        "workdir",
+        "workdir=DIR",
+        "scratch dir on the upper's filesystem, outside the upper",
+    ),
+    doc(
+        "dirs",
+        "dirs=DIR[=RW|=RO][:DIR...]",
+        "unionfs-fuse branches, top first (also as SOURCE)",
+    ),
+    doc(
+        "cow",
+        "cow",
+        "unionfs-fuse: the first branch without a mode is the writable one",
+    ),
+    doc(
+        "br",
+        "br=DIR[=rw|=ro|=rr|=ro+wh][:DIR...]",
+        "aufs branches, top first (also br:DIR...)",
+    ),
+    doc("ro", "ro", "read-only mount (also without an upper branch)"),
+    doc(
+        "rw",
+        "rw",
+        "read-write mount (the default with an upper branch)",
+    ),
+    doc(
+        "allow_other",
+        "allow_other",
+        "let every user access the mount",
+    ),
+    doc(
+        "allow_root",
+        "allow_root",
+        "let the owner and root access the mount",
+    ),
+    doc(
+        "default_permissions",
+        "default_permissions",
+        "the kernel checks permissions (always on)",
+    ),
+    doc("nodev", "nodev", "no device files (dev undoes it)"),
+    doc(
+        "nosuid",
+        "nosuid",
+        "ignore set-user/group-id bits (suid undoes it)",
+    ),
+    doc("noexec", "noexec", "no execution (exec undoes it)"),
+    doc(
+        "noatime",
+        "noatime",
+        "no access-time updates (atime undoes it)",
+    ),
+    doc(
+        "fsname",
+        "fsname=NAME",
+        "source shown in /proc/mounts (default: SOURCE or stratafs)",
+    ),
+    doc(
+        "subtype",
+        "subtype=NAME",
+        "filesystem type shown as fuse.NAME (default stratafs)",
+    ),
+    doc(
+        "auto_unmount",
+        "auto_unmount",
+        "unmount if the daemon dies (via fusermount3; implies allow_root)",
+    ),
+    doc(
+        "threads",
+        "threads=N",
+        "serve with N threads, 1 to 1024 (default: one per CPU)",
+    ),
+    doc("max_threads", "max_threads=N", "same as threads=N"),
+    doc(
+        "timeout",
+        "timeout=SECS",
+        "kernel entry/attribute cache lifetime",
+    ),
+    doc(
+        "volatile",
+        "volatile",
+        "never fsync the upper (throw-away containers)",
+    ),
+    doc(
+        "userxattr",
+        "userxattr",
+        "markers in user.overlay.* instead of trusted.overlay.*",
+    ),
+    doc(
+        "debug",
+        "debug",
+        "log every request (without -f: to syslog or --log-file)",
+    ),
+    doc(
+        "context",
+        "context=, fscontext=, defcontext=, rootcontext=",
+        "SELinux labels: accepted, logged, not applied",
+    ),
+    doc(
+        "index",
+        "index=, nfs_export=, xino=, metacopy=, redirect_dir=, uuid=, fsync=, verity=off",
+        "kernel overlayfs tuning: accepted and logged",
+    ),
+    doc(
+        "static_nlink",
+        "static_nlink, noacl, fast_ino=, xattr_permissions=",
+        "fuse-overlayfs tuning: accepted and logged",
+    ),
+    doc(
+        "defaults",
+        "defaults, auto, noauto, user, nofail, _netdev, relatime, sync, x-*, comment=",
+        "mount(8)/fstab options: accepted and ignored",
+    ),
+];
+
+/// Options that would change what the mount shows: refused rather than ignored.
+const REFUSED: &[&str] = &[
+    "uidmapping",
+    "gidmapping",
+    "squash_to_root",
+    "squash_to_uid",
+    "squash_to_gid",
+    "plugins",
+    "datadir+",
+    "lowerdir+",
+];
+
+/// The `--help` text.
+pub fn help_text() -> String {
+    let mut s = String::from(
+        "usage: stratafs [SOURCE] MOUNTPOINT -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPTS]\n\
+         \x20      stratafs [-o cow] /upper=RW:/lower1=RO:/lower2 MOUNTPOINT [-o OPTS]\n\
+         \x20      stratafs MOUNTPOINT -o br=/upper=rw:/lower1=ro[,OPTS]\n\
+         \x20      mount -t fuse.stratafs -o lowerdir=...,upperdir=...,workdir=... stratafs MOUNTPOINT\n\
+         Returns once the mount is live (or failed); the daemon stays until umount.\n\
+         With br=/dirs=/a branch list and no workdir=, the workdir is UPPER.stratafs-work.\n\
+         Unknown options are refused.\n\noptions:\n",
+    );
+    for o in OPTIONS {
+        if o.usage.len() > 34 {
+            s.push_str(&format!("  {}\n  {:34} {}\n", o.usage, "", o.help));
+        } else {
+            s.push_str(&format!("  {:34} {}\n", o.usage, o.help));
+        }
+    }
+    s
+}
+
 /// A malformed command line: one line naming the option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OptionsError(pub String);
@@ -66,9 +287,32 @@ fn bad(msg: impl Into<String>) -> OptionsError {
     OptionsError(msg.into())
 }
 
-/// Splits an `-o` string on unescaped `,` (a `\,` stays in the value, unescaped later).
+/// Splits an `-o` string on unescaped `,` outside double quotes (podman passes
+/// `context="a:b:c1,c2"`). Escapes and quotes stay in the items.
 pub fn split_options(s: &[u8]) -> Vec<Vec<u8>> {
-    split_escaped(s, b',', false)
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < s.len() {
+        let c = s[i];
+        if c == b'\\' && i + 1 < s.len() {
+            cur.extend_from_slice(&s[i..i + 2]);
+            i += 2;
+            continue;
+        }
+        if c == b'"' {
+            quoted = !quoted;
+        }
+        if c == b',' && !quoted {
+            out.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(c);
+        }
+        i += 1;
+    }
+    out.push(cur);
+    out
 }
 
 /// Splits on unescaped `sep`. With `unescape`, `\X` becomes `X` in the output; otherwise
@@ -111,11 +355,121 @@ fn unescape(v: &[u8]) -> PathBuf {
     PathBuf::from(OsString::from_vec(parts.pop().unwrap_or_default()))
 }
 
-impl Config {
+/// Index of the last unescaped `c` in `s`.
+fn last_unescaped(s: &[u8], c: u8) -> Option<usize> {
+    let mut found = None;
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if s[i] == c {
+            found = Some(i);
+        }
+        i += 1;
+    }
+    found
+}
+
+/// A branch's access mode as written (`=RW`, `=ro`, …) or not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Rw,
+    Ro,
+    Unset,
+}
+
+fn parse_mode(m: &[u8]) -> Option<Mode> {
+    match m.to_ascii_lowercase().as_slice() {
+        b"rw" | b"rw+nolwh" => Some(Mode::Rw),
+        b"ro" | b"rr" | b"ro+wh" | b"rr+wh" => Some(Mode::Ro),
+        _ => None,
+    }
+}
+
+/// Which branch syntax a branch list came from, for messages and the default modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Syntax {
+    /// unionfs-fuse `dirs=` or a positional branch list.
+    Unionfs(&'static str),
+    /// aufs `br=` / `br:`.
+    Aufs,
+}
+
+impl Syntax {
+    fn name(self) -> &'static str {
+        match self {
+            Syntax::Unionfs(n) => n,
+            Syntax::Aufs => "option br=",
+        }
+    }
+}
+
+/// `/u=RW:/a=RO:/b` → branches with their written modes.
+fn parse_branches(v: &[u8], what: &str) -> Result<Vec<(PathBuf, Mode)>, OptionsError> {
+    let mut out = Vec::new();
+    for part in split_escaped(v, b':', false) {
+        if part.is_empty() {
+            return Err(bad(format!("{what} has an empty branch")));
+        }
+        let (path, mode) = match last_unescaped(&part, b'=') {
+            Some(i) => {
+                let m = parse_mode(&part[i + 1..]).ok_or_else(|| {
+                    bad(format!(
+                        "{what}: branch {}: unknown mode {} (expected RW or RO; escape a '=' in a path as \\=)",
+                        String::from_utf8_lossy(&part[..i]),
+                        String::from_utf8_lossy(&part[i + 1..])
+                    ))
+                })?;
+                (&part[..i], m)
+            }
+            None => (&part[..], Mode::Unset),
+        };
+        if path.is_empty() {
+            return Err(bad(format!("{what} has an empty branch")));
+        }
+        out.push((unescape(path), mode));
+    }
+    Ok(out)
+}
+
+/// The positional rule: does this first argument read as a unionfs-fuse branch list?
+fn looks_like_branches(s: &[u8]) -> bool {
+    split_escaped(s, b':', false).len() > 1
+        || last_unescaped(s, b'=')
+            .map(|i| parse_mode(&s[i + 1..]).is_some())
+            .unwrap_or(false)
+}
+
+/// The command line while it is being read.
+struct Parser {
+    cfg: Config,
+    lowerdir_given: bool,
+    branches: Option<(Syntax, Vec<(PathBuf, Mode)>)>,
+    cow: bool,
+}
+
+impl Parser {
+    fn set_branches(&mut self, syntax: Syntax, v: &[u8]) -> Result<(), OptionsError> {
+        if let Some((prev, _)) = &self.branches {
+            return Err(bad(format!(
+                "{} conflicts with {}: give the branches once",
+                syntax.name(),
+                prev.name()
+            )));
+        }
+        self.branches = Some((syntax, parse_branches(v, syntax.name())?));
+        Ok(())
+    }
+
     /// Applies one `-o` item (already split on `,`).
     fn apply(&mut self, item: &[u8]) -> Result<(), OptionsError> {
         if item.is_empty() {
             return Ok(()); // podman passes ",,"
+        }
+        if let Some(v) = item.strip_prefix(b"br:") {
+            return self.set_branches(Syntax::Aufs, v);
         }
         let (key, value) = match item.iter().position(|&b| b == b'=') {
             Some(i) => (&item[..i], Some(&item[i + 1..])),
@@ -128,34 +482,47 @@ impl Config {
                 _ => Err(bad(format!("option {key}= needs a value"))),
             }
         };
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        let cfg = &mut self.cfg;
         match key.as_str() {
             "lowerdir" => {
                 let v = need(value)?;
                 let dirs = split_lowerdirs(&v);
                 if dirs.iter().any(|d| d.as_os_str().is_empty()) {
-                    return Err(bad("option lowerdir= has an empty entry"));
+                    return Err(bad(format!(
+                        "option lowerdir={} has an empty entry (data-only layers are not supported)",
+                        text(&v)
+                    )));
                 }
-                self.lowerdirs = dirs;
+                cfg.lowerdirs = dirs;
+                self.lowerdir_given = true;
             }
-            "upperdir" => self.upperdir = Some(unescape(&need(value)?)),
-            "workdir" => self.workdir = Some(unescape(&need(value)?)),
-            "fsname" => self.fsname = String::from_utf8_lossy(&need(value)?).into_owned(),
-            "subtype" => self.subtype = Some(String::from_utf8_lossy(&need(value)?).into_owned()),
-            "ro" => self.read_only = true,
-            "rw" => self.read_only = false,
-            "debug" => self.debug = true,
-            "allow_other" => self.allow_other = true,
-            "allow_root" => self.allow_root = true,
-            "default_permissions" => self.default_permissions = true,
-            "auto_unmount" => self.auto_unmount = true,
-            "nodev" => self.nodev = true,
-            "nosuid" => self.nosuid = true,
-            "noexec" => self.noexec = true,
-            "noatime" => self.noatime = true,
-            "volatile" => self.volatile = true,
-            "userxattr" => self.userxattr = true,
+            "upperdir" => cfg.upperdir = Some(unescape(&need(value)?)),
+            "workdir" => cfg.workdir = Some(unescape(&need(value)?)),
+            "br" => return self.set_branches(Syntax::Aufs, &need(value)?),
+            "dirs" => return self.set_branches(Syntax::Unionfs("option dirs="), &need(value)?),
+            "cow" => self.cow = true,
+            "fsname" => cfg.fsname = text(&need(value)?),
+            "subtype" => cfg.subtype = Some(text(&need(value)?)),
+            "ro" => cfg.read_only = true,
+            "rw" => cfg.read_only = false,
+            "debug" => cfg.debug = true,
+            "allow_other" => cfg.allow_other = true,
+            "allow_root" => cfg.allow_root = true,
+            "default_permissions" => cfg.default_permissions = true,
+            "auto_unmount" => cfg.auto_unmount = true,
+            "nodev" => cfg.nodev = true,
+            "dev" => cfg.nodev = false,
+            "nosuid" => cfg.nosuid = true,
+            "suid" => cfg.nosuid = false,
+            "noexec" => cfg.noexec = true,
+            "exec" => cfg.noexec = false,
+            "noatime" => cfg.noatime = true,
+            "atime" => cfg.noatime = false,
+            "volatile" => cfg.volatile = true,
+            "userxattr" => cfg.userxattr = true,
             "threads" | "max_threads" => {
-                let v = String::from_utf8_lossy(&need(value)?).into_owned();
+                let v = text(&need(value)?);
                 let n: usize = v
                     .parse()
                     .ok()
@@ -165,108 +532,342 @@ impl Config {
                             "option {key}={v}: expected a number from 1 to 1024"
                         ))
                     })?;
-                self.threads = Some(n);
+                cfg.threads = Some(n);
             }
             "timeout" => {
-                let v = String::from_utf8_lossy(&need(value)?).into_owned();
+                let v = text(&need(value)?);
                 let t: f64 = v
                     .parse()
                     .ok()
                     .filter(|t: &f64| t.is_finite() && *t >= 0.0)
                     .ok_or_else(|| bad(format!("option timeout={v}: expected seconds")))?;
-                self.timeout = Some(t);
+                cfg.timeout = Some(t);
             }
-            // Accepted for compatibility with mount(8), the kernel overlayfs and podman; they
-            // do not change what the mount shows.
-            "dev"
-            | "suid"
-            | "exec"
-            | "atime"
-            | "relatime"
-            | "strictatime"
-            | "nodiratime"
-            | "async"
-            | "sync"
-            | "dirsync"
-            | "auto"
-            | "noauto"
-            | "user"
-            | "nouser"
-            | "users"
-            | "_netdev"
-            | "nofail"
-            | "defaults"
-            | "context"
-            | "fscontext"
-            | "defcontext"
-            | "rootcontext"
-            | "index"
-            | "nfs_export"
-            | "xino"
-            | "metacopy"
-            | "redirect_dir"
-            | "uuid"
-            | "fsync"
-            | "noacl"
-            | "x-systemd.automount" => {
-                self.ignored
-                    .push(String::from_utf8_lossy(item).into_owned());
+            "verity" => {
+                let v = text(&need(value)?);
+                if v != "off" {
+                    return Err(bad(format!(
+                        "option verity={v} is not supported (fs-verity digests are not checked)"
+                    )));
+                }
+                cfg.ignored.push(text(item));
             }
-            k if k.starts_with("x-") || k.starts_with("comment=") => {
-                self.ignored.push(k.to_string());
+            k if REFUSED.contains(&k) => {
+                return Err(bad(format!(
+                    "option {k} is not supported (it would change what the mount shows)"
+                )))
             }
+            // Accepted for compatibility with mount(8), the kernel overlayfs, fuse-overlayfs
+            // and podman; they do not change what the mount shows.
+            "relatime" | "strictatime" | "nodiratime" | "diratime" | "lazytime" | "async"
+            | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner"
+            | "group" | "_netdev" | "nofail" | "defaults" | "context" | "fscontext"
+            | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export" | "xino"
+            | "metacopy" | "redirect_dir" | "uuid" | "fsync" | "noacl" | "acl" | "static_nlink"
+            | "fast_ino" | "xattr_permissions" | "large_read" | "big_writes" | "kernel_cache"
+            | "auto_cache" | "noforget" => {
+                cfg.ignored.push(text(item));
+            }
+            k if k.starts_with("x-") || k == "comment" => cfg.ignored.push(text(item)),
             _ => return Err(bad(format!("unknown option {key}"))),
         }
         Ok(())
     }
 
-    /// Checks the paths: each branch exists and is a directory, workdir comes with
-    /// upperdir, the mountpoint is a directory. One line per error, naming option and path.
-    pub fn validate(&self) -> Result<(), OptionsError> {
-        fn is_dir(opt: &str, p: &Path) -> Result<(), OptionsError> {
+    /// Positionals, branch lists and defaults → the configuration.
+    fn finish(mut self, mut positional: Vec<OsString>) -> Result<Config, OptionsError> {
+        let explicit_branches = self.lowerdir_given || self.branches.is_some();
+        match positional.len() {
+            1 => self.cfg.mountpoint = PathBuf::from(positional.remove(0)),
+            2 => {
+                let first = positional.remove(0);
+                self.cfg.mountpoint = PathBuf::from(positional.remove(0));
+                let b = first.as_bytes();
+                if !explicit_branches && (self.cow || looks_like_branches(b)) {
+                    self.set_branches(Syntax::Unionfs("branch list"), b)?;
+                } else if self.cfg.fsname.is_empty() {
+                    self.cfg.fsname = first.to_string_lossy().into_owned();
+                }
+            }
+            0 => return Err(bad(
+                "missing mountpoint (usage: stratafs [SOURCE] MOUNTPOINT -o lowerdir=...; see --help)",
+            )),
+            _ => {
+                return Err(bad(
+                    "too many arguments (usage: stratafs [SOURCE] MOUNTPOINT -o OPTIONS; see --help)",
+                ))
+            }
+        }
+        if self.cfg.mountpoint.as_os_str().is_empty() {
+            return Err(bad("mountpoint: empty path"));
+        }
+        if let Some((syntax, branches)) = self.branches.take() {
+            self.resolve_branches(syntax, branches)?;
+        }
+        let cfg = &mut self.cfg;
+        if cfg.fsname.is_empty() {
+            cfg.fsname = "stratafs".to_string();
+        }
+        if cfg.upperdir.is_none() {
+            cfg.read_only = true;
+        }
+        // Permissions are always checked by the kernel: the daemon runs as root and does
+        // no checks of its own.
+        cfg.default_permissions = true;
+        Ok(self.cfg)
+    }
+
+    /// A unionfs/aufs branch list → one writable top branch and read-only lowers.
+    fn resolve_branches(
+        &mut self,
+        syntax: Syntax,
+        branches: Vec<(PathBuf, Mode)>,
+    ) -> Result<(), OptionsError> {
+        let what = syntax.name();
+        if self.lowerdir_given {
+            return Err(bad(format!(
+                "option lowerdir= conflicts with {what}: give the branches once"
+            )));
+        }
+        if let Some(u) = &self.cfg.upperdir {
+            return Err(bad(format!(
+                "option upperdir={} conflicts with {what}: mark the top branch =RW instead",
+                u.display()
+            )));
+        }
+        let cow = self.cow;
+        let writable: Vec<(usize, PathBuf)> = branches
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, m))| match (syntax, m) {
+                (_, Mode::Rw) => true,
+                (_, Mode::Ro) => false,
+                (Syntax::Unionfs(_), Mode::Unset) => *i == 0 && cow,
+                (Syntax::Aufs, Mode::Unset) => *i == 0,
+            })
+            .map(|(i, (p, _))| (i, p.clone()))
+            .collect();
+        if writable.len() > 1 {
+            let names: Vec<String> = writable
+                .iter()
+                .map(|(_, p)| p.display().to_string())
+                .collect();
+            return Err(bad(format!(
+                "{what}: more than one writable branch ({}); stratafs has one writable top branch",
+                names.join(", ")
+            )));
+        }
+        let mut paths: Vec<PathBuf> = branches.into_iter().map(|(p, _)| p).collect();
+        if let Some((i, p)) = writable.first() {
+            if *i != 0 {
+                return Err(bad(format!(
+                    "{what}: writable branch {} must be the first (top) branch",
+                    p.display()
+                )));
+            }
+            let upper = paths.remove(0);
+            if self.cfg.workdir.is_none() {
+                let name = upper.file_name().ok_or_else(|| {
+                    bad(format!(
+                        "{what}: writable branch {}: cannot place a workdir next to it; give workdir=",
+                        upper.display()
+                    ))
+                })?;
+                let mut w = name.to_os_string();
+                w.push(".stratafs-work");
+                self.cfg.workdir = Some(upper.with_file_name(w));
+                self.cfg.auto_workdir = true;
+            }
+            self.cfg.upperdir = Some(upper);
+        }
+        if paths.is_empty() {
+            return Err(bad(format!("{what}: needs at least one read-only branch")));
+        }
+        self.cfg.lowerdirs = paths;
+        Ok(())
+    }
+}
+
+fn display(p: &Path) -> std::path::Display<'_> {
+    p.display()
+}
+
+/// Is `inner` equal to or below `outer`? (Both canonical.)
+fn within(inner: &Path, outer: &Path) -> bool {
+    inner.starts_with(outer)
+}
+
+/// Unescapes the octal escapes (`\040`) of /proc/self/mountinfo.
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let digits = std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(digits, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+/// Is `path` (canonical) the mount point of a mounted filesystem?
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == path)
+}
+
+impl Config {
+    /// Checks the paths without writing anything, then makes them canonical (the daemon
+    /// changes to `/`): each branch exists and is a directory, workdir comes with upperdir
+    /// on the same filesystem, no branch is inside another, and the mountpoint is a
+    /// directory that is not inside a branch nor already a mount point. One line per
+    /// error, naming the option and the path.
+    pub fn validate(&mut self) -> Result<(), OptionsError> {
+        fn dir(opt: &str, p: &Path) -> Result<(PathBuf, u64), OptionsError> {
             match std::fs::metadata(p) {
-                Ok(m) if m.is_dir() => Ok(()),
-                Ok(_) => Err(bad(format!("{opt} {}: not a directory", p.display()))),
-                Err(e) => Err(bad(format!("{opt} {}: {e}", p.display()))),
+                Ok(m) if m.is_dir() => {
+                    let c = std::fs::canonicalize(p)
+                        .map_err(|e| bad(format!("{opt} {}: {e}", display(p))))?;
+                    Ok((c, m.dev()))
+                }
+                Ok(_) => Err(bad(format!("{opt} {}: not a directory", display(p)))),
+                Err(e) => Err(bad(format!("{opt} {}: {e}", display(p)))),
             }
         }
         if self.lowerdirs.is_empty() {
             return Err(bad("option lowerdir= is missing or empty"));
         }
+        let mut lowers = Vec::new();
         for l in &self.lowerdirs {
-            is_dir("lowerdir", l)?;
+            lowers.push(dir("lowerdir", l)?.0);
         }
-        match (&self.upperdir, &self.workdir) {
+        let (upper, work) = match (&self.upperdir, &self.workdir) {
             (Some(u), Some(w)) => {
-                is_dir("upperdir", u)?;
-                is_dir("workdir", w)?;
-                let du = std::fs::metadata(u).map(|m| std::os::unix::fs::MetadataExt::dev(&m));
-                let dw = std::fs::metadata(w).map(|m| std::os::unix::fs::MetadataExt::dev(&m));
-                if let (Ok(a), Ok(b)) = (du, dw) {
-                    if a != b {
-                        return Err(bad(format!(
-                            "workdir {}: not on the same filesystem as upperdir {}",
-                            w.display(),
-                            u.display()
-                        )));
-                    }
+                let (uc, udev) = dir("upperdir", u)?;
+                let (wc, wdev) = if self.auto_workdir && !w.exists() {
+                    // Created by prepare(): check where it would be.
+                    let parent = w.parent().unwrap_or(Path::new("/"));
+                    let (pc, pdev) = dir("workdir", parent)?;
+                    let name = w.file_name().unwrap_or_default();
+                    (pc.join(name), pdev)
+                } else {
+                    dir("workdir", w)?
+                };
+                if udev != wdev {
+                    let hint = if self.auto_workdir {
+                        " (the upper is the root of its filesystem: give workdir=)"
+                    } else {
+                        ""
+                    };
+                    return Err(bad(format!(
+                        "workdir {}: not on the same filesystem as upperdir {}{hint}",
+                        display(w),
+                        display(u)
+                    )));
                 }
+                (Some(uc), Some(wc))
             }
             (Some(u), None) => {
                 return Err(bad(format!(
                     "upperdir {} given without workdir",
-                    u.display()
+                    display(u)
                 )))
             }
             (None, Some(w)) => {
                 return Err(bad(format!(
                     "workdir {} given without upperdir",
-                    w.display()
+                    display(w)
                 )))
             }
-            (None, None) => {}
+            (None, None) => (None, None),
+        };
+        if let (Some(u), Some(w)) = (&upper, &work) {
+            if within(w, u) {
+                return Err(bad(format!(
+                    "workdir {}: inside upperdir {}",
+                    w.display(),
+                    u.display()
+                )));
+            }
+            if within(u, w) {
+                return Err(bad(format!(
+                    "upperdir {}: inside workdir {}",
+                    u.display(),
+                    w.display()
+                )));
+            }
+            for l in &lowers {
+                if within(u, l) || within(l, u) {
+                    return Err(bad(format!(
+                        "upperdir {}: overlaps lowerdir {}",
+                        u.display(),
+                        l.display()
+                    )));
+                }
+                if within(w, l) {
+                    return Err(bad(format!(
+                        "workdir {}: inside lowerdir {}",
+                        w.display(),
+                        l.display()
+                    )));
+                }
+            }
         }
-        is_dir("mountpoint", &self.mountpoint)?;
+        let (mnt, _) = dir("mountpoint", &self.mountpoint)?;
+        let branches = lowers
+            .iter()
+            .map(|l| ("lowerdir", l))
+            .chain(upper.iter().map(|u| ("upperdir", u)))
+            .chain(work.iter().map(|w| ("workdir", w)));
+        for (opt, b) in branches {
+            if within(&mnt, b) {
+                return Err(bad(format!(
+                    "mountpoint {}: inside {opt} {}",
+                    mnt.display(),
+                    b.display()
+                )));
+            }
+        }
+        if is_mount_point(&mnt) {
+            return Err(bad(format!(
+                "mountpoint {}: busy (already a mount point)",
+                mnt.display()
+            )));
+        }
+        self.lowerdirs = lowers;
+        self.upperdir = upper;
+        self.workdir = work;
+        self.mountpoint = mnt;
+        if let Some(f) = &self.log_file {
+            if let Ok(a) = std::path::absolute(f) {
+                self.log_file = Some(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates what the mount may create before it starts: the automatic workdir.
+    pub fn prepare(&self) -> Result<(), OptionsError> {
+        if let (true, Some(w)) = (self.auto_workdir, &self.workdir) {
+            if !w.is_dir() {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(w)
+                    .map_err(|e| bad(format!("workdir {}: {e}", w.display())))?;
+            }
+        }
         Ok(())
     }
 
@@ -276,73 +877,72 @@ impl Config {
     }
 }
 
-/// Parses `stratafs [SOURCE] MOUNTPOINT [-o OPTS]… [-f] [-d]`.
+/// Parses `stratafs [SOURCE] MOUNTPOINT [-o OPTS]… [-f] [-d]` and the other syntaxes.
 pub fn parse_args<I, S>(args: I) -> Result<Command, OptionsError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut cfg = Config {
-        default_permissions: true,
-        ..Config::default()
+    let mut p = Parser {
+        cfg: Config {
+            default_permissions: true,
+            ..Config::default()
+        },
+        lowerdir_given: false,
+        branches: None,
+        cow: false,
     };
     let mut positional: Vec<OsString> = Vec::new();
     let mut it = args.into_iter().skip(1).map(|a| a.as_ref().to_os_string());
+    let mut only_positional = false;
     while let Some(arg) = it.next() {
         let b = arg.as_bytes();
+        if only_positional {
+            positional.push(arg);
+            continue;
+        }
         match b {
             b"-h" | b"--help" => return Ok(Command::Help),
             b"-V" | b"--version" => return Ok(Command::Version),
-            b"-f" | b"--foreground" => cfg.foreground = true,
+            b"-f" | b"--foreground" => p.cfg.foreground = true,
             b"-d" | b"--debug" => {
-                cfg.debug = true;
-                cfg.foreground = true;
+                p.cfg.debug = true;
+                p.cfg.foreground = true;
             }
+            b"--" => only_positional = true,
             b"-o" => {
                 let v = it.next().ok_or_else(|| bad("option -o needs a value"))?;
                 for item in split_options(v.as_bytes()) {
-                    cfg.apply(&item)?;
+                    p.apply(&item)?;
                 }
             }
             _ if b.starts_with(b"-o") => {
                 for item in split_options(&b[2..]) {
-                    cfg.apply(&item)?;
+                    p.apply(&item)?;
                 }
             }
+            b"--log-file" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| bad("option --log-file needs a file"))?;
+                p.cfg.log_file = Some(PathBuf::from(v));
+            }
             _ if b.starts_with(b"--log-file=") => {
-                cfg.log_file = Some(PathBuf::from(OsStr::from_bytes(&b[11..])));
+                if b.len() == 11 {
+                    return Err(bad("option --log-file= needs a file"));
+                }
+                p.cfg.log_file = Some(PathBuf::from(OsStr::from_bytes(&b[11..])));
             }
             _ if b.starts_with(b"-") && b.len() > 1 => {
-                return Err(bad(format!("unknown argument {}", arg.to_string_lossy())))
+                return Err(bad(format!(
+                    "unknown argument {} (see --help)",
+                    arg.to_string_lossy()
+                )))
             }
             _ => positional.push(arg),
         }
     }
-    match positional.len() {
-        1 => cfg.mountpoint = PathBuf::from(positional.remove(0)),
-        2 => {
-            let source = positional.remove(0);
-            if cfg.fsname.is_empty() {
-                cfg.fsname = source.to_string_lossy().into_owned();
-            }
-            cfg.mountpoint = PathBuf::from(positional.remove(0));
-        }
-        0 => return Err(bad(
-            "missing mountpoint (usage: stratafs -o lowerdir=…[,upperdir=…,workdir=…] MOUNTPOINT)",
-        )),
-        _ => {
-            return Err(bad(
-                "too many arguments (usage: stratafs [SOURCE] MOUNTPOINT -o OPTIONS)",
-            ))
-        }
-    }
-    if cfg.fsname.is_empty() {
-        cfg.fsname = "stratafs".to_string();
-    }
-    if cfg.upperdir.is_none() {
-        cfg.read_only = true;
-    }
-    Ok(Command::Mount(Box::new(cfg)))
+    Ok(Command::Mount(Box::new(p.finish(positional)?)))
 }
 
 #[cfg(test)]
@@ -358,6 +958,18 @@ mod tests {
         }
     }
 
+    fn err(args: &[&str]) -> String {
+        let mut v = vec!["stratafs"];
+        v.extend_from_slice(args);
+        let e = parse_args(v).expect_err("refused").0;
+        assert!(!e.contains('\n'), "one line: {e}");
+        e
+    }
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
     #[test]
     fn kernel_syntax_with_escapes() {
         let c = cfg(&[
@@ -365,25 +977,20 @@ mod tests {
             r"lowerdir=/a\:b:/c\,d:/e,upperdir=/u,workdir=/w",
             "/mnt",
         ]);
-        assert_eq!(
-            c.lowerdirs,
-            vec![
-                PathBuf::from("/a:b"),
-                PathBuf::from("/c,d"),
-                PathBuf::from("/e")
-            ]
-        );
-        assert_eq!(c.upperdir, Some(PathBuf::from("/u")));
-        assert_eq!(c.workdir, Some(PathBuf::from("/w")));
-        assert_eq!(c.mountpoint, PathBuf::from("/mnt"));
+        assert_eq!(c.lowerdirs, vec![p("/a:b"), p("/c,d"), p("/e")]);
+        assert_eq!(c.upperdir, Some(p("/u")));
+        assert_eq!(c.workdir, Some(p("/w")));
+        assert!(!c.auto_workdir);
+        assert_eq!(c.mountpoint, p("/mnt"));
         assert!(!c.read_only);
+        assert!(c.default_permissions);
         assert_eq!(c.fsname, "stratafs");
     }
 
     #[test]
     fn no_upper_means_read_only() {
-        let c = cfg(&["-o", "lowerdir=/a", "/mnt"]);
-        assert!(c.read_only);
+        assert!(cfg(&["-o", "lowerdir=/a", "/mnt"]).read_only);
+        assert!(cfg(&["-o", "lowerdir=/a,upperdir=/u,workdir=/w,ro", "/mnt"]).read_only);
     }
 
     #[test]
@@ -392,15 +999,385 @@ mod tests {
         assert_eq!(c.fsname, "mysrc");
         assert!(c.volatile);
         assert_eq!(c.ignored, vec!["context=x".to_string()]);
+        let c = cfg(&["mysrc", "/mnt", "-o", "lowerdir=/a,fsname=given"]);
+        assert_eq!(c.fsname, "given");
     }
 
     #[test]
-    fn errors_name_the_option() {
-        let e = parse_args(["stratafs", "-o", "lowerdir=/a:,upperdir=/u", "/m"]).unwrap_err();
-        assert!(e.0.contains("lowerdir"), "{e}");
-        let e = parse_args(["stratafs", "-o", "bogus", "/m"]).unwrap_err();
-        assert!(e.0.contains("bogus"), "{e}");
-        let e = parse_args(["stratafs", "-o", "threads=0,lowerdir=/a", "/m"]).unwrap_err();
-        assert!(e.0.contains("threads"), "{e}");
+    fn podman_options() {
+        let c = cfg(&[
+            "-o",
+            r#",lowerdir=/l1:/l2,upperdir=/u,workdir=/w,,volatile,context="system_u:object_r:container_file_t:s0:c1,c2",fsync=0,noatime,nodev,metacopy=on,userxattr"#,
+            "/mnt",
+        ]);
+        assert_eq!(c.lowerdirs, vec![p("/l1"), p("/l2")]);
+        assert!(c.volatile && c.noatime && c.nodev && c.userxattr);
+        assert!(c
+            .ignored
+            .iter()
+            .any(|i| i.starts_with("context=\"system_u")));
+        assert!(c.ignored.contains(&"fsync=0".to_string()));
+    }
+
+    #[test]
+    fn mount_helper_options() {
+        // What mount.fuse3 passes: the user's options plus dev,suid (and ro first).
+        let c = cfg(&[
+            "stratafs",
+            "/mnt",
+            "-o",
+            "ro,noatime,lowerdir=/a,upperdir=/u,workdir=/w,x-systemd.requires=/x,dev,suid",
+        ]);
+        assert!(c.read_only && c.noatime && !c.nodev && !c.nosuid);
+        assert_eq!(c.fsname, "stratafs");
+        let c = cfg(&["src", "/mnt", "-o", "nodev,nosuid,noexec,lowerdir=/a", "-f"]);
+        assert!(c.nodev && c.nosuid && c.noexec && c.foreground);
+    }
+
+    #[test]
+    fn generic_fuse_options() {
+        let c = cfg(&[
+            "-o",
+            "lowerdir=/a,allow_other,allow_root,default_permissions,auto_unmount,fsname=x,subtype=y,max_threads=3,timeout=1.5,debug",
+            "/m",
+            "--log-file=/tmp/l",
+        ]);
+        assert!(c.allow_other && c.allow_root && c.auto_unmount && c.debug && !c.foreground);
+        assert_eq!(c.fsname, "x");
+        assert_eq!(c.subtype.as_deref(), Some("y"));
+        assert_eq!(c.threads, Some(3));
+        assert_eq!(c.timeout, Some(1.5));
+        assert_eq!(c.log_file, Some(p("/tmp/l")));
+        assert_eq!(cfg(&["-olowerdir=/a,threads=2", "/m"]).threads, Some(2));
+        assert!(cfg(&["-d", "-o", "lowerdir=/a", "/m"]).foreground);
+    }
+
+    /// The same mount written in each syntax gives the same branches.
+    #[test]
+    fn three_syntaxes_agree() {
+        let all = [
+            cfg(&[
+                "-o",
+                "lowerdir=/l1:/l2,upperdir=/x/u,workdir=/x/u.stratafs-work",
+                "/m",
+            ]),
+            cfg(&["-o", "cow", "/x/u=RW:/l1=RO:/l2", "/m"]),
+            cfg(&["/x/u=RW:/l1=RO:/l2=ro", "/m"]),
+            cfg(&["-o", "cow", "/x/u:/l1:/l2", "/m"]),
+            cfg(&["/m", "-o", "dirs=/x/u=rw:/l1:/l2"]),
+            cfg(&["/m", "-o", "br=/x/u=rw:/l1=ro:/l2=rr"]),
+            cfg(&["/m", "-o", "br:/x/u:/l1=ro+wh:/l2"]),
+            cfg(&[
+                "/m",
+                "-o",
+                "br=/x/u=rw:/l1=ro:/l2=ro,workdir=/x/u.stratafs-work",
+            ]),
+        ];
+        for c in &all {
+            assert_eq!(c.lowerdirs, vec![p("/l1"), p("/l2")], "{c:?}");
+            assert_eq!(c.upperdir, Some(p("/x/u")), "{c:?}");
+            assert_eq!(c.workdir, Some(p("/x/u.stratafs-work")), "{c:?}");
+            assert_eq!(c.mountpoint, p("/m"));
+            assert!(!c.read_only);
+            assert_eq!(c.fsname, "stratafs");
+        }
+        assert!(all[1].auto_workdir && !all[0].auto_workdir && !all[7].auto_workdir);
+    }
+
+    #[test]
+    fn unionfs_read_only_branches() {
+        // Without cow and without =RW every branch is read-only.
+        let c = cfg(&["/a:/b", "/m"]);
+        assert_eq!(c.lowerdirs, vec![p("/a"), p("/b")]);
+        assert!(c.upperdir.is_none() && c.read_only && c.workdir.is_none());
+        let c = cfg(&["/a=RO", "/m"]);
+        assert_eq!(c.lowerdirs, vec![p("/a")]);
+        // A plain SOURCE is a source, not a branch.
+        let c = cfg(&["/dev/sda1", "/m", "-o", "lowerdir=/l"]);
+        assert_eq!(c.fsname, "/dev/sda1");
+        // With explicit branches a colon in the source is just a name.
+        let c = cfg(&["a:b", "/m", "-o", "lowerdir=/l"]);
+        assert_eq!(c.fsname, "a:b");
+        assert_eq!(c.lowerdirs, vec![p("/l")]);
+        // An escaped '=' belongs to the path.
+        let c = cfg(&[r"/a\=b=RO:/c", "/m"]);
+        assert_eq!(c.lowerdirs, vec![p("/a=b"), p("/c")]);
+    }
+
+    #[test]
+    fn refusals_name_the_option() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["-o", "lowerdir=/a:,upperdir=/u", "/m"], "lowerdir"),
+            (&["-o", "lowerdir=/a::/b", "/m"], "lowerdir"),
+            (&["-o", "lowerdir=", "/m"], "lowerdir"),
+            (&["-o", "lowerdir", "/m"], "lowerdir"),
+            (&["-o", "bogus", "/m"], "bogus"),
+            (&["-o", "threads=0,lowerdir=/a", "/m"], "threads"),
+            (&["-o", "max_threads=lots,lowerdir=/a", "/m"], "max_threads"),
+            (&["-o", "timeout=-1,lowerdir=/a", "/m"], "timeout"),
+            (&["-o", "upperdir=,lowerdir=/a", "/m"], "upperdir"),
+            (&["-o", "fsname=,lowerdir=/a", "/m"], "fsname"),
+            (
+                &["-o", "uidmapping=0:1000:1,lowerdir=/a", "/m"],
+                "uidmapping",
+            ),
+            (&["-o", "verity=require,lowerdir=/a", "/m"], "verity"),
+            (&["-o", "lowerdir=/a"], "mountpoint"),
+            (&["a", "b", "c"], "too many"),
+            (&["-x", "/m"], "-x"),
+            (&["-o"], "-o"),
+            (&["/u=RW:/a=RW", "/m"], "more than one writable"),
+            (&["-o", "cow", "/u:/a=RW", "/m"], "more than one writable"),
+            (&["/m", "-o", "br=/u=rw:/a=rw"], "more than one writable"),
+            (&["/m", "-o", "br=/u:/a=rw"], "more than one writable"),
+            (&["/a=RO:/u=RW", "/m"], "must be the first"),
+            (&["/m", "-o", "dirs=/a:/u=RW"], "must be the first"),
+            (&["/u=RW", "/m"], "at least one read-only"),
+            (&["/m", "-o", "br=/u=rw"], "at least one read-only"),
+            (&["/u=RX:/a", "/m"], "unknown mode"),
+            (&["/u=RW::/a", "/m"], "empty branch"),
+            (&["/m", "-o", "br=/u=rw:/a,dirs=/b"], "conflicts"),
+            (&["/m", "-o", "br=/u=rw:/a,lowerdir=/b"], "conflicts"),
+            (&["/m", "-o", "br=/u=rw:/a,upperdir=/v"], "upperdir"),
+            (&["/m", "-o", "br=/=rw:/a"], "workdir="),
+            (&["-o", "lowerdir=/a", "--log-file="], "--log-file"),
+        ];
+        for (args, word) in cases {
+            let e = err(args);
+            assert!(e.contains(word), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_option_on_one_line() {
+        let h = help_text();
+        for o in OPTIONS {
+            assert!(h.contains(o.usage), "{}", o.usage);
+            assert!(h.contains(o.help), "{}", o.help);
+        }
+        assert!(matches!(parse_args(["s", "--help"]), Ok(Command::Help)));
+        assert!(matches!(parse_args(["s", "-V"]), Ok(Command::Version)));
+    }
+
+    /// docs/stratafs.1 has one `.TP` entry per table row and no other: it cannot drift.
+    #[test]
+    fn man_page_matches_the_option_table() {
+        let man = include_str!("../docs/stratafs.1");
+        let keys: Vec<&str> = OPTIONS.iter().map(|o| o.key).collect();
+        let mut entries = Vec::new();
+        let lines: Vec<&str> = man
+            .lines()
+            .skip_while(|l| *l != ".SH OPTIONS")
+            .skip(1)
+            .take_while(|l| !l.starts_with(".SH"))
+            .collect();
+        for w in lines.windows(2) {
+            if w[0].trim() == ".TP" {
+                let key: String = w[1]
+                    .replace("\\-", "-")
+                    .trim_start_matches("\\fB")
+                    .chars()
+                    .take_while(|c| !matches!(c, '\\' | ' ' | ',' | '='))
+                    .collect();
+                entries.push(key);
+            }
+        }
+        for k in &keys {
+            assert!(
+                entries.iter().any(|e| e == k),
+                "option {k} of OPTIONS is missing from docs/stratafs.1"
+            );
+        }
+        for e in &entries {
+            assert!(
+                keys.contains(&e.as_str()),
+                "docs/stratafs.1 documents {e}, which is not in OPTIONS"
+            );
+        }
+        assert_eq!(entries.len(), keys.len(), "{entries:?}");
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), p(r"/a b\c"));
+        assert_eq!(unescape_mountinfo(r"/x\04"), p(r"/x\04"));
+    }
+
+    /// Temporary directory tree removed on drop.
+    struct Tmp(PathBuf);
+    impl Tmp {
+        fn new(tag: &str) -> Tmp {
+            let d = std::env::temp_dir().join(format!("stratafs-opt-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            for s in ["l1", "l2", "u", "w", "m", "l1/inner"] {
+                std::fs::create_dir_all(d.join(s)).expect("mkdir");
+            }
+            std::fs::write(d.join("file"), b"x").expect("write");
+            Tmp(d)
+        }
+        fn s(&self, sub: &str) -> String {
+            self.0.join(sub).display().to_string()
+        }
+        fn listing(&self) -> Vec<PathBuf> {
+            fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+                if let Ok(rd) = std::fs::read_dir(d) {
+                    for e in rd.flatten() {
+                        out.push(e.path());
+                        walk(&e.path(), out);
+                    }
+                }
+            }
+            let mut v = Vec::new();
+            walk(&self.0, &mut v);
+            v.sort();
+            v
+        }
+    }
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn validated(args: &[String]) -> Result<Config, String> {
+        let mut v = vec!["stratafs".to_string()];
+        v.extend_from_slice(args);
+        let mut c = match parse_args(v).map_err(|e| e.0)? {
+            Command::Mount(c) => *c,
+            _ => return Err("not a mount".into()),
+        };
+        c.validate().map_err(|e| e.0)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn validation_refusals() {
+        let t = Tmp::new("val");
+        let before = t.listing();
+        let o = |s: String| vec!["-o".to_string(), s, t.s("m")];
+        let cases: Vec<(Vec<String>, String)> = vec![
+            (
+                o(format!("lowerdir={}", t.s("nope"))),
+                format!("lowerdir {}", t.s("nope")),
+            ),
+            (
+                o(format!("lowerdir={}", t.s("file"))),
+                "not a directory".into(),
+            ),
+            (
+                o(format!("lowerdir={},upperdir={}", t.s("l1"), t.s("u"))),
+                "without workdir".into(),
+            ),
+            (
+                o(format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    t.s("l1"),
+                    t.s("nope"),
+                    t.s("w")
+                )),
+                format!("upperdir {}", t.s("nope")),
+            ),
+            (
+                o(format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    t.s("l1"),
+                    t.s("l1/inner"),
+                    t.s("w")
+                )),
+                "overlaps lowerdir".into(),
+            ),
+            (
+                o(format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    t.s("l1/inner"),
+                    t.s("l1"),
+                    t.s("w")
+                )),
+                "overlaps lowerdir".into(),
+            ),
+            (
+                o(format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    t.s("l1"),
+                    t.s(""),
+                    t.s("w")
+                )),
+                "inside upperdir".into(),
+            ),
+            (
+                vec![
+                    "-o".into(),
+                    format!("lowerdir={}", t.s("l1")),
+                    t.s("l1/inner"),
+                ],
+                "mountpoint".into(),
+            ),
+            (
+                vec![
+                    "-o".into(),
+                    format!(
+                        "lowerdir={},upperdir={},workdir={}",
+                        t.s("l1"),
+                        t.s("u"),
+                        t.s("w")
+                    ),
+                    t.s("u"),
+                ],
+                "inside upperdir".into(),
+            ),
+            (
+                o(format!("lowerdir={}", t.s("l1")))
+                    .into_iter()
+                    .take(2)
+                    .chain([t.s("nope")])
+                    .collect(),
+                "mountpoint".into(),
+            ),
+            (
+                vec![
+                    "-o".into(),
+                    format!("lowerdir={}", t.s("l1")),
+                    "/proc".into(),
+                ],
+                "busy".into(),
+            ),
+        ];
+        for (args, want) in cases {
+            let e = validated(&args).expect_err("refused");
+            assert!(e.contains(&want), "{args:?}: {e} (wanted {want})");
+            assert!(!e.contains('\n'));
+        }
+        // The upper's filesystem root has no sibling for an automatic workdir.
+        if std::fs::metadata("/dev/shm").map(|m| m.dev()).ok()
+            != std::fs::metadata("/dev").map(|m| m.dev()).ok()
+        {
+            let e =
+                validated(&[format!("/dev/shm=RW:{}", t.s("l1")), t.s("m")]).expect_err("refused");
+            assert!(e.contains("give workdir="), "{e}");
+        }
+        assert_eq!(before, t.listing(), "validation wrote nothing");
+    }
+
+    #[test]
+    fn validation_makes_paths_canonical_and_prepare_makes_the_workdir() {
+        let t = Tmp::new("ok");
+        let c = validated(&[
+            "-o".into(),
+            "cow".into(),
+            format!("{}:{}/../l2=RO", t.s("u"), t.s("l1")),
+            t.s("m"),
+        ])
+        .expect("valid");
+        let root = std::fs::canonicalize(&t.0).expect("canon");
+        assert_eq!(c.upperdir, Some(root.join("u")));
+        assert_eq!(c.lowerdirs, vec![root.join("l2")]);
+        assert_eq!(c.workdir, Some(root.join("u.stratafs-work")));
+        assert!(!root.join("u.stratafs-work").exists());
+        c.prepare().expect("prepare");
+        assert!(root.join("u.stratafs-work").is_dir());
+        // A second time reuses it.
+        let mut again = c.clone();
+        again.validate().expect("still valid");
+        again.prepare().expect("prepare again");
     }
 }
