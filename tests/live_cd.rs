@@ -1,0 +1,270 @@
+//! The live-CD recipe (scripts/live-cd.sh): a squashfs image as the lower, loop-mounted by
+//! the kernel (and, second, through squashfuse), under a tmpfs upper. The merged view must
+//! equal the image's content, and the image must be byte-identical afterwards.
+//!
+//! The write half (create and modify files, visible while mounted, image unchanged) runs
+//! too. Until the write path lands on this branch, a write failing with EROFS (or ENOSYS
+//! for an operation not yet implemented) is tolerated and reported; set
+//! STRATAFS_LIVE_CD_STRICT=1 to make it fail the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stratafs");
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/live-cd.sh");
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
+        .unwrap_or(false)
+}
+
+fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let o = cmd.stdin(Stdio::null()).output().expect("spawn");
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn mounts_under(prefix: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1).map(String::from))
+        .filter(|mp| Path::new(mp).starts_with(prefix))
+        .collect()
+}
+
+/// Live stratafs daemons whose command line mentions `tag`.
+fn daemons(tag: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            let p = e.path();
+            let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
+            let zombie = std::fs::read_to_string(p.join("stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true);
+            let s = String::from_utf8_lossy(&cmd);
+            !zombie && s.split('\0').next().unwrap_or("").ends_with("stratafs") && s.contains(tag)
+        })
+        .count()
+}
+
+/// A work directory; Drop stops the live system and unmounts anything left below it.
+struct Live {
+    root: PathBuf,
+    tag: String,
+}
+
+impl Live {
+    fn new(name: &str) -> Live {
+        let tag = format!("stratafs-live-{name}-{}", std::process::id());
+        let l = Live {
+            root: PathBuf::from("/tmp").join(&tag),
+            tag,
+        };
+        l.cleanup();
+        std::fs::create_dir_all(l.root.join("m")).unwrap();
+        l
+    }
+
+    fn p(&self, s: &str) -> PathBuf {
+        self.root.join(s)
+    }
+
+    fn cleanup(&self) {
+        let _ = Command::new(SCRIPT)
+            .arg("stop")
+            .arg(self.p("m"))
+            .arg(self.p("state"))
+            .stderr(Stdio::null())
+            .status();
+        for mp in mounts_under(&self.root).into_iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(&mp).status();
+        }
+        let end = Instant::now() + Duration::from_secs(5);
+        while daemons(&self.tag) > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn build_tree(src: &Path) {
+    for d in ["etc", "usr/bin", "var/empty", "home/user"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("etc/motd"), "welcome to the live system\n").unwrap();
+    std::fs::write(src.join("etc/hostname"), "live\n").unwrap();
+    std::fs::write(src.join("usr/bin/tool"), "#!/bin/sh\necho tool\n").unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(src.join("usr/big.bin"), big).unwrap();
+    std::os::unix::fs::symlink("../../etc/motd", src.join("usr/bin/motd-link")).unwrap();
+    std::os::unix::fs::symlink("tool", src.join("usr/bin/alias")).unwrap();
+}
+
+/// `find -printf` listing; owners included (the image is built with -all-root).
+fn listing(dir: &Path) -> String {
+    let out = sh(Command::new("find").arg(dir).args([
+        "-mindepth",
+        "1",
+        "-printf",
+        "%P %y %m %U %G %l\n",
+    ]));
+    let mut v: Vec<&str> = out.lines().collect();
+    v.sort();
+    v.join("\n")
+}
+
+fn sha256(file: &Path) -> String {
+    sh(Command::new("sha256sum").arg(file))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Tolerated until the write path lands: EROFS, or ENOSYS for an op not yet implemented.
+fn write_tolerated(what: &str, r: std::io::Result<()>) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e)
+            if std::env::var_os("STRATAFS_LIVE_CD_STRICT").is_none()
+                && matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::ENOSYS)) =>
+        {
+            eprintln!("live-cd write half: {what}: {e} (tolerated until the write path lands)");
+            false
+        }
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+fn live_cd(name: &str, squashfuse: bool) {
+    let live = Live::new(name);
+    let src = live.p("src");
+    build_tree(&src);
+    let image = live.p("live.squashfs");
+    sh(Command::new(SCRIPT).arg("build").arg(&src).arg(&image));
+    // -all-root: compare against the tree as root owns it.
+    sh(Command::new("chown").arg("-R").arg("0:0").arg(&src));
+    let sum = sha256(&image);
+    let m = live.p("m");
+
+    let mut start = Command::new(SCRIPT);
+    start.arg("start").env("STRATAFS", BIN);
+    if squashfuse {
+        start.arg("--squashfuse");
+    }
+    let o = start
+        .arg(&image)
+        .arg(&m)
+        .arg(live.p("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "start: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "start is quiet");
+    let mounted = mounts_under(&live.root);
+    assert!(mounted.iter().any(|mp| Path::new(mp) == m), "{mounted:?}");
+
+    // Reading: the merged view is the image.
+    assert_eq!(listing(&m), listing(&src));
+    sh(Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(&src)
+        .arg(&m));
+
+    // Writing: new and modified files live in the tmpfs upper, visible while mounted.
+    let created = write_tolerated(
+        "create home/user/notes",
+        std::fs::write(m.join("home/user/notes"), "scratch\n"),
+    );
+    if created {
+        assert_eq!(
+            std::fs::read_to_string(m.join("home/user/notes")).unwrap(),
+            "scratch\n"
+        );
+    }
+    let modified = write_tolerated(
+        "modify etc/motd",
+        std::fs::write(m.join("etc/motd"), "changed in RAM\n"),
+    );
+    if modified {
+        assert_eq!(
+            std::fs::read_to_string(m.join("etc/motd")).unwrap(),
+            "changed in RAM\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(live.p("state/ro/etc/motd")).unwrap(),
+            "welcome to the live system\n",
+            "the mounted image is unchanged"
+        );
+    }
+
+    sh(Command::new(SCRIPT)
+        .arg("stop")
+        .arg(&m)
+        .arg(live.p("state")));
+    assert!(
+        mounts_under(&live.root).is_empty(),
+        "stop unmounts everything"
+    );
+    assert_eq!(daemons(&live.tag), 0, "no daemon left after stop");
+    assert!(!live.p("state").exists(), "stop removes the state dir");
+    assert_eq!(sha256(&image), sum, "the image is byte-identical");
+    assert!(!m.join("etc").exists(), "nothing left on the mountpoint");
+}
+
+#[test]
+fn live_cd_kernel_loop_lower_tmpfs_upper() {
+    if !is_root() || !have("mksquashfs") {
+        eprintln!("skipped: needs root and mksquashfs");
+        return;
+    }
+    live_cd("loop", false);
+}
+
+#[test]
+fn live_cd_squashfuse_lower() {
+    if !is_root() || !have("mksquashfs") || !have("squashfuse") {
+        eprintln!("skipped: needs root, mksquashfs and squashfuse");
+        return;
+    }
+    live_cd("squashfuse", true);
+}
