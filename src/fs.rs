@@ -63,6 +63,10 @@ pub struct UnionFs {
     pub(crate) dirs: DashMap<u64, Arc<DirStream>>,
     next_fh: AtomicU64,
     pub read_only: bool,
+    /// `volatile`: skip fsync (throw-away uppers).
+    pub volatile: bool,
+    /// The copy-up staging directory `workdir/work` (writable mounts only).
+    pub(crate) work: Option<Arc<OwnedFd>>,
 }
 
 impl UnionFs {
@@ -76,13 +80,22 @@ impl UnionFs {
             dirs: layers.roots(),
             data: None,
         };
+        let read_only = !cfg.writable();
+        let work = match (&layers.work, read_only) {
+            (Some(w), false) => Some(Arc::new(crate::copy_up::prepare_staging(
+                std::os::fd::AsFd::as_fd(&**w),
+            )?)),
+            _ => None,
+        };
         Ok(UnionFs {
             inodes: InodeTable::new(root),
+            volatile: cfg.volatile,
+            work,
             layers,
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
-            read_only: !cfg.writable(),
+            read_only,
         })
     }
 
@@ -105,9 +118,10 @@ impl UnionFs {
                 .first()
                 .map(|(_, fd)| fd.clone())
                 .ok_or_else(|| Error::new(libc::EIO, "directory without layers"))?;
+            // "." names the directory itself through its own fd.
             return Ok(Real {
                 dir,
-                name: CString::default(),
+                name: CString::from(c"."),
                 loc,
             });
         }

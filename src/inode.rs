@@ -110,6 +110,8 @@ pub struct Node {
     pub kind: Kind,
     refs: Mutex<u64>,
     pub loc: RwLock<Loc>,
+    /// Held while this node is copied up: requests on the same node wait, others don't.
+    pub copy_lock: Mutex<()>,
 }
 
 impl Node {
@@ -139,6 +141,7 @@ impl InodeTable {
                 // The root holds one reference of its own and is never forgotten.
                 refs: Mutex::new(1),
                 loc: RwLock::new(root),
+                copy_lock: Mutex::new(()),
             }),
         );
         t
@@ -179,6 +182,7 @@ impl InodeTable {
                     kind,
                     refs: Mutex::new(1),
                     loc: RwLock::new(loc),
+                    copy_lock: Mutex::new(()),
                 });
                 v.insert(node.clone());
                 (node, None)

@@ -7,6 +7,8 @@
 //! to the FUSE protocol, so everything but the adapter is testable without mounting.
 
 pub mod attr;
+pub mod copy_up;
+pub mod dir;
 pub mod error;
 pub mod file;
 pub mod fs;

@@ -199,9 +199,9 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                         );
                         let opaque = whiteout::dir_opaque(fd.as_fd()) == Opaque::Yes;
                         if layer == UPPER {
-                            want_origin = marker(fd.as_fd(), c"", "origin").is_some();
+                            want_origin = marker(fd.as_fd(), c".", "origin").is_some();
                         }
-                        let redirect = marker(fd.as_fd(), c"", "redirect");
+                        let redirect = marker(fd.as_fd(), c".", "redirect");
                         found = Some(Found {
                             top: layer,
                             st,
@@ -254,7 +254,7 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                             .map_err(|e| Error::io(e, "lookup dir"))?,
                     );
                     let opaque = whiteout::dir_opaque(fd.as_fd()) == Opaque::Yes;
-                    let redirect = marker(fd.as_fd(), c"", "redirect");
+                    let redirect = marker(fd.as_fd(), c".", "redirect");
                     f.dirs.push((layer, fd));
                     if opaque {
                         break 'layers;

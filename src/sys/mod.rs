@@ -6,6 +6,7 @@
 //! `AT_SYMLINK_NOFOLLOW`, so nothing here ever follows a symlink that lives in a branch.
 
 pub mod dirent;
+pub mod ops;
 pub mod xattr;
 
 use std::ffi::{CStr, CString, OsStr};
