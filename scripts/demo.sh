@@ -6,6 +6,8 @@
 #
 #   scripts/demo.sh            run as root from anywhere in the repository
 #   STRATAFS_DEMO_KEEP=1       keep the scratch directory (upper, work) afterwards
+#   STRATAFS_BIN=PATH          mount with PATH instead of building target/release/stratafs
+#                              (to compare with another implementation of the same options)
 #
 # Exit status: 0 when the merged view is as documented in demo/README.md, 1 otherwise.
 set -euo pipefail
@@ -20,8 +22,13 @@ section "Preparing: Debian packages, Rust build"
 ensure_packages fuse3 attr gcc libc6-dev pkg-config
 require_cargo
 ensure_fuse_device
-cargo build --release
-bin="$repo/target/release/stratafs"
+if [ -n "${STRATAFS_BIN:-}" ]; then
+  bin=$STRATAFS_BIN
+  say "Using STRATAFS_BIN=$bin (not building)"
+else
+  cargo build --release
+  bin="$repo/target/release/stratafs"
+fi
 
 layers="$repo/demo/layers"
 scratch=$(mktemp -d /tmp/sfs-demo.XXXXXX)
@@ -150,7 +157,7 @@ if [ "$writes" = yes ]; then
   say "Whiteouts are 0/0 character devices:"
   (cd "$upper" && find . -type c -exec ls -l {} +) || true
   say "Overlay xattrs in the upper (opaque directories, origins):"
-  getfattr -R -h -d -m '^trusted\.overlay\.' "$upper" 2>/dev/null | sed "s|$upper|<upper>|" || true
+  getfattr -R -h -d -m '^trusted\.overlay\.' "$upper" 2>/dev/null | sed "s|${upper#/}|<upper>|" || true
 fi
 
 section "The shipped layers are unchanged"
