@@ -9,6 +9,10 @@
 #   STRATAFS_PJDFSTEST=1   same as --pjdfstest          STRATAFS_FSX=1   same as --fsx
 #   STRATAFS_TEST_TIMEOUT  seconds allowed to `cargo test` (default 1200)
 #   STRATAFS_FSX_OPS       operations per fsx run (default 20000)
+#   PJDFSTEST_CONFIG=FILE  pjdfstest config (default ../shared/testdata/pjdfstest-overlay.toml,
+#                          else tests/pjdfstest-overlay.toml)
+#   STRATAFS_BIN=PATH      mount PATH instead of target/release/stratafs in the pjdfstest and
+#                          fsx stages (to calibrate them against another implementation)
 #
 # Exit status: 0 only if every test that ran passed and no stratafs mount was left behind.
 # The last line is "summary: N passed, N failed, N skipped", counting cargo's tests plus one
@@ -34,7 +38,7 @@ for arg in "$@"; do
     --pjdfstest) run_pjdfstest_stage=1 ;;
     --fsx) run_fsx_stage=1 ;;
     --all) run_pjdfstest_stage=1 run_fsx_stage=1 ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $arg (try --help)" ;;
   esac
 done
@@ -55,6 +59,9 @@ section "Left-over mounts"
 if cleanup_stratafs_mounts; then say "none"; fi
 
 scratch=$(mktemp -d /tmp/sfs-test.XXXXXX)
+chmod 0755 "$scratch" # pjdfstest's unprivileged users must reach the mount point inside it
+logs="$repo/target/test-logs" # kept after the run (target/ is not in git)
+mkdir -p "$logs"
 secondary="$scratch/secondary"
 STRATAFS_PID=
 stage_mnt=
@@ -82,10 +89,10 @@ stage_result() { # NAME pass|fail|skip DETAIL
 
 section "Build"
 cargo build --release
-bin="$repo/target/release/stratafs"
+bin=${STRATAFS_BIN:-$repo/target/release/stratafs}
 
 section "cargo test --release (unit and integration tests)"
-test_log="$scratch/cargo-test.log"
+test_log="$logs/cargo-test.log"
 set +e
 timeout --kill-after=30 "${STRATAFS_TEST_TIMEOUT:-1200}" \
   cargo test --release -- --test-threads=2 2>&1 | tee "$test_log"
@@ -122,8 +129,8 @@ stage_unmount() {
 
 # ---- pjdfstest (POSIX conformance), gated by STRATAFS_PJDFSTEST / --pjdfstest ----
 run_pjdfstest() {
-  local config log="$scratch/pjdfstest.log" rc
-  config="$repo/../shared/testdata/pjdfstest-overlay.toml"
+  local config log="$logs/pjdfstest.log" rc summary
+  config=${PJDFSTEST_CONFIG:-$repo/../shared/testdata/pjdfstest-overlay.toml}
   [ -f "$config" ] || config="$repo/tests/pjdfstest-overlay.toml"
   if [ ! -f "$config" ]; then
     stage_result pjdfstest fail "no config (../shared/testdata/pjdfstest-overlay.toml nor tests/pjdfstest-overlay.toml)"
@@ -147,19 +154,22 @@ run_pjdfstest() {
   (cd "$stage_mnt" && timeout 1200 pjdfstest -c "$config" -s "$secondary" -p "$stage_mnt") >"$log" 2>&1
   rc=$?
   set -e
-  tail -n 40 "$log"
   stage_unmount
   unmount_path "$secondary" || true
+  # One line per test in the log; show the unexpected failures and pjdfstest's own summary.
+  grep -E 'FAILED$' "$log" || true
+  summary=$(grep -E '^Summary:' "$log" | tail -n 1)
+  [ -n "$summary" ] || tail -n 40 "$log"
   if [ "$rc" = 0 ]; then
-    stage_result pjdfstest pass "config $config"
+    stage_result pjdfstest pass "${summary:-exit status 0} (config $config)"
   else
-    stage_result pjdfstest fail "exit status $rc (the last 40 lines of its output are above)"
+    stage_result pjdfstest fail "${summary:-exit status $rc} (full log: $log)"
   fi
 }
 
 # ---- fsx (random read/write/truncate/mmap, data verified), gated by STRATAFS_FSX / --fsx ----
 run_fsx() {
-  local log="$scratch/fsx.log" rc=0 target ops=${STRATAFS_FSX_OPS:-20000}
+  local log="$logs/fsx.log" rc=0 target ops=${STRATAFS_FSX_OPS:-20000}
   if ! cargo install --locked --version "$FSX_VERSION" fsx; then
     stage_result fsx fail "cargo install fsx failed"
     return
@@ -178,9 +188,9 @@ run_fsx() {
   tail -n 40 "$log"
   stage_unmount
   if [ "$rc" = 0 ]; then
-    stage_result fsx pass "$ops operations on a new file and on a copied-up lower file"
+    stage_result fsx pass "$ops operations each on a new file and on one that starts in the lower layer"
   else
-    stage_result fsx fail "exit status $rc (the last 40 lines of its output are above)"
+    stage_result fsx fail "exit status $rc (full log: $log)"
   fi
 }
 
