@@ -27,7 +27,7 @@ if [ -n "${STRATAFS_BIN:-}" ]; then
   say "Using STRATAFS_BIN=$bin (not building)"
 else
   cargo build --release
-  bin="$repo/target/release/stratafs"
+  bin="${CARGO_TARGET_DIR:-$repo/target}/release/stratafs"
 fi
 
 layers="$repo/demo/layers"

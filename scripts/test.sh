@@ -60,7 +60,8 @@ if cleanup_stratafs_mounts; then say "none"; fi
 
 scratch=$(mktemp -d /tmp/sfs-test.XXXXXX)
 chmod 0755 "$scratch" # pjdfstest's unprivileged users must reach the mount point inside it
-logs="$repo/target/test-logs" # kept after the run (target/ is not in git)
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+logs="$target_dir/test-logs" # kept after the run (target/ is not in git)
 mkdir -p "$logs"
 secondary="$scratch/secondary"
 STRATAFS_PID=
@@ -89,13 +90,13 @@ stage_result() { # NAME pass|fail|skip DETAIL
 
 section "Build"
 cargo build --release
-bin=${STRATAFS_BIN:-$repo/target/release/stratafs}
+bin=${STRATAFS_BIN:-$target_dir/release/stratafs}
 
 section "cargo test --release (unit and integration tests)"
 test_log="$logs/cargo-test.log"
 set +e
 timeout --kill-after=30 "${STRATAFS_TEST_TIMEOUT:-1200}" \
-  cargo test --release -- --test-threads=2 2>&1 | tee "$test_log"
+  cargo test --release --no-fail-fast -- --test-threads=2 2>&1 | tee "$test_log"
 cargo_rc=${PIPESTATUS[0]}
 set -e
 [ "$cargo_rc" = 124 ] && say "cargo test was stopped after ${STRATAFS_TEST_TIMEOUT:-1200} s"
