@@ -1,1 +1,196 @@
-//! (being written)
+//! Metadata: getattr, statfs, xattrs and access (the kernel's `inode.c`, `xattrs.c`).
+//! Attributes come from the topmost real entry; overlay-private xattrs are never shown.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{err, Error, Result};
+use crate::fs::{Caller, UnionFs};
+use crate::inode::Kind;
+use crate::layers::UPPER;
+use crate::sys::{self, xattr, Stat};
+use crate::whiteout;
+
+/// Attributes of a merged entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub kind: Kind,
+    /// Permission bits incl. setuid/setgid/sticky.
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    let nsec = nsec.clamp(0, 999_999_999) as u32;
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::new(sec.unsigned_abs(), 0) + Duration::new(0, nsec)
+    }
+}
+
+impl Attr {
+    /// From a real entry's stat. `merged` directories report one link, as the kernel's.
+    pub fn from_stat(st: &Stat, ino: u64, merged: bool) -> Attr {
+        Attr {
+            ino,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            kind: Kind::from_mode(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: if merged { 1 } else { st.st_nlink as u32 },
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+        }
+    }
+}
+
+/// Filesystem statistics.
+#[derive(Debug, Clone, Copy)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+impl UnionFs {
+    /// Attributes of `ino`; with an open file handle, of the file it has open (so an
+    /// unlinked open file still answers, with its real link count).
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
+        if let Some(h) = fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone())) {
+            if h.ino == ino {
+                let st = sys::fstat(h.fd().as_fd())?;
+                if h.data_only {
+                    // A metacopy file's handle is on the data; the metadata is the node's.
+                } else {
+                    return Ok(Attr::from_stat(&st, ino, false));
+                }
+            }
+        }
+        let node = self.node(ino)?;
+        let real = self.real(&node)?;
+        let mut st =
+            sys::fstatat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "getattr"))?;
+        if let Some(data) = &real.loc.data {
+            if let Ok(d) = sys::fstat(data.as_fd()) {
+                st.st_blocks = d.st_blocks;
+            }
+        }
+        let lowers = real.loc.dirs.iter().filter(|(l, _)| *l != UPPER).count();
+        let merged = node.is_dir()
+            && if real.loc.in_upper() {
+                lowers > 0
+            } else {
+                lowers > 1
+            };
+        Ok(Attr::from_stat(&st, ino, merged))
+    }
+
+    /// The target of a symlink.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Symlink {
+            return err(libc::EINVAL);
+        }
+        let real = self.real(&node)?;
+        sys::readlinkat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "readlink"))
+    }
+
+    /// Statistics of the upper's filesystem (the highest lower's when read-only).
+    pub fn statfs(&self) -> Result<Statfs> {
+        let root = match &self.layers.upper {
+            Some(u) => u.root.clone(),
+            None => self
+                .layers
+                .lowers
+                .first()
+                .map(|l| l.root.clone())
+                .ok_or_else(|| Error::errno(libc::EIO))?,
+        };
+        let s = sys::fstatvfs(root.as_fd())?;
+        Ok(Statfs {
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            bsize: s.f_bsize as u32,
+            namelen: crate::fs::NAME_MAX as u32,
+            frsize: s.f_frsize as u32,
+        })
+    }
+
+    /// One xattr of the topmost real entry; overlay-private names do not exist.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if whiteout::is_private_xattr(name.as_bytes()) {
+            return err(libc::ENODATA);
+        }
+        let cname = whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let node = self.node(ino)?;
+        let real = self.real(&node)?;
+        match xattr::get(real.dir.as_fd(), &real.name, &cname) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => err(libc::ENODATA),
+            Err(e) => Err(Error::io(e, "getxattr")),
+        }
+    }
+
+    /// The visible xattr names of the topmost real entry, NUL-separated.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let real = self.real(&node)?;
+        let list =
+            xattr::list(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "listxattr"))?;
+        Ok(whiteout::filter_xattr_list(&list))
+    }
+
+    /// POSIX permission check of `mask` (R_OK/W_OK/X_OK) for `caller` against the mode
+    /// bits (used when the kernel is not doing it itself with `default_permissions`).
+    pub fn access(&self, ino: u64, mask: i32, caller: Caller) -> Result<()> {
+        let a = self.getattr(ino, None)?;
+        if mask & libc::W_OK != 0 && self.read_only {
+            return err(libc::EROFS);
+        }
+        let mode = a.perm as i32;
+        if caller.uid == 0 {
+            if mask & libc::X_OK != 0 && a.kind != Kind::Dir && mode & 0o111 == 0 {
+                return err(libc::EACCES);
+            }
+            return Ok(());
+        }
+        let shift = if caller.uid == a.uid {
+            6
+        } else if caller.gid == a.gid || sys::in_group(caller.pid, a.gid) {
+            3
+        } else {
+            0
+        };
+        let granted = (mode >> shift) & 7;
+        if granted & mask != mask & 7 {
+            return err(libc::EACCES);
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,220 @@
-//! (being written)
+//! The operation API: one method per filesystem operation, in plain Rust types, callable
+//! from tests without FUSE. The methods are spread over the modules that own each concern
+//! (`attr.rs`, `file.rs`, …); this file holds the shared state and name resolution.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::attr::Attr;
+use crate::error::{err, Error, Result};
+use crate::file::FileHandle;
+use crate::inode::{InodeTable, Kind, Loc, Node};
+use crate::layers::{Layers, ROOT_INO};
+use crate::lookup;
+use crate::options::Config;
+use crate::readdir::{self, DirEntry};
+
+/// Longest name a directory entry may have.
+pub const NAME_MAX: usize = 255;
+
+/// Who is asking (from the FUSE request header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+}
+
+/// An open directory stream: its listing, built at the first read and on each rewind.
+#[derive(Debug, Default)]
+pub struct DirStream {
+    pub ino: u64,
+    pub listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
+}
+
+/// A real object to act on: `dir` plus `name` (empty: `dir` itself).
+#[derive(Debug, Clone)]
+pub struct Real {
+    pub dir: Arc<OwnedFd>,
+    pub name: CString,
+    pub loc: Loc,
+}
+
+/// The union filesystem.
+#[derive(Debug)]
+pub struct UnionFs {
+    pub layers: Layers,
+    pub inodes: InodeTable,
+    pub(crate) files: DashMap<u64, Arc<FileHandle>>,
+    pub(crate) dirs: DashMap<u64, Arc<DirStream>>,
+    next_fh: AtomicU64,
+    pub read_only: bool,
+}
+
+impl UnionFs {
+    /// Opens the branches of `cfg` (already validated) and builds the root.
+    pub fn new(cfg: &Config) -> Result<UnionFs> {
+        let layers = Layers::open(cfg)?;
+        let root = Loc {
+            parent: ROOT_INO,
+            name: Default::default(),
+            top: layers.roots().first().map(|(l, _)| *l).unwrap_or(1),
+            dirs: layers.roots(),
+            data: None,
+        };
+        Ok(UnionFs {
+            inodes: InodeTable::new(root),
+            layers,
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            read_only: !cfg.writable(),
+        })
+    }
+
+    pub(crate) fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.inodes
+            .get(ino)
+            .ok_or_else(|| Error::new(libc::ESTALE, format!("unknown inode {ino:#x}")))
+    }
+
+    /// The real object behind a node, in its top layer.
+    pub(crate) fn real(&self, node: &Node) -> Result<Real> {
+        let loc = node.loc();
+        if node.is_dir() {
+            let dir = loc
+                .dirs
+                .first()
+                .map(|(_, fd)| fd.clone())
+                .ok_or_else(|| Error::new(libc::EIO, "directory without layers"))?;
+            return Ok(Real {
+                dir,
+                name: CString::default(),
+                loc,
+            });
+        }
+        let parent = self.node(loc.parent)?;
+        let dir = parent
+            .loc
+            .read()
+            .dir_in(loc.top)
+            .ok_or_else(|| Error::new(libc::ESTALE, "parent lost its layer"))?;
+        let name = CString::new(loc.name.as_bytes()).map_err(|_| Error::errno(libc::EINVAL))?;
+        Ok(Real { dir, name, loc })
+    }
+
+    /// Resolves `name` in directory `parent` and counts one kernel reference on the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        if name.len() > NAME_MAX {
+            return err(libc::ENAMETOOLONG);
+        }
+        let pnode = self.node(parent)?;
+        if !pnode.is_dir() {
+            return err(libc::ENOTDIR);
+        }
+        let ploc = pnode.loc();
+        let found =
+            lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let merged = found.merged();
+        let attr = Attr::from_stat(&found.st, found.ino, merged);
+        let kind = Kind::from_mode(found.st.st_mode);
+        let loc = Loc {
+            parent,
+            name: name.to_os_string(),
+            top: found.top,
+            dirs: found.dirs,
+            data: found.data,
+        };
+        let node = self.inodes.remember(found.ino, kind, loc);
+        if node.kind != kind {
+            // The same number now names an object of another type (reused behind our
+            // back): refuse rather than confuse the kernel's inode cache.
+            self.inodes.forget(found.ino, 1);
+            return err(libc::ESTALE);
+        }
+        Ok(attr)
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// Opens a directory stream.
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let node = self.node(ino)?;
+        if !node.is_dir() {
+            return err(libc::ENOTDIR);
+        }
+        let fh = self.new_fh();
+        self.dirs.insert(
+            fh,
+            Arc::new(DirStream {
+                ino,
+                listing: Mutex::new(None),
+            }),
+        );
+        Ok(fh)
+    }
+
+    /// The listing of stream `fh`, (re)built when read from offset 0.
+    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let stream = self
+            .dirs
+            .get(&fh)
+            .map(|s| s.clone())
+            .ok_or_else(|| Error::errno(libc::EBADF))?;
+        if stream.ino != ino {
+            return err(libc::EBADF);
+        }
+        let mut listing = stream.listing.lock();
+        if offset == 0 || listing.is_none() {
+            let node = self.node(ino)?;
+            let loc = node.loc();
+            let parent_ino = if ino == ROOT_INO {
+                ROOT_INO
+            } else {
+                loc.parent
+            };
+            *listing = Some(Arc::new(readdir::list(
+                &self.layers,
+                &loc,
+                ino,
+                parent_ino,
+            )?));
+        }
+        listing.clone().ok_or_else(|| Error::errno(libc::EIO))
+    }
+
+    /// Attributes for a READDIRPLUS entry: a lookup (counted) except for `.` and `..`,
+    /// which the kernel does not count.
+    pub fn readdirplus_entry(&self, dir: u64, e: &DirEntry) -> Result<Attr> {
+        let b = e.name.as_bytes();
+        if b == b"." || b == b".." {
+            return self.getattr(e.ino, None);
+        }
+        self.lookup(dir, &e.name)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+}

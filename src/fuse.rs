@@ -1,1 +1,307 @@
-//! (being written)
+//! The FUSE adapter: decodes each request, makes one call into [`UnionFs`], replies.
+//! No filesystem logic lives here; every error is logged at debug and answered with its
+//! errno.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use log::{debug, info};
+
+use crate::attr::Attr;
+use crate::error::Error;
+use crate::fs::{Caller, UnionFs};
+use crate::inode::Kind;
+
+/// How long the kernel may cache entries and attributes.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(1);
+
+/// The `fuser::Filesystem` over a shared [`UnionFs`].
+pub struct FuseAdapter {
+    fs: Arc<UnionFs>,
+    ttl: Duration,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<UnionFs>, ttl: Duration) -> Self {
+        FuseAdapter { fs, ttl }
+    }
+}
+
+fn errno(op: &str, e: Error) -> Errno {
+    debug!("{op}: {e}");
+    Errno::from_i32(e.errno)
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn fuse_attr(a: &Attr) -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: Vec<u8>) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(&data);
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each capability on its own, so one the kernel lacks does not cost the others.
+        use fuser::InitFlags as F;
+        for (flag, why) in [
+            (
+                F::FUSE_PARALLEL_DIROPS,
+                "lookups and readdirs in one directory run in parallel",
+            ),
+            (F::FUSE_DO_READDIRPLUS, "readdir returns attributes"),
+            (
+                F::FUSE_READDIRPLUS_AUTO,
+                "the kernel picks plain readdir when it needs no attributes",
+            ),
+            (F::FUSE_ASYNC_READ, "several reads of one file in flight"),
+            (F::FUSE_BIG_WRITES, "writes larger than a page"),
+            (F::FUSE_EXPORT_SUPPORT, "lookups of . and .. are answered"),
+        ] {
+            match config.add_capabilities(flag) {
+                Ok(()) => debug!("init: {flag:?} granted: {why}"),
+                Err(_) => info!("init: kernel lacks {flag:?} ({why}); going on without"),
+            }
+        }
+        let _ = config.set_max_background(64);
+        let _ = config
+            .set_max_write(1 << 20)
+            .or_else(|max| config.set_max_write(max));
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("lookup", e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    // batch_forget: fuser's default calls `forget` for each node (its ForgetOne type is
+    // private, so it cannot be overridden).
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
+            Ok(a) => reply.attr(&self.ttl, &fuse_attr(&a)),
+            Err(e) => reply.error(errno("getattr", e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno("readlink", e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("open", e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno("read", e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("opendir", e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let listing = match self.fs.readdir(ino.0, fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno("readdir", e)),
+        };
+        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listing = match self.fs.readdir(ino.0, fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno("readdirplus", e)),
+        };
+        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+            let attr = match self.fs.readdirplus_entry(ino.0, e) {
+                Ok(a) => a,
+                // Gone since the listing was made: skip it, as a fresh listing would.
+                Err(_) => continue,
+            };
+            let counted = !(e.name == "." || e.name == "..");
+            if reply.add(
+                INodeNo(attr.ino),
+                i as u64 + 1,
+                &e.name,
+                &self.ttl,
+                &fuse_attr(&attr),
+                Generation(0),
+            ) {
+                // Did not fit: the kernel never saw it, so it does not hold the reference.
+                if counted {
+                    self.fs.forget(attr.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(errno("statfs", e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name) {
+            Ok(v) => reply_xattr(reply, size, v),
+            Err(e) => reply.error(errno("getxattr", e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(v) => reply_xattr(reply, size, v),
+            Err(e) => reply.error(errno("listxattr", e)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.fs.access(ino.0, mask.bits(), caller(req)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("access", e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.fs.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno("lseek", e)),
+        }
+    }
+}

@@ -1,1 +1,249 @@
-//! (being written)
+//! The inode table: one [`Node`] per merged-view entry the kernel holds a reference to.
+//!
+//! A node records *where* its entry lives, not an open file: non-directories are reached
+//! as "the parent's directory fd in layer `top`, plus `name`", and only directories keep
+//! `O_PATH` fds (one per merged layer). That keeps the daemon's fd count to the number of
+//! directories the kernel has cached, not the number of files (the hard fd limit can be as
+//! low as 20000 in a container).
+//!
+//! ## Reference counts
+//! `refs` = the kernel's lookup count + one per child node that names this node as its
+//! parent. FORGET subtracts from the first; when `refs` reaches 0 the node is removed and
+//! its parent loses one child reference, which may cascade. The root is never removed.
+//! All count changes happen under the table's shard lock for that node (the `DashMap`
+//! entry API), so a lookup racing a forget either revives the node or creates a new one,
+//! never resurrects a removed one. Never hold a shard guard while touching another node.
+//!
+//! ## Lock order
+//! `Node::loc` is a leaf lock: take it, copy out what you need (fds are `Arc`s), drop it,
+//! then do syscalls. Never take two `loc` locks at once, except rename (later), which takes
+//! them in ascending inode order.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+use crate::layers::{LayerId, ROOT_INO, UPPER};
+
+/// File type of a node; fixed for the node's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl Kind {
+    pub fn from_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => Kind::File,
+        }
+    }
+
+    /// From a dirent's `d_type`; `None` for `DT_UNKNOWN`.
+    pub fn from_dtype(t: u8) -> Option<Kind> {
+        Some(match t {
+            libc::DT_DIR => Kind::Dir,
+            libc::DT_LNK => Kind::Symlink,
+            libc::DT_FIFO => Kind::Fifo,
+            libc::DT_SOCK => Kind::Socket,
+            libc::DT_CHR => Kind::CharDev,
+            libc::DT_BLK => Kind::BlockDev,
+            libc::DT_REG => Kind::File,
+            _ => return None,
+        })
+    }
+}
+
+/// Where an entry lives.
+#[derive(Debug, Clone)]
+pub struct Loc {
+    /// The parent node (the root is its own parent).
+    pub parent: u64,
+    pub name: OsString,
+    /// The layer the entry's attributes come from (the topmost that has it).
+    pub top: LayerId,
+    /// Directories: every real directory merged into this one, top first (`dirs[0].0 ==
+    /// top`), ending at the first opaque one. Empty for non-directories.
+    pub dirs: Vec<(LayerId, Arc<OwnedFd>)>,
+    /// Metacopy files: `O_PATH` fd of the lower file that holds the data.
+    pub data: Option<Arc<OwnedFd>>,
+}
+
+impl Loc {
+    pub fn in_upper(&self) -> bool {
+        self.top == UPPER
+    }
+
+    /// The `O_PATH` fd of this directory in `layer`, if it has one.
+    pub fn dir_in(&self, layer: LayerId) -> Option<Arc<OwnedFd>> {
+        self.dirs
+            .iter()
+            .find(|(l, _)| *l == layer)
+            .map(|(_, fd)| fd.clone())
+    }
+
+    /// Lower directories merged into this one (all but the upper).
+    pub fn lower_dirs(&self) -> impl Iterator<Item = &(LayerId, Arc<OwnedFd>)> {
+        self.dirs.iter().filter(|(l, _)| *l != UPPER)
+    }
+}
+
+/// A merged-view entry the kernel knows by `ino`.
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    pub kind: Kind,
+    refs: Mutex<u64>,
+    pub loc: RwLock<Loc>,
+}
+
+impl Node {
+    pub fn loc(&self) -> Loc {
+        self.loc.read().clone()
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+}
+
+/// All live nodes by inode number.
+#[derive(Debug, Default)]
+pub struct InodeTable {
+    nodes: DashMap<u64, Arc<Node>>,
+}
+
+impl InodeTable {
+    pub fn new(root: Loc) -> InodeTable {
+        let t = InodeTable::default();
+        t.nodes.insert(
+            ROOT_INO,
+            Arc::new(Node {
+                ino: ROOT_INO,
+                kind: Kind::Dir,
+                // The root holds one reference of its own and is never forgotten.
+                refs: Mutex::new(1),
+                loc: RwLock::new(root),
+            }),
+        );
+        t
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.nodes.get(&ino).map(|n| n.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Records one kernel lookup of `ino` found at `loc`: creates the node, or refreshes
+    /// the location of the existing one (it may have moved, or be reached through another
+    /// hard link). Keeps the parent's child reference in step.
+    pub fn remember(&self, ino: u64, kind: Kind, loc: Loc) -> Arc<Node> {
+        let new_parent = loc.parent;
+        let (node, old_parent) = match self.nodes.entry(ino) {
+            Entry::Occupied(o) => {
+                let node = o.get().clone();
+                *node.refs.lock() += 1;
+                let old_parent = {
+                    let mut l = node.loc.write();
+                    let old = l.parent;
+                    *l = loc;
+                    old
+                };
+                (node, Some(old_parent))
+            }
+            Entry::Vacant(v) => {
+                let node = Arc::new(Node {
+                    ino,
+                    kind,
+                    refs: Mutex::new(1),
+                    loc: RwLock::new(loc),
+                });
+                v.insert(node.clone());
+                (node, None)
+            }
+        };
+        if ino != ROOT_INO {
+            match old_parent {
+                None => self.add_ref(new_parent),
+                Some(old) if old != new_parent => {
+                    self.add_ref(new_parent);
+                    self.forget(old, 1);
+                }
+                Some(_) => {}
+            }
+        }
+        node
+    }
+
+    /// Moves `ino` to a new parent/name (rename through the mount).
+    pub fn relocate(&self, ino: u64, parent: u64, name: &OsStr) {
+        let Some(node) = self.get(ino) else { return };
+        let old = {
+            let mut l = node.loc.write();
+            let old = l.parent;
+            l.parent = parent;
+            l.name = name.to_os_string();
+            old
+        };
+        if old != parent {
+            self.add_ref(parent);
+            self.forget(old, 1);
+        }
+    }
+
+    fn add_ref(&self, ino: u64) {
+        if let Some(n) = self.nodes.get(&ino) {
+            *n.refs.lock() += 1;
+        }
+    }
+
+    /// Drops `n` references from `ino`; removes it at zero and releases its parent.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut ino = ino;
+        let mut n = n;
+        loop {
+            if ino == ROOT_INO {
+                return;
+            }
+            let removed = self.nodes.remove_if(&ino, |_, node| {
+                let mut r = node.refs.lock();
+                *r = r.saturating_sub(n);
+                *r == 0
+            });
+            match removed {
+                Some((_, node)) => {
+                    ino = node.loc.read().parent;
+                    n = 1;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// The current reference count (tests and debugging).
+    pub fn refs(&self, ino: u64) -> u64 {
+        self.nodes.get(&ino).map(|n| *n.refs.lock()).unwrap_or(0)
+    }
+}

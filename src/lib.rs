@@ -22,4 +22,5 @@ pub mod whiteout;
 
 pub use error::{Error, Result};
 
+pub use fs::UnionFs;
 pub use options::Config;

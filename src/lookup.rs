@@ -1,1 +1,297 @@
-//! (being written)
+//! Layered name resolution (the kernel's `namei.c`).
+//!
+//! Rules, checked in layer order from the top:
+//! - a whiteout (any format, see `whiteout.rs`) ends the search: the name does not exist
+//!   below it;
+//! - the first non-directory found is the entry, and hides everything below;
+//! - a directory merges with the same-named directories below it, until one of them is
+//!   opaque or a non-directory is met (a directory below a non-directory never shows);
+//! - a directory carrying `overlay.redirect` continues the search below at the redirected
+//!   name (relative) or path from the layer roots (absolute), as the kernel's
+//!   `redirect_dir` format says;
+//! - a file carrying `overlay.metacopy` holds only metadata: its data comes from the next
+//!   regular file found below (or at its `overlay.redirect` path);
+//! - an upper entry carrying `overlay.origin` was copied up: it keeps the inode number of
+//!   its lower origin (found at the same name below), as the kernel does.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::inode::Loc;
+use crate::layers::{LayerId, Layers, READ_PREFIXES, UPPER};
+use crate::sys::{self, xattr, Stat};
+use crate::whiteout::{self, Opaque};
+
+/// The result of resolving one name.
+#[derive(Debug)]
+pub struct Found {
+    pub top: LayerId,
+    /// Attributes of the topmost real entry.
+    pub st: Stat,
+    /// Directories: the real directories merged, top first.
+    pub dirs: Vec<(LayerId, Arc<OwnedFd>)>,
+    /// Metacopy files: where the data is.
+    pub data: Option<Arc<OwnedFd>>,
+    /// The entry's inode number in the mount.
+    pub ino: u64,
+}
+
+impl Found {
+    pub fn is_dir(&self) -> bool {
+        self.st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// The kernel reports `nlink = 1` for merged directories (counting subdirectories
+    /// across layers is not worth it; `find` accepts 1).
+    pub fn merged(&self) -> bool {
+        let lowers = self.dirs.iter().filter(|(l, _)| *l != UPPER).count();
+        self.is_dir()
+            && (if self.top == UPPER {
+                lowers > 0
+            } else {
+                lowers > 1
+            })
+    }
+}
+
+/// Reads an overlay marker in either namespace.
+pub fn marker(dir: std::os::fd::BorrowedFd<'_>, name: &CStr, suffix: &str) -> Option<Vec<u8>> {
+    for p in READ_PREFIXES {
+        let mut a = p.to_bytes().to_vec();
+        a.extend_from_slice(suffix.as_bytes());
+        let a = CString::new(a).ok()?;
+        if let Ok(Some(v)) = xattr::get(dir, name, &a) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn is_dir(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn is_reg(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+/// Where the search goes in the layers below the current one.
+enum Target {
+    /// The same (or a relatively redirected) name in the parent's lower directories.
+    Name(CString),
+    /// An absolute redirect: this path from each lower layer's root.
+    Path(Vec<CString>),
+}
+
+fn parse_redirect(v: &[u8]) -> Option<Target> {
+    if v.is_empty() {
+        return None;
+    }
+    if v[0] == b'/' {
+        let comps: Vec<CString> = v
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .filter_map(|c| CString::new(c).ok())
+            .collect();
+        if comps.is_empty() {
+            return None;
+        }
+        Some(Target::Path(comps))
+    } else if v.contains(&b'/') {
+        None
+    } else {
+        CString::new(v).ok().map(Target::Name)
+    }
+}
+
+/// The candidate (layer, directory fd, name) places below `after` for `target`.
+fn candidates(
+    layers: &Layers,
+    parent: &Loc,
+    target: &Target,
+    after: Option<LayerId>,
+) -> Vec<(LayerId, Arc<OwnedFd>, CString)> {
+    let below = |l: LayerId| after.is_none_or(|a| l > a);
+    match target {
+        Target::Name(n) => parent
+            .dirs
+            .iter()
+            .filter(|(l, _)| below(*l))
+            .map(|(l, fd)| (*l, fd.clone(), n.clone()))
+            .collect(),
+        Target::Path(comps) => {
+            let (last, dirs) = match comps.split_last() {
+                Some(x) => x,
+                None => return Vec::new(),
+            };
+            let mut out = Vec::new();
+            for layer in layers.lowers.iter().filter(|l| below(l.id)) {
+                let mut fd = layer.root.clone();
+                let mut ok = true;
+                for c in dirs {
+                    match sys::open_dir_path(fd.as_fd(), c) {
+                        Ok(next) => fd = Arc::new(next),
+                        Err(_) => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                if ok {
+                    out.push((layer.id, fd, last.clone()));
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Resolves `name` in the merged directory `parent`. `Ok(None)`: no such entry.
+pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Found>> {
+    if whiteout::is_marker_name(name) {
+        return Ok(None);
+    }
+    let cname = CString::new(name.as_bytes()).map_err(|_| Error::errno(libc::EINVAL))?;
+    let mut found: Option<Found> = None;
+    // Upper entries copied up from a lower keep the lower's inode number.
+    let mut want_origin = false;
+    let mut origin_ino: Option<u64> = None;
+    let mut metacopy = false;
+    let mut target = Target::Name(cname);
+    let mut after: Option<LayerId> = None;
+
+    'layers: loop {
+        let places = candidates(layers, parent, &target, after);
+        if places.is_empty() {
+            break;
+        }
+        for (layer, dir, n) in places {
+            after = Some(layer);
+            let st = match sys::fstatat(dir.as_fd(), &n) {
+                Ok(st) => st,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                    if whiteout::has_aufs_whiteout(dir.as_fd(), OsStr::from_bytes(n.as_bytes())) {
+                        break 'layers;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(Error::io(e, "lookup")),
+            };
+            if whiteout::is_whiteout_stat(&st) {
+                break 'layers;
+            }
+            if is_reg(&st)
+                && st.st_size == 0
+                && whiteout::dir_opaque(dir.as_fd()) == Opaque::XattrWhiteouts
+                && whiteout::is_xattr_whiteout(dir.as_fd(), &n, &st)
+            {
+                break 'layers;
+            }
+            match &mut found {
+                None => {
+                    if is_dir(&st) {
+                        let fd = Arc::new(
+                            sys::open_dir_path(dir.as_fd(), &n)
+                                .map_err(|e| Error::io(e, "lookup dir"))?,
+                        );
+                        let opaque = whiteout::dir_opaque(fd.as_fd()) == Opaque::Yes;
+                        if layer == UPPER {
+                            want_origin = marker(fd.as_fd(), c"", "origin").is_some();
+                        }
+                        let redirect = marker(fd.as_fd(), c"", "redirect");
+                        found = Some(Found {
+                            top: layer,
+                            st,
+                            dirs: vec![(layer, fd)],
+                            data: None,
+                            ino: 0,
+                        });
+                        if opaque {
+                            break 'layers;
+                        }
+                        if let Some(t) = redirect.as_deref().and_then(parse_redirect) {
+                            target = t;
+                            continue 'layers;
+                        }
+                    } else {
+                        if layer == UPPER {
+                            want_origin = marker(dir.as_fd(), &n, "origin").is_some();
+                        }
+                        metacopy = is_reg(&st) && marker(dir.as_fd(), &n, "metacopy").is_some();
+                        let redirect = if metacopy {
+                            marker(dir.as_fd(), &n, "redirect")
+                        } else {
+                            None
+                        };
+                        found = Some(Found {
+                            top: layer,
+                            st,
+                            dirs: Vec::new(),
+                            data: None,
+                            ino: 0,
+                        });
+                        if !want_origin && !metacopy {
+                            break 'layers;
+                        }
+                        if let Some(t) = redirect.as_deref().and_then(parse_redirect) {
+                            target = t;
+                            continue 'layers;
+                        }
+                    }
+                }
+                Some(f) if f.is_dir() => {
+                    if !is_dir(&st) {
+                        break 'layers;
+                    }
+                    if want_origin && origin_ino.is_none() {
+                        origin_ino = Some(layers.ino(st.st_dev, st.st_ino));
+                    }
+                    let fd = Arc::new(
+                        sys::open_dir_path(dir.as_fd(), &n)
+                            .map_err(|e| Error::io(e, "lookup dir"))?,
+                    );
+                    let opaque = whiteout::dir_opaque(fd.as_fd()) == Opaque::Yes;
+                    let redirect = marker(fd.as_fd(), c"", "redirect");
+                    f.dirs.push((layer, fd));
+                    if opaque {
+                        break 'layers;
+                    }
+                    if let Some(t) = redirect.as_deref().and_then(parse_redirect) {
+                        target = t;
+                        continue 'layers;
+                    }
+                }
+                Some(f) => {
+                    // A non-directory looking further down: for its origin's number and,
+                    // if metacopy, for the file that holds its data.
+                    if (f.st.st_mode & libc::S_IFMT) == (st.st_mode & libc::S_IFMT) {
+                        if want_origin && origin_ino.is_none() {
+                            origin_ino = Some(layers.ino(st.st_dev, st.st_ino));
+                        }
+                        if metacopy && f.data.is_none() {
+                            let fd = sys::openat(dir.as_fd(), &n, libc::O_PATH, 0)
+                                .map_err(|e| Error::io(e, "metacopy data"))?;
+                            // A lower that is itself metacopy points further down.
+                            if marker(dir.as_fd(), &n, "metacopy").is_none() {
+                                f.data = Some(Arc::new(fd));
+                            }
+                        }
+                    }
+                    let done_origin = !want_origin || origin_ino.is_some();
+                    let done_data = !metacopy || f.data.is_some();
+                    if done_origin && done_data {
+                        break 'layers;
+                    }
+                }
+            }
+        }
+        break;
+    }
+    Ok(found.map(|mut f| {
+        f.ino = origin_ino.unwrap_or_else(|| layers.ino(f.st.st_dev, f.st.st_ino));
+        f
+    }))
+}

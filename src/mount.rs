@@ -1,1 +1,138 @@
-//! (being written)
+//! Mounting: the fuser configuration for a [`Config`], the session, signal handling and
+//! unmount. `run` returns when the filesystem is unmounted (by `umount`, `fusermount3 -u`,
+//! or SIGTERM/SIGINT/SIGHUP, which unmount), so the process can exit 0.
+
+use std::sync::Arc;
+
+use fuser::{MountOption, Session, SessionACL};
+use log::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::fs::UnionFs;
+use crate::fuse::{FuseAdapter, DEFAULT_TTL};
+use crate::options::Config;
+use crate::sys;
+
+/// The fuser mount configuration for `cfg`.
+pub fn fuser_config(cfg: &Config) -> fuser::Config {
+    let mut opts = vec![
+        MountOption::FSName(cfg.fsname.clone()),
+        MountOption::Subtype(cfg.subtype.clone().unwrap_or_else(|| "stratafs".into())),
+    ];
+    if cfg.default_permissions {
+        opts.push(MountOption::DefaultPermissions);
+    }
+    if cfg.read_only {
+        opts.push(MountOption::RO);
+    }
+    for (on, opt) in [
+        (cfg.nodev, MountOption::NoDev),
+        (cfg.nosuid, MountOption::NoSuid),
+        (cfg.noexec, MountOption::NoExec),
+        (cfg.noatime, MountOption::NoAtime),
+        (
+            cfg.auto_unmount && (cfg.allow_other || cfg.allow_root),
+            MountOption::AutoUnmount,
+        ),
+    ] {
+        if on {
+            opts.push(opt);
+        }
+    }
+    let mut c = fuser::Config::default();
+    c.mount_options = opts;
+    c.acl = if cfg.allow_other {
+        SessionACL::All
+    } else if cfg.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    c.n_threads = Some(cfg.threads.unwrap_or(cpus).max(1));
+    c.clone_fd = true;
+    c
+}
+
+/// Flags and kernel options for our own mount(2).
+fn mount_args(cfg: &Config) -> sys::FuseMountArgs {
+    let mut data = Vec::new();
+    if cfg.default_permissions {
+        data.push("default_permissions");
+    }
+    if cfg.allow_other || cfg.allow_root {
+        data.push("allow_other");
+    }
+    sys::FuseMountArgs {
+        source: cfg.fsname.clone(),
+        fstype: format!("fuse.{}", cfg.subtype.as_deref().unwrap_or("stratafs")),
+        read_only: cfg.read_only,
+        nodev: cfg.nodev,
+        nosuid: cfg.nosuid,
+        noexec: cfg.noexec,
+        noatime: cfg.noatime,
+        data: data.join(","),
+    }
+}
+
+/// Mounts `cfg`, calls `ready` once the mount is live (the kernel has completed INIT), and
+/// serves requests until unmounted.
+pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
+    sys::raise_nofile_limit();
+    // Signals are taken by one thread with sigwait; block them before any thread starts.
+    sys::block_exit_signals();
+    let fs = Arc::new(UnionFs::new(cfg)?);
+    let ttl = cfg
+        .timeout
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_TTL);
+    let adapter = FuseAdapter::new(fs, ttl);
+    let mnt = cfg.mountpoint.display().to_string();
+    let fcfg = fuser_config(cfg);
+    // Mount ourselves so /proc/mounts says `fuse.stratafs` (fuser's own mount always says
+    // `fuse`); without the privilege for mount(2), fusermount3 does it and sets the subtype.
+    let (session, own_mount) = match sys::fuse_mount(&cfg.mountpoint, &mount_args(cfg)) {
+        Ok(fd) => {
+            let acl = fcfg.acl;
+            let s = Session::from_fd(adapter, fd, acl, fcfg).map_err(|e| {
+                let _ = sys::umount_detach(&cfg.mountpoint);
+                Error::io(e, format!("mount {mnt}"))
+            })?;
+            (s, true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let s = Session::new(adapter, &cfg.mountpoint, &fcfg)
+                .map_err(|e| Error::io(e, format!("mount {mnt}")))?;
+            (s, false)
+        }
+        Err(e) => return Err(Error::io(e, format!("mount {mnt}"))),
+    };
+    let mut session = session;
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = cfg.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = sys::wait_exit_signal() {
+                info!("signal {sig}: unmounting");
+                let r = if own_mount {
+                    sys::umount_detach(&mountpoint)
+                } else {
+                    unmounter.unmount()
+                };
+                if let Err(e) = r {
+                    warn!("unmount after signal {sig}: {e}");
+                }
+            }
+        })
+        .map_err(|e| Error::io(e, "signal thread"))?;
+    for i in &cfg.ignored {
+        info!("option {i} accepted and ignored");
+    }
+    ready();
+    session
+        .run()
+        .map_err(|e| Error::io(e, format!("serving {mnt}")))
+}

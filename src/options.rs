@@ -160,7 +160,11 @@ impl Config {
                     .parse()
                     .ok()
                     .filter(|n| (1..=1024).contains(n))
-                    .ok_or_else(|| bad(format!("option {key}={v}: expected a number from 1 to 1024")))?;
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "option {key}={v}: expected a number from 1 to 1024"
+                        ))
+                    })?;
                 self.threads = Some(n);
             }
             "timeout" => {
@@ -174,12 +178,39 @@ impl Config {
             }
             // Accepted for compatibility with mount(8), the kernel overlayfs and podman; they
             // do not change what the mount shows.
-            "dev" | "suid" | "exec" | "atime" | "relatime" | "strictatime" | "nodiratime"
-            | "async" | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser" | "users"
-            | "_netdev" | "nofail" | "defaults" | "context" | "fscontext" | "defcontext"
-            | "rootcontext" | "index" | "nfs_export" | "xino" | "metacopy" | "redirect_dir"
-            | "uuid" | "fsync" | "noacl" | "x-systemd.automount" => {
-                self.ignored.push(String::from_utf8_lossy(item).into_owned());
+            "dev"
+            | "suid"
+            | "exec"
+            | "atime"
+            | "relatime"
+            | "strictatime"
+            | "nodiratime"
+            | "async"
+            | "sync"
+            | "dirsync"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "nouser"
+            | "users"
+            | "_netdev"
+            | "nofail"
+            | "defaults"
+            | "context"
+            | "fscontext"
+            | "defcontext"
+            | "rootcontext"
+            | "index"
+            | "nfs_export"
+            | "xino"
+            | "metacopy"
+            | "redirect_dir"
+            | "uuid"
+            | "fsync"
+            | "noacl"
+            | "x-systemd.automount" => {
+                self.ignored
+                    .push(String::from_utf8_lossy(item).into_owned());
             }
             k if k.starts_with("x-") || k.starts_with("comment=") => {
                 self.ignored.push(k.to_string());
@@ -222,10 +253,16 @@ impl Config {
                 }
             }
             (Some(u), None) => {
-                return Err(bad(format!("upperdir {} given without workdir", u.display())))
+                return Err(bad(format!(
+                    "upperdir {} given without workdir",
+                    u.display()
+                )))
             }
             (None, Some(w)) => {
-                return Err(bad(format!("workdir {} given without upperdir", w.display())))
+                return Err(bad(format!(
+                    "workdir {} given without upperdir",
+                    w.display()
+                )))
             }
             (None, None) => {}
         }
@@ -290,8 +327,14 @@ where
             }
             cfg.mountpoint = PathBuf::from(positional.remove(0));
         }
-        0 => return Err(bad("missing mountpoint (usage: stratafs -o lowerdir=…[,upperdir=…,workdir=…] MOUNTPOINT)")),
-        _ => return Err(bad("too many arguments (usage: stratafs [SOURCE] MOUNTPOINT -o OPTIONS)")),
+        0 => return Err(bad(
+            "missing mountpoint (usage: stratafs -o lowerdir=…[,upperdir=…,workdir=…] MOUNTPOINT)",
+        )),
+        _ => {
+            return Err(bad(
+                "too many arguments (usage: stratafs [SOURCE] MOUNTPOINT -o OPTIONS)",
+            ))
+        }
     }
     if cfg.fsname.is_empty() {
         cfg.fsname = "stratafs".to_string();
@@ -317,10 +360,18 @@ mod tests {
 
     #[test]
     fn kernel_syntax_with_escapes() {
-        let c = cfg(&["-o", r"lowerdir=/a\:b:/c\,d:/e,upperdir=/u,workdir=/w", "/mnt"]);
+        let c = cfg(&[
+            "-o",
+            r"lowerdir=/a\:b:/c\,d:/e,upperdir=/u,workdir=/w",
+            "/mnt",
+        ]);
         assert_eq!(
             c.lowerdirs,
-            vec![PathBuf::from("/a:b"), PathBuf::from("/c,d"), PathBuf::from("/e")]
+            vec![
+                PathBuf::from("/a:b"),
+                PathBuf::from("/c,d"),
+                PathBuf::from("/e")
+            ]
         );
         assert_eq!(c.upperdir, Some(PathBuf::from("/u")));
         assert_eq!(c.workdir, Some(PathBuf::from("/w")));

@@ -1,1 +1,153 @@
-//! (being written)
+//! Every whiteout and opaque-directory format, read side (the kernel's `ovl_is_whiteout`,
+//! `ovl_is_opaquedir`, plus the aufs/OCI layer format):
+//!
+//! - whiteout: a character device 0/0 (kernel); a `.wh.NAME` entry (aufs/OCI); a zero-size
+//!   regular file with `overlay.whiteout` set inside a directory whose `overlay.opaque` is
+//!   `x` (kernel 6.7+ xattr whiteouts, used where device nodes can't be made);
+//! - opaque directory: `overlay.opaque=y` in the trusted or user namespace; a `.wh..wh..opq`
+//!   entry inside it (aufs/OCI).
+//!
+//! None of these markers is ever shown in the merged view.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::layers::READ_PREFIXES;
+use crate::sys::{self, xattr, Stat};
+
+/// Name prefix of an aufs/OCI whiteout.
+pub const AUFS_PREFIX: &[u8] = b".wh.";
+/// Name of the aufs/OCI opaque marker.
+pub const AUFS_OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// What a real directory says about the layers below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opaque {
+    /// Lower directories of the same name merge with it.
+    No,
+    /// Nothing below shows through.
+    Yes,
+    /// Not opaque, but some children may be xattr whiteouts.
+    XattrWhiteouts,
+}
+
+/// A 0/0 character device: the kernel's whiteout.
+pub fn is_whiteout_stat(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// Names that are layer markers, not content (`.wh.*`).
+pub fn is_marker_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(AUFS_PREFIX)
+}
+
+/// `.wh.NAME` → `NAME`; `None` for other names and for the opaque marker.
+pub fn aufs_target(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    if b == AUFS_OPAQUE || !b.starts_with(AUFS_PREFIX) || b.len() == AUFS_PREFIX.len() {
+        return None;
+    }
+    Some(OsStr::from_bytes(&b[AUFS_PREFIX.len()..]))
+}
+
+/// `NAME` → `.wh.NAME`, if that still fits in a name.
+pub fn aufs_name(name: &OsStr) -> Option<CString> {
+    let b = name.as_bytes();
+    if b.len() + AUFS_PREFIX.len() > 255 {
+        return None;
+    }
+    let mut v = AUFS_PREFIX.to_vec();
+    v.extend_from_slice(b);
+    CString::new(v).ok()
+}
+
+/// Is there an aufs whiteout for `name` in `dir`?
+pub fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    match aufs_name(name) {
+        Some(wh) => sys::fstatat(dir, &wh).is_ok(),
+        None => false,
+    }
+}
+
+fn marker_value(dir: BorrowedFd<'_>, name: &std::ffi::CStr, suffix: &str) -> Option<Vec<u8>> {
+    for p in READ_PREFIXES {
+        let mut attr = p.to_bytes().to_vec();
+        attr.extend_from_slice(suffix.as_bytes());
+        let attr = CString::new(attr).ok()?;
+        if let Ok(Some(v)) = xattr::get(dir, name, &attr) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The opaque state of the real directory `dir` (an fd of the directory itself).
+pub fn dir_opaque(dir: BorrowedFd<'_>) -> Opaque {
+    match marker_value(dir, c"", "opaque").as_deref() {
+        Some(b"y") => return Opaque::Yes,
+        Some(b"x") => return Opaque::XattrWhiteouts,
+        _ => {}
+    }
+    let opq = CString::new(AUFS_OPAQUE).unwrap_or_default();
+    if sys::fstatat(dir, &opq).is_ok() {
+        return Opaque::Yes;
+    }
+    Opaque::No
+}
+
+/// A zero-size regular file carrying `overlay.whiteout` (only meaningful inside a
+/// directory whose opaque state is [`Opaque::XattrWhiteouts`]).
+pub fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &std::ffi::CStr, st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_size == 0
+        && marker_value(dir, name, "whiteout").is_some()
+}
+
+/// True for xattr names private to overlay layers, hidden from the merged view.
+pub fn is_private_xattr(name: &[u8]) -> bool {
+    READ_PREFIXES.iter().any(|p| name.starts_with(p.to_bytes()))
+}
+
+/// Filters a NUL-separated xattr name list, dropping private names.
+pub fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !is_private_xattr(name) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+    }
+    out
+}
+
+/// Bytes of an `OsString` as a C string (names never contain NUL).
+pub fn c_name(name: &OsStr) -> Option<CString> {
+    CString::new(name.as_bytes()).ok()
+}
+
+/// An `OsString` from raw bytes.
+pub fn os(b: &[u8]) -> OsString {
+    OsString::from_vec(b.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aufs_names() {
+        assert_eq!(aufs_target(OsStr::new(".wh.foo")), Some(OsStr::new("foo")));
+        assert_eq!(aufs_target(OsStr::new(".wh..wh..opq")), None);
+        assert_eq!(aufs_target(OsStr::new(".wh.")), None);
+        assert_eq!(aufs_target(OsStr::new("foo")), None);
+        assert!(is_marker_name(OsStr::new(".wh..wh..opq")));
+        assert!(aufs_name(OsStr::new(&"a".repeat(252))).is_none());
+    }
+
+    #[test]
+    fn private_xattrs_are_filtered() {
+        let list = b"user.a\0trusted.overlay.opaque\0user.overlay.redirect\0security.x\0";
+        assert_eq!(filter_xattr_list(list), b"user.a\0security.x\0".to_vec());
+    }
+}

@@ -46,7 +46,10 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirent>> {
                 break;
             }
             let name_bytes = &buf[pos + 19..pos + reclen];
-            let len = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+            let len = name_bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_bytes.len());
             let name = &name_bytes[..len];
             if name != b"." && name != b".." {
                 out.push(RawDirent {

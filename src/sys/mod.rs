@@ -83,7 +83,12 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: path is NUL-terminated.
-    let nfd = cvt(unsafe { libc::open(path.as_ptr(), (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW & !libc::O_CREAT) })?;
+    let nfd = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW & !libc::O_CREAT,
+        )
+    })?;
     // SAFETY: fresh fd.
     Ok(unsafe { OwnedFd::from_raw_fd(nfd) })
 }
@@ -247,4 +252,122 @@ pub fn current_umask() -> u32 {
         }
     }
     0o022
+}
+
+/// Is `gid` among the supplementary groups of process `pid`? (Read from /proc; false
+/// when the process is gone.)
+pub fn in_group(pid: u32, gid: u32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .any(|x| x.parse::<u32>().ok() == Some(gid))
+        })
+        .unwrap_or(false)
+}
+
+fn exit_sigset() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: set is a valid sigset_t buffer, initialized by sigemptyset.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        set.assume_init()
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread and every thread it starts later.
+pub fn block_exit_signals() {
+    let set = exit_sigset();
+    // SAFETY: set is initialized; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Waits for one of the blocked exit signals; returns its number.
+pub fn wait_exit_signal() -> Option<i32> {
+    let set = exit_sigset();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: set is initialized and sig is a valid out-pointer.
+    let r = unsafe { libc::sigwait(&set, &mut sig) };
+    (r == 0).then_some(sig)
+}
+
+/// Mount flags and data for [`fuse_mount`].
+#[derive(Debug, Clone, Default)]
+pub struct FuseMountArgs {
+    pub source: String,
+    pub fstype: String,
+    pub read_only: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+    /// Extra comma-separated kernel options (`default_permissions`, `allow_other`).
+    pub data: String,
+}
+
+/// Opens /dev/fuse and mounts it at `target` with mount(2). EPERM means the caller should
+/// go through fusermount3 instead.
+pub fn fuse_mount(target: &Path, args: &FuseMountArgs) -> io::Result<OwnedFd> {
+    let dev = cstr(OsStr::new("/dev/fuse"))?;
+    // SAFETY: dev is NUL-terminated.
+    let fd = cvt(unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+    // SAFETY: fresh fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let target_c = cstr(target.as_os_str())?;
+    let mut target_st = std::mem::MaybeUninit::<Stat>::zeroed();
+    // SAFETY: valid path and out-pointer.
+    cvt(unsafe { libc::stat(target_c.as_ptr(), target_st.as_mut_ptr()) })?;
+    // SAFETY: filled by stat.
+    let root_mode = unsafe { target_st.assume_init() }.st_mode & libc::S_IFMT;
+    // SAFETY: plain getters.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={uid},group_id={gid}",
+        fd.as_raw_fd(),
+        root_mode
+    );
+    if !args.data.is_empty() {
+        data.push(',');
+        data.push_str(&args.data);
+    }
+    let mut flags: libc::c_ulong = 0;
+    for (on, f) in [
+        (args.read_only, libc::MS_RDONLY),
+        (args.nodev, libc::MS_NODEV),
+        (args.nosuid, libc::MS_NOSUID),
+        (args.noexec, libc::MS_NOEXEC),
+        (args.noatime, libc::MS_NOATIME),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    let source = cstr(OsStr::new(&args.source))?;
+    let fstype = cstr(OsStr::new(&args.fstype))?;
+    let data = cstr(OsStr::new(&data))?;
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+    cvt(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target_c.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Lazily unmounts `target` (the mount point given by the administrator).
+pub fn umount_detach(target: &Path) -> io::Result<()> {
+    let c = cstr(target.as_os_str())?;
+    // SAFETY: c is NUL-terminated.
+    cvt(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) })?;
+    Ok(())
 }

@@ -28,8 +28,11 @@ fn at_flags(name: &CStr) -> libc::c_int {
     }
 }
 
-fn enosys(e: &io::Error) -> bool {
+/// True when the *at syscall can't serve this call: an old kernel (ENOSYS), or an empty
+/// name on an `O_PATH` fd, which the *xattrat calls refuse with EBADF.
+fn use_proc(name: &CStr, e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOSYS)
+        || (name.is_empty() && e.raw_os_error() == Some(libc::EBADF))
 }
 
 /// Runs `f` on the /proc magic link of `dir/name` (the fallback for kernels before 6.13).
@@ -50,7 +53,12 @@ fn via_proc<T>(
     f(&p)
 }
 
-fn getxattr_raw(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+fn getxattr_raw(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    attr: &CStr,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     let mut args = XattrArgs {
         value: buf.as_mut_ptr() as u64,
         size: buf.len() as u32,
@@ -72,12 +80,19 @@ fn getxattr_raw(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, buf: &mut [u8]) -
         return Ok(r as usize);
     }
     let e = io::Error::last_os_error();
-    if !enosys(&e) {
+    if !use_proc(name, &e) {
         return Err(e);
     }
     via_proc(dir, name, |p| {
         // SAFETY: p and attr are NUL-terminated; buf is writable.
-        let r = unsafe { libc::getxattr(p.as_ptr(), attr.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let r = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                attr.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
         if r < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -100,7 +115,12 @@ pub fn get(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> io::Result<Option<V
                 let size = getxattr_raw(dir, name, attr, &mut [])?;
                 buf = vec![0u8; size.max(buf.len() * 2)];
             }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::EOPNOTSUPP)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENODATA) | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
                 return Ok(None)
             }
             Err(e) => return Err(e),
@@ -124,7 +144,7 @@ fn listxattr_raw(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result
         return Ok(r as usize);
     }
     let e = io::Error::last_os_error();
-    if !enosys(&e) {
+    if !use_proc(name, &e) {
         return Err(e);
     }
     via_proc(dir, name, |p| {
@@ -158,7 +178,13 @@ pub fn list(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
 }
 
 /// Sets `attr` on `dir/name` (flags: 0, XATTR_CREATE or XATTR_REPLACE).
-pub fn set(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+pub fn set(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    attr: &CStr,
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
     let args = XattrArgs {
         value: value.as_ptr() as u64,
         size: value.len() as u32,
@@ -180,12 +206,20 @@ pub fn set(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, value: &[u8], flags: i
         return Ok(());
     }
     let e = io::Error::last_os_error();
-    if !enosys(&e) {
+    if !use_proc(name, &e) {
         return Err(e);
     }
     via_proc(dir, name, |p| {
         // SAFETY: p, attr NUL-terminated; value readable.
-        let r = unsafe { libc::setxattr(p.as_ptr(), attr.as_ptr(), value.as_ptr().cast(), value.len(), flags) };
+        let r = unsafe {
+            libc::setxattr(
+                p.as_ptr(),
+                attr.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        };
         if r < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -210,7 +244,7 @@ pub fn remove(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> io::Result<()> {
         return Ok(());
     }
     let e = io::Error::last_os_error();
-    if !enosys(&e) {
+    if !use_proc(name, &e) {
         return Err(e);
     }
     via_proc(dir, name, |p| {
