@@ -270,6 +270,7 @@ impl UnionFs {
                 top: found.top,
                 dirs: found.dirs,
                 data: None,
+                pinned: None,
             };
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
@@ -278,6 +279,9 @@ impl UnionFs {
         let updir = self.upper_dir_of(&pnode)?;
         let ploc = pnode.loc();
         let needs_whiteout = lower_positive(&ploc, name, &cname);
+        if !dir {
+            self.pin_before_remove(found.ino, &ploc, found.top, &cname);
+        }
         let w = work.as_fd();
         if found.top == UPPER {
             if needs_whiteout {
@@ -305,6 +309,19 @@ impl UnionFs {
             make_whiteout(updir.as_fd(), &cname)?;
         }
         Ok(())
+    }
+
+    /// Keeps a node the kernel still holds reachable after its name goes away.
+    fn pin_before_remove(&self, ino: u64, parent: &Loc, top: crate::layers::LayerId, cname: &CStr) {
+        let Some(node) = self.inodes.get(ino) else {
+            return;
+        };
+        let Some(dir) = parent.dir_in(top) else {
+            return;
+        };
+        if let Ok(fd) = sys::openat(dir.as_fd(), cname, libc::O_PATH, 0) {
+            node.loc.write().pinned = Some(Arc::new(fd));
+        }
     }
 
     /// Where the lower part of directory `node` lives, as an absolute path from the layer
@@ -399,6 +416,7 @@ impl UnionFs {
                             top: d.top,
                             dirs: d.dirs.clone(),
                             data: None,
+                            pinned: None,
                         };
                         if readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2 {
                             return err(libc::ENOTEMPTY);

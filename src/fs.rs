@@ -79,6 +79,7 @@ impl UnionFs {
             top: layers.roots().first().map(|(l, _)| *l).unwrap_or(1),
             dirs: layers.roots(),
             data: None,
+            pinned: None,
         };
         let read_only = !cfg.writable();
         let work = match (&layers.work, read_only) {
@@ -112,6 +113,13 @@ impl UnionFs {
     /// The real object behind a node, in its top layer.
     pub(crate) fn real(&self, node: &Node) -> Result<Real> {
         let loc = node.loc();
+        if let Some(p) = &loc.pinned {
+            return Ok(Real {
+                dir: p.clone(),
+                name: CString::default(),
+                loc,
+            });
+        }
         if node.is_dir() {
             let dir = loc
                 .dirs
@@ -156,6 +164,7 @@ impl UnionFs {
             top: found.top,
             dirs: found.dirs,
             data: found.data,
+            pinned: None,
         };
         let node = self.inodes.remember(found.ino, kind, loc);
         if node.kind != kind {

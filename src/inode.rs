@@ -82,6 +82,10 @@ pub struct Loc {
     pub dirs: Vec<(LayerId, Arc<OwnedFd>)>,
     /// Metacopy files: `O_PATH` fd of the lower file that holds the data.
     pub data: Option<Arc<OwnedFd>>,
+    /// Set when the name this node was reached by is removed while the kernel still holds
+    /// the node (an open file, another hard link): an `O_PATH` fd of the real inode, which
+    /// then answers for it.
+    pub pinned: Option<Arc<OwnedFd>>,
 }
 
 impl Loc {

@@ -217,7 +217,8 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                             continue 'layers;
                         }
                     } else {
-                        if layer == UPPER {
+                        // A hard-linked upper file has several names but one number: its own.
+                        if layer == UPPER && st.st_nlink == 1 {
                             want_origin = marker(dir.as_fd(), &n, "origin").is_some();
                         }
                         metacopy = is_reg(&st) && marker(dir.as_fd(), &n, "metacopy").is_some();

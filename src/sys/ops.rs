@@ -86,16 +86,14 @@ pub fn renameat2(
 
 /// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id alone.
 pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
+    let flags = libc::AT_SYMLINK_NOFOLLOW
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
     // SAFETY: NUL-terminated name, live fd.
-    cvt(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            uid,
-            gid,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
+    cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) })?;
     Ok(())
 }
 
@@ -118,15 +116,34 @@ pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
         return Ok(());
     }
     let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::ENOSYS) {
+    if e.raw_os_error() != Some(libc::ENOSYS) && !name.is_empty() {
         return Err(e);
     }
-    let fd = openat(dir, name, libc::O_PATH, 0)?;
-    let p = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let (_holder, p) = proc_path(dir, name)?;
     // SAFETY: NUL-terminated path.
     cvt(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })?;
     Ok(())
+}
+
+/// The /proc magic link of `dir/name` (`dir` itself for an empty name), with the fd that
+/// keeps it valid: the link names the object, so calls that follow it reach that object
+/// and never a symlink's target.
+fn proc_path(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+) -> io::Result<(Option<std::os::fd::OwnedFd>, std::ffi::CString)> {
+    let holder = if name.is_empty() {
+        None
+    } else {
+        Some(openat(dir, name, libc::O_PATH, 0)?)
+    };
+    let fd = holder
+        .as_ref()
+        .map(|h| h.as_raw_fd())
+        .unwrap_or(dir.as_raw_fd());
+    let p = std::ffi::CString::new(format!("/proc/self/fd/{fd}"))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok((holder, p))
 }
 
 /// A timestamp for [`utimensat`]: a time, now, or leave alone.
@@ -162,6 +179,12 @@ pub fn utimensat(
     mtime: SetTime,
 ) -> io::Result<()> {
     let ts = [timespec(atime), timespec(mtime)];
+    if name.is_empty() {
+        let (_holder, p) = proc_path(dir, name)?;
+        // SAFETY: valid timespec array; NUL-terminated path.
+        cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) })?;
+        return Ok(());
+    }
     // SAFETY: ts is a valid array of two timespecs; NUL-terminated name.
     cvt(unsafe {
         libc::utimensat(
