@@ -8,7 +8,7 @@
 # Environment:
 #   STRATAFS_PJDFSTEST=1   same as --pjdfstest          STRATAFS_FSX=1   same as --fsx
 #   STRATAFS_TEST_TIMEOUT  seconds allowed to `cargo test` (default 1200)
-#   STRATAFS_FSX_OPS       operations per fsx run (default 20000)
+#   STRATAFS_FSX_OPS       operations per long fsx run (default 100000; the mapread run does a tenth)
 #   PJDFSTEST_CONFIG=FILE  pjdfstest config (default ../shared/testdata/pjdfstest-overlay.toml,
 #                          else tests/pjdfstest-overlay.toml)
 #   STRATAFS_BIN=PATH      mount PATH instead of target/release/stratafs in the pjdfstest and
@@ -24,12 +24,10 @@ cd "$repo"
 # shellcheck source=scripts/common.sh
 . scripts/common.sh
 
-# ---- Later stages: OFF by default -------------------------------------------------------
-# pjdfstest and fsx write through the mount, and the write path of stratafs is still being
-# built. Both functions below are complete; switch them on (default 1 here and in .ci/run)
-# once stratafs handles create/write/rename/unlink/setattr.
-run_pjdfstest_stage=${STRATAFS_PJDFSTEST:-0}
-run_fsx_stage=${STRATAFS_FSX:-0}
+# ---- Stages after cargo test: pjdfstest and fsx against a stratafs mount, on by default ----
+# (STRATAFS_PJDFSTEST=0 / STRATAFS_FSX=0 skip them for a quick local run.)
+run_pjdfstest_stage=${STRATAFS_PJDFSTEST:-1}
+run_fsx_stage=${STRATAFS_FSX:-1}
 PJDFSTEST_VERSION=0.2.2 # the version ../shared/testdata/pjdfstest-overlay.toml was calibrated with
 FSX_VERSION=0.2.0
 
@@ -169,7 +167,7 @@ run_pjdfstest() {
 
 # ---- fsx (random read/write/truncate/mmap, data verified), gated by STRATAFS_FSX / --fsx ----
 run_fsx() {
-  local log="$logs/fsx.log" rc=0 target ops=${STRATAFS_FSX_OPS:-20000}
+  local log="$logs/fsx.log" rc=0 ops=${STRATAFS_FSX_OPS:-100000} run target config n
   if ! cargo install --locked --version "$FSX_VERSION" fsx; then
     stage_result fsx fail "cargo install fsx failed"
     return
@@ -178,17 +176,21 @@ run_fsx() {
     stage_result fsx fail "mount failed"
     return
   fi
-  # One file created in the upper, one that starts in the lower (copied up on first write).
+  # A file created in the upper; one that starts in the lower (copied up when fsx opens
+  # it); every forwarded operation (fallocate, punch hole, copy_file_range, sendfile, fsync);
+  # and a short run with mapread, which fsx 0.2 never unmaps (so only short runs).
   : >"$log"
-  for target in new-file lower-file; do
-    say "fsx -N $ops -S 1 $target"
-    timeout 600 fsx -N "$ops" -S 1 "$stage_mnt/$target" >>"$log" 2>&1 || rc=$?
+  for run in "new-file:tests/fsx/long.toml:$ops" "lower-file:tests/fsx/long.toml:$ops" \
+    "all-ops-file:tests/fsx/all-ops.toml:$ops" "mapread-file::$((ops / 10))"; do
+    IFS=: read -r target config n <<<"$run"
+    say "fsx -N $n -S 1 ${config:+-f $config }$target"
+    timeout 600 fsx -q -N "$n" -S 1 ${config:+-f "$repo/$config"} "$stage_mnt/$target" >>"$log" 2>&1 || rc=$?
     [ "$rc" = 0 ] || break
   done
   tail -n 40 "$log"
   stage_unmount
   if [ "$rc" = 0 ]; then
-    stage_result fsx pass "$ops operations each on a new file and on one that starts in the lower layer"
+    stage_result fsx pass "$ops operations each on a new file, a lower file and with every operation; $((ops / 10)) with mapread"
   else
     stage_result fsx fail "exit status $rc (full log: $log)"
   fi
@@ -198,16 +200,16 @@ section "pjdfstest"
 if [ "$run_pjdfstest_stage" = 1 ]; then
   run_pjdfstest
 else
-  say "off (the write path is not there yet): STRATAFS_PJDFSTEST=1 or --pjdfstest to run it"
-  stage_result pjdfstest skip "off by default until the write path exists"
+  say "off (STRATAFS_PJDFSTEST=0)"
+  stage_result pjdfstest skip "switched off by STRATAFS_PJDFSTEST=0"
 fi
 
 section "fsx"
 if [ "$run_fsx_stage" = 1 ]; then
   run_fsx
 else
-  say "off (the write path is not there yet): STRATAFS_FSX=1 or --fsx to run it"
-  stage_result fsx skip "off by default until the write path exists"
+  say "off (STRATAFS_FSX=0)"
+  stage_result fsx skip "switched off by STRATAFS_FSX=0"
 fi
 
 section "Left-over mounts after the tests"
