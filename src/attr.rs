@@ -42,6 +42,25 @@ fn time(sec: i64, nsec: i64) -> SystemTime {
 }
 
 impl Attr {
+    /// Placeholder attributes for a negative entry (only its TTL matters to the kernel).
+    pub fn negative() -> Attr {
+        Attr {
+            ino: 0,
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            kind: Kind::File,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 0,
+        }
+    }
+
     /// From a real entry's stat. `merged` directories report one link, as the kernel's.
     pub fn from_stat(st: &Stat, ino: u64, merged: bool) -> Attr {
         Attr {

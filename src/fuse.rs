@@ -24,8 +24,11 @@ use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
 use crate::sys::ops::SetTime;
 
-/// How long the kernel may cache entries and attributes.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache entries, attributes and negative lookups. Every change
+/// made through the mount goes through this daemon and the kernel updates or drops its own
+/// cache for it, so only changes made to the branches behind the mount's back wait this
+/// long to show (`timeout=` lowers it).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 
 /// The `fuser::Filesystem` over a shared [`UnionFs`].
 pub struct FuseAdapter {
@@ -154,6 +157,12 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            // A negative entry (node id 0) lets the kernel cache "no such name" too.
+            Err(e) if e.errno == libc::ENOENT && !self.ttl.is_zero() => {
+                let mut neg = fuse_attr(&Attr::negative());
+                neg.ino = INodeNo(0);
+                reply.entry(&self.ttl, &neg, Generation(0))
+            }
             Err(e) => reply.error(errno("lookup", e)),
         }
     }
@@ -181,7 +190,9 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The file's data only changes through this mount, so the page cache stays valid
+            // from one open to the next.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno("open", e)),
         }
     }
@@ -219,7 +230,12 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep listings; it drops them itself when the directory changes
+            // through the mount.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno("opendir", e)),
         }
     }
@@ -498,7 +514,7 @@ impl Filesystem for FuseAdapter {
                 &fuse_attr(&a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Ok((_, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(errno("create", e)),
