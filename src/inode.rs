@@ -132,7 +132,12 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct InodeTable {
     nodes: DashMap<u64, Arc<Node>>,
+    /// Nodes removed since the table last checked whether to shrink.
+    removed: std::sync::atomic::AtomicU64,
 }
+
+/// After this many removals the table checks whether it should give memory back.
+const SHRINK_EVERY: u64 = 4096;
 
 impl InodeTable {
     pub fn new(root: Loc) -> InodeTable {
@@ -244,9 +249,24 @@ impl InodeTable {
                 Some((_, node)) => {
                     ino = node.loc.read().parent;
                     n = 1;
+                    self.note_removal();
                 }
                 None => return,
             }
+        }
+    }
+
+    /// After many FORGETs (e.g. the kernel dropping its caches) the map's capacity and the
+    /// allocator's free pages are returned, so the daemon's memory falls back.
+    fn note_removal(&self) {
+        use std::sync::atomic::Ordering;
+        if self.removed.fetch_add(1, Ordering::Relaxed) + 1 < SHRINK_EVERY {
+            return;
+        }
+        self.removed.store(0, Ordering::Relaxed);
+        if self.nodes.len() * 4 < self.nodes.capacity() {
+            self.nodes.shrink_to_fit();
+            crate::sys::release_free_memory();
         }
     }
 
