@@ -7,6 +7,8 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use parking_lot::RwLock;
 
 use crate::error::{err, Error, Result};
@@ -23,6 +25,8 @@ pub struct FileHandle {
     pub flags: i32,
     /// The fd is a metacopy entry's data file, not the entry itself.
     pub data_only: bool,
+    /// The kernel does this handle's I/O on the backing file itself (FUSE passthrough).
+    passthrough: AtomicBool,
 }
 
 impl FileHandle {
@@ -32,6 +36,7 @@ impl FileHandle {
             fd: RwLock::new(Arc::new(fd)),
             flags,
             data_only,
+            passthrough: AtomicBool::new(false),
         }
     }
 
@@ -169,6 +174,44 @@ impl UnionFs {
         let len = len.min(1 << 30) as usize;
         ops::copy_file_range(a.fd().as_fd(), off_in, b.fd().as_fd(), off_out, len)
             .map_err(|e| Error::io(e, "copy_file_range"))
+    }
+
+    /// The fd the kernel may do this handle's I/O on directly (FUSE passthrough), with the
+    /// real file's (dev, ino) so one backing file serves all handles of an inode.
+    ///
+    /// Only an upper file qualifies: a lower file is never handed to the kernel, so no
+    /// write can reach a lower layer. And only while every other open handle of the inode
+    /// is a passthrough one too: a handle served by this daemon reads through the FUSE page
+    /// cache, which writes on the backing file would leave stale.
+    pub fn passthrough_source(&self, fh: u64) -> Option<(Arc<OwnedFd>, (u64, u64))> {
+        let h = self.handle(fh).ok()?;
+        if h.data_only {
+            return None;
+        }
+        let node = self.node(h.ino).ok()?;
+        {
+            let loc = node.loc.read();
+            if !loc.in_upper() || loc.pinned.is_some() {
+                return None;
+            }
+        }
+        let others_served_here = self
+            .files
+            .iter()
+            .any(|o| *o.key() != fh && o.ino == h.ino && !o.passthrough.load(Ordering::Relaxed));
+        if others_served_here {
+            return None;
+        }
+        let fd = h.fd();
+        let st = sys::fstat(fd.as_fd()).ok()?;
+        Some((fd, (st.st_dev, st.st_ino)))
+    }
+
+    /// Records that the kernel does this handle's I/O itself.
+    pub fn set_passthrough(&self, fh: u64) {
+        if let Ok(h) = self.handle(fh) {
+            h.passthrough.store(true, Ordering::Relaxed);
+        }
     }
 
     pub fn release(&self, fh: u64) {

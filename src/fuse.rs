@@ -2,7 +2,15 @@
 //! No filesystem logic lives here; every error is logged at debug and answered with its
 //! errno.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Weak;
+
+use dashmap::DashMap;
+use fuser::BackingId;
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,11 +42,69 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 pub struct FuseAdapter {
     fs: Arc<UnionFs>,
     ttl: Duration,
+    /// The kernel granted FUSE passthrough and registering a backing file has not failed.
+    passthrough: AtomicBool,
+    /// One backing file per inode (the kernel allows no more), keyed by the real file's
+    /// (dev, ino); alive while a handle holds it.
+    backings: Mutex<HashMap<u64, ((u64, u64), Weak<BackingId>)>>,
+    handle_backing: DashMap<u64, Arc<BackingId>>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<UnionFs>, ttl: Duration) -> Self {
-        FuseAdapter { fs, ttl }
+        FuseAdapter {
+            fs,
+            ttl,
+            passthrough: AtomicBool::new(false),
+            backings: Mutex::new(HashMap::new()),
+            handle_backing: DashMap::new(),
+        }
+    }
+
+    /// The open flags for a handle the daemon serves. With passthrough in use, a file's
+    /// page cache may be stale after passthrough writes, so it is not kept across opens.
+    fn served_flags(&self) -> FopenFlags {
+        if self.passthrough.load(Ordering::Relaxed) {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        }
+    }
+
+    /// The backing file for handle `fh`, if it may use passthrough (see
+    /// `UnionFs::passthrough_source`). `register` is the reply's `open_backing`.
+    fn backing_for(
+        &self,
+        fh: u64,
+        ino: u64,
+        register: impl FnOnce(&OwnedFd) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (fd, ident) = self.fs.passthrough_source(fh)?;
+        let mut map = self.backings.lock();
+        if let Some((id, weak)) = map.get(&ino) {
+            if let Some(b) = weak.upgrade() {
+                if *id != ident {
+                    return None; // another real file still backs this inode
+                }
+                return Some(b);
+            }
+        }
+        match register(&fd) {
+            Ok(b) => {
+                let b = Arc::new(b);
+                map.insert(ino, (ident, Arc::downgrade(&b)));
+                Some(b)
+            }
+            Err(e) => {
+                // Typically EPERM: passthrough needs CAP_SYS_ADMIN in the initial namespace.
+                info!("passthrough unavailable ({e}); serving reads and writes in the daemon");
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
     }
 }
 
@@ -147,6 +213,16 @@ impl Filesystem for FuseAdapter {
                 Err(_) => info!("init: kernel lacks {flag:?} ({why}); going on without"),
             }
         }
+        // Passthrough: the kernel reads and writes upper files itself. Stack depth 1 lets
+        // backing files live on any non-stacking filesystem.
+        if config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+            debug!("init: FUSE_PASSTHROUGH granted: upper files do I/O in the kernel");
+        } else {
+            info!("init: kernel lacks FUSE_PASSTHROUGH; all I/O goes through the daemon");
+        }
         let _ = config.set_max_background(64);
         let _ = config
             .set_max_write(1 << 20)
@@ -190,9 +266,16 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
-            // The file's data only changes through this mount, so the page cache stays valid
-            // from one open to the next.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => match self.backing_for(fh, ino.0, |fd| reply.open_backing(fd)) {
+                Some(b) => {
+                    self.fs.set_passthrough(fh);
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+                    self.handle_backing.insert(fh, b);
+                }
+                // Without passthrough the file's data only changes through this daemon, so
+                // the page cache stays valid from one open to the next.
+                None => reply.opened(FileHandle(fh), self.served_flags()),
+            },
             Err(e) => reply.error(errno("open", e)),
         }
     }
@@ -225,6 +308,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.fs.release(fh.0);
+        self.handle_backing.remove(&fh.0);
         reply.ok();
     }
 
@@ -509,13 +593,27 @@ impl Filesystem for FuseAdapter {
             NewKind::File { flags },
             caller(req),
         ) {
-            Ok((a, Some(fh))) => reply.created(
-                &self.ttl,
-                &fuse_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((a, Some(fh))) => match self.backing_for(fh, a.ino, |fd| reply.open_backing(fd)) {
+                Some(bk) => {
+                    self.fs.set_passthrough(fh);
+                    reply.created_passthrough(
+                        &self.ttl,
+                        &fuse_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &bk,
+                    );
+                    self.handle_backing.insert(fh, bk);
+                }
+                None => reply.created(
+                    &self.ttl,
+                    &fuse_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    self.served_flags(),
+                ),
+            },
             Ok((_, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(errno("create", e)),
         }
