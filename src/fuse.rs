@@ -38,6 +38,9 @@ use crate::sys::ops::SetTime;
 /// long to show (`timeout=` lowers it).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 
+/// A real file's (st_dev, st_ino).
+type RealId = (u64, u64);
+
 /// The `fuser::Filesystem` over a shared [`UnionFs`].
 pub struct FuseAdapter {
     fs: Arc<UnionFs>,
@@ -46,7 +49,7 @@ pub struct FuseAdapter {
     passthrough: AtomicBool,
     /// One backing file per inode (the kernel allows no more), keyed by the real file's
     /// (dev, ino); alive while a handle holds it.
-    backings: Mutex<HashMap<u64, ((u64, u64), Weak<BackingId>)>>,
+    backings: Mutex<HashMap<u64, (RealId, Weak<BackingId>)>>,
     handle_backing: DashMap<u64, Arc<BackingId>>,
 }
 
