@@ -378,3 +378,15 @@ pub fn release_free_memory() {
     // SAFETY: malloc_trim only inspects and trims the allocator's own free lists.
     unsafe { libc::malloc_trim(0) };
 }
+
+/// True when this process runs in a user namespace other than the initial one (its uid map
+/// is not the identity map of all ids).
+pub fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(m) => {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            f != ["0", "0", "4294967295"]
+        }
+        Err(_) => false,
+    }
+}
