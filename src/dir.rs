@@ -186,7 +186,7 @@ impl UnionFs {
                     let f = sys::openat(
                         w,
                         &tmp,
-                        (flags & crate::file::PASS_FLAGS & !libc::O_TRUNC)
+                        (self.real_open_flags(*flags) & !libc::O_TRUNC)
                             | libc::O_CREAT
                             | libc::O_EXCL,
                         0o600,

@@ -74,18 +74,35 @@ impl UnionFs {
             self.copy_up(&node, flags & libc::O_TRUNC == 0 || node.kind != Kind::File)?;
         }
         let real = self.real(&node)?;
+        let real_flags = self.real_open_flags(flags);
         let (fd, data_only) = match (&real.loc.data, write) {
-            (Some(data), false) => (
-                sys::reopen(data.as_fd(), flags & PASS_FLAGS & !libc::O_TRUNC),
-                true,
-            ),
+            (Some(data), false) => (sys::reopen(data.as_fd(), real_flags & !libc::O_TRUNC), true),
             _ => (
-                sys::openat(real.dir.as_fd(), &real.name, flags & PASS_FLAGS, 0),
+                sys::openat(real.dir.as_fd(), &real.name, real_flags, 0),
                 false,
             ),
         };
         let fd = fd.map_err(|e| Error::io(e, "open"))?;
         Ok(self.add_handle(ino, fd, flags, data_only))
+    }
+
+    /// The flags to open the real file with for an open(2) with `flags`. With the writeback
+    /// cache the kernel reads pages of files opened write-only and positions appends
+    /// itself, so the real file is opened read-write and without O_APPEND.
+    pub(crate) fn real_open_flags(&self, flags: i32) -> i32 {
+        let mut f = flags & PASS_FLAGS;
+        if self.writeback_cache.load(Ordering::Relaxed) {
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            f &= !libc::O_APPEND;
+        }
+        f
+    }
+
+    /// Called once at INIT when the kernel granted the writeback cache.
+    pub fn set_writeback_cache(&self, on: bool) {
+        self.writeback_cache.store(on, Ordering::Relaxed);
     }
 
     /// After a copy-up: reopen the upper copy under every read-only handle of `ino`.
@@ -102,7 +119,7 @@ impl UnionFs {
         let Ok(node) = self.node(ino) else { return };
         let Ok(real) = self.real(&node) else { return };
         for h in handles {
-            let flags = h.flags & PASS_FLAGS & !libc::O_TRUNC;
+            let flags = self.real_open_flags(h.flags) & !libc::O_TRUNC;
             match sys::openat(real.dir.as_fd(), &real.name, flags, 0) {
                 Ok(fd) => *h.fd.write() = Arc::new(fd),
                 Err(e) => log::warn!("copy-up: could not switch an open handle of {ino:#x}: {e}"),

@@ -67,6 +67,8 @@ pub struct UnionFs {
     pub volatile: bool,
     /// The copy-up staging directory `workdir/work` (writable mounts only).
     pub(crate) work: Option<Arc<OwnedFd>>,
+    /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
+    pub(crate) writeback_cache: std::sync::atomic::AtomicBool,
 }
 
 impl UnionFs {
@@ -92,6 +94,7 @@ impl UnionFs {
             inodes: InodeTable::new(root),
             volatile: cfg.volatile,
             work,
+            writeback_cache: std::sync::atomic::AtomicBool::new(false),
             layers,
             files: DashMap::new(),
             dirs: DashMap::new(),

@@ -216,15 +216,23 @@ impl Filesystem for FuseAdapter {
                 Err(_) => info!("init: kernel lacks {flag:?} ({why}); going on without"),
             }
         }
-        // Passthrough: the kernel reads and writes upper files itself. Stack depth 1 lets
-        // backing files live on any non-stacking filesystem.
-        if config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
+        // Fast data path, one of two (the kernel refuses both together):
+        // - passthrough: the kernel reads and writes upper files itself. Registering a
+        //   backing file needs CAP_SYS_ADMIN in the initial user namespace, so it is only
+        //   asked for where that holds (stack depth 1: backing files on any plain fs);
+        // - otherwise the writeback cache: the kernel batches writes in its page cache.
+        let may_passthrough = crate::sys::has_initial_ns_sys_admin();
+        if may_passthrough
+            && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
             self.passthrough.store(true, Ordering::Relaxed);
             debug!("init: FUSE_PASSTHROUGH granted: upper files do I/O in the kernel");
+        } else if config.add_capabilities(F::FUSE_WRITEBACK_CACHE).is_ok() {
+            self.fs.set_writeback_cache(true);
+            info!("init: passthrough not usable here; writeback cache granted instead");
         } else {
-            info!("init: kernel lacks FUSE_PASSTHROUGH; all I/O goes through the daemon");
+            info!("init: neither passthrough nor writeback cache; all I/O goes through the daemon");
         }
         let _ = config.set_max_background(64);
         let _ = config

@@ -390,3 +390,21 @@ pub fn in_user_namespace() -> bool {
         Err(_) => false,
     }
 }
+
+/// Bit number of CAP_SYS_ADMIN in the capability sets (linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// True when this process holds CAP_SYS_ADMIN in the initial user namespace (what FUSE
+/// passthrough's backing-file registration requires).
+pub fn has_initial_ns_sys_admin() -> bool {
+    if in_user_namespace() {
+        return false;
+    }
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
