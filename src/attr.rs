@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::copy_up::CopyUp;
 use crate::error::{err, Error, Result};
 use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
@@ -238,7 +239,12 @@ impl UnionFs {
         if s.size.is_some() && node.kind == Kind::Dir {
             return err(libc::EISDIR);
         }
-        self.copy_up(&node, s.size != Some(0) || node.kind != Kind::File)?;
+        let want = match s.size {
+            Some(0) => CopyUp::Empty,
+            Some(_) => CopyUp::Data,
+            None => CopyUp::Meta,
+        };
+        self.copy_up(&node, want)?;
         let real = self.real(&node)?;
         let (dir, name) = (real.dir.as_fd(), real.name.as_c_str());
         if s.uid.is_some() || s.gid.is_some() {
@@ -306,7 +312,7 @@ impl UnionFs {
             // Removing what is not there must not copy anything up.
             self.getxattr(ino, name)?;
         }
-        self.copy_up(&node, true)?;
+        self.copy_up(&node, CopyUp::Meta)?;
         let real = self.real(&node)?;
         match set {
             Some((value, flags)) => xattr::set(real.dir.as_fd(), &real.name, &cname, value, flags),

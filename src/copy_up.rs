@@ -31,6 +31,18 @@ use crate::whiteout;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// How much of an entry a copy-up must bring to the upper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyUp {
+    /// Metadata is about to change (chmod, chown, utimens, xattrs, a child is created):
+    /// the data may stay below when `metacopy=on`.
+    Meta,
+    /// The data is about to change: all of it.
+    Data,
+    /// The data is about to be discarded (open with O_TRUNC, truncate to 0): none of it.
+    Empty,
+}
+
 /// A fresh temporary name in the staging directory.
 pub fn tmp_name() -> CString {
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -190,20 +202,28 @@ impl UnionFs {
         self.work.clone().ok_or_else(|| Error::errno(libc::EROFS))
     }
 
-    /// Makes `node` exist in the upper (its parents first). With `data == false` a
-    /// regular file is created empty (the caller is about to truncate it).
-    pub fn copy_up(&self, node: &Arc<Node>, data: bool) -> Result<()> {
-        if node.loc.read().in_upper() {
-            return Ok(());
+    /// Makes `node` exist in the upper (its parents first), with as much of its data as
+    /// `want` asks for.
+    pub fn copy_up(&self, node: &Arc<Node>, want: CopyUp) -> Result<()> {
+        {
+            let loc = node.loc.read();
+            if loc.in_upper() && (loc.data.is_none() || want == CopyUp::Meta) {
+                return Ok(());
+            }
         }
         let work = self.staging()?;
         let _guard = node.copy_lock.lock();
-        if node.loc.read().in_upper() {
-            return Ok(()); // another request copied it while we waited
-        }
         let loc = node.loc();
+        if loc.in_upper() {
+            // Upper already, but metadata only: bring the data up now if it is wanted.
+            return match (loc.data.is_some(), want) {
+                (true, CopyUp::Data) => self.copy_up_data(node),
+                (true, CopyUp::Empty) => self.drop_metacopy(node),
+                _ => Ok(()), // another request copied it while we waited
+            };
+        }
         let parent = self.node(loc.parent)?;
-        self.copy_up(&parent, true)?;
+        self.copy_up(&parent, CopyUp::Meta)?;
         let upper_parent = parent
             .loc
             .read()
@@ -212,9 +232,20 @@ impl UnionFs {
         let src = self.real(node)?;
         let st =
             sys::fstatat(src.dir.as_fd(), &src.name).map_err(|e| Error::io(e, "copy-up stat"))?;
+        // Metadata only (the kernel's metacopy): when allowed, for a file with data.
+        let meta_only =
+            want == CopyUp::Meta && self.metacopy && node.kind == Kind::File && st.st_size > 0;
+        let data_fd = if meta_only {
+            Some(Arc::new(match &src.loc.data {
+                Some(d) => sys::reopen(d.as_fd(), libc::O_PATH),
+                None => sys::openat(src.dir.as_fd(), &src.name, libc::O_PATH, 0),
+            }?))
+        } else {
+            None
+        };
         let tmp = tmp_name();
         let w = work.as_fd();
-        let staged = self.stage_copy(node.kind, &src, &st, w, &tmp, data);
+        let staged = self.stage_copy(node.kind, &src, &st, w, &tmp, want, meta_only);
         if let Err(e) = staged {
             let _ = remove_tree(w, &tmp);
             return Err(e);
@@ -244,13 +275,54 @@ impl UnionFs {
             if let Some(fd) = dirfd {
                 l.dirs.insert(0, (UPPER, fd));
             }
-            l.data = None;
+            l.data = data_fd;
         }
+        if !meta_only {
+            self.switch_handles_to_upper(node.ino);
+        }
+        Ok(())
+    }
+
+    /// Completes a metadata-only copy: the data goes into the upper file in place, and only
+    /// then is `overlay.metacopy` removed. Until that last step the data is still read from
+    /// the lower file, so a crash midway loses nothing. Caller holds `copy_lock`.
+    fn copy_up_data(&self, node: &Arc<Node>) -> Result<()> {
+        let real = self.real(node)?;
+        let Some(data) = real.loc.data.clone() else {
+            return Ok(());
+        };
+        let st = sys::fstatat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "stat"))?;
+        let src = sys::reopen(data.as_fd(), libc::O_RDONLY)
+            .map_err(|e| Error::io(e, "open lower data"))?;
+        let out = sys::openat(real.dir.as_fd(), &real.name, libc::O_WRONLY, 0)
+            .map_err(|e| Error::io(e, "open upper"))?;
+        copy_data(src.as_fd(), out.as_fd(), st.st_size as u64)?;
+        if !self.volatile {
+            ops::fsync(out.as_fd(), false).map_err(|e| Error::io(e, "copy-up fsync"))?;
+        }
+        // Writing the data moved the mtime: the user did not change the file yet.
+        copy_times(real.dir.as_fd(), &real.name, &st)?;
+        self.drop_metacopy(node)
+    }
+
+    /// Removes `overlay.metacopy`: from now on the upper file holds the data.
+    fn drop_metacopy(&self, node: &Arc<Node>) -> Result<()> {
+        let real = self.real(node)?;
+        for p in crate::layers::READ_PREFIXES {
+            let mut a = p.to_bytes().to_vec();
+            a.extend_from_slice(b"metacopy");
+            if let Ok(a) = CString::new(a) {
+                let _ = xattr::remove(real.dir.as_fd(), &real.name, &a);
+            }
+        }
+        node.loc.write().data = None;
         self.switch_handles_to_upper(node.ino);
         Ok(())
     }
 
-    /// Builds the complete copy of `src` as `work/tmp`.
+    /// Builds the copy of `src` as `work/tmp`: complete, or (`meta_only`) a file of the
+    /// right size with no data, marked `overlay.metacopy`.
+    #[allow(clippy::too_many_arguments)]
     fn stage_copy(
         &self,
         kind: Kind,
@@ -258,7 +330,8 @@ impl UnionFs {
         st: &Stat,
         w: BorrowedFd<'_>,
         tmp: &CStr,
-        data: bool,
+        want: CopyUp,
+        meta_only: bool,
     ) -> Result<()> {
         let origin = self.layers.marker("origin");
         match kind {
@@ -268,7 +341,12 @@ impl UnionFs {
             Kind::File => {
                 let out = sys::openat(w, tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)
                     .map_err(|e| Error::io(e, "copy-up create"))?;
-                if data {
+                if meta_only {
+                    ops::ftruncate(out.as_fd(), st.st_size as u64)
+                        .map_err(|e| Error::io(e, "copy-up size"))?;
+                    let mc = self.layers.marker("metacopy");
+                    xattr::set(w, tmp, &mc, b"", 0).map_err(|e| Error::io(e, "set metacopy"))?;
+                } else if want != CopyUp::Empty {
                     let data_fd = match &src.loc.data {
                         Some(d) => sys::reopen(d.as_fd(), libc::O_RDONLY),
                         None => sys::openat(src.dir.as_fd(), &src.name, libc::O_RDONLY, 0),

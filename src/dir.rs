@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::attr::Attr;
-use crate::copy_up::{remove_tree, tmp_name};
+use crate::copy_up::{remove_tree, tmp_name, CopyUp};
 use crate::error::{err, Error, Result};
 use crate::file::FileHandle;
 use crate::fs::{Caller, UnionFs, NAME_MAX};
@@ -106,7 +106,7 @@ impl UnionFs {
 
     /// The parent's upper directory fd, copying the parent up first.
     fn upper_dir_of(&self, parent: &Arc<Node>) -> Result<Arc<OwnedFd>> {
-        self.copy_up(parent, true)?;
+        self.copy_up(parent, CopyUp::Meta)?;
         parent
             .loc
             .read()
@@ -233,7 +233,9 @@ impl UnionFs {
         if lookup::lookup(&self.layers, &pnode.loc(), newname)?.is_some() {
             return err(libc::EEXIST);
         }
-        self.copy_up(&node, true)?;
+        // Links and renames of a metadata-only copy would need a redirect to its data;
+        // bring the data up instead.
+        self.copy_up(&node, CopyUp::Data)?;
         let updir = self.upper_dir_of(&pnode)?;
         let src = self.real(&node)?;
         let work = self.staging()?;
@@ -442,9 +444,9 @@ impl UnionFs {
         let result = (|| -> Result<()> {
             let updir = self.upper_dir_of(&pnode)?;
             let newupdir = self.upper_dir_of(&npnode)?;
-            self.copy_up(&src_node, true)?;
+            self.copy_up(&src_node, CopyUp::Data)?;
             if let Some(d) = &dst_node {
-                self.copy_up(d, true)?;
+                self.copy_up(d, CopyUp::Data)?;
             }
             let ploc = pnode.loc();
             let nploc = npnode.loc();

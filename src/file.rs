@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::copy_up::CopyUp;
 use crate::error::{err, Error, Result};
 use crate::fs::UnionFs;
 use crate::inode::Kind;
@@ -71,7 +72,12 @@ impl UnionFs {
                 return err(libc::EROFS);
             }
             // With O_TRUNC the old data is not needed: copy up an empty file.
-            self.copy_up(&node, flags & libc::O_TRUNC == 0 || node.kind != Kind::File)?;
+            let want = if flags & libc::O_TRUNC != 0 && node.kind == Kind::File {
+                CopyUp::Empty
+            } else {
+                CopyUp::Data
+            };
+            self.copy_up(&node, want)?;
         }
         let real = self.real(&node)?;
         let real_flags = self.real_open_flags(flags);

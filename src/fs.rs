@@ -65,6 +65,8 @@ pub struct UnionFs {
     pub read_only: bool,
     /// `volatile`: skip fsync (throw-away uppers).
     pub volatile: bool,
+    /// `metacopy=on`: chmod/chown/utimens/xattr changes copy a file's metadata only.
+    pub metacopy: bool,
     /// The copy-up staging directory `workdir/work` (writable mounts only).
     pub(crate) work: Option<Arc<OwnedFd>>,
     /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
@@ -93,6 +95,7 @@ impl UnionFs {
         Ok(UnionFs {
             inodes: InodeTable::new(root),
             volatile: cfg.volatile,
+            metacopy: cfg.metacopy,
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
             layers,

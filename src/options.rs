@@ -50,6 +50,9 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Options accepted but without effect, kept for one log line at startup.
     pub ignored: Vec<String>,
+    /// `metacopy=on`: metadata-only copy-up, in the kernel's format (off by default, as in
+    /// the kernel; a kernel mount of such an upper needs `metacopy=on` too).
+    pub metacopy: bool,
 }
 
 /// A malformed command line: one line naming the option.
@@ -154,6 +157,13 @@ impl Config {
             "noatime" => self.noatime = true,
             "volatile" => self.volatile = true,
             "userxattr" => self.userxattr = true,
+            "metacopy" => {
+                self.metacopy = match value {
+                    Some(b"on") => true,
+                    Some(b"off") => false,
+                    _ => return Err(bad("option metacopy= takes on or off")),
+                }
+            }
             "threads" | "max_threads" => {
                 let v = String::from_utf8_lossy(&need(value)?).into_owned();
                 let n: usize = v
@@ -203,7 +213,6 @@ impl Config {
             | "index"
             | "nfs_export"
             | "xino"
-            | "metacopy"
             | "redirect_dir"
             | "uuid"
             | "fsync"
@@ -392,6 +401,13 @@ mod tests {
         assert_eq!(c.fsname, "mysrc");
         assert!(c.volatile);
         assert_eq!(c.ignored, vec!["context=x".to_string()]);
+    }
+
+    #[test]
+    fn metacopy_is_off_unless_asked() {
+        assert!(!cfg(&["-o", "lowerdir=/a", "/m"]).metacopy);
+        assert!(cfg(&["-o", "lowerdir=/a,metacopy=on", "/m"]).metacopy);
+        assert!(parse_args(["stratafs", "-o", "lowerdir=/a,metacopy=yes", "/m"]).is_err());
     }
 
     #[test]
