@@ -105,7 +105,7 @@ impl UnionFs {
                 if h.data_only {
                     // A metacopy file's handle is on the data; the metadata is the node's.
                 } else {
-                    return Ok(Attr::from_stat(&st, ino, false));
+                    return Ok(self.attr(&st, ino, false));
                 }
             }
         }
@@ -125,7 +125,7 @@ impl UnionFs {
             } else {
                 lowers > 1
             };
-        Ok(Attr::from_stat(&st, ino, merged))
+        Ok(self.attr(&st, ino, merged))
     }
 
     /// The target of a symlink.

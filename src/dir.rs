@@ -164,6 +164,7 @@ impl UnionFs {
         let pattr = self.getattr(parent, None)?;
         let sgid_parent = pattr.perm as u32 & libc::S_ISGID != 0;
         let gid = if sgid_parent { pattr.gid } else { caller.gid };
+        let (owner_uid, owner_gid) = self.ids.store(caller.uid, gid)?;
         let mut perm = mode & 0o7777;
         if matches!(kind, NewKind::Dir) && sgid_parent {
             perm |= libc::S_ISGID;
@@ -195,7 +196,8 @@ impl UnionFs {
                     file = Some(f);
                 }
             }
-            ops::fchownat(w, &tmp, caller.uid, gid).map_err(|e| Error::io(e, "chown new entry"))?;
+            ops::fchownat(w, &tmp, owner_uid, owner_gid)
+                .map_err(|e| Error::io(e, "chown new entry"))?;
             if !matches!(kind, NewKind::Symlink(_)) {
                 ops::fchmodat(w, &tmp, perm).map_err(|e| Error::io(e, "chmod new entry"))?;
             }

@@ -67,6 +67,8 @@ pub struct UnionFs {
     pub volatile: bool,
     /// `metacopy=on`: chmod/chown/utimens/xattr changes copy a file's metadata only.
     pub metacopy: bool,
+    /// How ids on the branches map to ids shown through the mount.
+    pub ids: crate::ids::Ids,
     /// The copy-up staging directory `workdir/work` (writable mounts only).
     pub(crate) work: Option<Arc<OwnedFd>>,
     /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
@@ -96,6 +98,7 @@ impl UnionFs {
             inodes: InodeTable::new(root),
             volatile: cfg.volatile,
             metacopy: cfg.metacopy,
+            ids: cfg.ids.clone(),
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
             layers,
@@ -162,7 +165,7 @@ impl UnionFs {
         let found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
         let merged = found.merged();
-        let attr = Attr::from_stat(&found.st, found.ino, merged);
+        let attr = self.attr(&found.st, found.ino, merged);
         let kind = Kind::from_mode(found.st.st_mode);
         let loc = Loc {
             parent,
@@ -180,6 +183,13 @@ impl UnionFs {
             return err(libc::ESTALE);
         }
         Ok(attr)
+    }
+
+    /// Attributes as shown through the mount: from a real stat, ids mapped.
+    pub(crate) fn attr(&self, st: &crate::sys::Stat, ino: u64, merged: bool) -> Attr {
+        let mut a = Attr::from_stat(st, ino, merged);
+        (a.uid, a.gid) = self.ids.view(a.uid, a.gid);
+        a
     }
 
     /// The kernel dropped `n` references to `ino`.

@@ -13,6 +13,7 @@ pub mod error;
 pub mod file;
 pub mod fs;
 pub mod fuse;
+pub mod ids;
 pub mod inode;
 pub mod layers;
 pub mod lookup;

@@ -53,6 +53,8 @@ pub struct Config {
     /// `metacopy=on`: metadata-only copy-up, in the kernel's format (off by default, as in
     /// the kernel; a kernel mount of such an upper needs `metacopy=on` too).
     pub metacopy: bool,
+    /// uid/gid mapping and squashing (`uidmapping=`, `gidmapping=`, `squash_to_*`).
+    pub ids: crate::ids::Ids,
 }
 
 /// A malformed command line: one line naming the option.
