@@ -6,11 +6,12 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::copy_up::CopyUp;
 use crate::error::{err, Error, Result};
 use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
 use crate::layers::UPPER;
-use crate::sys::{self, xattr, Stat};
+use crate::sys::{self, ops, xattr, Stat};
 use crate::whiteout;
 
 /// Attributes of a merged entry.
@@ -42,6 +43,25 @@ fn time(sec: i64, nsec: i64) -> SystemTime {
 }
 
 impl Attr {
+    /// Placeholder attributes for a negative entry (only its TTL matters to the kernel).
+    pub fn negative() -> Attr {
+        Attr {
+            ino: 0,
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            kind: Kind::File,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 0,
+        }
+    }
+
     /// From a real entry's stat. `merged` directories report one link, as the kernel's.
     pub fn from_stat(st: &Stat, ino: u64, merged: bool) -> Attr {
         Attr {
@@ -85,7 +105,7 @@ impl UnionFs {
                 if h.data_only {
                     // A metacopy file's handle is on the data; the metadata is the node's.
                 } else {
-                    return Ok(Attr::from_stat(&st, ino, false));
+                    return Ok(self.attr(&st, ino, false));
                 }
             }
         }
@@ -105,7 +125,7 @@ impl UnionFs {
             } else {
                 lowers > 1
             };
-        Ok(Attr::from_stat(&st, ino, merged))
+        Ok(self.attr(&st, ino, merged))
     }
 
     /// The target of a symlink.
@@ -192,5 +212,112 @@ impl UnionFs {
             return err(libc::EACCES);
         }
         Ok(())
+    }
+}
+
+/// What a SETATTR asks to change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<ops::SetTime>,
+    pub mtime: Option<ops::SetTime>,
+    /// The open file the change comes through (ftruncate, futimens), if any.
+    pub fh: Option<u64>,
+}
+
+impl UnionFs {
+    /// chmod/chown/truncate/utimens. The entry is copied up first (without its data when it
+    /// is truncated to zero).
+    pub fn setattr(&self, ino: u64, s: SetAttr) -> Result<Attr> {
+        if self.read_only {
+            return err(libc::EROFS);
+        }
+        let node = self.node(ino)?;
+        if s.size.is_some() && node.kind == Kind::Dir {
+            return err(libc::EISDIR);
+        }
+        let want = match s.size {
+            Some(0) => CopyUp::Empty,
+            Some(_) => CopyUp::Data,
+            None => CopyUp::Meta,
+        };
+        self.copy_up(&node, want)?;
+        let real = self.real(&node)?;
+        let (dir, name) = (real.dir.as_fd(), real.name.as_c_str());
+        if s.uid.is_some() || s.gid.is_some() {
+            ops::fchownat(
+                dir,
+                name,
+                s.uid.unwrap_or(u32::MAX),
+                s.gid.unwrap_or(u32::MAX),
+            )
+            .map_err(|e| Error::io(e, "chown"))?;
+        }
+        if let Some(mode) = s.mode {
+            ops::fchmodat(dir, name, mode & 0o7777).map_err(|e| Error::io(e, "chmod"))?;
+        }
+        if let Some(size) = s.size {
+            let h =
+                s.fh.and_then(|fh| self.handle(fh).ok())
+                    .filter(|h| h.ino == ino && !h.data_only);
+            match h {
+                Some(h) if h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
+                    ops::ftruncate(h.fd().as_fd(), size).map_err(|e| Error::io(e, "truncate"))?
+                }
+                _ => {
+                    let fd = if name.is_empty() {
+                        sys::reopen(dir, libc::O_WRONLY)
+                    } else {
+                        sys::openat(dir, name, libc::O_WRONLY, 0)
+                    }
+                    .map_err(|e| Error::io(e, "truncate open"))?;
+                    ops::ftruncate(fd.as_fd(), size).map_err(|e| Error::io(e, "truncate"))?;
+                }
+            }
+        }
+        if s.atime.is_some() || s.mtime.is_some() {
+            ops::utimensat(
+                dir,
+                name,
+                s.atime.unwrap_or(ops::SetTime::Omit),
+                s.mtime.unwrap_or(ops::SetTime::Omit),
+            )
+            .map_err(|e| Error::io(e, "utimens"))?;
+        }
+        self.getattr(ino, None)
+    }
+
+    /// setxattr on the entry's upper copy. Overlay-private names are refused.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.change_xattr(ino, name, Some((value, flags)))
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        self.change_xattr(ino, name, None)
+    }
+
+    fn change_xattr(&self, ino: u64, name: &OsStr, set: Option<(&[u8], i32)>) -> Result<()> {
+        if whiteout::is_private_xattr(name.as_bytes()) {
+            return err(libc::EPERM);
+        }
+        if self.read_only {
+            return err(libc::EROFS);
+        }
+        let cname = whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let node = self.node(ino)?;
+        if set.is_none() {
+            // Removing what is not there must not copy anything up.
+            self.getxattr(ino, name)?;
+        }
+        self.copy_up(&node, CopyUp::Meta)?;
+        let real = self.real(&node)?;
+        match set {
+            Some((value, flags)) => xattr::set(real.dir.as_fd(), &real.name, &cname, value, flags),
+            None => xattr::remove(real.dir.as_fd(), &real.name, &cname),
+        }
+        .map_err(|e| Error::io(e, "xattr"))
     }
 }

@@ -63,6 +63,16 @@ pub struct UnionFs {
     pub(crate) dirs: DashMap<u64, Arc<DirStream>>,
     next_fh: AtomicU64,
     pub read_only: bool,
+    /// `volatile`: skip fsync (throw-away uppers).
+    pub volatile: bool,
+    /// `metacopy=on`: chmod/chown/utimens/xattr changes copy a file's metadata only.
+    pub metacopy: bool,
+    /// How ids on the branches map to ids shown through the mount.
+    pub ids: crate::ids::Ids,
+    /// The copy-up staging directory `workdir/work` (writable mounts only).
+    pub(crate) work: Option<Arc<OwnedFd>>,
+    /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
+    pub(crate) writeback_cache: std::sync::atomic::AtomicBool,
 }
 
 impl UnionFs {
@@ -75,14 +85,27 @@ impl UnionFs {
             top: layers.roots().first().map(|(l, _)| *l).unwrap_or(1),
             dirs: layers.roots(),
             data: None,
+            pinned: None,
+        };
+        let read_only = !cfg.writable();
+        let work = match (&layers.work, read_only) {
+            (Some(w), false) => Some(Arc::new(crate::copy_up::prepare_staging(
+                std::os::fd::AsFd::as_fd(&**w),
+            )?)),
+            _ => None,
         };
         Ok(UnionFs {
             inodes: InodeTable::new(root),
+            volatile: cfg.volatile,
+            metacopy: cfg.metacopy,
+            ids: cfg.ids.clone(),
+            work,
+            writeback_cache: std::sync::atomic::AtomicBool::new(false),
             layers,
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
-            read_only: !cfg.writable(),
+            read_only,
         })
     }
 
@@ -99,15 +122,23 @@ impl UnionFs {
     /// The real object behind a node, in its top layer.
     pub(crate) fn real(&self, node: &Node) -> Result<Real> {
         let loc = node.loc();
+        if let Some(p) = &loc.pinned {
+            return Ok(Real {
+                dir: p.clone(),
+                name: CString::default(),
+                loc,
+            });
+        }
         if node.is_dir() {
             let dir = loc
                 .dirs
                 .first()
                 .map(|(_, fd)| fd.clone())
                 .ok_or_else(|| Error::new(libc::EIO, "directory without layers"))?;
+            // "." names the directory itself through its own fd.
             return Ok(Real {
                 dir,
-                name: CString::default(),
+                name: CString::from(c"."),
                 loc,
             });
         }
@@ -134,7 +165,7 @@ impl UnionFs {
         let found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
         let merged = found.merged();
-        let attr = Attr::from_stat(&found.st, found.ino, merged);
+        let attr = self.attr(&found.st, found.ino, merged);
         let kind = Kind::from_mode(found.st.st_mode);
         let loc = Loc {
             parent,
@@ -142,6 +173,7 @@ impl UnionFs {
             top: found.top,
             dirs: found.dirs,
             data: found.data,
+            pinned: None,
         };
         let node = self.inodes.remember(found.ino, kind, loc);
         if node.kind != kind {
@@ -151,6 +183,13 @@ impl UnionFs {
             return err(libc::ESTALE);
         }
         Ok(attr)
+    }
+
+    /// Attributes as shown through the mount: from a real stat, ids mapped.
+    pub(crate) fn attr(&self, st: &crate::sys::Stat, ino: u64, merged: bool) -> Attr {
+        let mut a = Attr::from_stat(st, ino, merged);
+        (a.uid, a.gid) = self.ids.view(a.uid, a.gid);
+        a
     }
 
     /// The kernel dropped `n` references to `ino`.

@@ -2,34 +2,112 @@
 //! No filesystem logic lives here; every error is logged at debug and answered with its
 //! errno.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Weak;
+
+use dashmap::DashMap;
+use fuser::BackingId;
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::Path;
+use std::time::SystemTime;
+
 use fuser::{
-    AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, info};
 
-use crate::attr::Attr;
+use crate::attr::{Attr, SetAttr};
+use crate::dir::NewKind;
 use crate::error::Error;
 use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
+use crate::sys::ops::SetTime;
 
-/// How long the kernel may cache entries and attributes.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache entries, attributes and negative lookups. Every change
+/// made through the mount goes through this daemon and the kernel updates or drops its own
+/// cache for it, so only changes made to the branches behind the mount's back wait this
+/// long to show (`timeout=` lowers it).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
+
+/// A real file's (st_dev, st_ino).
+type RealId = (u64, u64);
 
 /// The `fuser::Filesystem` over a shared [`UnionFs`].
 pub struct FuseAdapter {
     fs: Arc<UnionFs>,
     ttl: Duration,
+    /// The kernel granted FUSE passthrough and registering a backing file has not failed.
+    passthrough: AtomicBool,
+    /// One backing file per inode (the kernel allows no more), keyed by the real file's
+    /// (dev, ino); alive while a handle holds it.
+    backings: Mutex<HashMap<u64, (RealId, Weak<BackingId>)>>,
+    handle_backing: DashMap<u64, Arc<BackingId>>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<UnionFs>, ttl: Duration) -> Self {
-        FuseAdapter { fs, ttl }
+        FuseAdapter {
+            fs,
+            ttl,
+            passthrough: AtomicBool::new(false),
+            backings: Mutex::new(HashMap::new()),
+            handle_backing: DashMap::new(),
+        }
+    }
+
+    /// The open flags for a handle the daemon serves. With passthrough in use, a file's
+    /// page cache may be stale after passthrough writes, so it is not kept across opens.
+    fn served_flags(&self) -> FopenFlags {
+        if self.passthrough.load(Ordering::Relaxed) {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        }
+    }
+
+    /// The backing file for handle `fh`, if it may use passthrough (see
+    /// `UnionFs::passthrough_source`). `register` is the reply's `open_backing`.
+    fn backing_for(
+        &self,
+        fh: u64,
+        ino: u64,
+        register: impl FnOnce(&OwnedFd) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (fd, ident) = self.fs.passthrough_source(fh)?;
+        let mut map = self.backings.lock();
+        if let Some((id, weak)) = map.get(&ino) {
+            if let Some(b) = weak.upgrade() {
+                if *id != ident {
+                    return None; // another real file still backs this inode
+                }
+                return Some(b);
+            }
+        }
+        match register(&fd) {
+            Ok(b) => {
+                let b = Arc::new(b);
+                map.insert(ino, (ident, Arc::downgrade(&b)));
+                Some(b)
+            }
+            Err(e) => {
+                // Typically EPERM: passthrough needs CAP_SYS_ADMIN in the initial namespace.
+                info!("passthrough unavailable ({e}); serving reads and writes in the daemon");
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
     }
 }
 
@@ -78,6 +156,33 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (s, n) = (d.as_secs() as i64, d.subsec_nanos() as i64);
+                if n == 0 {
+                    SetTime::At(-s, 0)
+                } else {
+                    SetTime::At(-s - 1, 1_000_000_000 - n)
+                }
+            }
+        },
+    }
+}
+
+impl FuseAdapter {
+    fn reply_new(&self, op: &str, r: crate::Result<(Attr, Option<u64>)>, reply: ReplyEntry) {
+        match r {
+            Ok((a, _)) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(op, e)),
+        }
+    }
+}
+
 fn reply_xattr(reply: ReplyXattr, size: u32, data: Vec<u8>) {
     if size == 0 {
         reply.size(data.len() as u32);
@@ -111,6 +216,24 @@ impl Filesystem for FuseAdapter {
                 Err(_) => info!("init: kernel lacks {flag:?} ({why}); going on without"),
             }
         }
+        // Fast data path, one of two (the kernel refuses both together):
+        // - passthrough: the kernel reads and writes upper files itself. Registering a
+        //   backing file needs CAP_SYS_ADMIN in the initial user namespace, so it is only
+        //   asked for where that holds (stack depth 1: backing files on any plain fs);
+        // - otherwise the writeback cache: the kernel batches writes in its page cache.
+        let may_passthrough = crate::sys::has_initial_ns_sys_admin();
+        if may_passthrough
+            && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+            debug!("init: FUSE_PASSTHROUGH granted: upper files do I/O in the kernel");
+        } else if config.add_capabilities(F::FUSE_WRITEBACK_CACHE).is_ok() {
+            self.fs.set_writeback_cache(true);
+            info!("init: passthrough not usable here; writeback cache granted instead");
+        } else {
+            info!("init: neither passthrough nor writeback cache; all I/O goes through the daemon");
+        }
         let _ = config.set_max_background(64);
         let _ = config
             .set_max_write(1 << 20)
@@ -121,6 +244,12 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            // A negative entry (node id 0) lets the kernel cache "no such name" too.
+            Err(e) if e.errno == libc::ENOENT && !self.ttl.is_zero() => {
+                let mut neg = fuse_attr(&Attr::negative());
+                neg.ino = INodeNo(0);
+                reply.entry(&self.ttl, &neg, Generation(0))
+            }
             Err(e) => reply.error(errno("lookup", e)),
         }
     }
@@ -148,7 +277,16 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => match self.backing_for(fh, ino.0, |fd| reply.open_backing(fd)) {
+                Some(b) => {
+                    self.fs.set_passthrough(fh);
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+                    self.handle_backing.insert(fh, b);
+                }
+                // Without passthrough the file's data only changes through this daemon, so
+                // the page cache stays valid from one open to the next.
+                None => reply.opened(FileHandle(fh), self.served_flags()),
+            },
             Err(e) => reply.error(errno("open", e)),
         }
     }
@@ -181,12 +319,18 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.fs.release(fh.0);
+        self.handle_backing.remove(&fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep listings; it drops them itself when the directory changes
+            // through the mount.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno("opendir", e)),
         }
     }
@@ -302,6 +446,305 @@ impl Filesystem for FuseAdapter {
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno("lseek", e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            fh: fh.map(|f| f.0),
+        };
+        match self.fs.setattr(ino.0, s) {
+            Ok(a) => reply.attr(&self.ttl, &fuse_attr(&a)),
+            Err(e) => reply.error(errno("setattr", e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.fs.create_entry(
+            parent.0,
+            name,
+            mode & !umask,
+            NewKind::Node { rdev: rdev as u64 },
+            caller(req),
+        );
+        self.reply_new("mknod", r, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.fs.create_entry(
+            parent.0,
+            name,
+            (mode & !umask) | libc::S_IFDIR,
+            NewKind::Dir,
+            caller(req),
+        );
+        self.reply_new("mkdir", r, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        use std::os::unix::ffi::OsStrExt;
+        let r = self.fs.create_entry(
+            parent.0,
+            link_name,
+            libc::S_IFLNK | 0o777,
+            NewKind::Symlink(target.as_os_str().as_bytes()),
+            caller(req),
+        );
+        self.reply_new("symlink", r, reply);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.link(ino.0, newparent.0, newname) {
+            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("link", e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.remove(parent.0, name, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("unlink", e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.remove(parent.0, name, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rmdir", e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rename", e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.fs.create_entry(
+            parent.0,
+            name,
+            (mode & !umask) | libc::S_IFREG,
+            NewKind::File { flags },
+            caller(req),
+        ) {
+            Ok((a, Some(fh))) => match self.backing_for(fh, a.ino, |fd| reply.open_backing(fd)) {
+                Some(bk) => {
+                    self.fs.set_passthrough(fh);
+                    reply.created_passthrough(
+                        &self.ttl,
+                        &fuse_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &bk,
+                    );
+                    self.handle_backing.insert(fh, bk);
+                }
+                None => reply.created(
+                    &self.ttl,
+                    &fuse_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    self.served_flags(),
+                ),
+            },
+            Ok((_, None)) => reply.error(Errno::EIO),
+            Err(e) => reply.error(errno("create", e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno("write", e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fsync(fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsync", e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fsyncdir(ino.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsyncdir", e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("setxattr", e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("removexattr", e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fallocate", e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .fs
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno("copy_file_range", e)),
         }
     }
 }

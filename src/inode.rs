@@ -82,6 +82,10 @@ pub struct Loc {
     pub dirs: Vec<(LayerId, Arc<OwnedFd>)>,
     /// Metacopy files: `O_PATH` fd of the lower file that holds the data.
     pub data: Option<Arc<OwnedFd>>,
+    /// Set when the name this node was reached by is removed while the kernel still holds
+    /// the node (an open file, another hard link): an `O_PATH` fd of the real inode, which
+    /// then answers for it.
+    pub pinned: Option<Arc<OwnedFd>>,
 }
 
 impl Loc {
@@ -110,6 +114,8 @@ pub struct Node {
     pub kind: Kind,
     refs: Mutex<u64>,
     pub loc: RwLock<Loc>,
+    /// Held while this node is copied up: requests on the same node wait, others don't.
+    pub copy_lock: Mutex<()>,
 }
 
 impl Node {
@@ -126,7 +132,12 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct InodeTable {
     nodes: DashMap<u64, Arc<Node>>,
+    /// Nodes removed since the table last checked whether to shrink.
+    removed: std::sync::atomic::AtomicU64,
 }
+
+/// After this many removals the table checks whether it should give memory back.
+const SHRINK_EVERY: u64 = 4096;
 
 impl InodeTable {
     pub fn new(root: Loc) -> InodeTable {
@@ -139,6 +150,7 @@ impl InodeTable {
                 // The root holds one reference of its own and is never forgotten.
                 refs: Mutex::new(1),
                 loc: RwLock::new(root),
+                copy_lock: Mutex::new(()),
             }),
         );
         t
@@ -179,6 +191,7 @@ impl InodeTable {
                     kind,
                     refs: Mutex::new(1),
                     loc: RwLock::new(loc),
+                    copy_lock: Mutex::new(()),
                 });
                 v.insert(node.clone());
                 (node, None)
@@ -236,9 +249,24 @@ impl InodeTable {
                 Some((_, node)) => {
                     ino = node.loc.read().parent;
                     n = 1;
+                    self.note_removal();
                 }
                 None => return,
             }
+        }
+    }
+
+    /// After many FORGETs (e.g. the kernel dropping its caches) the map's capacity and the
+    /// allocator's free pages are returned, so the daemon's memory falls back.
+    fn note_removal(&self) {
+        use std::sync::atomic::Ordering;
+        if self.removed.fetch_add(1, Ordering::Relaxed) + 1 < SHRINK_EVERY {
+            return;
+        }
+        self.removed.store(0, Ordering::Relaxed);
+        if self.nodes.len() * 4 < self.nodes.capacity() {
+            self.nodes.shrink_to_fit();
+            crate::sys::release_free_memory();
         }
     }
 

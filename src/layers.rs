@@ -102,7 +102,9 @@ impl Layers {
             upper,
             work,
             lowers,
-            xattr_prefix: if cfg.userxattr {
+            // Unprivileged processes cannot set trusted.* xattrs: in a user namespace write
+            // the kernel's `userxattr` form, as the kernel overlayfs requires there.
+            xattr_prefix: if cfg.userxattr || sys::in_user_namespace() {
                 "user.overlay."
             } else {
                 "trusted.overlay."
@@ -177,5 +179,10 @@ impl Layers {
     }
 }
 
-/// Both marker prefixes the read side honours, whatever this mount writes.
-pub const READ_PREFIXES: [&CStr; 2] = [c"trusted.overlay.", c"user.overlay."];
+/// Every marker namespace the read side honours, whatever this mount writes: the kernel's
+/// (privileged and `userxattr`), and fuse-overlayfs's rootless one.
+pub const READ_PREFIXES: [&CStr; 3] = [
+    c"trusted.overlay.",
+    c"user.overlay.",
+    c"user.fuseoverlayfs.",
+];

@@ -7,11 +7,14 @@
 //! to the FUSE protocol, so everything but the adapter is testable without mounting.
 
 pub mod attr;
+pub mod copy_up;
 pub mod daemon;
+pub mod dir;
 pub mod error;
 pub mod file;
 pub mod fs;
 pub mod fuse;
+pub mod ids;
 pub mod inode;
 pub mod layers;
 pub mod lookup;

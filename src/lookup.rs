@@ -199,9 +199,9 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                         );
                         let opaque = whiteout::dir_opaque(fd.as_fd()) == Opaque::Yes;
                         if layer == UPPER {
-                            want_origin = marker(fd.as_fd(), c"", "origin").is_some();
+                            want_origin = marker(fd.as_fd(), c".", "origin").is_some();
                         }
-                        let redirect = marker(fd.as_fd(), c"", "redirect");
+                        let redirect = marker(fd.as_fd(), c".", "redirect");
                         found = Some(Found {
                             top: layer,
                             st,
@@ -217,7 +217,8 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                             continue 'layers;
                         }
                     } else {
-                        if layer == UPPER {
+                        // A hard-linked upper file has several names but one number: its own.
+                        if layer == UPPER && st.st_nlink == 1 {
                             want_origin = marker(dir.as_fd(), &n, "origin").is_some();
                         }
                         metacopy = is_reg(&st) && marker(dir.as_fd(), &n, "metacopy").is_some();
@@ -254,7 +255,7 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                             .map_err(|e| Error::io(e, "lookup dir"))?,
                     );
                     let opaque = whiteout::dir_opaque(fd.as_fd()) == Opaque::Yes;
-                    let redirect = marker(fd.as_fd(), c"", "redirect");
+                    let redirect = marker(fd.as_fd(), c".", "redirect");
                     f.dirs.push((layer, fd));
                     if opaque {
                         break 'layers;

@@ -74,6 +74,11 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Options accepted but without effect, kept for one log line at startup.
     pub ignored: Vec<String>,
+    /// `metacopy=on`: metadata-only copy-up, in the kernel's format (off by default, as in
+    /// the kernel; a kernel mount of such an upper needs `metacopy=on` too).
+    pub metacopy: bool,
+    /// uid/gid mapping and squashing (`uidmapping=`, `gidmapping=`, `squash_to_*`).
+    pub ids: crate::ids::Ids,
 }
 
 /// One line of `--help`, and one entry of the man page's OPTIONS section.
@@ -219,13 +224,43 @@ pub const OPTIONS: &[OptionDoc] = &[
         "log every request (without -f: to syslog or --log-file)",
     ),
     doc(
+        "metacopy",
+        "metacopy=on|off",
+        "metadata-only copy-up in the kernel's format (default off)",
+    ),
+    doc(
+        "uidmapping",
+        "uidmapping=C:H:N[:C:H:N...]",
+        "mount uids C..C+N are stored as H..H+N (fuse-overlayfs)",
+    ),
+    doc(
+        "gidmapping",
+        "gidmapping=C:H:N[:C:H:N...]",
+        "the same for gids",
+    ),
+    doc(
+        "squash_to_root",
+        "squash_to_root",
+        "show everything as owned by 0:0",
+    ),
+    doc(
+        "squash_to_uid",
+        "squash_to_uid=U",
+        "show everything as owned by uid U",
+    ),
+    doc(
+        "squash_to_gid",
+        "squash_to_gid=G",
+        "show everything as owned by gid G",
+    ),
+    doc(
         "context",
         "context=, fscontext=, defcontext=, rootcontext=",
         "SELinux labels: accepted, logged, not applied",
     ),
     doc(
         "index",
-        "index=, nfs_export=, xino=, metacopy=, redirect_dir=, uuid=, fsync=, verity=off",
+        "index=, nfs_export=, xino=, redirect_dir=, uuid=, fsync=, verity=off",
         "kernel overlayfs tuning: accepted and logged",
     ),
     doc(
@@ -241,16 +276,7 @@ pub const OPTIONS: &[OptionDoc] = &[
 ];
 
 /// Options that would change what the mount shows: refused rather than ignored.
-const REFUSED: &[&str] = &[
-    "uidmapping",
-    "gidmapping",
-    "squash_to_root",
-    "squash_to_uid",
-    "squash_to_gid",
-    "plugins",
-    "datadir+",
-    "lowerdir+",
-];
+const REFUSED: &[&str] = &["plugins", "datadir+", "lowerdir+"];
 
 /// The `--help` text.
 pub fn help_text() -> String {
@@ -521,6 +547,38 @@ impl Parser {
             "atime" => cfg.noatime = false,
             "volatile" => cfg.volatile = true,
             "userxattr" => cfg.userxattr = true,
+            "metacopy" => {
+                cfg.metacopy = match value {
+                    Some(b"on") => true,
+                    Some(b"off") => false,
+                    _ => return Err(bad("option metacopy= takes on or off")),
+                }
+            }
+            "uidmapping" | "gidmapping" => {
+                let v = text(&need(value)?);
+                let map =
+                    crate::ids::IdMap::parse(&v).map_err(|e| bad(format!("option {key}={e}")))?;
+                if key == "uidmapping" {
+                    cfg.ids.uids = map;
+                } else {
+                    cfg.ids.gids = map;
+                }
+            }
+            "squash_to_root" => {
+                cfg.ids.squash_uid = Some(0);
+                cfg.ids.squash_gid = Some(0);
+            }
+            "squash_to_uid" | "squash_to_gid" => {
+                let v = text(&need(value)?);
+                let id: u32 = v
+                    .parse()
+                    .map_err(|_| bad(format!("option {key}={v}: expected a numeric id")))?;
+                if key == "squash_to_uid" {
+                    cfg.ids.squash_uid = Some(id);
+                } else {
+                    cfg.ids.squash_gid = Some(id);
+                }
+            }
             "threads" | "max_threads" => {
                 let v = text(&need(value)?);
                 let n: usize = v
@@ -563,9 +621,9 @@ impl Parser {
             | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner"
             | "group" | "_netdev" | "nofail" | "defaults" | "context" | "fscontext"
             | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export" | "xino"
-            | "metacopy" | "redirect_dir" | "uuid" | "fsync" | "noacl" | "acl" | "static_nlink"
-            | "fast_ino" | "xattr_permissions" | "large_read" | "big_writes" | "kernel_cache"
-            | "auto_cache" | "noforget" => {
+            | "redirect_dir" | "uuid" | "fsync" | "noacl" | "acl" | "static_nlink" | "fast_ino"
+            | "xattr_permissions" | "large_read" | "big_writes" | "kernel_cache" | "auto_cache"
+            | "noforget" => {
                 cfg.ignored.push(text(item));
             }
             k if k.starts_with("x-") || k == "comment" => cfg.ignored.push(text(item)),
@@ -1035,6 +1093,22 @@ mod tests {
     }
 
     #[test]
+    fn metacopy_and_id_options() {
+        assert!(!cfg(&["-o", "lowerdir=/a", "/m"]).metacopy);
+        assert!(cfg(&["-o", "lowerdir=/a,metacopy=on", "/m"]).metacopy);
+        let c = cfg(&[
+            "-o",
+            "lowerdir=/a,uidmapping=0:1000:10,gidmapping=0:2000:5:5:3000:1,squash_to_uid=7",
+            "/m",
+        ]);
+        assert_eq!(c.ids.uids.ranges.len(), 1);
+        assert_eq!(c.ids.gids.ranges.len(), 2);
+        assert_eq!((c.ids.squash_uid, c.ids.squash_gid), (Some(7), None));
+        let c = cfg(&["-o", "lowerdir=/a,squash_to_root", "/m"]);
+        assert_eq!((c.ids.squash_uid, c.ids.squash_gid), (Some(0), Some(0)));
+    }
+
+    #[test]
     fn generic_fuse_options() {
         let c = cfg(&[
             "-o",
@@ -1117,10 +1191,13 @@ mod tests {
             (&["-o", "timeout=-1,lowerdir=/a", "/m"], "timeout"),
             (&["-o", "upperdir=,lowerdir=/a", "/m"], "upperdir"),
             (&["-o", "fsname=,lowerdir=/a", "/m"], "fsname"),
+            (&["-o", "uidmapping=0:1000,lowerdir=/a", "/m"], "uidmapping"),
             (
-                &["-o", "uidmapping=0:1000:1,lowerdir=/a", "/m"],
-                "uidmapping",
+                &["-o", "squash_to_uid=me,lowerdir=/a", "/m"],
+                "squash_to_uid",
             ),
+            (&["-o", "metacopy=yes,lowerdir=/a", "/m"], "metacopy"),
+            (&["-o", "plugins=/x.so,lowerdir=/a", "/m"], "plugins"),
             (&["-o", "verity=require,lowerdir=/a", "/m"], "verity"),
             (&["-o", "lowerdir=/a"], "mountpoint"),
             (&["a", "b", "c"], "too many"),

@@ -84,7 +84,7 @@ fn marker_value(dir: BorrowedFd<'_>, name: &std::ffi::CStr, suffix: &str) -> Opt
 
 /// The opaque state of the real directory `dir` (an fd of the directory itself).
 pub fn dir_opaque(dir: BorrowedFd<'_>) -> Opaque {
-    match marker_value(dir, c"", "opaque").as_deref() {
+    match marker_value(dir, c".", "opaque").as_deref() {
         Some(b"y") => return Opaque::Yes,
         Some(b"x") => return Opaque::XattrWhiteouts,
         _ => {}

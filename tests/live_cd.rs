@@ -2,10 +2,8 @@
 //! the kernel (and, second, through squashfuse), under a tmpfs upper. The merged view must
 //! equal the image's content, and the image must be byte-identical afterwards.
 //!
-//! The write half (create and modify files, visible while mounted, image unchanged) runs
-//! too. Until the write path lands on this branch, a write failing with EROFS (or ENOSYS
-//! for an operation not yet implemented) is tolerated and reported; set
-//! STRATAFS_LIVE_CD_STRICT=1 to make it fail the test.
+//! The write half (create and modify files, visible while mounted, only in the tmpfs
+//! upper, image unchanged) is strict: the write path is merged.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -155,19 +153,11 @@ fn sha256(file: &Path) -> String {
         .to_string()
 }
 
-/// Tolerated until the write path lands: EROFS, or ENOSYS for an op not yet implemented.
-fn write_tolerated(what: &str, r: std::io::Result<()>) -> bool {
-    match r {
-        Ok(()) => true,
-        Err(e)
-            if std::env::var_os("STRATAFS_LIVE_CD_STRICT").is_none()
-                && matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::ENOSYS)) =>
-        {
-            eprintln!("live-cd write half: {what}: {e} (tolerated until the write path lands)");
-            false
-        }
-        Err(e) => panic!("{what}: {e}"),
+fn write_ok(what: &str, r: std::io::Result<()>) -> bool {
+    if let Err(e) = r {
+        panic!("{what}: {e}");
     }
+    true
 }
 
 fn live_cd(name: &str, squashfuse: bool) {
@@ -211,7 +201,7 @@ fn live_cd(name: &str, squashfuse: bool) {
         .arg(&m));
 
     // Writing: new and modified files live in the tmpfs upper, visible while mounted.
-    let created = write_tolerated(
+    let created = write_ok(
         "create home/user/notes",
         std::fs::write(m.join("home/user/notes"), "scratch\n"),
     );
@@ -221,7 +211,7 @@ fn live_cd(name: &str, squashfuse: bool) {
             "scratch\n"
         );
     }
-    let modified = write_tolerated(
+    let modified = write_ok(
         "modify etc/motd",
         std::fs::write(m.join("etc/motd"), "changed in RAM\n"),
     );
@@ -229,6 +219,11 @@ fn live_cd(name: &str, squashfuse: bool) {
         assert_eq!(
             std::fs::read_to_string(m.join("etc/motd")).unwrap(),
             "changed in RAM\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(live.p("state/rw/upper/etc/motd")).unwrap(),
+            "changed in RAM\n",
+            "the change is in the tmpfs upper"
         );
         assert_eq!(
             std::fs::read_to_string(live.p("state/ro/etc/motd")).unwrap(),

@@ -524,10 +524,8 @@ fn every_refusal_is_one_line_and_changes_nothing() {
         (k(format!("lowerdir={l1},threads=many")), "threads"),
         (k(format!("lowerdir={l1},timeout=soon")), "timeout"),
         (k(format!("lowerdir={l1},no_such_option")), "no_such_option"),
-        (
-            k(format!("lowerdir={l1},uidmapping=0:1000:1")),
-            "uidmapping",
-        ),
+        (k(format!("lowerdir={l1},uidmapping=0:1000")), "uidmapping"),
+        (k(format!("lowerdir={l1},plugins=/x.so")), "plugins"),
         (
             k(format!("lowerdir={l1},upperdir={l1}/d,workdir={w}")),
             "upperdir",

@@ -7,6 +7,7 @@
 
 pub mod daemon;
 pub mod dirent;
+pub mod ops;
 pub mod xattr;
 
 use std::ffi::{CStr, CString, OsStr};
@@ -371,4 +372,40 @@ pub fn umount_detach(target: &Path) -> io::Result<()> {
     // SAFETY: c is NUL-terminated.
     cvt(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) })?;
     Ok(())
+}
+
+/// Returns the allocator's free pages to the system (glibc `malloc_trim`).
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only inspects and trims the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// True when this process runs in a user namespace other than the initial one (its uid map
+/// is not the identity map of all ids).
+pub fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(m) => {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            f != ["0", "0", "4294967295"]
+        }
+        Err(_) => false,
+    }
+}
+
+/// Bit number of CAP_SYS_ADMIN in the capability sets (linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// True when this process holds CAP_SYS_ADMIN in the initial user namespace (what FUSE
+/// passthrough's backing-file registration requires).
+pub fn has_initial_ns_sys_admin() -> bool {
+    if in_user_namespace() {
+        return false;
+    }
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }

@@ -1,0 +1,144 @@
+# shellcheck shell=bash
+# Helpers shared by scripts/demo.sh and scripts/test.sh. Source it; do not run it.
+# Everything here is idempotent: a second run on a prepared machine installs nothing.
+
+# Messages in English whatever the locale, so error texts can be matched.
+export LC_ALL=C
+export DEBIAN_FRONTEND=noninteractive
+
+# rustup installs cargo into ~/.cargo/bin, which a non-login shell (CI, sudo) may not have on PATH.
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
+
+say() { printf '%s\n' "$*"; }
+section() { printf '\n==== %s ====\n' "$*"; }
+note() { printf 'note: %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+require_root() {
+  [ "$(id -u)" = 0 ] || die "$1 must run as root (it installs Debian packages and mounts filesystems)."
+}
+
+require_cargo() {
+  command -v cargo >/dev/null 2>&1 || die "cargo not found (looked on PATH and in ~/.cargo/bin).
+Install a Rust toolchain first (https://rustup.rs), then run this script again."
+}
+
+# ensure_packages PKG...: apt-get installs whichever of PKG are missing; `apt-get update` only
+# when something is missing, so a prepared machine pays one dpkg-query and nothing else.
+ensure_packages() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null 2>&1 || die "missing packages (${missing[*]}) and no apt-get: install them by hand."
+  [ "$(id -u)" = 0 ] || die "missing packages (${missing[*]}): run as root so they can be installed."
+  say "Installing Debian packages: ${missing[*]}"
+  apt-get update -q </dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+}
+
+ensure_fuse_device() {
+  if [ ! -c /dev/fuse ]; then
+    modprobe fuse 2>/dev/null || true
+  fi
+  [ -c /dev/fuse ] || die "/dev/fuse is missing: this machine (or container) cannot mount FUSE filesystems."
+}
+
+# Print the mount points of live stratafs mounts, deepest (last mounted) first, one a line.
+# A stratafs mount has type fuse.stratafs, or a fuse type and "stratafs" in its source.
+stratafs_mounts() {
+  local src mp type rest
+  [ -r /proc/mounts ] || return 0
+  while read -r src mp type rest; do
+    case "$type" in
+      fuse.stratafs) ;;
+      fuse | fuse.* | fuseblk) case "$src" in *stratafs*) ;; *) continue ;; esac ;;
+      *) continue ;;
+    esac
+    printf '%b\n' "$mp" # /proc/mounts escapes space, tab, newline and backslash as octal
+  done </proc/mounts | tac
+}
+
+is_mounted() {
+  local want="$1" src mp rest
+  while read -r src mp rest; do
+    [ "$(printf '%b' "$mp")" = "$want" ] && return 0
+  done </proc/mounts
+  return 1
+}
+
+unmount_path() {
+  local mp="$1"
+  is_mounted "$mp" || return 0
+  fusermount3 -u "$mp" 2>/dev/null || umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true
+  ! is_mounted "$mp"
+}
+
+# Unmount every stratafs mount left over from an earlier run. Returns 1 if there were any.
+cleanup_stratafs_mounts() {
+  local mp found=0
+  while IFS= read -r mp; do
+    [ -n "$mp" ] || continue
+    found=1
+    note "unmounting left-over stratafs mount: $mp"
+    unmount_path "$mp" || note "could not unmount $mp"
+  done < <(stratafs_mounts)
+  return $found
+}
+
+# mount_stratafs BINARY OPTIONS MOUNTPOINT LOGFILE
+# Starts `BINARY -f -o OPTIONS MOUNTPOINT` in the background (the binary does not daemonize
+# yet), waits until MOUNTPOINT shows in /proc/mounts and sets STRATAFS_PID.
+mount_stratafs() {
+  local bin="$1" opts="$2" mnt="$3" log="$4" i
+  "$bin" -f -o "$opts" "$mnt" >"$log" 2>&1 </dev/null &
+  STRATAFS_PID=$!
+  for ((i = 0; i < 100; i++)); do
+    is_mounted "$mnt" && return 0
+    if ! kill -0 "$STRATAFS_PID" 2>/dev/null; then
+      wait "$STRATAFS_PID" 2>/dev/null || true
+      STRATAFS_PID=
+      printf 'stratafs exited before the mount was live; its output:\n' >&2
+      sed 's/^/  | /' "$log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  printf 'stratafs did not mount %s within 10 s; its output:\n' "$mnt" >&2
+  sed 's/^/  | /' "$log" >&2
+  stop_stratafs "$mnt"
+  return 1
+}
+
+# stop_stratafs MOUNTPOINT: unmount, then wait for the daemon started by mount_stratafs to exit
+# (TERM after 10 s, KILL after 15 s). Only that one process id is ever signalled.
+stop_stratafs() {
+  local mnt="$1" i
+  unmount_path "$mnt" || note "could not unmount $mnt"
+  [ -n "${STRATAFS_PID:-}" ] || return 0
+  for ((i = 0; i < 150; i++)); do
+    kill -0 "$STRATAFS_PID" 2>/dev/null || break
+    [ "$i" = 100 ] && kill -TERM "$STRATAFS_PID" 2>/dev/null
+    sleep 0.1
+  done
+  if kill -0 "$STRATAFS_PID" 2>/dev/null; then
+    kill -KILL "$STRATAFS_PID" 2>/dev/null
+  fi
+  wait "$STRATAFS_PID" 2>/dev/null || true
+  STRATAFS_PID=
+  # A killed daemon leaves a dead mount ("Transport endpoint is not connected"): detach it.
+  unmount_path "$mnt" || note "could not unmount $mnt"
+}
+
+# Remove a scratch directory, but never through a live mount.
+remove_scratch() {
+  local dir="$1" src mp rest
+  [ -n "$dir" ] && [ -d "$dir" ] || return 0
+  while read -r src mp rest; do
+    case "$(printf '%b' "$mp")" in
+      "$dir" | "$dir"/*) note "not removing $dir: $(printf '%b' "$mp") is still mounted"; return 1 ;;
+    esac
+  done </proc/mounts
+  rm -rf --one-file-system "$dir"
+}

@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# The whole stratafs test suite: installs what it needs, builds, runs every unit and
+# integration test (the integration tests mount filesystems, hence root), then the later
+# stages (pjdfstest, fsx) when they are switched on. CI runs this through .ci/run.
+#
+#   scripts/test.sh [--pjdfstest] [--fsx] [--all]   run as root from anywhere in the repository
+#
+# Environment:
+#   STRATAFS_PJDFSTEST=1   same as --pjdfstest          STRATAFS_FSX=1   same as --fsx
+#   STRATAFS_TEST_TIMEOUT  seconds allowed to `cargo test` (default 1200)
+#   STRATAFS_FSX_OPS       operations per long fsx run (default 100000; the mapread run does a tenth)
+#   PJDFSTEST_CONFIG=FILE  pjdfstest config (default ../shared/testdata/pjdfstest-overlay.toml,
+#                          else tests/pjdfstest-overlay.toml)
+#   STRATAFS_BIN=PATH      mount PATH instead of target/release/stratafs in the pjdfstest and
+#                          fsx stages (to calibrate them against another implementation)
+#
+# Exit status: 0 only if every test that ran passed and no stratafs mount was left behind.
+# The last line is "summary: N passed, N failed, N skipped", counting cargo's tests plus one
+# entry per extra stage (pjdfstest, fsx, the left-over-mount check).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
+
+# ---- Stages after cargo test: pjdfstest and fsx against a stratafs mount, on by default ----
+# (STRATAFS_PJDFSTEST=0 / STRATAFS_FSX=0 skip them for a quick local run.)
+run_pjdfstest_stage=${STRATAFS_PJDFSTEST:-1}
+run_fsx_stage=${STRATAFS_FSX:-1}
+PJDFSTEST_VERSION=0.2.2 # the version ../shared/testdata/pjdfstest-overlay.toml was calibrated with
+FSX_VERSION=0.2.0
+
+for arg in "$@"; do
+  case "$arg" in
+    --pjdfstest) run_pjdfstest_stage=1 ;;
+    --fsx) run_fsx_stage=1 ;;
+    --all) run_pjdfstest_stage=1 run_fsx_stage=1 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument: $arg (try --help)" ;;
+  esac
+done
+
+require_root "scripts/test.sh"
+
+section "Dependencies"
+# fuse3: /dev/fuse helpers; attr, acl: getfattr/setfacl used by tests; gcc, libc6-dev,
+# pkg-config: linking Rust binaries; fuse-overlayfs, unionfs-fuse, squashfs-tools: the
+# comparison and differential tests of later stages.
+ensure_packages fuse3 attr acl gcc libc6-dev pkg-config fuse-overlayfs unionfs-fuse squashfs-tools
+require_cargo
+ensure_fuse_device
+cargo --version
+rustc --version
+
+section "Left-over mounts"
+if cleanup_stratafs_mounts; then say "none"; fi
+
+scratch=$(mktemp -d /tmp/sfs-test.XXXXXX)
+chmod 0755 "$scratch" # pjdfstest's unprivileged users must reach the mount point inside it
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+logs="$target_dir/test-logs" # kept after the run (target/ is not in git)
+mkdir -p "$logs"
+secondary="$scratch/secondary"
+STRATAFS_PID=
+stage_mnt=
+cleanup() {
+  local rc=$?
+  [ -n "$stage_mnt" ] && stop_stratafs "$stage_mnt"
+  unmount_path "$secondary" || true
+  cleanup_stratafs_mounts || true
+  remove_scratch "$scratch" || true
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+passed=0 failed=0 skipped=0
+stage_lines=()
+stage_result() { # NAME pass|fail|skip DETAIL
+  case "$2" in
+    pass) passed=$((passed + 1)) ;;
+    fail) failed=$((failed + 1)) ;;
+    skip) skipped=$((skipped + 1)) ;;
+  esac
+  stage_lines+=("$(printf '%-10s %s: %s' "$1" "$2" "$3")")
+}
+
+section "Build"
+cargo build --release
+bin=${STRATAFS_BIN:-$target_dir/release/stratafs}
+
+section "cargo test --release (unit and integration tests)"
+test_log="$logs/cargo-test.log"
+set +e
+timeout --kill-after=30 "${STRATAFS_TEST_TIMEOUT:-1200}" \
+  cargo test --release --no-fail-fast -- --test-threads=2 2>&1 | tee "$test_log"
+cargo_rc=${PIPESTATUS[0]}
+set -e
+[ "$cargo_rc" = 124 ] && say "cargo test was stopped after ${STRATAFS_TEST_TIMEOUT:-1200} s"
+read -r c_pass c_fail c_ign < <(awk '/^test result:/ {
+    for (i = 1; i <= NF; i++) {
+      if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i
+    }
+  } END { print p+0, f+0, g+0 }' "$test_log")
+passed=$((passed + c_pass)) failed=$((failed + c_fail)) skipped=$((skipped + c_ign))
+if [ "$cargo_rc" != 0 ] && [ "$c_fail" = 0 ]; then
+  # The tests did not build, a test binary crashed, or the run timed out: count it once.
+  stage_result "cargo test" fail "exit status $cargo_rc with no failed test reported (build error, crash or timeout)"
+fi
+
+# stage_mount NAME: a fresh lower/upper/work under the scratch dir and a read-write stratafs
+# mount of it at $stage_mnt. Options can be changed with STRATAFS_STAGE_OPTS.
+stage_mount() {
+  local d="$scratch/$1"
+  mkdir -p "$d/lower" "$d/upper" "$d/work" "$d/mnt"
+  printf 'a file that starts in the lower layer\n' >"$d/lower/lower-file"
+  stage_mnt="$d/mnt"
+  mount_stratafs "$bin" \
+    "lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work,${STRATAFS_STAGE_OPTS:-allow_other,default_permissions}" \
+    "$stage_mnt" "$d/stratafs.log"
+}
+stage_unmount() {
+  stop_stratafs "$stage_mnt"
+  stage_mnt=
+}
+
+# ---- pjdfstest (POSIX conformance), gated by STRATAFS_PJDFSTEST / --pjdfstest ----
+run_pjdfstest() {
+  local config log="$logs/pjdfstest.log" rc summary
+  config=${PJDFSTEST_CONFIG:-$repo/../shared/testdata/pjdfstest-overlay.toml}
+  [ -f "$config" ] || config="$repo/tests/pjdfstest-overlay.toml"
+  if [ ! -f "$config" ]; then
+    stage_result pjdfstest fail "no config (../shared/testdata/pjdfstest-overlay.toml nor tests/pjdfstest-overlay.toml)"
+    return
+  fi
+  if ! cargo install --locked --version "$PJDFSTEST_VERSION" pjdfstest; then
+    stage_result pjdfstest fail "cargo install pjdfstest failed"
+    return
+  fi
+  # A second filesystem for the EXDEV cases.
+  mkdir -p "$secondary"
+  if ! mount -t tmpfs -o size=64m sfs-secondary "$secondary"; then
+    stage_result pjdfstest fail "could not mount the secondary tmpfs"
+    return
+  fi
+  if ! stage_mount pjdfstest; then
+    stage_result pjdfstest fail "mount failed"
+    return
+  fi
+  set +e
+  (cd "$stage_mnt" && timeout 1200 pjdfstest -c "$config" -s "$secondary" -p "$stage_mnt") >"$log" 2>&1
+  rc=$?
+  set -e
+  stage_unmount
+  unmount_path "$secondary" || true
+  # One line per test in the log; show the unexpected failures and pjdfstest's own summary.
+  grep -E 'FAILED$' "$log" || true
+  summary=$(grep -E '^Summary:' "$log" | tail -n 1)
+  [ -n "$summary" ] || tail -n 40 "$log"
+  if [ "$rc" = 0 ]; then
+    stage_result pjdfstest pass "${summary:-exit status 0} (config $config)"
+  else
+    stage_result pjdfstest fail "${summary:-exit status $rc} (full log: $log)"
+  fi
+}
+
+# ---- fsx (random read/write/truncate/mmap, data verified), gated by STRATAFS_FSX / --fsx ----
+run_fsx() {
+  local log="$logs/fsx.log" rc=0 ops=${STRATAFS_FSX_OPS:-100000} run target config n
+  if ! cargo install --locked --version "$FSX_VERSION" fsx; then
+    stage_result fsx fail "cargo install fsx failed"
+    return
+  fi
+  if ! stage_mount fsx; then
+    stage_result fsx fail "mount failed"
+    return
+  fi
+  # A file created in the upper; one that starts in the lower (copied up when fsx opens
+  # it); every forwarded operation (fallocate, punch hole, copy_file_range, sendfile, fsync);
+  # and a short run with mapread, which fsx 0.2 never unmaps (so only short runs).
+  : >"$log"
+  for run in "new-file:tests/fsx/long.toml:$ops" "lower-file:tests/fsx/long.toml:$ops" \
+    "all-ops-file:tests/fsx/all-ops.toml:$ops" "mapread-file::$((ops / 10))"; do
+    IFS=: read -r target config n <<<"$run"
+    say "fsx -N $n -S 1 ${config:+-f $config }$target"
+    timeout 600 fsx -q -N "$n" -S 1 ${config:+-f "$repo/$config"} "$stage_mnt/$target" >>"$log" 2>&1 || rc=$?
+    [ "$rc" = 0 ] || break
+  done
+  tail -n 40 "$log"
+  stage_unmount
+  if [ "$rc" = 0 ]; then
+    stage_result fsx pass "$ops operations each on a new file, a lower file and with every operation; $((ops / 10)) with mapread"
+  else
+    stage_result fsx fail "exit status $rc (full log: $log)"
+  fi
+}
+
+section "pjdfstest"
+if [ "$run_pjdfstest_stage" = 1 ]; then
+  run_pjdfstest
+else
+  say "off (STRATAFS_PJDFSTEST=0)"
+  stage_result pjdfstest skip "switched off by STRATAFS_PJDFSTEST=0"
+fi
+
+section "fsx"
+if [ "$run_fsx_stage" = 1 ]; then
+  run_fsx
+else
+  say "off (STRATAFS_FSX=0)"
+  stage_result fsx skip "switched off by STRATAFS_FSX=0"
+fi
+
+section "Left-over mounts after the tests"
+if cleanup_stratafs_mounts; then
+  say "none"
+  stage_result mounts pass "no stratafs mount left behind"
+else
+  stage_result mounts fail "a test left a stratafs mount behind (unmounted now)"
+fi
+
+section "Summary"
+grep '^test result:' "$test_log" || say "(cargo test printed no result line)"
+printf '%s\n' "${stage_lines[@]}"
+say "cargo test: $c_pass passed, $c_fail failed, $c_ign ignored (exit status $cargo_rc)"
+say "summary: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]

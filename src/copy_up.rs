@@ -1,0 +1,378 @@
+//! Copy-up (the kernel's `copy_up.c`): making a lower entry exist in the upper before it
+//! changes.
+//!
+//! Every copy is staged in `workdir/work` under a temporary name with its data, owner,
+//! mode, xattrs and times complete (and fsynced unless `volatile`), then renamed into the
+//! upper in one step: after a crash the upper holds either no copy or the complete one.
+//! The staging directory is emptied at every mount (the kernel does the same with it).
+//!
+//! Parents are copied up first. A node's copy-up is serialised by its own `copy_lock`;
+//! other nodes never wait for it (no filesystem-wide lock).
+//!
+//! Data keeps its holes: a reflink (FICLONE) when the filesystems allow it, else
+//! `copy_file_range` over each data extent found with SEEK_DATA/SEEK_HOLE, else
+//! read/write of those extents.
+//!
+//! Copied-up entries get an empty `overlay.origin` (the kernel's "copied up, origin not
+//! encoded" form) so they keep their lower inode number (see `lookup.rs`), and their upper
+//! parent gets `overlay.impure`, as the kernel marks it.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::fs::UnionFs;
+use crate::inode::{Kind, Node};
+use crate::layers::UPPER;
+use crate::sys::{self, ops, xattr, Stat};
+use crate::whiteout;
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// How much of an entry a copy-up must bring to the upper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyUp {
+    /// Metadata is about to change (chmod, chown, utimens, xattrs, a child is created):
+    /// the data may stay below when `metacopy=on`.
+    Meta,
+    /// The data is about to change: all of it.
+    Data,
+    /// The data is about to be discarded (open with O_TRUNC, truncate to 0): none of it.
+    Empty,
+}
+
+/// A fresh temporary name in the staging directory.
+pub fn tmp_name() -> CString {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    CString::new(format!("#sfs.{}.{n:x}", std::process::id())).unwrap_or_default()
+}
+
+/// Removes `dir/name` and, for a directory, everything below it, never following a
+/// symlink (used on our own staging area only).
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<()> {
+    match ops::unlinkat(dir, name, 0) {
+        Ok(()) => return Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    {
+        let sub = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        for e in sys::read_dir(sub.as_fd())? {
+            if let Some(c) = whiteout::c_name(&e.name) {
+                remove_tree(sub.as_fd(), &c)?;
+            }
+        }
+    }
+    ops::unlinkat(dir, name, libc::AT_REMOVEDIR)
+}
+
+/// Creates `workdir/work` afresh (removing a previous one, with any leftovers of a crash)
+/// and returns its `O_PATH` fd.
+pub fn prepare_staging(workdir: BorrowedFd<'_>) -> Result<OwnedFd> {
+    remove_tree(workdir, c"work").map_err(|e| Error::io(e, "workdir: cleaning work/"))?;
+    ops::mkdirat(workdir, c"work", 0o700).map_err(|e| Error::io(e, "workdir: creating work/"))?;
+    sys::open_dir_path(workdir, c"work").map_err(|e| Error::io(e, "workdir: opening work/"))
+}
+
+/// Copies every xattr but the overlay-private ones from `src` to `dst`.
+pub fn copy_xattrs(
+    src: BorrowedFd<'_>,
+    sname: &CStr,
+    dst: BorrowedFd<'_>,
+    dname: &CStr,
+) -> Result<()> {
+    let list = match xattr::list(src, sname) {
+        Ok(l) => l,
+        Err(_) => return Ok(()),
+    };
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if whiteout::is_private_xattr(name) {
+            continue;
+        }
+        let Ok(cname) = CString::new(name) else {
+            continue;
+        };
+        let Ok(Some(value)) = xattr::get(src, sname, &cname) else {
+            continue;
+        };
+        if let Err(e) = xattr::set(dst, dname, &cname, &value, 0) {
+            match e.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::E2BIG) => {
+                    return Err(Error::io(e, "copy-up xattr"))
+                }
+                // user.* on symlinks and specials, or a namespace the upper lacks: the
+                // kernel skips those too.
+                _ => log::debug!(
+                    "copy-up: xattr {} not copied: {e}",
+                    String::from_utf8_lossy(name)
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies the data of `src` to `dst` (both open), keeping holes; then sets the size.
+pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    if ops::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off: u64 = 0;
+    let mut use_cfr = true;
+    while off < size {
+        let start = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
+            Ok(s) => s as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole remains
+            Err(_) => off,                                            // no SEEK_DATA: copy all
+        };
+        let end = match sys::lseek(src, start as i64, libc::SEEK_HOLE) {
+            Ok(e) => (e as u64).min(size),
+            Err(_) => size,
+        };
+        let mut pos = start;
+        while pos < end {
+            let want = ((end - pos) as usize).min(1 << 30);
+            let n = if use_cfr {
+                match ops::copy_file_range(src, pos, dst, pos, want) {
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EXDEV)
+                                | Some(libc::EINVAL)
+                                | Some(libc::ENOSYS)
+                                | Some(libc::EOPNOTSUPP)
+                        ) =>
+                    {
+                        use_cfr = false;
+                        continue;
+                    }
+                    Err(e) => return Err(Error::io(e, "copy-up data")),
+                }
+            } else {
+                let buf = sys::pread(src, want.min(1 << 20), pos)
+                    .map_err(|e| Error::io(e, "copy-up read"))?;
+                if buf.is_empty() {
+                    0
+                } else {
+                    sys::pwrite(dst, &buf, pos).map_err(|e| Error::io(e, "copy-up write"))?
+                }
+            };
+            if n == 0 {
+                break; // the source shrank under us
+            }
+            pos += n as u64;
+        }
+        off = end.max(pos);
+    }
+    ops::ftruncate(dst, size).map_err(|e| Error::io(e, "copy-up size"))
+}
+
+/// Sets owner, mode (not on symlinks) and times of `dir/name` from `st`.
+pub fn copy_meta(dir: BorrowedFd<'_>, name: &CStr, st: &Stat) -> Result<()> {
+    ops::fchownat(dir, name, st.st_uid, st.st_gid).map_err(|e| Error::io(e, "copy-up chown"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+        ops::fchmodat(dir, name, st.st_mode & 0o7777).map_err(|e| Error::io(e, "copy-up chmod"))?;
+    }
+    Ok(())
+}
+
+pub fn copy_times(dir: BorrowedFd<'_>, name: &CStr, st: &Stat) -> Result<()> {
+    ops::utimensat(
+        dir,
+        name,
+        ops::SetTime::At(st.st_atime, st.st_atime_nsec),
+        ops::SetTime::At(st.st_mtime, st.st_mtime_nsec),
+    )
+    .map_err(|e| Error::io(e, "copy-up times"))
+}
+
+impl UnionFs {
+    /// The staging directory, or EROFS on a mount without an upper.
+    pub(crate) fn staging(&self) -> Result<Arc<OwnedFd>> {
+        if self.read_only {
+            return Err(Error::errno(libc::EROFS));
+        }
+        self.work.clone().ok_or_else(|| Error::errno(libc::EROFS))
+    }
+
+    /// Makes `node` exist in the upper (its parents first), with as much of its data as
+    /// `want` asks for.
+    pub fn copy_up(&self, node: &Arc<Node>, want: CopyUp) -> Result<()> {
+        {
+            let loc = node.loc.read();
+            if loc.in_upper() && (loc.data.is_none() || want == CopyUp::Meta) {
+                return Ok(());
+            }
+        }
+        let work = self.staging()?;
+        let _guard = node.copy_lock.lock();
+        let loc = node.loc();
+        if loc.in_upper() {
+            // Upper already, but metadata only: bring the data up now if it is wanted.
+            return match (loc.data.is_some(), want) {
+                (true, CopyUp::Data) => self.copy_up_data(node),
+                (true, CopyUp::Empty) => self.drop_metacopy(node),
+                _ => Ok(()), // another request copied it while we waited
+            };
+        }
+        let parent = self.node(loc.parent)?;
+        self.copy_up(&parent, CopyUp::Meta)?;
+        let upper_parent = parent
+            .loc
+            .read()
+            .dir_in(UPPER)
+            .ok_or_else(|| Error::new(libc::EIO, "parent has no upper after copy-up"))?;
+        let src = self.real(node)?;
+        let st =
+            sys::fstatat(src.dir.as_fd(), &src.name).map_err(|e| Error::io(e, "copy-up stat"))?;
+        // Metadata only (the kernel's metacopy): when allowed, for a file with data.
+        let meta_only =
+            want == CopyUp::Meta && self.metacopy && node.kind == Kind::File && st.st_size > 0;
+        let data_fd = if meta_only {
+            Some(Arc::new(match &src.loc.data {
+                Some(d) => sys::reopen(d.as_fd(), libc::O_PATH),
+                None => sys::openat(src.dir.as_fd(), &src.name, libc::O_PATH, 0),
+            }?))
+        } else {
+            None
+        };
+        let tmp = tmp_name();
+        let w = work.as_fd();
+        let staged = self.stage_copy(node.kind, &src, &st, w, &tmp, want, meta_only);
+        if let Err(e) = staged {
+            let _ = remove_tree(w, &tmp);
+            return Err(e);
+        }
+        let name = whiteout::c_name(&loc.name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let dirfd = if node.kind == Kind::Dir {
+            Some(Arc::new(
+                sys::open_dir_path(w, &tmp).map_err(|e| Error::io(e, "copy-up open"))?,
+            ))
+        } else {
+            None
+        };
+        // A copy-up is not a change the user made: the parent keeps its times.
+        let pst = sys::fstatat(upper_parent.as_fd(), c".")
+            .map_err(|e| Error::io(e, "copy-up parent stat"))?;
+        if let Err(e) = ops::renameat2(w, &tmp, upper_parent.as_fd(), &name, libc::RENAME_NOREPLACE)
+        {
+            let _ = remove_tree(w, &tmp);
+            return Err(Error::io(e, "copy-up rename"));
+        }
+        let impure = self.layers.marker("impure");
+        let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
+        let _ = copy_times(upper_parent.as_fd(), c".", &pst);
+        {
+            let mut l = node.loc.write();
+            l.top = UPPER;
+            if let Some(fd) = dirfd {
+                l.dirs.insert(0, (UPPER, fd));
+            }
+            l.data = data_fd;
+        }
+        if !meta_only {
+            self.switch_handles_to_upper(node.ino);
+        }
+        Ok(())
+    }
+
+    /// Completes a metadata-only copy: the data goes into the upper file in place, and only
+    /// then is `overlay.metacopy` removed. Until that last step the data is still read from
+    /// the lower file, so a crash midway loses nothing. Caller holds `copy_lock`.
+    fn copy_up_data(&self, node: &Arc<Node>) -> Result<()> {
+        let real = self.real(node)?;
+        let Some(data) = real.loc.data.clone() else {
+            return Ok(());
+        };
+        let st = sys::fstatat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "stat"))?;
+        let src = sys::reopen(data.as_fd(), libc::O_RDONLY)
+            .map_err(|e| Error::io(e, "open lower data"))?;
+        let out = sys::openat(real.dir.as_fd(), &real.name, libc::O_WRONLY, 0)
+            .map_err(|e| Error::io(e, "open upper"))?;
+        copy_data(src.as_fd(), out.as_fd(), st.st_size as u64)?;
+        if !self.volatile {
+            ops::fsync(out.as_fd(), false).map_err(|e| Error::io(e, "copy-up fsync"))?;
+        }
+        // Writing the data moved the mtime: the user did not change the file yet.
+        copy_times(real.dir.as_fd(), &real.name, &st)?;
+        self.drop_metacopy(node)
+    }
+
+    /// Removes `overlay.metacopy`: from now on the upper file holds the data.
+    fn drop_metacopy(&self, node: &Arc<Node>) -> Result<()> {
+        let real = self.real(node)?;
+        for p in crate::layers::READ_PREFIXES {
+            let mut a = p.to_bytes().to_vec();
+            a.extend_from_slice(b"metacopy");
+            if let Ok(a) = CString::new(a) {
+                let _ = xattr::remove(real.dir.as_fd(), &real.name, &a);
+            }
+        }
+        node.loc.write().data = None;
+        self.switch_handles_to_upper(node.ino);
+        Ok(())
+    }
+
+    /// Builds the copy of `src` as `work/tmp`: complete, or (`meta_only`) a file of the
+    /// right size with no data, marked `overlay.metacopy`.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_copy(
+        &self,
+        kind: Kind,
+        src: &crate::fs::Real,
+        st: &Stat,
+        w: BorrowedFd<'_>,
+        tmp: &CStr,
+        want: CopyUp,
+        meta_only: bool,
+    ) -> Result<()> {
+        let origin = self.layers.marker("origin");
+        match kind {
+            Kind::Dir => {
+                ops::mkdirat(w, tmp, 0o700).map_err(|e| Error::io(e, "copy-up mkdir"))?;
+            }
+            Kind::File => {
+                let out = sys::openat(w, tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)
+                    .map_err(|e| Error::io(e, "copy-up create"))?;
+                if meta_only {
+                    ops::ftruncate(out.as_fd(), st.st_size as u64)
+                        .map_err(|e| Error::io(e, "copy-up size"))?;
+                    let mc = self.layers.marker("metacopy");
+                    xattr::set(w, tmp, &mc, b"", 0).map_err(|e| Error::io(e, "set metacopy"))?;
+                } else if want != CopyUp::Empty {
+                    let data_fd = match &src.loc.data {
+                        Some(d) => sys::reopen(d.as_fd(), libc::O_RDONLY),
+                        None => sys::openat(src.dir.as_fd(), &src.name, libc::O_RDONLY, 0),
+                    }
+                    .map_err(|e| Error::io(e, "copy-up open lower"))?;
+                    copy_data(data_fd.as_fd(), out.as_fd(), st.st_size as u64)?;
+                    if !self.volatile {
+                        ops::fsync(out.as_fd(), false)
+                            .map_err(|e| Error::io(e, "copy-up fsync"))?;
+                    }
+                }
+            }
+            Kind::Symlink => {
+                let target = sys::readlinkat(src.dir.as_fd(), &src.name)
+                    .map_err(|e| Error::io(e, "copy-up readlink"))?;
+                let target = CString::new(target).map_err(|_| Error::errno(libc::EINVAL))?;
+                ops::symlinkat(&target, w, tmp).map_err(|e| Error::io(e, "copy-up symlink"))?;
+            }
+            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                ops::mknodat(w, tmp, st.st_mode, st.st_rdev)
+                    .map_err(|e| Error::io(e, "copy-up mknod"))?;
+            }
+        }
+        copy_xattrs(src.dir.as_fd(), &src.name, w, tmp)?;
+        copy_meta(w, tmp, st)?;
+        let _ = xattr::set(w, tmp, &origin, b"", 0);
+        copy_times(w, tmp, st)
+    }
+}

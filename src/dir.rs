@@ -1,0 +1,548 @@
+//! Namespace changes (the kernel's `dir.c`): create, mkdir, mknod, symlink, link, unlink,
+//! rmdir, rename.
+//!
+//! New entries are built complete in the staging directory (`workdir/work`: owner, mode,
+//! opaque marker) and renamed into the upper in one step; over a whiteout the rename
+//! replaces it (non-directories) or swaps with it (`RENAME_EXCHANGE`, directories), so a
+//! crash never leaves a half-made entry or a resurrected lower one.
+//!
+//! Removing a name that a lower layer also has leaves a whiteout (a 0/0 character device,
+//! the kernel's format). A directory made where lower content was deleted is marked
+//! opaque. A directory with lower content is renamed by copying the directory itself up
+//! and recording where its lower part lives in `overlay.redirect` (the kernel's
+//! `redirect_dir=on` format, always an absolute path here); its lower content is never
+//! copied. A pure upper directory moved into a merged directory is marked opaque.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use crate::attr::Attr;
+use crate::copy_up::{remove_tree, tmp_name, CopyUp};
+use crate::error::{err, Error, Result};
+use crate::file::FileHandle;
+use crate::fs::{Caller, UnionFs, NAME_MAX};
+use crate::inode::{Kind, Loc, Node};
+use crate::layers::{ROOT_INO, UPPER};
+use crate::lookup::{self, marker};
+use crate::readdir;
+use crate::sys::{self, ops, xattr};
+use crate::whiteout;
+
+/// What the upper directory holds at a name.
+#[derive(Debug, PartialEq, Eq)]
+enum UpperAt {
+    Nothing,
+    Whiteout,
+    Entry,
+}
+
+fn upper_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<UpperAt> {
+    match sys::fstatat(dir, name) {
+        Ok(st) if whiteout::is_whiteout_stat(&st) => Ok(UpperAt::Whiteout),
+        Ok(_) => Ok(UpperAt::Entry),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(UpperAt::Nothing),
+        Err(e) => Err(Error::io(e, "upper stat")),
+    }
+}
+
+/// Does a lower layer of `parent` show something at `name` (so removing it needs a
+/// whiteout)? Stops at the first whiteout or opaque boundary, as lookup does.
+fn lower_positive(parent: &Loc, name: &OsStr, cname: &CStr) -> bool {
+    for (_, fd) in parent.lower_dirs() {
+        match sys::fstatat(fd.as_fd(), cname) {
+            Ok(st) => return !whiteout::is_whiteout_stat(&st),
+            Err(_) => {
+                if whiteout::has_aufs_whiteout(fd.as_fd(), name) {
+                    return false;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Does any lower layer of `parent` have anything at `name`, whiteouts included? A new
+/// directory there is made opaque.
+fn lower_has_any(parent: &Loc, name: &OsStr, cname: &CStr) -> bool {
+    parent.lower_dirs().any(|(_, fd)| {
+        sys::fstatat(fd.as_fd(), cname).is_ok() || whiteout::has_aufs_whiteout(fd.as_fd(), name)
+    })
+}
+
+fn check_name(name: &OsStr) -> Result<CString> {
+    if name.len() > NAME_MAX {
+        return err(libc::ENAMETOOLONG);
+    }
+    if whiteout::is_marker_name(name) {
+        // `.wh.*` names are layer markers; creating one would delete or hide something.
+        return err(libc::EINVAL);
+    }
+    whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))
+}
+
+/// The new entry's object type and data.
+pub enum NewKind<'a> {
+    Dir,
+    Node { rdev: u64 },
+    Symlink(&'a [u8]),
+    File { flags: i32 },
+}
+
+/// Makes a 0/0 character device at `dir/name` (fails if something is there).
+fn make_whiteout(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    ops::mknodat(dir, name, libc::S_IFCHR, 0).map_err(|e| Error::io(e, "whiteout"))
+}
+
+impl UnionFs {
+    fn dir_node(&self, ino: u64) -> Result<Arc<Node>> {
+        let n = self.node(ino)?;
+        if !n.is_dir() {
+            return err(libc::ENOTDIR);
+        }
+        Ok(n)
+    }
+
+    /// The parent's upper directory fd, copying the parent up first.
+    fn upper_dir_of(&self, parent: &Arc<Node>) -> Result<Arc<OwnedFd>> {
+        self.copy_up(parent, CopyUp::Meta)?;
+        parent
+            .loc
+            .read()
+            .dir_in(UPPER)
+            .ok_or_else(|| Error::new(libc::EIO, "no upper directory after copy-up"))
+    }
+
+    /// Moves the staged `work/tmp` to `dir/name`, replacing (or, for a directory, swapping
+    /// out) a whiteout there.
+    fn place(
+        &self,
+        work: BorrowedFd<'_>,
+        tmp: &CStr,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        is_dir: bool,
+    ) -> Result<()> {
+        let r = match upper_at(dir, name)? {
+            UpperAt::Entry => return err(libc::EEXIST),
+            UpperAt::Nothing => ops::renameat2(work, tmp, dir, name, libc::RENAME_NOREPLACE),
+            UpperAt::Whiteout if is_dir => {
+                ops::renameat2(work, tmp, dir, name, libc::RENAME_EXCHANGE).map(|()| {
+                    let _ = ops::unlinkat(work, tmp, 0);
+                })
+            }
+            UpperAt::Whiteout => ops::renameat2(work, tmp, dir, name, 0),
+        };
+        r.map_err(|e| Error::io(e, "place new entry"))
+    }
+
+    /// Creates a new entry `name` in `parent` owned by `caller`; returns its attributes
+    /// (counted as a lookup) and, for files, an open handle.
+    pub fn create_entry(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        kind: NewKind<'_>,
+        caller: Caller,
+    ) -> Result<(Attr, Option<u64>)> {
+        let cname = check_name(name)?;
+        let pnode = self.dir_node(parent)?;
+        let work = self.staging()?;
+        let ploc = pnode.loc();
+        if lookup::lookup(&self.layers, &ploc, name)?.is_some() {
+            return err(libc::EEXIST);
+        }
+        if let NewKind::Node { rdev: 0 } = kind {
+            if mode & libc::S_IFMT == libc::S_IFCHR {
+                // A 0/0 character device is a whiteout; the kernel overlayfs refuses it too.
+                return err(libc::EPERM);
+            }
+        }
+        let updir = self.upper_dir_of(&pnode)?;
+        let pattr = self.getattr(parent, None)?;
+        let sgid_parent = pattr.perm as u32 & libc::S_ISGID != 0;
+        let gid = if sgid_parent { pattr.gid } else { caller.gid };
+        let (owner_uid, owner_gid) = self.ids.store(caller.uid, gid)?;
+        let mut perm = mode & 0o7777;
+        if matches!(kind, NewKind::Dir) && sgid_parent {
+            perm |= libc::S_ISGID;
+        }
+        let w = work.as_fd();
+        let tmp = tmp_name();
+        let mut file: Option<OwnedFd> = None;
+        let built: Result<()> = (|| {
+            match &kind {
+                NewKind::Dir => ops::mkdirat(w, &tmp, 0o700).map_err(|e| Error::io(e, "mkdir"))?,
+                NewKind::Node { rdev } => {
+                    ops::mknodat(w, &tmp, (mode & libc::S_IFMT) | 0o600, *rdev)
+                        .map_err(|e| Error::io(e, "mknod"))?
+                }
+                NewKind::Symlink(target) => {
+                    let t = CString::new(*target).map_err(|_| Error::errno(libc::EINVAL))?;
+                    ops::symlinkat(&t, w, &tmp).map_err(|e| Error::io(e, "symlink"))?
+                }
+                NewKind::File { flags } => {
+                    let f = sys::openat(
+                        w,
+                        &tmp,
+                        (self.real_open_flags(*flags) & !libc::O_TRUNC)
+                            | libc::O_CREAT
+                            | libc::O_EXCL,
+                        0o600,
+                    )
+                    .map_err(|e| Error::io(e, "create"))?;
+                    file = Some(f);
+                }
+            }
+            ops::fchownat(w, &tmp, owner_uid, owner_gid)
+                .map_err(|e| Error::io(e, "chown new entry"))?;
+            if !matches!(kind, NewKind::Symlink(_)) {
+                ops::fchmodat(w, &tmp, perm).map_err(|e| Error::io(e, "chmod new entry"))?;
+            }
+            if matches!(kind, NewKind::Dir)
+                && (upper_at(updir.as_fd(), &cname)? == UpperAt::Whiteout
+                    || lower_has_any(&ploc, name, &cname))
+            {
+                let opaque = self.layers.marker("opaque");
+                xattr::set(w, &tmp, &opaque, b"y", 0).map_err(|e| Error::io(e, "set opaque"))?;
+            }
+            self.place(w, &tmp, updir.as_fd(), &cname, matches!(kind, NewKind::Dir))
+        })();
+        if let Err(e) = built {
+            let _ = remove_tree(w, &tmp);
+            return Err(e);
+        }
+        let attr = self.lookup(parent, name)?;
+        let fh = match (file, kind) {
+            (Some(fd), NewKind::File { flags }) => {
+                Some(self.add_handle(attr.ino, fd, flags, false))
+            }
+            _ => None,
+        };
+        Ok((attr, fh))
+    }
+
+    /// link(2): a new name `newname` in `newparent` for `ino` (copied up first).
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        let cname = check_name(newname)?;
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return err(libc::EPERM);
+        }
+        let pnode = self.dir_node(newparent)?;
+        if lookup::lookup(&self.layers, &pnode.loc(), newname)?.is_some() {
+            return err(libc::EEXIST);
+        }
+        // Links and renames of a metadata-only copy would need a redirect to its data;
+        // bring the data up instead.
+        self.copy_up(&node, CopyUp::Data)?;
+        let updir = self.upper_dir_of(&pnode)?;
+        let src = self.real(&node)?;
+        let work = self.staging()?;
+        let tmp = tmp_name();
+        ops::linkat(src.dir.as_fd(), &src.name, work.as_fd(), &tmp)
+            .map_err(|e| Error::io(e, "link"))?;
+        if let Err(e) = self.place(work.as_fd(), &tmp, updir.as_fd(), &cname, false) {
+            let _ = ops::unlinkat(work.as_fd(), &tmp, 0);
+            return Err(e);
+        }
+        self.lookup(newparent, newname)
+    }
+
+    /// unlink(2) and rmdir(2).
+    pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        if name.len() > NAME_MAX {
+            return err(libc::ENAMETOOLONG);
+        }
+        let cname = whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let pnode = self.dir_node(parent)?;
+        let ploc = pnode.loc();
+        let found =
+            lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        match (dir, found.is_dir()) {
+            (false, true) => return err(libc::EISDIR),
+            (true, false) => return err(libc::ENOTDIR),
+            _ => {}
+        }
+        let work = self.staging()?;
+        if dir {
+            let floc = Loc {
+                parent,
+                name: name.to_os_string(),
+                top: found.top,
+                dirs: found.dirs,
+                data: None,
+                pinned: None,
+            };
+            if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
+                return err(libc::ENOTEMPTY);
+            }
+        }
+        let updir = self.upper_dir_of(&pnode)?;
+        let ploc = pnode.loc();
+        let needs_whiteout = lower_positive(&ploc, name, &cname);
+        if !dir {
+            self.pin_before_remove(found.ino, &ploc, found.top, &cname);
+        }
+        let w = work.as_fd();
+        if found.top == UPPER {
+            if needs_whiteout {
+                // Swap a fresh whiteout in: one atomic step.
+                let wh = tmp_name();
+                make_whiteout(w, &wh)?;
+                let flags = if dir { libc::RENAME_EXCHANGE } else { 0 };
+                if let Err(e) = ops::renameat2(w, &wh, updir.as_fd(), &cname, flags) {
+                    let _ = ops::unlinkat(w, &wh, 0);
+                    return Err(Error::io(e, "whiteout over upper entry"));
+                }
+                if dir {
+                    remove_tree(w, &wh).map_err(|e| Error::io(e, "rmdir cleanup"))?;
+                }
+            } else if dir {
+                // It may still hold whiteouts: move it out of sight, then empty it.
+                let t = tmp_name();
+                ops::renameat2(updir.as_fd(), &cname, w, &t, libc::RENAME_NOREPLACE)
+                    .map_err(|e| Error::io(e, "rmdir"))?;
+                remove_tree(w, &t).map_err(|e| Error::io(e, "rmdir cleanup"))?;
+            } else {
+                ops::unlinkat(updir.as_fd(), &cname, 0).map_err(|e| Error::io(e, "unlink"))?;
+            }
+        } else {
+            make_whiteout(updir.as_fd(), &cname)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a node the kernel still holds reachable after its name goes away.
+    fn pin_before_remove(&self, ino: u64, parent: &Loc, top: crate::layers::LayerId, cname: &CStr) {
+        let Some(node) = self.inodes.get(ino) else {
+            return;
+        };
+        let Some(dir) = parent.dir_in(top) else {
+            return;
+        };
+        if let Ok(fd) = sys::openat(dir.as_fd(), cname, libc::O_PATH, 0) {
+            node.loc.write().pinned = Some(Arc::new(fd));
+        }
+    }
+
+    /// Where the lower part of directory `node` lives, as an absolute path from the layer
+    /// roots (following redirects already recorded on it or its ancestors).
+    fn lower_path(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        if node.ino == ROOT_INO {
+            return Ok(Vec::new());
+        }
+        let loc = node.loc();
+        if let Some(up) = loc.dir_in(UPPER) {
+            if let Some(r) = marker(up.as_fd(), c".", "redirect") {
+                if r.first() == Some(&b'/') {
+                    return Ok(r);
+                }
+                let mut p = self.lower_path(&self.node(loc.parent)?)?;
+                p.push(b'/');
+                p.extend_from_slice(&r);
+                return Ok(p);
+            }
+        }
+        let mut p = self.lower_path(&self.node(loc.parent)?)?;
+        p.push(b'/');
+        p.extend_from_slice(loc.name.as_bytes());
+        Ok(p)
+    }
+
+    /// Marks a directory about to move so that the lower layers below its new place do
+    /// not merge into it: a redirect to its own lower part, or opaque if it has none.
+    fn prepare_dir_move(
+        &self,
+        node: &Arc<Node>,
+        dest_parent: &Loc,
+        dest: &OsStr,
+        cdest: &CStr,
+    ) -> Result<()> {
+        let loc = node.loc();
+        let up = loc
+            .dir_in(UPPER)
+            .ok_or_else(|| Error::new(libc::EIO, "moving dir not copied up"))?;
+        if loc.lower_dirs().next().is_some() {
+            let path = self.lower_path(node)?;
+            let redirect = self.layers.marker("redirect");
+            xattr::set(up.as_fd(), c".", &redirect, &path, 0)
+                .map_err(|e| Error::io(e, "set redirect"))
+        } else if lower_has_any(dest_parent, dest, cdest) {
+            let opaque = self.layers.marker("opaque");
+            xattr::set(up.as_fd(), c".", &opaque, b"y", 0).map_err(|e| Error::io(e, "set opaque"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// rename(2) with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` flags.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let cname = check_name(name)?;
+        let cnew = check_name(newname)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
+        {
+            return err(libc::EINVAL);
+        }
+        let pnode = self.dir_node(parent)?;
+        let npnode = self.dir_node(newparent)?;
+        let src = lookup::lookup(&self.layers, &pnode.loc(), name)?
+            .ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let dst = lookup::lookup(&self.layers, &npnode.loc(), newname)?;
+        if parent == newparent && name == newname {
+            return Ok(());
+        }
+        match (&dst, exchange, noreplace) {
+            (None, true, _) => return err(libc::ENOENT),
+            (Some(_), _, true) => return err(libc::EEXIST),
+            (Some(d), false, false) => {
+                if d.ino == src.ino {
+                    return Ok(()); // two links to one file: rename(2) does nothing
+                }
+                match (src.is_dir(), d.is_dir()) {
+                    (true, false) => return err(libc::ENOTDIR),
+                    (false, true) => return err(libc::EISDIR),
+                    (true, true) => {
+                        let dloc = Loc {
+                            parent: newparent,
+                            name: newname.to_os_string(),
+                            top: d.top,
+                            dirs: d.dirs.clone(),
+                            data: None,
+                            pinned: None,
+                        };
+                        if readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2 {
+                            return err(libc::ENOTEMPTY);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        let work = self.staging()?;
+        let w = work.as_fd();
+        // Counted lookups give us nodes to copy up; released at the end.
+        let src_attr = self.lookup(parent, name)?;
+        let src_node = self.node(src_attr.ino)?;
+        let dst_node = match &dst {
+            Some(_) if exchange => {
+                let a = self.lookup(newparent, newname)?;
+                Some(self.node(a.ino)?)
+            }
+            _ => None,
+        };
+        let result = (|| -> Result<()> {
+            let updir = self.upper_dir_of(&pnode)?;
+            let newupdir = self.upper_dir_of(&npnode)?;
+            self.copy_up(&src_node, CopyUp::Data)?;
+            if let Some(d) = &dst_node {
+                self.copy_up(d, CopyUp::Data)?;
+            }
+            let ploc = pnode.loc();
+            let nploc = npnode.loc();
+            let src_lower = lower_positive(&ploc, name, &cname);
+            if src_node.is_dir() {
+                self.prepare_dir_move(&src_node, &nploc, newname, &cnew)?;
+            }
+            if let Some(d) = &dst_node {
+                if d.is_dir() {
+                    self.prepare_dir_move(d, &ploc, name, &cname)?;
+                }
+            }
+            if exchange {
+                return ops::renameat2(
+                    updir.as_fd(),
+                    &cname,
+                    newupdir.as_fd(),
+                    &cnew,
+                    libc::RENAME_EXCHANGE,
+                )
+                .map_err(|e| Error::io(e, "rename exchange"));
+            }
+            // Clear the destination's upper entry if it is a directory (it may hold
+            // whiteouts) or a whiteout that a directory can't replace.
+            let mut moved_away: Option<CString> = None;
+            match upper_at(newupdir.as_fd(), &cnew)? {
+                UpperAt::Entry if dst.as_ref().is_some_and(|d| d.is_dir() && d.top == UPPER) => {
+                    let t = tmp_name();
+                    ops::renameat2(newupdir.as_fd(), &cnew, w, &t, libc::RENAME_NOREPLACE)
+                        .map_err(|e| Error::io(e, "rename: clear target"))?;
+                    moved_away = Some(t);
+                }
+                UpperAt::Whiteout if src_node.is_dir() => {
+                    ops::unlinkat(newupdir.as_fd(), &cnew, 0)
+                        .map_err(|e| Error::io(e, "rename: clear whiteout"))?;
+                }
+                _ => {}
+            }
+            let r = if src_lower {
+                ops::renameat2(
+                    updir.as_fd(),
+                    &cname,
+                    newupdir.as_fd(),
+                    &cnew,
+                    libc::RENAME_WHITEOUT,
+                )
+                .or_else(|e| {
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EOPNOTSUPP)
+                    ) {
+                        ops::renameat2(updir.as_fd(), &cname, newupdir.as_fd(), &cnew, 0)
+                            .and_then(|()| ops::mknodat(updir.as_fd(), &cname, libc::S_IFCHR, 0))
+                    } else {
+                        Err(e)
+                    }
+                })
+            } else {
+                ops::renameat2(updir.as_fd(), &cname, newupdir.as_fd(), &cnew, 0)
+            };
+            if let Err(e) = r {
+                if let Some(t) = &moved_away {
+                    let _ = ops::renameat2(w, t, newupdir.as_fd(), &cnew, libc::RENAME_NOREPLACE);
+                }
+                return Err(Error::io(e, "rename"));
+            }
+            if let Some(t) = moved_away {
+                remove_tree(w, &t).map_err(|e| Error::io(e, "rename cleanup"))?;
+            }
+            Ok(())
+        })();
+        if result.is_ok() {
+            self.inodes.relocate(src_node.ino, newparent, newname);
+            if let Some(d) = &dst_node {
+                self.inodes.relocate(d.ino, parent, name);
+            }
+        }
+        self.forget(src_node.ino, 1);
+        if let Some(d) = &dst_node {
+            self.forget(d.ino, 1);
+        }
+        result
+    }
+
+    /// Registers an open fd as a handle.
+    pub(crate) fn add_handle(&self, ino: u64, fd: OwnedFd, flags: i32, data_only: bool) -> u64 {
+        let fh = self.new_fh();
+        self.files
+            .insert(fh, Arc::new(FileHandle::new(ino, fd, flags, data_only)));
+        fh
+    }
+}
+
+/// Kind of a mknod mode, for the create API.
+pub fn mknod_kind(mode: u32) -> Kind {
+    Kind::from_mode(mode)
+}
