@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use crate::acl;
 use crate::attr::Attr;
 use crate::copy_up::{remove_tree, tmp_name, CopyUp};
 use crate::error::{err, Error, Result};
@@ -144,6 +145,7 @@ impl UnionFs {
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         kind: NewKind<'_>,
         caller: Caller,
     ) -> Result<(Attr, Option<u64>)> {
@@ -165,8 +167,21 @@ impl UnionFs {
         let sgid_parent = pattr.perm as u32 & libc::S_ISGID != 0;
         let gid = if sgid_parent { pattr.gid } else { caller.gid };
         let (owner_uid, owner_gid) = self.ids.store(caller.uid, gid)?;
-        let mut perm = mode & 0o7777;
-        if matches!(kind, NewKind::Dir) && sgid_parent {
+        let is_dir = matches!(kind, NewKind::Dir);
+        // The umask, or the parent's default ACL, as the upper filesystem would apply them
+        // had the entry been created in place.
+        let parent_default = if self.acl {
+            let real = self.real(&pnode)?;
+            xattr::get(real.dir.as_fd(), &real.name, acl::DEFAULT_XATTR)
+                .ok()
+                .flatten()
+                .and_then(|v| acl::Acl::parse(&v))
+        } else {
+            None
+        };
+        let inherited = acl::inherit(parent_default.as_ref(), mode & 0o7777, umask, is_dir);
+        let mut perm = inherited.mode;
+        if is_dir && sgid_parent {
             perm |= libc::S_ISGID;
         }
         let w = work.as_fd();
@@ -200,6 +215,15 @@ impl UnionFs {
                 .map_err(|e| Error::io(e, "chown new entry"))?;
             if !matches!(kind, NewKind::Symlink(_)) {
                 ops::fchmodat(w, &tmp, perm).map_err(|e| Error::io(e, "chmod new entry"))?;
+                for (attr, acl) in [
+                    (acl::ACCESS_XATTR, &inherited.access),
+                    (acl::DEFAULT_XATTR, &inherited.default),
+                ] {
+                    if let Some(a) = acl {
+                        xattr::set(w, &tmp, attr, &a.to_bytes(), 0)
+                            .map_err(|e| Error::io(e, "inherit ACL"))?;
+                    }
+                }
             }
             if matches!(kind, NewKind::Dir)
                 && (upper_at(updir.as_fd(), &cname)? == UpperAt::Whiteout

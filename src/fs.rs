@@ -69,6 +69,8 @@ pub struct UnionFs {
     pub metacopy: bool,
     /// How ids on the branches map to ids shown through the mount.
     pub ids: crate::ids::Ids,
+    /// POSIX ACLs are enforced and inherited (not `noacl`).
+    pub acl: bool,
     /// The copy-up staging directory `workdir/work` (writable mounts only).
     pub(crate) work: Option<Arc<OwnedFd>>,
     /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
@@ -99,6 +101,7 @@ impl UnionFs {
             volatile: cfg.volatile,
             metacopy: cfg.metacopy,
             ids: cfg.ids.clone(),
+            acl: !cfg.noacl,
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
             layers,

@@ -234,6 +234,15 @@ impl Filesystem for FuseAdapter {
         } else {
             info!("init: neither passthrough nor writeback cache; all I/O goes through the daemon");
         }
+        // POSIX ACLs: the kernel checks them and sends the unmasked mode with the umask;
+        // stratafs applies the umask or the parent's default ACL itself (dir.rs).
+        if self.fs.acl {
+            for flag in [F::FUSE_POSIX_ACL, F::FUSE_DONT_MASK] {
+                if config.add_capabilities(flag).is_err() {
+                    info!("init: kernel lacks {flag:?}; ACLs are stored but not enforced");
+                }
+            }
+        }
         let _ = config.set_max_background(64);
         let _ = config
             .set_max_write(1 << 20)
@@ -495,7 +504,8 @@ impl Filesystem for FuseAdapter {
         let r = self.fs.create_entry(
             parent.0,
             name,
-            mode & !umask,
+            mode,
+            umask,
             NewKind::Node { rdev: rdev as u64 },
             caller(req),
         );
@@ -514,7 +524,8 @@ impl Filesystem for FuseAdapter {
         let r = self.fs.create_entry(
             parent.0,
             name,
-            (mode & !umask) | libc::S_IFDIR,
+            mode | libc::S_IFDIR,
+            umask,
             NewKind::Dir,
             caller(req),
         );
@@ -534,6 +545,7 @@ impl Filesystem for FuseAdapter {
             parent.0,
             link_name,
             libc::S_IFLNK | 0o777,
+            0,
             NewKind::Symlink(target.as_os_str().as_bytes()),
             caller(req),
         );
@@ -600,7 +612,8 @@ impl Filesystem for FuseAdapter {
         match self.fs.create_entry(
             parent.0,
             name,
-            (mode & !umask) | libc::S_IFREG,
+            mode | libc::S_IFREG,
+            umask,
             NewKind::File { flags },
             caller(req),
         ) {

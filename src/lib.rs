@@ -6,6 +6,7 @@
 //! data. [`fs::UnionFs`] is the operation API in plain Rust types; [`fuse`] only adapts it
 //! to the FUSE protocol, so everything but the adapter is testable without mounting.
 
+pub mod acl;
 pub mod attr;
 pub mod copy_up;
 pub mod daemon;

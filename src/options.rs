@@ -69,6 +69,8 @@ pub struct Config {
     pub volatile: bool,
     /// `userxattr`: use `user.overlay.*` instead of `trusted.overlay.*` markers.
     pub userxattr: bool,
+    /// `noacl`: no POSIX ACL checks or inheritance (as fuse-overlayfs's option).
+    pub noacl: bool,
     /// `timeout=`: entry/attr cache lifetime in seconds, if given.
     pub timeout: Option<f64>,
     pub log_file: Option<PathBuf>,
@@ -219,6 +221,11 @@ pub const OPTIONS: &[OptionDoc] = &[
         "markers in user.overlay.* instead of trusted.overlay.*",
     ),
     doc(
+        "noacl",
+        "noacl",
+        "no POSIX ACL enforcement or inheritance (ACL xattrs are still stored)",
+    ),
+    doc(
         "debug",
         "debug",
         "log every request (without -f: to syslog or --log-file)",
@@ -265,7 +272,7 @@ pub const OPTIONS: &[OptionDoc] = &[
     ),
     doc(
         "static_nlink",
-        "static_nlink, noacl, fast_ino=, xattr_permissions=",
+        "static_nlink, fast_ino=, xattr_permissions=",
         "fuse-overlayfs tuning: accepted and logged",
     ),
     doc(
@@ -547,6 +554,8 @@ impl Parser {
             "atime" => cfg.noatime = false,
             "volatile" => cfg.volatile = true,
             "userxattr" => cfg.userxattr = true,
+            "noacl" => cfg.noacl = true,
+            "acl" => cfg.noacl = false,
             "metacopy" => {
                 cfg.metacopy = match value {
                     Some(b"on") => true,
@@ -621,7 +630,7 @@ impl Parser {
             | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner"
             | "group" | "_netdev" | "nofail" | "defaults" | "context" | "fscontext"
             | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export" | "xino"
-            | "redirect_dir" | "uuid" | "fsync" | "noacl" | "acl" | "static_nlink" | "fast_ino"
+            | "redirect_dir" | "uuid" | "fsync" | "static_nlink" | "fast_ino"
             | "xattr_permissions" | "large_read" | "big_writes" | "kernel_cache" | "auto_cache"
             | "noforget" => {
                 cfg.ignored.push(text(item));
