@@ -162,12 +162,12 @@ impl UnionFs {
         })
     }
 
-    /// One xattr of the topmost real entry; overlay-private names do not exist.
+    /// One xattr of the topmost real entry; overlay markers do not exist, and names in the
+    /// overlay namespace are escaped as the kernel does (see `whiteout::xattr_to_real`).
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
-        if whiteout::is_private_xattr(name.as_bytes()) {
-            return err(libc::ENODATA);
-        }
-        let cname = whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let real_name =
+            whiteout::xattr_to_real(name.as_bytes()).ok_or_else(|| Error::errno(libc::ENODATA))?;
+        let cname = std::ffi::CString::new(real_name).map_err(|_| Error::errno(libc::EINVAL))?;
         let node = self.node(ino)?;
         let real = self.real(&node)?;
         match xattr::get(real.dir.as_fd(), &real.name, &cname) {
@@ -300,13 +300,12 @@ impl UnionFs {
     }
 
     fn change_xattr(&self, ino: u64, name: &OsStr, set: Option<(&[u8], i32)>) -> Result<()> {
-        if whiteout::is_private_xattr(name.as_bytes()) {
-            return err(libc::EPERM);
-        }
+        let real_name =
+            whiteout::xattr_to_real(name.as_bytes()).ok_or_else(|| Error::errno(libc::EPERM))?;
         if self.read_only {
             return err(libc::EROFS);
         }
-        let cname = whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let cname = std::ffi::CString::new(real_name).map_err(|_| Error::errno(libc::EINVAL))?;
         let node = self.node(ino)?;
         if set.is_none() {
             // Removing what is not there must not copy anything up.

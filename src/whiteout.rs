@@ -104,17 +104,54 @@ pub fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &std::ffi::CStr, st: &Stat) 
         && marker_value(dir, name, "whiteout").is_some()
 }
 
-/// True for xattr names private to overlay layers, hidden from the merged view.
-pub fn is_private_xattr(name: &[u8]) -> bool {
+/// The kernel's overlay xattr namespaces, which nest by escaping (Linux 6.7+): a name
+/// `P` + `X` set through the mount is stored as `P` + `overlay.` + `X` on the layer, and
+/// shown as `P` + `X` again; every other name under `P` is a marker of this overlay.
+const ESCAPABLE: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
+const ESCAPE: &[u8] = b"overlay.";
+
+/// The name stored on a layer for an xattr name given through the mount; `None` for a
+/// name no one may set through the mount (fuse-overlayfs's private markers).
+pub fn xattr_to_real(visible: &[u8]) -> Option<Vec<u8>> {
+    for p in ESCAPABLE {
+        if let Some(rest) = visible.strip_prefix(p) {
+            return Some([p, ESCAPE, rest].concat());
+        }
+    }
+    if is_marker_xattr(visible) {
+        return None;
+    }
+    Some(visible.to_vec())
+}
+
+/// The name shown through the mount for a name stored on a layer; `None` for markers.
+pub fn xattr_to_visible(real: &[u8]) -> Option<Vec<u8>> {
+    for p in ESCAPABLE {
+        if let Some(rest) = real.strip_prefix(p) {
+            return rest.strip_prefix(ESCAPE).map(|x| [p, x].concat());
+        }
+    }
+    if is_marker_xattr(real) {
+        return None;
+    }
+    Some(real.to_vec())
+}
+
+fn is_marker_xattr(name: &[u8]) -> bool {
     READ_PREFIXES.iter().any(|p| name.starts_with(p.to_bytes()))
 }
 
-/// Filters a NUL-separated xattr name list, dropping private names.
+/// True for stored xattr names that are markers of this overlay (never shown or copied).
+pub fn is_private_xattr(real: &[u8]) -> bool {
+    xattr_to_visible(real).is_none()
+}
+
+/// Maps a NUL-separated list of stored names to the names shown, dropping markers.
 pub fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(list.len());
     for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if !is_private_xattr(name) {
-            out.extend_from_slice(name);
+        if let Some(v) = xattr_to_visible(name) {
+            out.extend_from_slice(&v);
             out.push(0);
         }
     }
@@ -147,7 +184,16 @@ mod tests {
 
     #[test]
     fn private_xattrs_are_filtered() {
-        let list = b"user.a\0trusted.overlay.opaque\0user.overlay.redirect\0security.x\0";
-        assert_eq!(filter_xattr_list(list), b"user.a\0security.x\0".to_vec());
+        let list = b"user.a\0trusted.overlay.opaque\0user.overlay.redirect\0security.x\0user.fuseoverlayfs.opaque\0trusted.overlay.overlay.opaque\0";
+        assert_eq!(
+            filter_xattr_list(list),
+            b"user.a\0security.x\0trusted.overlay.opaque\0".to_vec()
+        );
+        assert_eq!(
+            xattr_to_real(b"trusted.overlay.opaque").unwrap(),
+            b"trusted.overlay.overlay.opaque"
+        );
+        assert_eq!(xattr_to_real(b"user.x").unwrap(), b"user.x");
+        assert!(xattr_to_real(b"user.fuseoverlayfs.opaque").is_none());
     }
 }

@@ -1,0 +1,433 @@
+//! Shared helpers for the mounted tests: scratch directories, mount guards for stratafs
+//! and the kernel overlayfs that always unmount (even when a test panics), and a tree
+//! snapshot/diff used by the differential tests against the kernel overlayfs.
+//!
+//! Everything here needs root, /dev/fuse and `mount -t overlay` (as CI has).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr};
+use std::fs;
+use std::hash::Hasher;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use stratafs::sys::{self, xattr};
+
+/// The stratafs binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stratafs")
+}
+
+/// A scratch directory under /tmp, removed on drop (after the mounts in it are gone:
+/// declare it before them).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = PathBuf::from(format!(
+            "/tmp/sfs-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("scratch dir");
+        Scratch(p)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    /// Creates and returns `rel` (and its parents).
+    pub fn dir(&self, rel: &str) -> PathBuf {
+        let p = self.0.join(rel);
+        fs::create_dir_all(&p).expect("mkdir");
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Is `mnt` a mount point right now (per /proc/self/mountinfo)? Returns its fs type.
+pub fn mount_type(mnt: &Path) -> Option<String> {
+    let want = fs::canonicalize(mnt).ok()?;
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let dash = f.iter().position(|x| *x == "-")?;
+        let point = f.get(4)?.replace("\\040", " ");
+        (Path::new(&point) == want).then(|| f.get(dash + 1).map(|s| s.to_string()))?
+    })
+}
+
+fn umount(mnt: &Path) {
+    if mount_type(mnt).is_none() {
+        return;
+    }
+    let ok = Command::new("umount")
+        .arg(mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        let _ = Command::new("umount").arg("-l").arg(mnt).status();
+    }
+}
+
+/// The layer list of a mount: lowers (highest first), and an upper/work pair or none.
+pub struct Stack<'a> {
+    pub lowers: Vec<&'a Path>,
+    pub upper: Option<(&'a Path, &'a Path)>,
+}
+
+impl Stack<'_> {
+    fn options(&self) -> String {
+        let lowers: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let mut o = format!("lowerdir={}", lowers.join(":"));
+        if let Some((u, w)) = self.upper {
+            o.push_str(&format!(
+                ",upperdir={},workdir={}",
+                u.display(),
+                w.display()
+            ));
+        }
+        o
+    }
+}
+
+/// A stratafs mount in the foreground (`-f`); unmounted and reaped on drop.
+pub struct Strata {
+    pub mnt: PathBuf,
+    child: Option<Child>,
+}
+
+impl Strata {
+    pub fn mount(stack: &Stack<'_>, extra: &str, mnt: &Path) -> Strata {
+        let mut opts = stack.options();
+        if !extra.is_empty() {
+            opts.push(',');
+            opts.push_str(extra);
+        }
+        let child = Command::new(bin())
+            .arg("-f")
+            .arg("-o")
+            .arg(&opts)
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stratafs");
+        let mut m = Strata {
+            mnt: mnt.to_path_buf(),
+            child: Some(child),
+        };
+        m.wait_live();
+        m
+    }
+
+    fn wait_live(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if mount_type(&self.mnt).as_deref() == Some("fuse.stratafs") {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = c.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    self.child = None;
+                    panic!("stratafs exited ({status}) before mounting: {err}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("stratafs did not mount {} within 15 s", self.mnt.display());
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Kills the daemon with SIGKILL (crash tests); the mount is then detached on drop.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+
+    /// Unmounts and waits for the daemon to exit; returns its exit status.
+    pub fn unmount(mut self) -> Option<std::process::ExitStatus> {
+        umount(&self.mnt);
+        let c = self.child.take()?;
+        wait_exit(c)
+    }
+}
+
+fn wait_exit(mut c: Child) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(s)) = c.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    c.wait().ok()
+}
+
+impl Drop for Strata {
+    fn drop(&mut self) {
+        umount(&self.mnt);
+        if let Some(c) = self.child.take() {
+            wait_exit(c);
+        }
+    }
+}
+
+/// A kernel overlayfs mount; unmounted on drop.
+pub struct Kernel {
+    pub mnt: PathBuf,
+}
+
+impl Kernel {
+    pub fn mount(stack: &Stack<'_>, extra: &str, mnt: &Path) -> Kernel {
+        let mut opts = stack.options();
+        if !extra.is_empty() {
+            opts.push(',');
+            opts.push_str(extra);
+        }
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(&opts)
+            .arg(mnt)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -t overlay -o {opts} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Kernel {
+            mnt: mnt.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        umount(&self.mnt);
+    }
+}
+
+/// What a snapshot records of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Size of non-directories (directory sizes legitimately differ between filesystems).
+    pub size: Option<u64>,
+    pub mtime: (i64, i64),
+    /// Link count of directories (the kernel reports 1 for merged ones).
+    pub dir_nlink: Option<u64>,
+    pub rdev: u64,
+    pub target: Option<Vec<u8>>,
+    pub content: Option<u64>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+fn kind_of(ft: fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "dir"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "chardev"
+    } else {
+        "blockdev"
+    }
+}
+
+fn hash_file(p: &Path) -> u64 {
+    let data = fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(&data);
+    h.write_usize(data.len());
+    h.finish()
+}
+
+fn xattrs_of(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return out;
+    };
+    let Ok(dir) = sys::open_host_dir(parent) else {
+        return out;
+    };
+    let Ok(cname) = CString::new(name.as_bytes()) else {
+        return out;
+    };
+    let list = xattr::list(dir.as_fd(), &cname).unwrap_or_default();
+    for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let Ok(an) = CString::new(n) else { continue };
+        if let Ok(Some(v)) = xattr::get(dir.as_fd(), &cname, &an) {
+            out.insert(n.to_vec(), v);
+        }
+    }
+    out
+}
+
+/// Walks `root` without following symlinks; keys are paths relative to `root` as bytes.
+pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, p: &Path, out: &mut BTreeMap<Vec<u8>, Entry>) {
+    let md = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+    let ft = md.file_type();
+    let rel = p
+        .strip_prefix(root)
+        .unwrap_or(p)
+        .as_os_str()
+        .as_bytes()
+        .to_vec();
+    let e = Entry {
+        kind: kind_of(ft),
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        size: (!ft.is_dir()).then(|| md.size()),
+        mtime: (md.mtime(), md.mtime_nsec()),
+        dir_nlink: ft.is_dir().then(|| md.nlink()),
+        rdev: if ft.is_char_device() || ft.is_block_device() {
+            md.rdev()
+        } else {
+            0
+        },
+        target: ft
+            .is_symlink()
+            .then(|| fs::read_link(p).unwrap().as_os_str().as_bytes().to_vec()),
+        content: ft.is_file().then(|| hash_file(p)),
+        xattrs: xattrs_of(p),
+    };
+    out.insert(rel, e);
+    if ft.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(p)
+            .unwrap_or_else(|e| panic!("readdir {}: {e}", p.display()))
+            .map(|e| e.expect("dirent").file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            walk(root, &p.join(n), out);
+        }
+    }
+}
+
+fn show(p: &[u8]) -> String {
+    format!("{:?}", OsStr::from_bytes(p))
+}
+
+/// Every difference between two snapshots, readably.
+pub fn diff(a: &BTreeMap<Vec<u8>, Entry>, b: &BTreeMap<Vec<u8>, Entry>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, ea) in a {
+        match b.get(k) {
+            None => out.push(format!("only in first: {}", show(k))),
+            Some(eb) if ea != eb => out.push(format!(
+                "{}:\n   first:  {ea:?}\n   second: {eb:?}",
+                show(k)
+            )),
+            _ => {}
+        }
+    }
+    for k in b.keys().filter(|k| !a.contains_key(*k)) {
+        out.push(format!("only in second: {}", show(k)));
+    }
+    out
+}
+
+/// Panics with (at most 50 of) the differences, if there are any.
+pub fn assert_same(what: &str, a: &BTreeMap<Vec<u8>, Entry>, b: &BTreeMap<Vec<u8>, Entry>) {
+    let d = diff(a, b);
+    if !d.is_empty() {
+        let shown: Vec<&String> = d.iter().take(50).collect();
+        panic!(
+            "{what}: {} differences (first 50):\n{}",
+            d.len(),
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+/// `cp -a` of a layer (keeps devices, xattrs, owners, times, hard links).
+pub fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp -a");
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// Runs `f` on a fresh kernel overlayfs mount of `lowers` with an empty upper and returns
+/// that upper: a layer whose whiteouts and opaque directories the kernel itself wrote.
+pub fn kernel_made_layer(
+    s: &Scratch,
+    name: &str,
+    lowers: &[&Path],
+    f: impl FnOnce(&Path),
+) -> PathBuf {
+    let upper = s.dir(&format!("{name}"));
+    let work = s.dir(&format!("{name}.work"));
+    let mnt = s.dir(&format!("{name}.mnt"));
+    {
+        let _k = Kernel::mount(
+            &Stack {
+                lowers: lowers.to_vec(),
+                upper: Some((&upper, &work)),
+            },
+            "",
+            &mnt,
+        );
+        f(&mnt);
+    }
+    let _ = fs::remove_dir_all(&work);
+    let _ = fs::remove_dir(&mnt);
+    upper
+}
