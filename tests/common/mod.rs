@@ -413,7 +413,7 @@ pub fn kernel_made_layer(
     lowers: &[&Path],
     f: impl FnOnce(&Path),
 ) -> PathBuf {
-    let upper = s.dir(&format!("{name}"));
+    let upper = s.dir(name);
     let work = s.dir(&format!("{name}.work"));
     let mnt = s.dir(&format!("{name}.mnt"));
     {

@@ -280,6 +280,7 @@ pub fn run(m: &Path) -> Vec<String> {
         fs::OpenOptions::new()
             .write(true)
             .create(true)
+            .truncate(true)
             .mode(0o600)
             .open(p("private"))
             .map(|_| ())
