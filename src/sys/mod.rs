@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-pub use dirent::{read_dir, RawDirent};
+pub use dirent::{read_dir, read_dir_page, RawDirent};
 
 /// The `struct stat` we pass around; a plain copy of the kernel's answer.
 pub type Stat = libc::stat;
