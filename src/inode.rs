@@ -266,8 +266,8 @@ impl InodeTable {
         self.removed.store(0, Ordering::Relaxed);
         if self.nodes.len() * 4 < self.nodes.capacity() {
             self.nodes.shrink_to_fit();
-            crate::sys::release_free_memory();
         }
+        crate::sys::release_free_memory();
     }
 
     /// The current reference count (tests and debugging).

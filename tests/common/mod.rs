@@ -431,3 +431,59 @@ pub fn kernel_made_layer(
     let _ = fs::remove_dir(&mnt);
     upper
 }
+
+/// Writes `len` bytes of a repeating, position-dependent pattern (so a partial or shifted
+/// copy never equals the original).
+pub fn write_pattern(p: &Path, len: u64) {
+    use std::io::Write;
+    let mut f = fs::File::create(p).expect("create pattern file");
+    let mut block = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        for (i, b) in block.iter_mut().enumerate() {
+            *b = ((off as usize + i) / 4096 % 251) as u8 ^ (i as u8);
+        }
+        let n = (len - off).min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).expect("write pattern");
+        off += n as u64;
+    }
+    f.sync_all().expect("sync pattern");
+}
+
+/// A content hash of a whole file (read in 1 MiB blocks).
+pub fn file_hash(p: &Path) -> (u64, u64) {
+    use std::io::Read;
+    let mut f = fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            return (h.finish(), len);
+        }
+        h.write(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+/// Resident memory of a process, in kB.
+pub fn rss_kb(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A pseudo-random number from the clock (enough to vary kill instants between runs).
+pub fn clock_random(modulo: u64) -> u64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(7);
+    (n / 1000) % modulo.max(1)
+}
