@@ -4,6 +4,7 @@
 //!   copy-up is still running;
 //! - passthrough never writes into a lower layer: a reader holding the lower file open while
 //!   a writer copies it up and writes sees the new data, and the lower file is untouched;
+//!
 //! (The memory property is in tests/memory.rs, a binary of its own so that no copy-up runs
 //! beside it.)
 
