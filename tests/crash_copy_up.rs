@@ -6,7 +6,6 @@
 mod common;
 
 use std::fs;
-use std::time::Duration;
 
 use common::{clock_random, file_hash, write_pattern, Scratch, Stack, Strata};
 
