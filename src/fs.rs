@@ -71,6 +71,8 @@ pub struct UnionFs {
     pub ids: crate::ids::Ids,
     /// POSIX ACLs are enforced and inherited (not `noacl`).
     pub acl: bool,
+    /// `static_nlink`: directories report one link.
+    pub static_nlink: bool,
     /// The copy-up staging directory `workdir/work` (writable mounts only).
     pub(crate) work: Option<Arc<OwnedFd>>,
     /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
@@ -102,6 +104,7 @@ impl UnionFs {
             metacopy: cfg.metacopy,
             ids: cfg.ids.clone(),
             acl: !cfg.noacl,
+            static_nlink: cfg.static_nlink,
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
             layers,
@@ -190,7 +193,8 @@ impl UnionFs {
 
     /// Attributes as shown through the mount: from a real stat, ids mapped.
     pub(crate) fn attr(&self, st: &crate::sys::Stat, ino: u64, merged: bool) -> Attr {
-        let mut a = Attr::from_stat(st, ino, merged);
+        let dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let mut a = Attr::from_stat(st, ino, merged || (dir && self.static_nlink));
         (a.uid, a.gid) = self.ids.view(a.uid, a.gid);
         a
     }

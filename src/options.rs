@@ -71,6 +71,8 @@ pub struct Config {
     pub userxattr: bool,
     /// `noacl`: no POSIX ACL checks or inheritance (as fuse-overlayfs's option).
     pub noacl: bool,
+    /// `static_nlink`: every directory reports one link.
+    pub static_nlink: bool,
     /// `timeout=`: entry/attr cache lifetime in seconds, if given.
     pub timeout: Option<f64>,
     pub log_file: Option<PathBuf>,
@@ -267,12 +269,22 @@ pub const OPTIONS: &[OptionDoc] = &[
     ),
     doc(
         "index",
-        "index=, nfs_export=, xino=, redirect_dir=, uuid=, fsync=, verity=off",
+        "index=, nfs_export=, xino=, redirect_dir=, uuid=, verity=off",
         "kernel overlayfs tuning: accepted and logged",
     ),
     doc(
+        "fsync",
+        "fsync=0|1",
+        "fsync=0 is volatile (fuse-overlayfs's spelling); fsync=1 the default",
+    ),
+    doc(
         "static_nlink",
-        "static_nlink, fast_ino=, xattr_permissions=",
+        "static_nlink",
+        "directories report one link (saves counting; as fuse-overlayfs)",
+    ),
+    doc(
+        "fast_ino",
+        "fast_ino=, xattr_permissions=",
         "fuse-overlayfs tuning: accepted and logged",
     ),
     doc(
@@ -553,6 +565,12 @@ impl Parser {
             "noatime" => cfg.noatime = true,
             "atime" => cfg.noatime = false,
             "volatile" => cfg.volatile = true,
+            "fsync" => match value {
+                Some(b"0") => cfg.volatile = true,
+                Some(b"1") => cfg.volatile = false,
+                _ => return Err(bad("option fsync= takes 0 or 1")),
+            },
+            "static_nlink" => cfg.static_nlink = true,
             "userxattr" => cfg.userxattr = true,
             "noacl" => cfg.noacl = true,
             "acl" => cfg.noacl = false,
@@ -630,9 +648,8 @@ impl Parser {
             | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner"
             | "group" | "_netdev" | "nofail" | "defaults" | "context" | "fscontext"
             | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export" | "xino"
-            | "redirect_dir" | "uuid" | "fsync" | "static_nlink" | "fast_ino"
-            | "xattr_permissions" | "large_read" | "big_writes" | "kernel_cache" | "auto_cache"
-            | "noforget" => {
+            | "redirect_dir" | "uuid" | "fast_ino" | "xattr_permissions" | "large_read"
+            | "big_writes" | "kernel_cache" | "auto_cache" | "noforget" => {
                 cfg.ignored.push(text(item));
             }
             k if k.starts_with("x-") || k == "comment" => cfg.ignored.push(text(item)),
@@ -1083,7 +1100,11 @@ mod tests {
             .ignored
             .iter()
             .any(|i| i.starts_with("context=\"system_u")));
-        assert!(c.ignored.contains(&"fsync=0".to_string()));
+        // fsync=0 is applied (as volatile), not just logged.
+        assert!(!c.ignored.contains(&"fsync=0".to_string()));
+        let c = cfg(&["-o", "lowerdir=/a,upperdir=/u,workdir=/w,fsync=0", "/m"]);
+        assert!(c.volatile);
+        assert!(cfg(&["-o", "lowerdir=/a,static_nlink", "/m"]).static_nlink);
     }
 
     #[test]
