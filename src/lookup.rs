@@ -14,15 +14,15 @@
 //! - an upper entry carrying `overlay.origin` was copied up: it keeps the inode number of
 //!   its lower origin (found at the same name below), as the kernel does.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::inode::Loc;
-use crate::layers::{LayerId, Layers, READ_PREFIXES, UPPER};
-use crate::sys::{self, xattr, Stat};
+use crate::layers::{LayerId, Layers, UPPER};
+use crate::sys::{self, Stat};
 use crate::whiteout::{self, Opaque};
 
 /// The result of resolving one name.
@@ -57,18 +57,7 @@ impl Found {
     }
 }
 
-/// Reads an overlay marker in either namespace.
-pub fn marker(dir: std::os::fd::BorrowedFd<'_>, name: &CStr, suffix: &str) -> Option<Vec<u8>> {
-    for p in READ_PREFIXES {
-        let mut a = p.to_bytes().to_vec();
-        a.extend_from_slice(suffix.as_bytes());
-        let a = CString::new(a).ok()?;
-        if let Ok(Some(v)) = xattr::get(dir, name, &a) {
-            return Some(v);
-        }
-    }
-    None
-}
+pub use crate::whiteout::marker;
 
 fn is_dir(st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR

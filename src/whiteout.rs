@@ -70,7 +70,9 @@ pub fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
     }
 }
 
-fn marker_value(dir: BorrowedFd<'_>, name: &std::ffi::CStr, suffix: &str) -> Option<Vec<u8>> {
+/// Reads the overlay marker `suffix` (`opaque`, `redirect`, `origin`, …) of `dir/name`, in
+/// whichever of the namespaces in `READ_PREFIXES` carries it.
+pub fn marker(dir: BorrowedFd<'_>, name: &std::ffi::CStr, suffix: &str) -> Option<Vec<u8>> {
     for p in READ_PREFIXES {
         let mut attr = p.to_bytes().to_vec();
         attr.extend_from_slice(suffix.as_bytes());
@@ -84,7 +86,7 @@ fn marker_value(dir: BorrowedFd<'_>, name: &std::ffi::CStr, suffix: &str) -> Opt
 
 /// The opaque state of the real directory `dir` (an fd of the directory itself).
 pub fn dir_opaque(dir: BorrowedFd<'_>) -> Opaque {
-    match marker_value(dir, c".", "opaque").as_deref() {
+    match marker(dir, c".", "opaque").as_deref() {
         Some(b"y") => return Opaque::Yes,
         Some(b"x") => return Opaque::XattrWhiteouts,
         _ => {}
@@ -101,7 +103,7 @@ pub fn dir_opaque(dir: BorrowedFd<'_>) -> Opaque {
 pub fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &std::ffi::CStr, st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFREG
         && st.st_size == 0
-        && marker_value(dir, name, "whiteout").is_some()
+        && marker(dir, name, "whiteout").is_some()
 }
 
 /// The kernel's overlay xattr namespaces, which nest by escaping (Linux 6.7+): a name

@@ -63,48 +63,15 @@ pub fn read_dir_page(dir: BorrowedFd<'_>, buf_len: usize) -> io::Result<Vec<(Raw
 /// `O_PATH`), `.` and `..` excluded, in the filesystem's order.
 pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirent>> {
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: buf is writable for buf.len() bytes; the fd is live.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_getdents64,
-                dir.as_raw_fd(),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+        let page = read_dir_page(dir, 64 * 1024)?;
+        if page.is_empty() {
+            return Ok(out);
         }
-        if n == 0 {
-            break;
-        }
-        let n = n as usize;
-        let mut pos = 0;
-        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
-        while pos + 19 <= n {
-            let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().unwrap_or([0; 8]));
-            let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
-            let d_type = buf[pos + 18];
-            if reclen == 0 || pos + reclen > n {
-                break;
-            }
-            let name_bytes = &buf[pos + 19..pos + reclen];
-            let len = name_bytes
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(name_bytes.len());
-            let name = &name_bytes[..len];
-            if name != b"." && name != b".." {
-                out.push(RawDirent {
-                    ino,
-                    d_type,
-                    name: OsString::from_vec(name.to_vec()),
-                });
-            }
-            pos += reclen;
-        }
+        out.extend(
+            page.into_iter()
+                .map(|(e, _)| e)
+                .filter(|e| e.name != "." && e.name != ".."),
+        );
     }
-    Ok(out)
 }
