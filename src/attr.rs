@@ -268,12 +268,9 @@ impl UnionFs {
                     ops::ftruncate(h.fd().as_fd(), size).map_err(|e| Error::io(e, "truncate"))?
                 }
                 _ => {
-                    let fd = if name.is_empty() {
-                        sys::reopen(dir, libc::O_WRONLY)
-                    } else {
-                        sys::openat(dir, name, libc::O_WRONLY, 0)
-                    }
-                    .map_err(|e| Error::io(e, "truncate open"))?;
+                    let fd = real
+                        .open(libc::O_WRONLY)
+                        .map_err(|e| Error::io(e, "truncate open"))?;
                     ops::ftruncate(fd.as_fd(), size).map_err(|e| Error::io(e, "truncate"))?;
                 }
             }

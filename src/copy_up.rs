@@ -238,7 +238,7 @@ impl UnionFs {
         let data_fd = if meta_only {
             Some(Arc::new(match &src.loc.data {
                 Some(d) => sys::reopen(d.as_fd(), libc::O_PATH),
-                None => sys::openat(src.dir.as_fd(), &src.name, libc::O_PATH, 0),
+                None => src.open(libc::O_PATH),
             }?))
         } else {
             None
@@ -265,6 +265,15 @@ impl UnionFs {
         {
             let _ = remove_tree(w, &tmp);
             return Err(Error::io(e, "copy-up rename"));
+        }
+        // The copy keeps the number the entry had (see `UnionFs::renumbered`), whatever
+        // names it gets later.
+        if node.kind != Kind::Dir {
+            if let Ok(st) = sys::fstatat(upper_parent.as_fd(), &name) {
+                if self.layers.ino(st.st_dev, st.st_ino) != node.ino {
+                    self.renumbered.insert((st.st_dev, st.st_ino), node.ino);
+                }
+            }
         }
         let impure = self.layers.marker("impure");
         let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
@@ -294,7 +303,8 @@ impl UnionFs {
         let st = sys::fstatat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "stat"))?;
         let src = sys::reopen(data.as_fd(), libc::O_RDONLY)
             .map_err(|e| Error::io(e, "open lower data"))?;
-        let out = sys::openat(real.dir.as_fd(), &real.name, libc::O_WRONLY, 0)
+        let out = real
+            .open(libc::O_WRONLY)
             .map_err(|e| Error::io(e, "open upper"))?;
         copy_data(src.as_fd(), out.as_fd(), st.st_size as u64)?;
         if !self.volatile {
@@ -349,7 +359,7 @@ impl UnionFs {
                 } else if want != CopyUp::Empty {
                     let data_fd = match &src.loc.data {
                         Some(d) => sys::reopen(d.as_fd(), libc::O_RDONLY),
-                        None => sys::openat(src.dir.as_fd(), &src.name, libc::O_RDONLY, 0),
+                        None => src.open(libc::O_RDONLY),
                     }
                     .map_err(|e| Error::io(e, "copy-up open lower"))?;
                     copy_data(data_fd.as_fd(), out.as_fd(), st.st_size as u64)?;

@@ -283,8 +283,9 @@ impl UnionFs {
         let cname = whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))?;
         let pnode = self.dir_node(parent)?;
         let ploc = pnode.loc();
-        let found =
+        let mut found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        self.settle_number(&mut found);
         match (dir, found.is_dir()) {
             (false, true) => return err(libc::EISDIR),
             (true, false) => return err(libc::ENOTDIR),
@@ -309,6 +310,9 @@ impl UnionFs {
         let needs_whiteout = lower_positive(&ploc, name, &cname);
         if !dir {
             self.pin_before_remove(found.ino, &ploc, found.top, &cname);
+            if found.top == UPPER {
+                self.drop_number(updir.as_fd(), &cname);
+            }
         }
         let w = work.as_fd();
         if found.top == UPPER {
@@ -421,9 +425,13 @@ impl UnionFs {
         }
         let pnode = self.dir_node(parent)?;
         let npnode = self.dir_node(newparent)?;
-        let src = lookup::lookup(&self.layers, &pnode.loc(), name)?
+        let mut src = lookup::lookup(&self.layers, &pnode.loc(), name)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
-        let dst = lookup::lookup(&self.layers, &npnode.loc(), newname)?;
+        self.settle_number(&mut src);
+        let mut dst = lookup::lookup(&self.layers, &npnode.loc(), newname)?;
+        if let Some(d) = dst.as_mut() {
+            self.settle_number(d);
+        }
         if parent == newparent && name == newname {
             return Ok(());
         }
@@ -467,9 +475,23 @@ impl UnionFs {
             }
             _ => None,
         };
+        // A file replaced by the rename keeps its node if the kernel holds it (an open
+        // file, another hard link): pin its real inode first, or the node would go on
+        // naming the place the source now takes.
+        let replaced = match &dst {
+            Some(d) if !exchange && !d.is_dir() && self.inodes.get(d.ino).is_some() => npnode
+                .loc()
+                .dir_in(d.top)
+                .and_then(|dir| sys::openat(dir.as_fd(), &cnew, libc::O_PATH, 0).ok())
+                .map(|fd| (d.ino, fd)),
+            _ => None,
+        };
         let result = (|| -> Result<()> {
             let updir = self.upper_dir_of(&pnode)?;
             let newupdir = self.upper_dir_of(&npnode)?;
+            if !exchange && dst.as_ref().is_some_and(|d| !d.is_dir() && d.top == UPPER) {
+                self.drop_number(newupdir.as_fd(), &cnew);
+            }
             self.copy_up(&src_node, CopyUp::Data)?;
             if let Some(d) = &dst_node {
                 self.copy_up(d, CopyUp::Data)?;
@@ -545,9 +567,16 @@ impl UnionFs {
             Ok(())
         })();
         if result.is_ok() {
+            if let Some((ino, fd)) = replaced {
+                if let Some(node) = self.inodes.get(ino) {
+                    node.loc.write().pinned = Some(Arc::new(fd));
+                }
+            }
             self.inodes.relocate(src_node.ino, newparent, newname);
+            self.keep_number(&src_node, &npnode, &cnew);
             if let Some(d) = &dst_node {
                 self.inodes.relocate(d.ino, parent, name);
+                self.keep_number(d, &pnode, &cname);
             }
         }
         self.forget(src_node.ino, 1);
@@ -555,6 +584,35 @@ impl UnionFs {
             self.forget(d.ino, 1);
         }
         result
+    }
+
+    /// After a rename: a non-directory that now sits at `dir/name` keeps the number it had
+    /// (see `UnionFs::renumbered`), if its new place would give it another.
+    fn keep_number(&self, node: &Arc<Node>, dir: &Arc<Node>, name: &CStr) {
+        if node.is_dir() {
+            return;
+        }
+        let Some(up) = dir.loc.read().dir_in(UPPER) else {
+            return;
+        };
+        if let Ok(st) = sys::fstatat(up.as_fd(), name) {
+            if self.layers.ino(st.st_dev, st.st_ino) != node.ino {
+                self.renumbered.insert((st.st_dev, st.st_ino), node.ino);
+            }
+        }
+    }
+
+    /// Before the last name of an upper file goes: forget the number it kept, since its
+    /// inode number may be reused by a file that must not inherit it.
+    fn drop_number(&self, updir: BorrowedFd<'_>, name: &CStr) {
+        if self.renumbered.is_empty() {
+            return;
+        }
+        if let Ok(st) = sys::fstatat(updir, name) {
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink <= 1 {
+                self.renumbered.remove(&(st.st_dev, st.st_ino));
+            }
+        }
     }
 
     /// Registers an open fd as a handle.

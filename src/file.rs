@@ -83,12 +83,20 @@ impl UnionFs {
         let real_flags = self.real_open_flags(flags);
         let (fd, data_only) = match (&real.loc.data, write) {
             (Some(data), false) => (sys::reopen(data.as_fd(), real_flags & !libc::O_TRUNC), true),
-            _ => (
-                sys::openat(real.dir.as_fd(), &real.name, real_flags, 0),
-                false,
-            ),
+            _ => (real.open(real_flags), false),
         };
-        let fd = fd.map_err(|e| Error::io(e, "open"))?;
+        let fd = fd.map_err(|e| {
+            Error::io(
+                e,
+                format!(
+                    "open {ino:#x} ({:?} in {:#x}, layer {:?}, pinned {})",
+                    real.loc.name,
+                    real.loc.parent,
+                    real.loc.top,
+                    real.loc.pinned.is_some()
+                ),
+            )
+        })?;
         Ok(self.add_handle(ino, fd, flags, data_only))
     }
 
@@ -126,7 +134,7 @@ impl UnionFs {
         let Ok(real) = self.real(&node) else { return };
         for h in handles {
             let flags = self.real_open_flags(h.flags) & !libc::O_TRUNC;
-            match sys::openat(real.dir.as_fd(), &real.name, flags, 0) {
+            match real.open(flags) {
                 Ok(fd) => *h.fd.write() = Arc::new(fd),
                 Err(e) => log::warn!("copy-up: could not switch an open handle of {ino:#x}: {e}"),
             }

@@ -3,7 +3,7 @@
 //! (`attr.rs`, `file.rs`, …); this file holds the shared state and name resolution.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,6 +54,19 @@ pub struct Real {
     pub loc: Loc,
 }
 
+impl Real {
+    /// Opens the real object with `flags`. A pinned node (its name was removed while
+    /// another hard link or an open file keeps it) has an empty name: its `O_PATH` fd is
+    /// reopened, since `openat(fd, "")` would fail with ENOENT.
+    pub fn open(&self, flags: i32) -> std::io::Result<OwnedFd> {
+        if self.name.is_empty() {
+            crate::sys::reopen(self.dir.as_fd(), flags)
+        } else {
+            crate::sys::openat(self.dir.as_fd(), &self.name, flags, 0)
+        }
+    }
+}
+
 /// The union filesystem.
 #[derive(Debug)]
 pub struct UnionFs {
@@ -77,6 +90,13 @@ pub struct UnionFs {
     pub(crate) work: Option<Arc<OwnedFd>>,
     /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
     pub(crate) writeback_cache: std::sync::atomic::AtomicBool,
+    /// Numbers given to upper files whose number is not simply their own: upper
+    /// (st_dev, st_ino) → the number shown. A copied-up file takes its number from the
+    /// lower entry of the same name (its origin is not encoded), so a rename or a hard
+    /// link elsewhere would give it another number under another name; the kernel's inode
+    /// cache would then hold two nodes for one file, one of them naming a stale place.
+    /// One number per upper file for the life of the mount prevents that.
+    pub(crate) renumbered: DashMap<(u64, u64), u64>,
 }
 
 impl UnionFs {
@@ -107,6 +127,7 @@ impl UnionFs {
             static_nlink: cfg.static_nlink,
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
+            renumbered: DashMap::new(),
             layers,
             files: DashMap::new(),
             dirs: DashMap::new(),
@@ -158,6 +179,22 @@ impl UnionFs {
         Ok(Real { dir, name, loc })
     }
 
+    /// Gives an upper non-directory the one number it has in this mount (see
+    /// `renumbered`): the first one shown, for every name it has or gets.
+    pub(crate) fn settle_number(&self, f: &mut lookup::Found) {
+        if f.top != crate::layers::UPPER || f.is_dir() {
+            return;
+        }
+        let key = (f.st.st_dev, f.st.st_ino);
+        if let Some(n) = self.renumbered.get(&key) {
+            f.ino = *n;
+            return;
+        }
+        if f.ino != self.layers.ino(f.st.st_dev, f.st.st_ino) || f.st.st_nlink > 1 {
+            f.ino = *self.renumbered.entry(key).or_insert(f.ino);
+        }
+    }
+
     /// Resolves `name` in directory `parent` and counts one kernel reference on the result.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         if name.len() > NAME_MAX {
@@ -168,8 +205,9 @@ impl UnionFs {
             return err(libc::ENOTDIR);
         }
         let ploc = pnode.loc();
-        let found =
+        let mut found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        self.settle_number(&mut found);
         let merged = found.merged();
         let attr = self.attr(&found.st, found.ino, merged);
         let kind = Kind::from_mode(found.st.st_mode);
@@ -186,7 +224,10 @@ impl UnionFs {
             // The same number now names an object of another type (reused behind our
             // back): refuse rather than confuse the kernel's inode cache.
             self.inodes.forget(found.ino, 1);
-            return err(libc::ESTALE);
+            return Err(Error::new(
+                libc::ESTALE,
+                format!("{:#x} is a {kind:?} now, was a {:?}", found.ino, node.kind),
+            ));
         }
         Ok(attr)
     }

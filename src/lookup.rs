@@ -206,8 +206,11 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                             continue 'layers;
                         }
                     } else {
-                        // A hard-linked upper file has several names but one number: its own.
-                        if layer == UPPER && st.st_nlink == 1 {
+                        // The upper's own link count does not matter (all its names share
+                        // the marker, so they share the number, and linking or unlinking
+                        // one must not renumber the file under the kernel's feet); the
+                        // origin's does, below.
+                        if layer == UPPER {
                             want_origin = marker(dir.as_fd(), &n, "origin").is_some();
                         }
                         metacopy = is_reg(&st) && marker(dir.as_fd(), &n, "metacopy").is_some();
@@ -259,7 +262,14 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                     // if metacopy, for the file that holds its data.
                     if (f.st.st_mode & libc::S_IFMT) == (st.st_mode & libc::S_IFMT) {
                         if want_origin && origin_ino.is_none() {
-                            origin_ino = Some(layers.ino(st.st_dev, st.st_ino));
+                            // A hard-linked lower file may have been copied up to several
+                            // upper files: those can't all take its number (as the
+                            // kernel: only an origin with one link lends its number).
+                            if st.st_nlink == 1 {
+                                origin_ino = Some(layers.ino(st.st_dev, st.st_ino));
+                            } else {
+                                want_origin = false;
+                            }
                         }
                         if metacopy && f.data.is_none() {
                             let fd = sys::openat(dir.as_fd(), &n, libc::O_PATH, 0)

@@ -36,13 +36,30 @@ pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<
     Ok(())
 }
 
-/// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink.
+/// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink. An empty
+/// `oldname` links the object `olddir` itself is open on (an `O_PATH` fd), through its
+/// /proc magic link, which names that object and resolves no name in a branch.
 pub fn linkat(
     olddir: BorrowedFd<'_>,
     oldname: &CStr,
     newdir: BorrowedFd<'_>,
     newname: &CStr,
 ) -> io::Result<()> {
+    if oldname.is_empty() {
+        let path = std::ffi::CString::new(format!("/proc/self/fd/{}", olddir.as_raw_fd()))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: NUL-terminated strings, live fd.
+        cvt(unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                newdir.as_raw_fd(),
+                newname.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        })?;
+        return Ok(());
+    }
     // SAFETY: NUL-terminated strings, live fds.
     cvt(unsafe {
         libc::linkat(
