@@ -124,7 +124,20 @@ impl Strata {
             opts.push(',');
             opts.push_str(extra);
         }
-        let child = Command::new(bin())
+        let mut cmd = Command::new(bin());
+        // STRATAFS_TEST_LOG=DIR: each daemon logs to DIR/<mount point name>.log (with
+        // RUST_LOG=debug, every failed request with its errno).
+        if let Some(dir) = std::env::var_os("STRATAFS_TEST_LOG") {
+            let name = mnt
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let tag = mnt.parent().and_then(|p| p.file_name()).unwrap_or_default();
+            let file = Path::new(&dir).join(format!("{}-{name}.log", tag.to_string_lossy()));
+            cmd.arg(format!("--log-file={}", file.display()));
+        }
+        let child = cmd
             .arg("-f")
             .arg("-o")
             .arg(&opts)

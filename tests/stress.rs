@@ -1,0 +1,873 @@
+//! Concurrency stress: 8 threads doing create/write/rename/unlink/readdir/mkdir/rmdir/
+//! link/truncate and copy-ups of lower files in the same few directories (merged with two
+//! lower layers, lower-only, upper-only), for `STRATAFS_STRESS_SECS` seconds (default 15;
+//! `scripts/stress.sh` runs it longer).
+//!
+//! Each thread owns the names that start with `t<N>-` (files and directories it created,
+//! plus lower files and a lower directory made for it) and keeps a model of them: which
+//! names exist, which are hard links of one file, and the content each file last got.
+//! Every thread also works on contended names nobody owns (copy-up races on the same lower
+//! files, mkdir/rmdir/rename/create/unlink of the same names), where ENOENT/EEXIST/ENOTEMPTY
+//! are the expected outcomes of losing a race.
+//!
+//! Checked: no unexpected errno (EIO included) on any operation, the daemon stays up, the
+//! run ends within its time plus a margin (else the daemon's and the workers' kernel stacks
+//! are printed, the FUSE connection aborted, and the test fails), readdir always lists
+//! exactly the thread's own names, every read returns what the model says, no file is lost
+//! or appears from nowhere, and afterwards the mounted view equals a fresh remount of the
+//! same branches and the kernel overlayfs' view of them.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{assert_same, mount_type, snapshot, Kernel, Scratch, Stack, Strata};
+
+const THREADS: usize = 8;
+/// Shared directories: merged with both lowers and the upper, lower-only, upper-only, root.
+const SHARED: [&str; 4] = ["shared0", "shared1", "shared2", ""];
+const COMMON_LOWER: usize = 6;
+const LOWER_PER_THREAD: usize = 4;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    (0..len).map(|_| r.next() as u8).collect()
+}
+
+fn lower_content(name: &str) -> Vec<u8> {
+    let seed = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    pattern(seed, 1000 + (seed % 5000) as usize)
+}
+
+/// What one thread believes about its own names.
+#[derive(Default)]
+struct Model {
+    /// Path (relative to the mount) → file id, or None for a directory.
+    names: BTreeMap<PathBuf, Option<u64>>,
+    content: HashMap<u64, Vec<u8>>,
+    next_id: u64,
+}
+
+impl Model {
+    fn new_file(&mut self, p: PathBuf, data: Vec<u8>) {
+        self.next_id += 1;
+        self.content.insert(self.next_id, data);
+        self.names.insert(p, Some(self.next_id));
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        self.names
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+    fn dirs(&self) -> Vec<PathBuf> {
+        self.names
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+    fn children(&self, dir: &Path) -> BTreeSet<Vec<u8>> {
+        self.names
+            .keys()
+            .filter(|k| k.parent() == Some(dir))
+            .map(|k| k.file_name().unwrap().as_bytes().to_vec())
+            .collect()
+    }
+    fn drop_name(&mut self, p: &Path) {
+        if let Some(Some(id)) = self.names.remove(p) {
+            if !self.names.values().any(|v| *v == Some(id)) {
+                self.content.remove(&id);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ops: u64,
+    by_op: BTreeMap<&'static str, u64>,
+    /// Expected losses of races on contended names, by errno.
+    expected: BTreeMap<i32, u64>,
+    /// Everything else, by errno (must stay empty).
+    unexpected: BTreeMap<i32, u64>,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn fail(&mut self, msg: String) {
+        if let Some(dir) = std::env::var_os("STRATAFS_STRESS_TRACE") {
+            let _ = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(Path::new(&dir).join("failures.log"))
+                .and_then(|mut f| writeln!(f, "{msg}"));
+        }
+        if self.failures.len() < 20 {
+            self.failures.push(msg);
+        }
+    }
+    fn io(&mut self, what: &str, e: std::io::Error) {
+        let n = e.raw_os_error().unwrap_or(-1);
+        *self.unexpected.entry(n).or_default() += 1;
+        self.fail(format!("{what}: {e}"));
+    }
+    fn contended(&mut self, what: &str, r: std::io::Result<()>, ok: &[i32]) {
+        if let Err(e) = r {
+            let n = e.raw_os_error().unwrap_or(-1);
+            if ok.contains(&n) {
+                *self.expected.entry(n).or_default() += 1;
+            } else {
+                self.io(what, e);
+            }
+        }
+    }
+}
+
+struct Worker {
+    t: usize,
+    mnt: PathBuf,
+    rng: Rng,
+    model: Model,
+    tally: Tally,
+    serial: u64,
+    /// Namespace changes done, when STRATAFS_STRESS_TRACE=DIR asks for them (written to
+    /// DIR/t<N>.log after the run).
+    trace: Option<Vec<String>>,
+}
+
+impl Worker {
+    fn new_name(&mut self, kind: &str) -> PathBuf {
+        self.serial += 1;
+        let dirs = self.model.dirs();
+        let parent = if !dirs.is_empty() && self.rng.below(4) == 0 {
+            dirs[self.rng.below(dirs.len())].clone()
+        } else {
+            PathBuf::from(SHARED[self.rng.below(SHARED.len())])
+        };
+        parent.join(format!("t{}-{kind}{}", self.t, self.serial))
+    }
+
+    fn pick_file(&mut self) -> Option<PathBuf> {
+        let f = self.model.files();
+        (!f.is_empty()).then(|| f[self.rng.below(f.len())].clone())
+    }
+
+    fn step(&mut self) {
+        let op = self.rng.below(100);
+        let name = match op {
+            0..=14 => self.create(),
+            15..=29 => self.write(),
+            30..=36 => self.truncate(),
+            37..=46 => self.rename(),
+            47..=54 => self.unlink(),
+            55..=59 => self.mkdir(),
+            60..=63 => self.rmdir(),
+            64..=68 => self.link(),
+            69..=80 => self.readdir(),
+            81..=88 => self.verify(),
+            89..=93 => self.contended_copy_up(),
+            _ => self.contended_names(),
+        };
+        self.tally.ops += 1;
+        *self.tally.by_op.entry(name).or_default() += 1;
+    }
+
+    fn note(&mut self, what: String) {
+        if let Some(t) = self.trace.as_mut() {
+            t.push(what);
+        }
+    }
+
+    fn create(&mut self) -> &'static str {
+        let p = self.new_name("f");
+        self.serial += 1;
+        let data = pattern(self.serial * 31 + self.t as u64, self.rng.below(8192));
+        match fs::File::create(self.mnt.join(&p)).and_then(|mut f| f.write_all(&data)) {
+            Ok(()) => {
+                self.note(format!("create {}", p.display()));
+                self.model.new_file(p, data)
+            }
+            Err(e) => self.tally.io(&format!("create {}", p.display()), e),
+        }
+        "create"
+    }
+
+    fn write(&mut self) -> &'static str {
+        let Some(p) = self.pick_file() else {
+            return "write";
+        };
+        let id = self.model.names[&p].unwrap();
+        let cur = self.model.content[&id].len();
+        let off = self.rng.below(cur + 100);
+        self.serial += 1;
+        let data = pattern(self.serial, 1 + self.rng.below(4096));
+        let r = fs::OpenOptions::new()
+            .write(true)
+            .open(self.mnt.join(&p))
+            .and_then(|f| f.write_all_at(&data, off as u64));
+        match r {
+            Ok(()) => {
+                let c = self.model.content.get_mut(&id).unwrap();
+                if c.len() < off + data.len() {
+                    c.resize(off + data.len(), 0);
+                }
+                c[off..off + data.len()].copy_from_slice(&data);
+            }
+            Err(e) => {
+                let again = fs::symlink_metadata(self.mnt.join(&p)).map(|m| m.ino());
+                let reopen = fs::OpenOptions::new()
+                    .write(true)
+                    .open(self.mnt.join(&p))
+                    .map(|_| ());
+                self.tally.io(
+                    &format!(
+                        "write {} (lstat after: {again:?}, open again: {reopen:?})",
+                        p.display()
+                    ),
+                    e,
+                )
+            }
+        }
+        "write"
+    }
+
+    fn truncate(&mut self) -> &'static str {
+        let Some(p) = self.pick_file() else {
+            return "truncate";
+        };
+        let id = self.model.names[&p].unwrap();
+        let len = self.rng.below(self.model.content[&id].len() + 3000);
+        let r = fs::OpenOptions::new()
+            .write(true)
+            .open(self.mnt.join(&p))
+            .and_then(|f| f.set_len(len as u64));
+        match r {
+            Ok(()) => self.model.content.get_mut(&id).unwrap().resize(len, 0),
+            Err(e) => self.tally.io(&format!("truncate {}", p.display()), e),
+        }
+        "truncate"
+    }
+
+    fn rename(&mut self) -> &'static str {
+        let names: Vec<PathBuf> = self.model.names.keys().cloned().collect();
+        if names.is_empty() {
+            return "rename";
+        }
+        let from = names[self.rng.below(names.len())].clone();
+        let is_dir = self.model.names[&from].is_none();
+        let files = self.model.files();
+        // A third of file renames replace another file of ours.
+        let to = if !is_dir && files.len() > 1 && self.rng.below(3) == 0 {
+            files[self.rng.below(files.len())].clone()
+        } else {
+            self.new_name(if is_dir { "d" } else { "f" })
+        };
+        if to == from || to.starts_with(&from) {
+            return "rename";
+        }
+        match fs::rename(self.mnt.join(&from), self.mnt.join(&to)) {
+            Ok(()) => {
+                self.note(format!("rename {} {}", from.display(), to.display()));
+                let (a, b) = (self.model.names[&from], self.model.names.get(&to).copied());
+                if a.is_some() && a == b.flatten() {
+                    // Two links of one file: rename(2) does nothing.
+                    return "rename";
+                }
+                self.model.drop_name(&to);
+                let moved: Vec<(PathBuf, Option<u64>)> = self
+                    .model
+                    .names
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&from))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                for (k, v) in moved {
+                    self.model.names.remove(&k);
+                    let rest = k.strip_prefix(&from).unwrap();
+                    let nk = if rest.as_os_str().is_empty() {
+                        to.clone()
+                    } else {
+                        to.join(rest)
+                    };
+                    self.model.names.insert(nk, v);
+                }
+            }
+            Err(e) => self
+                .tally
+                .io(&format!("rename {} {}", from.display(), to.display()), e),
+        }
+        "rename"
+    }
+
+    fn unlink(&mut self) -> &'static str {
+        let Some(p) = self.pick_file() else {
+            return "unlink";
+        };
+        match fs::remove_file(self.mnt.join(&p)) {
+            Ok(()) => {
+                self.note(format!("unlink {}", p.display()));
+                self.model.drop_name(&p)
+            }
+            Err(e) => self.tally.io(&format!("unlink {}", p.display()), e),
+        }
+        "unlink"
+    }
+
+    fn mkdir(&mut self) -> &'static str {
+        let p = self.new_name("d");
+        match fs::create_dir(self.mnt.join(&p)) {
+            Ok(()) => {
+                self.note(format!("mkdir {}", p.display()));
+                self.model.names.insert(p, None);
+            }
+            Err(e) => self.tally.io(&format!("mkdir {}", p.display()), e),
+        }
+        "mkdir"
+    }
+
+    fn rmdir(&mut self) -> &'static str {
+        let empty: Vec<PathBuf> = self
+            .model
+            .dirs()
+            .into_iter()
+            .filter(|d| self.model.children(d).is_empty())
+            .collect();
+        if empty.is_empty() {
+            return "rmdir";
+        }
+        let p = empty[self.rng.below(empty.len())].clone();
+        match fs::remove_dir(self.mnt.join(&p)) {
+            Ok(()) => {
+                self.note(format!("rmdir {}", p.display()));
+                self.model.names.remove(&p);
+            }
+            Err(e) => self.tally.io(&format!("rmdir {}", p.display()), e),
+        }
+        "rmdir"
+    }
+
+    fn link(&mut self) -> &'static str {
+        let Some(p) = self.pick_file() else {
+            return "link";
+        };
+        let to = self.new_name("h");
+        match fs::hard_link(self.mnt.join(&p), self.mnt.join(&to)) {
+            Ok(()) => {
+                self.note(format!("link {} {}", p.display(), to.display()));
+                let id = self.model.names[&p];
+                self.model.names.insert(to, id);
+            }
+            Err(e) => self
+                .tally
+                .io(&format!("link {} {}", p.display(), to.display()), e),
+        }
+        "link"
+    }
+
+    fn readdir(&mut self) -> &'static str {
+        let mut dirs: Vec<PathBuf> = SHARED.iter().map(PathBuf::from).collect();
+        dirs.extend(self.model.dirs());
+        let d = dirs[self.rng.below(dirs.len())].clone();
+        let listed = fs::read_dir(self.mnt.join(&d)).and_then(|rd| {
+            rd.map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+                .collect::<std::io::Result<Vec<_>>>()
+        });
+        match listed {
+            Ok(l) => {
+                let prefix = format!("t{}-", self.t);
+                let mine: BTreeSet<Vec<u8>> = l
+                    .into_iter()
+                    .filter(|n| n.starts_with(prefix.as_bytes()))
+                    .collect();
+                let want = self.model.children(&d);
+                if mine != want {
+                    let lost: Vec<_> = want
+                        .difference(&mine)
+                        .map(|n| String::from_utf8_lossy(n).into_owned())
+                        .collect();
+                    let extra: Vec<_> = mine
+                        .difference(&want)
+                        .map(|n| String::from_utf8_lossy(n).into_owned())
+                        .collect();
+                    self.tally.fail(format!(
+                        "readdir {}: missing {lost:?}, unexpected {extra:?}",
+                        d.display()
+                    ));
+                }
+            }
+            Err(e) => self.tally.io(&format!("readdir {}", d.display()), e),
+        }
+        "readdir"
+    }
+
+    fn verify(&mut self) -> &'static str {
+        let Some(p) = self.pick_file() else {
+            return "read";
+        };
+        let id = self.model.names[&p].unwrap();
+        match fs::read(self.mnt.join(&p)) {
+            Ok(d) if d == self.model.content[&id] => {}
+            Ok(d) => self.tally.fail(format!(
+                "read {}: {} bytes, model has {}",
+                p.display(),
+                d.len(),
+                self.model.content[&id].len()
+            )),
+            Err(e) => self.tally.io(&format!("read {}", p.display()), e),
+        }
+        "read"
+    }
+
+    /// Everyone opens the same lower files for writing (a copy-up race) or reads them: the
+    /// content is always the whole lower content.
+    fn contended_copy_up(&mut self) -> &'static str {
+        let k = self.rng.below(COMMON_LOWER);
+        let name = format!("common{k}");
+        let p = self.mnt.join("shared1").join(&name);
+        let r = if self.rng.below(2) == 0 {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .and_then(|mut f| {
+                    let mut v = Vec::new();
+                    f.read_to_end(&mut v).map(|_| v)
+                })
+        } else {
+            fs::read(&p)
+        };
+        match r {
+            Ok(d) if d == lower_content(&name) => {}
+            Ok(d) => self.tally.fail(format!(
+                "shared1/{name}: {} bytes, not the lower content",
+                d.len()
+            )),
+            Err(e) => self.tally.io(&format!("copy-up shared1/{name}"), e),
+        }
+        "copy-up-race"
+    }
+
+    /// mkdir/rmdir/rename/create/unlink of names every thread uses.
+    fn contended_names(&mut self) -> &'static str {
+        let k = self.rng.below(3);
+        let (a, b) = (
+            self.mnt.join(format!("shared0/hot{k}")),
+            self.mnt.join(format!("shared2/hot{k}")),
+        );
+        let racy = [
+            libc::ENOENT,
+            libc::EEXIST,
+            libc::ENOTEMPTY,
+            libc::ENOTDIR,
+            libc::EISDIR,
+        ];
+        match self.rng.below(8) {
+            0 => self.tally.contended("mkdir hot", fs::create_dir(&a), &racy),
+            1 => self.tally.contended("rmdir hot", fs::remove_dir(&a), &racy),
+            2 => self
+                .tally
+                .contended("rename hot", fs::rename(&a, &b), &racy),
+            3 => self
+                .tally
+                .contended("rename hot back", fs::rename(&b, &a), &racy),
+            4 => {
+                let r = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(b.with_extension("f"))
+                    .and_then(|mut f| f.write_all(b"x"));
+                self.tally.contended("create hot", r, &racy)
+            }
+            5 => self
+                .tally
+                .contended("unlink hot", fs::remove_file(b.with_extension("f")), &racy),
+            6 => self
+                .tally
+                .contended("create in hot", fs::write(a.join("in"), b"in"), &racy),
+            _ => self
+                .tally
+                .contended("unlink in hot", fs::remove_file(a.join("in")), &racy),
+        }
+        "contended"
+    }
+
+    /// After the run: the whole tree holds exactly the thread's names, with its content.
+    fn final_check(&mut self, all: &BTreeMap<Vec<u8>, common::Entry>) {
+        let prefix = format!("t{}-", self.t);
+        let seen: BTreeSet<PathBuf> = all
+            .keys()
+            .map(|k| PathBuf::from(std::ffi::OsStr::from_bytes(k)))
+            .filter(|p| {
+                p.file_name()
+                    .map(|n| n.as_bytes().starts_with(prefix.as_bytes()))
+                    .unwrap_or(false)
+            })
+            .collect();
+        let want: BTreeSet<PathBuf> = self.model.names.keys().cloned().collect();
+        for p in want.difference(&seen) {
+            self.tally.fail(format!("lost: {}", p.display()));
+        }
+        for p in seen.difference(&want) {
+            self.tally.fail(format!("appeared: {}", p.display()));
+        }
+        for p in self.model.files() {
+            let id = self.model.names[&p].unwrap();
+            match fs::read(self.mnt.join(&p)) {
+                Ok(d) if d == self.model.content[&id] => {}
+                Ok(_) => self.tally.fail(format!("final content of {}", p.display())),
+                Err(e) => self.tally.io(&format!("final read {}", p.display()), e),
+            }
+        }
+    }
+}
+
+fn build_layers(s: &Scratch) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let (top, base, u, w) = (s.dir("top"), s.dir("base"), s.dir("u"), s.dir("w"));
+    for d in ["shared0", "shared1"] {
+        fs::create_dir_all(base.join(d)).unwrap();
+    }
+    fs::create_dir_all(top.join("shared0")).unwrap();
+    fs::create_dir_all(top.join("shared1")).unwrap();
+    fs::create_dir_all(u.join("shared0")).unwrap();
+    fs::create_dir_all(u.join("shared2")).unwrap();
+    for k in 0..COMMON_LOWER {
+        let n = format!("common{k}");
+        fs::write(base.join("shared1").join(&n), lower_content(&n)).unwrap();
+    }
+    for t in 0..THREADS {
+        for k in 0..LOWER_PER_THREAD {
+            let layer = if k % 2 == 0 { &top } else { &base };
+            let dir = ["shared0", "shared1"][k / 2 % 2];
+            let n = format!("t{t}-low{k}");
+            fs::write(layer.join(dir).join(&n), lower_content(&n)).unwrap();
+        }
+        let d = base.join(format!("shared0/t{t}-lowdir"));
+        fs::create_dir_all(&d).unwrap();
+        for k in 0..3 {
+            let n = format!("t{t}-in{k}");
+            fs::write(d.join(&n), lower_content(&n)).unwrap();
+        }
+        // A file of the thread in the upper from the start.
+        let n = format!("t{t}-up");
+        fs::write(u.join("shared0").join(&n), lower_content(&n)).unwrap();
+    }
+    (top, base, u, w)
+}
+
+fn initial_model(t: usize) -> Model {
+    let mut m = Model::default();
+    for k in 0..LOWER_PER_THREAD {
+        let dir = ["shared0", "shared1"][k / 2 % 2];
+        let n = format!("t{t}-low{k}");
+        m.new_file(Path::new(dir).join(&n), lower_content(&n));
+    }
+    let d = PathBuf::from(format!("shared0/t{t}-lowdir"));
+    m.names.insert(d.clone(), None);
+    for k in 0..3 {
+        let n = format!("t{t}-in{k}");
+        m.new_file(d.join(&n), lower_content(&n));
+    }
+    let n = format!("t{t}-up");
+    m.new_file(Path::new("shared0").join(&n), lower_content(&n));
+    m
+}
+
+/// Lists and reads every entry of the mount; errors, with the upper's side of the story.
+fn walk_and_read(m: &Path, u: &Path) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(d) = todo.pop() {
+        let names: Vec<_> = match fs::read_dir(m.join(&d)) {
+            Ok(rd) => rd.flatten().map(|e| e.file_name()).collect(),
+            Err(e) => {
+                errors.push(format!("readdir {}: {e}", d.display()));
+                continue;
+            }
+        };
+        for n in names {
+            let rel = d.join(&n);
+            let p = m.join(&rel);
+            let r = fs::symlink_metadata(&p).and_then(|md| {
+                if md.is_dir() {
+                    todo.push(rel.clone());
+                } else if md.is_file() {
+                    fs::read(&p)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                let up = std::process::Command::new("ls")
+                    .arg("-lai")
+                    .arg(u.join(&d))
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let again = fs::symlink_metadata(&p).map(|md| md.ino());
+                let excl = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(p.with_file_name("diag-probe"))
+                    .map(|_| ());
+                let excl2 = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&p)
+                    .map(|_| ());
+                let _ = fs::remove_file(p.with_file_name("diag-probe"));
+                errors.push(format!(
+                    "probe create: {excl:?}, exclusive create of the name: {excl2:?}"
+                ));
+                errors.push(format!(
+                    "{}: {e} (lstat again: {again:?}); upper dir:\n{up}",
+                    rel.display()
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// Kernel stacks of every task of `pid` (root can read them), for a hang report.
+fn task_stacks(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(no /proc/{pid}/task)\n");
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let rd = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+        out.push_str(&format!(
+            "task {} ({}) wchan={}\n{}\n",
+            t.file_name().to_string_lossy(),
+            rd("comm").trim(),
+            rd("wchan"),
+            rd("stack")
+        ));
+    }
+    out
+}
+
+/// Aborts the FUSE connection of `mnt`, so requests stuck in it return (ENOTCONN).
+fn abort_connection(mnt: &Path) {
+    if let Ok(md) = fs::metadata(mnt) {
+        let minor = (md.dev() & 0xff) | ((md.dev() >> 12) & !0xff);
+        let _ = fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), b"1");
+    }
+}
+
+fn stress(tag: &str, opts: &str) {
+    let secs: u64 = std::env::var("STRATAFS_STRESS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let s = Scratch::new(tag);
+    let (top, base, u, w) = build_layers(&s);
+    let m = s.dir("m");
+    let stack = Stack {
+        lowers: vec![&top, &base],
+        upper: Some((&u, &w)),
+    };
+    let mnt = Strata::mount(&stack, opts, &m);
+    let pid = mnt.pid();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel();
+    let results: Arc<Mutex<Vec<Worker>>> = Arc::new(Mutex::new(Vec::new()));
+    let seed = common::clock_random(1 << 30) + 1;
+    let threads: usize = std::env::var("STRATAFS_STRESS_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(THREADS);
+    for t in 0..threads {
+        let (stop, done, tx, results, mp) = (
+            stop.clone(),
+            done.clone(),
+            tx.clone(),
+            results.clone(),
+            m.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut wk = Worker {
+                t,
+                mnt: mp,
+                rng: Rng(seed.wrapping_mul(t as u64 + 7) | 1),
+                model: initial_model(t),
+                tally: Tally::default(),
+                serial: 0,
+                trace: std::env::var_os("STRATAFS_STRESS_TRACE").map(|_| Vec::new()),
+            };
+            while !stop.load(Ordering::Relaxed) {
+                wk.step();
+            }
+            results.lock().unwrap().push(wk);
+            done.fetch_add(1, Ordering::SeqCst);
+            let _ = tx.send(());
+        });
+    }
+    drop(tx);
+    // Watchdog: the run must end within its time plus a margin.
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs + 60);
+    while done.load(Ordering::SeqCst) < threads as u64 {
+        if start.elapsed() >= Duration::from_secs(secs) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let mut report =
+                format!("stress did not finish within {secs} s + 60 s\ndaemon {pid}:\n");
+            report.push_str(&task_stacks(pid));
+            report.push_str("test process (workers):\n");
+            report.push_str(&task_stacks(std::process::id()));
+            abort_connection(&m);
+            panic!("{report}");
+        }
+        let _ = rx.recv_timeout(Duration::from_millis(200));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let alive = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|st| !st.contains(") Z"))
+        .unwrap_or(false);
+    assert!(alive, "the daemon died during the run");
+    assert_eq!(mount_type(&m).as_deref(), Some("fuse.stratafs"));
+
+    for wk in results.lock().unwrap().iter() {
+        if let (Some(t), Some(dir)) = (&wk.trace, std::env::var_os("STRATAFS_STRESS_TRACE")) {
+            let _ = fs::write(Path::new(&dir).join(format!("t{}.log", wk.t)), t.join("\n"));
+        }
+    }
+    let walk_errors = walk_and_read(&m, &u);
+    assert!(
+        walk_errors.is_empty(),
+        "walking the mount after the run:\n{}",
+        walk_errors.join("\n")
+    );
+    let view = snapshot(&m);
+    let mut workers = std::mem::take(&mut *results.lock().unwrap());
+    workers.sort_by_key(|w| w.t);
+    for wk in workers.iter_mut() {
+        wk.final_check(&view);
+    }
+    let mut ops = 0;
+    let mut by_op: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut expected: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut unexpected: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for wk in &workers {
+        ops += wk.tally.ops;
+        for (k, v) in &wk.tally.by_op {
+            *by_op.entry(k).or_default() += v;
+        }
+        for (k, v) in &wk.tally.expected {
+            *expected.entry(*k).or_default() += v;
+        }
+        for (k, v) in &wk.tally.unexpected {
+            *unexpected.entry(*k).or_default() += v;
+        }
+        failures.extend(wk.tally.failures.iter().map(|f| format!("t{}: {f}", wk.t)));
+    }
+    let named = |m: &BTreeMap<i32, u64>| -> String {
+        m.iter()
+            .map(|(e, n)| format!("{}={n}", std::io::Error::from_raw_os_error(*e)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "stress[{tag} opts={opts:?}]: {threads} threads, {elapsed:.1} s, {ops} ops ({:.0} ops/s), \
+         entries at end {}, unexpected errors {{{}}}, lost races {{{}}}, ops by kind {by_op:?}, seed {seed}",
+        ops as f64 / elapsed,
+        view.len(),
+        named(&unexpected),
+        named(&expected),
+    );
+    assert!(
+        ops > threads as u64 * 10,
+        "the workers did almost nothing ({ops} ops)"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures (first ones):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        unexpected.is_empty(),
+        "unexpected errors: {}",
+        named(&unexpected)
+    );
+    // Upper-only content never leaks into the lowers.
+    assert!(!base.join("shared2").exists() && !top.join("shared2").exists());
+    let st = mnt.unmount();
+    assert_eq!(
+        st.map(|s| s.success()),
+        Some(true),
+        "daemon exits 0 on umount"
+    );
+
+    // A fresh remount shows the same tree, and so does the kernel overlayfs.
+    let again = {
+        let _m2 = Strata::mount(&stack, opts, &m);
+        snapshot(&m)
+    };
+    assert_same("mounted view vs fresh remount", &view, &again);
+    let km = s.dir("km");
+    let kw = s.dir("kw");
+    let kernel = {
+        let _k = Kernel::mount(
+            &Stack {
+                lowers: vec![&top, &base],
+                upper: Some((&u, &kw)),
+            },
+            "redirect_dir=on",
+            &km,
+        );
+        snapshot(&km)
+    };
+    assert_same(
+        "stratafs vs kernel overlayfs after the run",
+        &again,
+        &kernel,
+    );
+    // The work directory holds no leftovers of copy-ups or whiteouts.
+    let left: Vec<_> = fs::read_dir(w.join("work"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "work dir leftovers: {left:?}");
+}
+
+#[test]
+fn stress_default_threads() {
+    stress("stress-default", "");
+}
+
+#[test]
+fn stress_eight_daemon_threads() {
+    stress("stress-t8", "threads=8");
+}
