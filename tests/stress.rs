@@ -16,6 +16,11 @@
 //! exactly the thread's own names, every read returns what the model says, no file is lost
 //! or appears from nowhere, and afterwards the mounted view equals a fresh remount of the
 //! same branches and the kernel overlayfs' view of them.
+//!
+//! Environment: STRATAFS_STRESS_SECS (default 15), STRATAFS_STRESS_THREADS (default 8),
+//! STRATAFS_STRESS_TRACE=DIR (each worker's namespace changes and every failure, as files
+//! in DIR, to replay a failure); with STRATAFS_TEST_LOG=DIR and RUST_LOG=stratafs=debug
+//! the daemon logs every failed request there too.
 
 mod common;
 
@@ -629,20 +634,6 @@ fn walk_and_read(m: &Path, u: &Path) -> Vec<String> {
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default();
                 let again = fs::symlink_metadata(&p).map(|md| md.ino());
-                let excl = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(p.with_file_name("diag-probe"))
-                    .map(|_| ());
-                let excl2 = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&p)
-                    .map(|_| ());
-                let _ = fs::remove_file(p.with_file_name("diag-probe"));
-                errors.push(format!(
-                    "probe create: {excl:?}, exclusive create of the name: {excl2:?}"
-                ));
                 errors.push(format!(
                     "{}: {e} (lstat again: {again:?}); upper dir:\n{up}",
                     rel.display()
