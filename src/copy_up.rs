@@ -245,7 +245,16 @@ impl UnionFs {
         };
         let tmp = tmp_name();
         let w = work.as_fd();
-        let staged = self.stage_copy(node.kind, &src, &st, w, &tmp, want, meta_only);
+        // The real type (an owner override may show a regular file as a device).
+        let staged = self.stage_copy(
+            Kind::from_mode(st.st_mode),
+            &src,
+            &st,
+            w,
+            &tmp,
+            want,
+            meta_only,
+        );
         if let Err(e) = staged {
             let _ = remove_tree(w, &tmp);
             return Err(e);
@@ -371,6 +380,16 @@ impl UnionFs {
             }
         }
         copy_xattrs(src.dir.as_fd(), &src.name, w, tmp)?;
+        if let Some(level) = self.override_level {
+            // An override under an older name (not copied: it is a marker prefix) moves
+            // to the current one.
+            let current = xattr::get(w, tmp, level.xattr()).ok().flatten();
+            if current.is_none() {
+                if let Some(o) = crate::override_stat::read(level, src.dir.as_fd(), &src.name) {
+                    let _ = crate::override_stat::write(level, w, tmp, &o);
+                }
+            }
+        }
         copy_meta(w, tmp, st)?;
         let _ = xattr::set(w, tmp, &origin, b"", 0);
         copy_times(w, tmp, st)

@@ -211,10 +211,20 @@ impl UnionFs {
                     file = Some(f);
                 }
             }
-            ops::fchownat(w, &tmp, owner_uid, owner_gid)
-                .map_err(|e| Error::io(e, "chown new entry"))?;
+            // With xattr_permissions the owner and mode live in the override; the real
+            // entry stays the daemon's, owner-accessible, never setuid/setgid.
+            let overridden = self.override_new_entry(w, &tmp, owner_uid, owner_gid, perm)?;
+            if !overridden {
+                ops::fchownat(w, &tmp, owner_uid, owner_gid)
+                    .map_err(|e| Error::io(e, "chown new entry"))?;
+            }
             if !matches!(kind, NewKind::Symlink(_)) {
-                ops::fchmodat(w, &tmp, perm).map_err(|e| Error::io(e, "chmod new entry"))?;
+                let real_perm = if overridden {
+                    (perm & 0o777) | 0o700
+                } else {
+                    perm
+                };
+                ops::fchmodat(w, &tmp, real_perm).map_err(|e| Error::io(e, "chmod new entry"))?;
                 for (attr, acl) in [
                     (acl::ACCESS_XATTR, &inherited.access),
                     (acl::DEFAULT_XATTR, &inherited.default),
@@ -246,6 +256,40 @@ impl UnionFs {
             _ => None,
         };
         Ok((attr, fh))
+    }
+
+    /// Writes the override of a new entry (`xattr_permissions`); false where none applies
+    /// (no option, or a type that cannot carry the xattr).
+    fn override_new_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        uid: u32,
+        gid: u32,
+        perm: u32,
+    ) -> Result<bool> {
+        let Some(level) = self.override_level else {
+            return Ok(false);
+        };
+        let o = crate::override_stat::Override {
+            uid,
+            gid,
+            mode: perm & 0o7777,
+            kind: None,
+        };
+        match crate::override_stat::write(level, dir, name, &o) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTSUP)) => {
+                let st = sys::fstatat(dir, name).map_err(|e| Error::io(e, "stat new entry"))?;
+                let fmt = st.st_mode & libc::S_IFMT;
+                if fmt == libc::S_IFREG || fmt == libc::S_IFDIR {
+                    Err(Error::io(e, "set owner override"))
+                } else {
+                    Ok(false) // user.* xattrs cannot go on symlinks, pipes or devices
+                }
+            }
+            Err(e) => Err(Error::io(e, "set owner override")),
+        }
     }
 
     /// link(2): a new name `newname` in `newparent` for `ino` (copied up first).

@@ -77,6 +77,12 @@ pub struct UnionFs {
     pub(crate) work: Option<Arc<OwnedFd>>,
     /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
     pub(crate) writeback_cache: std::sync::atomic::AtomicBool,
+    /// `writeback=0`: the writeback cache must not be negotiated.
+    pub no_writeback: bool,
+    /// `xattr_permissions=1|2`: owner and mode overrides in an xattr (override_stat.rs).
+    pub override_level: Option<crate::override_stat::Level>,
+    /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
+    pub noxattrs: bool,
 }
 
 impl UnionFs {
@@ -103,7 +109,10 @@ impl UnionFs {
             volatile: cfg.volatile,
             metacopy: cfg.metacopy,
             ids: cfg.ids.clone(),
-            acl: !cfg.noacl,
+            acl: !cfg.noacl && !cfg.noxattrs,
+            no_writeback: cfg.no_writeback,
+            override_level: cfg.xattr_permissions,
+            noxattrs: cfg.noxattrs,
             static_nlink: cfg.static_nlink,
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
@@ -171,8 +180,21 @@ impl UnionFs {
         let found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
         let merged = found.merged();
-        let attr = self.attr(&found.st, found.ino, merged);
-        let kind = Kind::from_mode(found.st.st_mode);
+        let mut st = found.st;
+        if self.override_level.is_some() {
+            let real_dir = if found.is_dir() {
+                found.dirs.first().map(|(_, fd)| fd.clone())
+            } else {
+                ploc.dir_in(found.top)
+            };
+            let cname = CString::new(name.as_bytes()).map_err(|_| Error::errno(libc::EINVAL))?;
+            if let Some(d) = real_dir {
+                let n: &std::ffi::CStr = if found.is_dir() { c"." } else { &cname };
+                self.show_override(&mut st, std::os::fd::AsFd::as_fd(&*d), n);
+            }
+        }
+        let attr = self.attr(&st, found.ino, merged);
+        let kind = Kind::from_mode(st.st_mode);
         let loc = Loc {
             parent,
             name: name.to_os_string(),
@@ -189,6 +211,28 @@ impl UnionFs {
             return err(libc::ESTALE);
         }
         Ok(attr)
+    }
+
+    /// With `xattr_permissions`, shows the owner/mode override of `dir/name` in `st`.
+    pub(crate) fn show_override(
+        &self,
+        st: &mut crate::sys::Stat,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+    ) {
+        let Some(level) = self.override_level else {
+            return;
+        };
+        let fmt = st.st_mode & libc::S_IFMT;
+        if level == crate::override_stat::Level::Containers
+            && fmt != libc::S_IFREG
+            && fmt != libc::S_IFDIR
+        {
+            return; // user.* xattrs exist only on regular files and directories
+        }
+        if let Some(o) = crate::override_stat::read(level, dir, name) {
+            o.apply(st);
+        }
     }
 
     /// Attributes as shown through the mount: from a real stat, ids mapped.

@@ -228,6 +228,8 @@ impl Filesystem for FuseAdapter {
         {
             self.passthrough.store(true, Ordering::Relaxed);
             debug!("init: FUSE_PASSTHROUGH granted: upper files do I/O in the kernel");
+        } else if self.fs.no_writeback {
+            info!("init: writeback=0 given and passthrough not usable: all I/O goes through the daemon");
         } else if config.add_capabilities(F::FUSE_WRITEBACK_CACHE).is_ok() {
             self.fs.set_writeback_cache(true);
             info!("init: passthrough not usable here; writeback cache granted instead");
