@@ -23,7 +23,7 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use log::{debug, info};
+use log::{debug, info, warn};
 
 use crate::attr::{Attr, SetAttr};
 use crate::dir::NewKind;
@@ -229,7 +229,7 @@ impl Filesystem for FuseAdapter {
             self.passthrough.store(true, Ordering::Relaxed);
             debug!("init: FUSE_PASSTHROUGH granted: upper files do I/O in the kernel");
         } else if self.fs.no_writeback {
-            info!("init: writeback=0 given and passthrough not usable: all I/O goes through the daemon");
+            warn!("init: writeback=0 and passthrough not usable here: all I/O goes through the daemon");
         } else if config.add_capabilities(F::FUSE_WRITEBACK_CACHE).is_ok() {
             self.fs.set_writeback_cache(true);
             info!("init: passthrough not usable here; writeback cache granted instead");
