@@ -284,11 +284,12 @@ impl UnionFs {
             } else {
                 loc.parent
             };
-            *listing = Some(Arc::new(readdir::list(
+            *listing = Some(Arc::new(readdir::list_with(
                 &self.layers,
                 &loc,
                 ino,
                 parent_ino,
+                self.override_level,
             )?));
         }
         listing.clone().ok_or_else(|| Error::errno(libc::EIO))

@@ -175,6 +175,19 @@ impl Override {
         }
     }
 
+    /// The type a real regular file carrying this override shows as, when it is not a
+    /// regular file (a device, pipe or socket stored as a file).
+    pub fn special_kind(&self) -> Option<crate::inode::Kind> {
+        use crate::inode::Kind;
+        match self.kind? {
+            Type::Pipe => Some(Kind::Fifo),
+            Type::Socket => Some(Kind::Socket),
+            Type::Block(..) => Some(Kind::BlockDev),
+            Type::Char(..) => Some(Kind::CharDev),
+            Type::File | Type::Dir | Type::Symlink => None,
+        }
+    }
+
     /// Shows the override in `st`.
     pub fn apply(&self, st: &mut Stat) {
         st.st_uid = self.uid;

@@ -224,6 +224,41 @@ fn force_mask_layer_shows_overrides_and_chmod_chown_rewrite_them() {
     assert_eq!(getfattr(&u2.join("f"), OVR).unwrap(), "1000:1001:0640");
 }
 
+/// Plain readdir (no attributes) lists a device stored as a file with the type lookup
+/// shows, so `find -type c` agrees with `stat` (checked on the core API: the kernel picks
+/// readdir-plus here, whose types come from the attributes).
+#[test]
+fn plain_readdir_types_follow_the_override() {
+    let s = Scratch::new("xperm-rd");
+    let l = s.dir("l");
+    force_mask_layer(&l);
+    let list = |level: Option<stratafs::override_stat::Level>| {
+        let cfg = stratafs::Config {
+            lowerdirs: vec![l.clone()],
+            mountpoint: s.dir("m"),
+            read_only: true,
+            xattr_permissions: level,
+            ..Default::default()
+        };
+        let fs = stratafs::UnionFs::new(&cfg).expect("open layers");
+        let fh = fs.opendir(1).unwrap();
+        let kinds: Vec<_> = fs
+            .readdir(1, fh, 0)
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.to_string_lossy().into_owned(), e.kind))
+            .collect();
+        kinds
+    };
+    use stratafs::inode::Kind;
+    let with = list(Some(stratafs::override_stat::Level::Containers));
+    assert!(with.contains(&("dev".into(), Kind::CharDev)), "{with:?}");
+    assert!(with.contains(&("f".into(), Kind::File)), "{with:?}");
+    assert!(with.contains(&("d".into(), Kind::Dir)), "{with:?}");
+    let without = list(None);
+    assert!(without.contains(&("dev".into(), Kind::File)), "{without:?}");
+}
+
 #[test]
 fn privileged_level_uses_the_security_xattr() {
     let s = Scratch::new("xperm1");
