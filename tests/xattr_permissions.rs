@@ -446,3 +446,97 @@ fn chown_through_an_id_mapping_stores_mapped_ids() {
     }
     assert_eq!(getfattr(&u.join("g"), OVR).unwrap(), "1007:2008:0644");
 }
+
+/// The real thing: a layer unpacked by this machine's containers-storage (podman) with
+/// `force_mask=0700` shows, through `xattr_permissions=2`, the owner and mode each entry's
+/// `user.containers.override_stat` records, and those are the image's (permission bits).
+#[test]
+fn podman_force_mask_layer_reads_back_the_image_owners_and_modes() {
+    if Command::new("podman").arg("--version").output().is_err() {
+        eprintln!("SKIP: podman is not installed (containers-storage force_mask check)");
+        return;
+    }
+    let s = Scratch::new("xperm-podman");
+    let rootfs = s.dir("rootfs");
+    fs::create_dir_all(rootfs.join("etc/sub")).unwrap();
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::write(rootfs.join("etc/motd"), b"hello").unwrap();
+    fs::write(rootfs.join("etc/sub/secret"), b"s").unwrap();
+    fs::write(rootfs.join("bin/tool"), b"#!/bin/sh\n").unwrap();
+    let image: &[(&str, u32, u32, u32)] = &[
+        ("etc", 0, 0, 0o755),
+        ("etc/sub", 7, 8, 0o750),
+        ("etc/motd", 5, 6, 0o644),
+        ("etc/sub/secret", 7, 8, 0o600),
+        ("bin", 0, 0, 0o755),
+        ("bin/tool", 0, 0, 0o755),
+    ];
+    for (n, uid, gid, mode) in image {
+        chown(&rootfs.join(n), Some(*uid), Some(*gid));
+        chmod(&rootfs.join(n), *mode);
+    }
+    let store = s.dir("store");
+    let run = s.dir("run");
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-cf", "-", "."])
+        .output()
+        .expect("tar");
+    assert!(tar.status.success());
+    let mut import = Command::new("podman")
+        .arg("--root")
+        .arg(&store)
+        .arg("--runroot")
+        .arg(&run)
+        .args([
+            "--storage-driver",
+            "overlay",
+            "--storage-opt",
+            "overlay.force_mask=0700",
+            "--storage-opt",
+            &format!("overlay.mount_program={}", common::bin()),
+            "import",
+            "-",
+            "localhost/stratafs-xperm",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("podman import");
+    std::io::Write::write_all(&mut import.stdin.take().unwrap(), &tar.stdout).unwrap();
+    let out = import.wait_with_output().unwrap();
+    if !out.status.success() {
+        let e = String::from_utf8_lossy(&out.stderr);
+        eprintln!("SKIP: podman import with force_mask failed here: {e}");
+        return;
+    }
+    let layer = fs::read_dir(store.join("overlay"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("diff"))
+        .find(|p| p.join("etc/motd").exists())
+        .expect("the imported layer");
+    // force_mask really applied: real 0700, the image's view only in the xattr.
+    assert_eq!(st(&layer.join("etc/motd")).2 & 0o777, 0o700);
+    let (u, w, m) = (s.dir("u"), s.dir("w"), s.dir("m"));
+    let stack = Stack {
+        lowers: vec![&layer],
+        upper: Some((&u, &w)),
+    };
+    let _mnt = Strata::mount(&stack, "xattr_permissions=2", &m);
+    for (n, uid, gid, mode) in image {
+        let recorded = getfattr(&layer.join(n), OVR).unwrap_or_else(|e| panic!("{n}: {e}"));
+        let fields: Vec<&str> = recorded.split(':').collect();
+        let (ruid, rgid) = (fields[0].parse().unwrap(), fields[1].parse().unwrap());
+        let rmode = u32::from_str_radix(fields[2], 8).unwrap();
+        let (suid, sgid, smode, _) = st(&m.join(n));
+        assert_eq!(
+            (suid, sgid, smode & 0o7777),
+            (ruid, rgid, rmode),
+            "{n}: {recorded}"
+        );
+        assert_eq!((suid, sgid, smode & 0o777), (*uid, *gid, *mode), "{n}");
+    }
+    assert_eq!(fs::read(m.join("etc/motd")).unwrap(), b"hello");
+}
