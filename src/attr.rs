@@ -105,7 +105,8 @@ impl UnionFs {
                 if h.data_only {
                     // A metacopy file's handle is on the data; the metadata is the node's.
                 } else {
-                    self.show_override(&mut st, h.fd().as_fd(), c"");
+                    let layer = self.node(ino).map(|n| n.loc().top).unwrap_or(0);
+                    self.show_override(&mut st, layer, h.fd().as_fd(), c"");
                     return Ok(self.attr(&st, ino, false));
                 }
             }
@@ -114,7 +115,7 @@ impl UnionFs {
         let real = self.real(&node)?;
         let mut st =
             sys::fstatat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "getattr"))?;
-        self.show_override(&mut st, real.dir.as_fd(), &real.name);
+        self.show_override(&mut st, real.loc.top, real.dir.as_fd(), &real.name);
         if let Some(data) = &real.loc.data {
             if let Ok(d) = sys::fstat(data.as_fd()) {
                 st.st_blocks = d.st_blocks;

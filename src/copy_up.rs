@@ -380,17 +380,34 @@ impl UnionFs {
             }
         }
         copy_xattrs(src.dir.as_fd(), &src.name, w, tmp)?;
-        if let Some(level) = self.override_level {
-            // An override under an older name (not copied: it is a marker prefix) moves
-            // to the current one.
-            let current = xattr::get(w, tmp, level.xattr()).ok().flatten();
-            if current.is_none() {
-                if let Some(o) = crate::override_stat::read(level, src.dir.as_fd(), &src.name) {
-                    let _ = crate::override_stat::write(level, w, tmp, &o);
+        let mut meta = *st;
+        match (self.override_level, self.read_level(src.loc.top)) {
+            (Some(level), _) => {
+                // An override under an older name (not copied: it is a marker prefix)
+                // moves to the current one.
+                let current = xattr::get(w, tmp, level.xattr()).ok().flatten();
+                if current.is_none() {
+                    if let Some(o) = crate::override_stat::read(level, src.dir.as_fd(), &src.name) {
+                        let _ = crate::override_stat::write(level, w, tmp, &o);
+                    }
                 }
             }
+            (None, Some(level)) => {
+                // A lower marked at its root, without xattr_permissions: the upper keeps
+                // real owners, so the override becomes the copy's real owner and mode (as
+                // fuse-overlayfs does) and is not carried along.
+                if let Some(o) = crate::override_stat::read(level, src.dir.as_fd(), &src.name) {
+                    meta.st_uid = o.uid;
+                    meta.st_gid = o.gid;
+                    meta.st_mode = (meta.st_mode & libc::S_IFMT) | o.mode;
+                }
+                for n in level.read_names() {
+                    let _ = xattr::remove(w, tmp, n);
+                }
+            }
+            (None, None) => {}
         }
-        copy_meta(w, tmp, st)?;
+        copy_meta(w, tmp, &meta)?;
         let _ = xattr::set(w, tmp, &origin, b"", 0);
         copy_times(w, tmp, st)
     }

@@ -81,6 +81,9 @@ pub struct UnionFs {
     pub no_writeback: bool,
     /// `xattr_permissions=1|2`: owner and mode overrides in an xattr (override_stat.rs).
     pub override_level: Option<crate::override_stat::Level>,
+    /// Where overrides are shown, by layer id: every layer with `xattr_permissions`, else
+    /// the lowers whose root carries one (as fuse-overlayfs).
+    pub(crate) read_levels: Vec<Option<crate::override_stat::Level>>,
     /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
     pub noxattrs: bool,
 }
@@ -98,6 +101,17 @@ impl UnionFs {
             pinned: None,
         };
         let read_only = !cfg.writable();
+        let mut read_levels = vec![cfg.xattr_permissions];
+        for l in &layers.lowers {
+            let detected = crate::override_stat::detect(std::os::fd::AsFd::as_fd(&*l.root));
+            if cfg.xattr_permissions.is_none() && detected.is_some() {
+                log::info!(
+                    "lowerdir {}: its root carries an owner override; showing its overrides",
+                    l.path.display()
+                );
+            }
+            read_levels.push(cfg.xattr_permissions.or(detected));
+        }
         let work = match (&layers.work, read_only) {
             (Some(w), false) => Some(Arc::new(crate::copy_up::prepare_staging(
                 std::os::fd::AsFd::as_fd(&**w),
@@ -112,6 +126,7 @@ impl UnionFs {
             acl: !cfg.noacl && !cfg.noxattrs,
             no_writeback: cfg.no_writeback,
             override_level: cfg.xattr_permissions,
+            read_levels,
             noxattrs: cfg.noxattrs,
             static_nlink: cfg.static_nlink,
             work,
@@ -181,7 +196,7 @@ impl UnionFs {
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
         let merged = found.merged();
         let mut st = found.st;
-        if self.override_level.is_some() {
+        if self.read_level(found.top).is_some() {
             let real_dir = if found.is_dir() {
                 found.dirs.first().map(|(_, fd)| fd.clone())
             } else {
@@ -190,7 +205,7 @@ impl UnionFs {
             let cname = CString::new(name.as_bytes()).map_err(|_| Error::errno(libc::EINVAL))?;
             if let Some(d) = real_dir {
                 let n: &std::ffi::CStr = if found.is_dir() { c"." } else { &cname };
-                self.show_override(&mut st, std::os::fd::AsFd::as_fd(&*d), n);
+                self.show_override(&mut st, found.top, std::os::fd::AsFd::as_fd(&*d), n);
             }
         }
         let attr = self.attr(&st, found.ino, merged);
@@ -213,14 +228,24 @@ impl UnionFs {
         Ok(attr)
     }
 
-    /// With `xattr_permissions`, shows the owner/mode override of `dir/name` in `st`.
+    /// Which override xattr entries of `layer` show, if any.
+    pub(crate) fn read_level(
+        &self,
+        layer: crate::layers::LayerId,
+    ) -> Option<crate::override_stat::Level> {
+        self.read_levels.get(layer).copied().flatten()
+    }
+
+    /// With `xattr_permissions` (or a lower marked at its root), shows the owner/mode
+    /// override of `dir/name` (an entry of `layer`) in `st`.
     pub(crate) fn show_override(
         &self,
         st: &mut crate::sys::Stat,
+        layer: crate::layers::LayerId,
         dir: std::os::fd::BorrowedFd<'_>,
         name: &std::ffi::CStr,
     ) {
-        let Some(level) = self.override_level else {
+        let Some(level) = self.read_level(layer) else {
             return;
         };
         let fmt = st.st_mode & libc::S_IFMT;
@@ -289,7 +314,7 @@ impl UnionFs {
                 &loc,
                 ino,
                 parent_ino,
-                self.override_level,
+                &self.read_levels,
             )?));
         }
         listing.clone().ok_or_else(|| Error::errno(libc::EIO))

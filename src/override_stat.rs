@@ -208,6 +208,19 @@ impl Override {
     }
 }
 
+/// fuse-overlayfs honours the overrides of a layer whose root directory carries one, with
+/// or without `xattr_permissions`: the level such a root implies.
+pub fn detect(root: BorrowedFd<'_>) -> Option<Level> {
+    let has = |n: &CStr| matches!(xattr::get(root, c"", n), Ok(Some(_)));
+    if has(PRIVILEGED_XATTR) {
+        Some(Level::Privileged)
+    } else if has(CONTAINERS_XATTR) || has(LEGACY_XATTR) {
+        Some(Level::Containers)
+    } else {
+        None
+    }
+}
+
 /// The override of `dir/name` at `level`, if it has a well-formed one.
 pub fn read(level: Level, dir: BorrowedFd<'_>, name: &CStr) -> Option<Override> {
     level

@@ -28,17 +28,18 @@ pub struct DirEntry {
 /// Lists the merged directory `dir` (whose own number is `ino`, its parent's `parent_ino`).
 /// `.` and `..` come first.
 pub fn list(layers: &Layers, dir: &Loc, ino: u64, parent_ino: u64) -> Result<Vec<DirEntry>> {
-    list_with(layers, dir, ino, parent_ino, None)
+    list_with(layers, dir, ino, parent_ino, &[])
 }
 
-/// [`list`], with the entry types an owner override (`xattr_permissions`) shows: a regular
-/// file carrying a device, pipe or socket type is listed as one, as lookup shows it.
+/// [`list`], with the entry types an owner override shows (`overrides`: the level read in
+/// each layer, by id): a regular file carrying a device, pipe or socket type is listed as
+/// one, as lookup shows it.
 pub fn list_with(
     layers: &Layers,
     dir: &Loc,
     ino: u64,
     parent_ino: u64,
-    overrides: Option<crate::override_stat::Level>,
+    overrides: &[Option<crate::override_stat::Level>],
 ) -> Result<Vec<DirEntry>> {
     let mut out = vec![
         DirEntry {
@@ -94,8 +95,8 @@ pub fn list_with(
                 kind = Some(Kind::from_mode(st.st_mode));
             }
             let mut kind = kind.unwrap_or(Kind::File);
-            if let (Some(level), Kind::File) = (overrides, kind) {
-                if let Some(k) = crate::override_stat::read(level, fd.as_fd(), &cname)
+            if let (Some(Some(level)), Kind::File) = (overrides.get(*layer), kind) {
+                if let Some(k) = crate::override_stat::read(*level, fd.as_fd(), &cname)
                     .and_then(|o| o.special_kind())
                 {
                     kind = k;

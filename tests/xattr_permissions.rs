@@ -387,31 +387,56 @@ fn same_view_as_fuse_overlayfs_on_a_force_mask_layer() {
             })
             .collect()
     };
-    let ours = {
-        let (u, w) = (s.dir("u1"), s.dir("w1"));
-        let stack = Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
+    for (i, opt) in ["xattr_permissions=2", "xattr_permissions=0"]
+        .iter()
+        .enumerate()
+    {
+        // Each: the view, then the view after a chmod and a chgrp through the mount.
+        // (With the option, fuse-overlayfs 1.10 loses the lower's ids on copy-up, fixed in
+        // 1.14, and then refuses d/in: only the view before changes is compared.)
+        let changes = *opt == "xattr_permissions=0";
+        let exercise = |m: &Path| {
+            let before = view(m);
+            if !changes {
+                return (before.clone(), before);
+            }
+            // (A directory is left alone: 1.10 copies one up with its real owner and mode
+            // instead of the override's, fixed in 1.14.)
+            chmod(&m.join("f"), 0o604);
+            chown(&m.join("g"), None, Some(9));
+            (before, view(m))
         };
-        let _mnt = Strata::mount(&stack, "xattr_permissions=2", &m);
-        view(&m)
-    };
-    let (u, w) = (s.dir("u2"), s.dir("w2"));
-    let st_fo = Command::new("fuse-overlayfs")
-        .arg("-o")
-        .arg(format!(
-            "lowerdir={},upperdir={},workdir={},xattr_permissions=2",
-            l.display(),
-            u.display(),
-            w.display()
-        ))
-        .arg(&m)
-        .output()
-        .unwrap();
-    assert!(st_fo.status.success(), "fuse-overlayfs did not mount");
-    let theirs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| view(&m)));
-    let _ = Command::new("fusermount3").arg("-u").arg(&m).status();
-    assert_eq!(ours, theirs.expect("fuse-overlayfs view"));
+        let ours = {
+            let (u, w) = (s.dir(&format!("u1-{i}")), s.dir(&format!("w1-{i}")));
+            let stack = Stack {
+                lowers: vec![&l],
+                upper: Some((&u, &w)),
+            };
+            let _mnt = Strata::mount(&stack, opt, &m);
+            exercise(&m)
+        };
+        let (u, w) = (s.dir(&format!("u2-{i}")), s.dir(&format!("w2-{i}")));
+        let st_fo = Command::new("fuse-overlayfs")
+            .arg("-o")
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={},{opt}",
+                l.display(),
+                u.display(),
+                w.display()
+            ))
+            .arg(&m)
+            .output()
+            .unwrap();
+        assert!(st_fo.status.success(), "fuse-overlayfs did not mount");
+        let theirs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exercise(&m)));
+        let _ = Command::new("fusermount3").arg("-u").arg(&m).status();
+        let theirs = theirs.expect("fuse-overlayfs view");
+        assert_eq!(ours.0, theirs.0, "{opt}: the layer as shown");
+        assert_eq!(ours.1, theirs.1, "{opt}: after chmod/chgrp");
+        if changes {
+            assert_ne!(ours.0, ours.1, "the changes show");
+        }
+    }
 }
 
 /// chown through a mount with `uidmapping=`/`gidmapping=` stores the mapped ids, with and
@@ -539,4 +564,35 @@ fn podman_force_mask_layer_reads_back_the_image_owners_and_modes() {
         assert_eq!((suid, sgid, smode & 0o777), (*uid, *gid, *mode), "{n}");
     }
     assert_eq!(fs::read(m.join("etc/motd")).unwrap(), b"hello");
+}
+
+/// Without `xattr_permissions`, a lower whose root carries an override still shows its
+/// overrides (fuse-overlayfs's per-layer rule); a copy-up then makes the override the real
+/// owner and mode of the upper copy, which carries no override.
+#[test]
+fn lower_marked_at_its_root_shows_overrides_without_the_option() {
+    let s = Scratch::new("xperm-marked");
+    let (l, l2, u, w, m) = (s.dir("l"), s.dir("l2"), s.dir("u"), s.dir("w"), s.dir("m"));
+    force_mask_layer(&l);
+    setfattr(&l, OVR, "0:0:0755:dir");
+    // A second, unmarked lower: its overrides are ordinary xattrs.
+    fs::write(l2.join("h"), b"h").unwrap();
+    chmod(&l2.join("h"), 0o700);
+    setfattr(&l2.join("h"), OVR, "3:3:0777");
+    let stack = Stack {
+        lowers: vec![&l, &l2],
+        upper: Some((&u, &w)),
+    };
+    {
+        let _mnt = Strata::mount(&stack, "", &m);
+        assert_eq!(st(&m.join("f")), (1000, 1001, S_IFREG | 0o640, 0));
+        assert_eq!(st(&m.join("d")), (7, 8, S_IFDIR | 0o750, 0));
+        assert_eq!(st(&m.join("h")), (0, 0, S_IFREG | 0o700, 0));
+        chmod(&m.join("f"), 0o604);
+        assert_eq!(st(&m.join("f")), (1000, 1001, S_IFREG | 0o604, 0));
+    }
+    let (uid, gid, mode, _) = st(&u.join("f"));
+    assert_eq!((uid, gid, mode & 0o7777), (1000, 1001, 0o604));
+    assert!(getfattr(&u.join("f"), OVR).is_err(), "no stale override");
+    assert_eq!(getfattr(&u.join("f"), "user.other").unwrap(), "kept");
 }
