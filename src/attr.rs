@@ -239,6 +239,10 @@ impl UnionFs {
         if s.size.is_some() && node.kind == Kind::Dir {
             return err(libc::EISDIR);
         }
+        // Ids given through the mount are stored mapped (uidmapping=/gidmapping=); one no
+        // range covers is refused before anything is copied up.
+        let uid = s.uid.map(|u| self.ids.uids.to_outer(u)).transpose()?;
+        let gid = s.gid.map(|g| self.ids.gids.to_outer(g)).transpose()?;
         let want = match s.size {
             Some(0) => CopyUp::Empty,
             Some(_) => CopyUp::Data,
@@ -247,14 +251,9 @@ impl UnionFs {
         self.copy_up(&node, want)?;
         let real = self.real(&node)?;
         let (dir, name) = (real.dir.as_fd(), real.name.as_c_str());
-        if s.uid.is_some() || s.gid.is_some() {
-            ops::fchownat(
-                dir,
-                name,
-                s.uid.unwrap_or(u32::MAX),
-                s.gid.unwrap_or(u32::MAX),
-            )
-            .map_err(|e| Error::io(e, "chown"))?;
+        if uid.is_some() || gid.is_some() {
+            ops::fchownat(dir, name, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
+                .map_err(|e| Error::io(e, "chown"))?;
         }
         if let Some(mode) = s.mode {
             ops::fchmodat(dir, name, mode & 0o7777).map_err(|e| Error::io(e, "chmod"))?;
