@@ -49,8 +49,8 @@ skip() { say "SKIP: $*"; exit 77; }
 if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 ||
   ! command -v busybox >/dev/null 2>&1 || ! command -v newuidmap >/dev/null 2>&1; then
   # Quietly: the reason line is what matters if this fails.
-  ( ensure_packages podman runc uidmap busybox-static fuse3 ) >/dev/null 2>&1 ||
-    skip "podman could not be installed (apt-get install podman runc uidmap busybox-static failed)"
+  ( ensure_packages podman runc uidmap catatonit busybox-static fuse3 ) >/dev/null 2>&1 ||
+    skip "podman could not be installed (apt-get install podman runc uidmap catatonit busybox-static failed)"
 fi
 command -v podman >/dev/null 2>&1 || skip "podman is not installed and could not be installed"
 command -v runc >/dev/null 2>&1 || skip "runc is not installed and could not be installed"
