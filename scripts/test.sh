@@ -226,10 +226,10 @@ run_podman() {
   rc=$?
   set -e
   grep -E '^(FAIL|XFAIL|XPASS|SKIP|NOTE): ' "$log" || true
-  summary=$(grep '^podman: ' "$log" | tail -n 1)
+  summary=$(grep '^podman: ' "$log" | tail -n 1 || true)
   case "$rc" in
     0) stage_result podman pass "$summary, rootful and rootless (run, commit, build) in $(($(date +%s) - t0)) s" ;;
-    77) stage_result podman skip "$(grep -m 1 '^SKIP: ' "$log" | sed 's/^SKIP: //')" ;;
+    77) stage_result podman skip "$(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
     *)
       tail -n 40 "$log"
       stage_result podman fail "exit status $rc, ${summary:-no summary} (full log: $log)"
