@@ -271,14 +271,15 @@ impl UnionFs {
         if s.size.is_some() && node.kind == Kind::Dir {
             return err(libc::EISDIR);
         }
+        // Ids given through the mount are stored mapped (uidmapping=/gidmapping=); one no
+        // range covers is refused before anything is copied up.
+        let uid = s.uid.map(|u| self.ids.uids.to_outer(u)).transpose()?;
+        let gid = s.gid.map(|g| self.ids.gids.to_outer(g)).transpose()?;
         let want = match s.size {
             Some(0) => CopyUp::Empty,
             Some(_) => CopyUp::Data,
             None => CopyUp::Meta,
         };
-        // Ids given through the mount are stored mapped (uidmapping=/gidmapping=).
-        let uid = s.uid.map(|u| self.ids.uids.to_outer(u)).transpose()?;
-        let gid = s.gid.map(|g| self.ids.gids.to_outer(g)).transpose()?;
         self.copy_up(&node, want)?;
         let real = self.real(&node)?;
         let (dir, name) = (real.dir.as_fd(), real.name.as_c_str());

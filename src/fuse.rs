@@ -51,6 +51,8 @@ pub struct FuseAdapter {
     /// (dev, ino); alive while a handle holds it.
     backings: Mutex<HashMap<u64, (RealId, Weak<BackingId>)>>,
     handle_backing: DashMap<u64, Arc<BackingId>>,
+    /// The session's notifier, set once the session exists (for cache invalidations).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl FuseAdapter {
@@ -61,6 +63,34 @@ impl FuseAdapter {
             passthrough: AtomicBool::new(false),
             backings: Mutex::new(HashMap::new()),
             handle_backing: DashMap::new(),
+            notifier: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Where the mount code puts the session's notifier once the session exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Tells the kernel to drop its cached entry `name` in `parent`. From another thread:
+    /// the kernel takes the directory's lock, which the request just answered (or another
+    /// one waiting for a worker) may still hold; waits up to 200 ms for it, so the caller
+    /// of the request normally sees the new entry at once, without ever deadlocking.
+    fn invalidate_entry(&self, parent: u64, name: std::ffi::OsString) {
+        let Some(n) = self.notifier.get().cloned() else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("inval".into())
+            .spawn(move || {
+                if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
+                    debug!("inval_entry {parent:#x} {name:?}: {e}");
+                }
+                let _ = tx.send(());
+            });
+        if spawned.is_ok() {
+            let _ = rx.recv_timeout(Duration::from_millis(200));
         }
     }
 
@@ -563,7 +593,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         match self.fs.link(ino.0, newparent.0, newname) {
-            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Ok((a, stale)) => {
+                reply.entry(&self.ttl, &fuse_attr(&a), Generation(0));
+                if let Some((parent, name)) = stale {
+                    self.invalidate_entry(parent, name);
+                }
+            }
             Err(e) => reply.error(errno("link", e)),
         }
     }
