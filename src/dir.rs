@@ -73,8 +73,9 @@ fn lower_has_any(parent: &Loc, name: &OsStr, cname: &CStr) -> bool {
 }
 
 fn check_name(name: &OsStr) -> Result<CString> {
-    if name.len() > NAME_MAX {
-        return err(libc::ENAMETOOLONG);
+    crate::fs::check_component(name)?;
+    if name.as_bytes() == b"." || name.as_bytes() == b".." {
+        return err(libc::EINVAL);
     }
     if whiteout::is_marker_name(name) {
         // `.wh.*` names are layer markers; creating one would delete or hide something.
