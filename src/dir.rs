@@ -23,7 +23,7 @@ use crate::attr::Attr;
 use crate::copy_up::{remove_tree, tmp_name, CopyUp};
 use crate::error::{err, Error, Result};
 use crate::file::FileHandle;
-use crate::fs::{Caller, UnionFs, NAME_MAX};
+use crate::fs::{Caller, UnionFs};
 use crate::inode::{Kind, Loc, Node};
 use crate::layers::{ROOT_INO, UPPER};
 use crate::lookup::{self, marker};
@@ -278,10 +278,7 @@ impl UnionFs {
 
     /// unlink(2) and rmdir(2).
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
-        if name.len() > NAME_MAX {
-            return err(libc::ENAMETOOLONG);
-        }
-        let cname = whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
         let ploc = pnode.loc();
         let found =
@@ -308,11 +305,31 @@ impl UnionFs {
         let updir = self.upper_dir_of(&pnode)?;
         let ploc = pnode.loc();
         let needs_whiteout = lower_positive(&ploc, name, &cname);
+        let node = self.inodes.get(found.ino).filter(|_| !dir);
+        let was_pinned = node.as_ref().map(|n| n.loc.read().pinned.clone());
         if !dir {
             self.pin_before_remove(found.ino, &ploc, found.top, &cname);
         }
+        let r = self.remove_real(&work, &updir, &cname, found.top, dir, needs_whiteout);
+        if let (Err(_), Some(node), Some(prev)) = (&r, node, was_pinned) {
+            // The name is still there (e.g. no space for the whiteout): unpin it.
+            node.loc.write().pinned = prev;
+        }
+        r
+    }
+
+    /// The branch side of `remove`: unlink/rmdir in the upper and/or a whiteout.
+    fn remove_real(
+        &self,
+        work: &OwnedFd,
+        updir: &OwnedFd,
+        cname: &CStr,
+        top: crate::layers::LayerId,
+        dir: bool,
+        needs_whiteout: bool,
+    ) -> Result<()> {
         let w = work.as_fd();
-        if found.top == UPPER {
+        if top == UPPER {
             if needs_whiteout {
                 // Swap a fresh whiteout in: one atomic step.
                 let wh = tmp_name();
