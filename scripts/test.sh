@@ -3,11 +3,13 @@
 # integration test (the integration tests mount filesystems, hence root), then the later
 # stages (pjdfstest, fsx) when they are switched on. CI runs this through .ci/run.
 #
-#   scripts/test.sh [--pjdfstest] [--fsx] [--all]   run as root from anywhere in the repository
+#   scripts/test.sh [--pjdfstest] [--fsx] [--all] [--crash-loops=N]   run as root, from anywhere
 #
 # Environment:
 #   STRATAFS_PJDFSTEST=1   same as --pjdfstest          STRATAFS_FSX=1   same as --fsx
 #   STRATAFS_TEST_TIMEOUT  seconds allowed to `cargo test` (default 1200)
+#   STRATAFS_CRASH_LOOPS   SIGKILL rounds of tests/crash_loop.rs (default 10; --crash-loops=50
+#                          for the full run); STRATAFS_CRASH_SEED repeats a run
 #   STRATAFS_FSX_OPS       operations per long fsx run (default 100000; the mapread run does a tenth)
 #   PJDFSTEST_CONFIG=FILE  pjdfstest config (default ../shared/testdata/pjdfstest-overlay.toml,
 #                          else tests/pjdfstest-overlay.toml)
@@ -36,7 +38,8 @@ for arg in "$@"; do
     --pjdfstest) run_pjdfstest_stage=1 ;;
     --fsx) run_fsx_stage=1 ;;
     --all) run_pjdfstest_stage=1 run_fsx_stage=1 ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --crash-loops=*) export STRATAFS_CRASH_LOOPS="${arg#*=}" ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $arg (try --help)" ;;
   esac
 done
