@@ -284,6 +284,14 @@ impl UnionFs {
         self.lookup(dir, &e.name)
     }
 
+    /// Is `ino` a directory merged from more than one layer? Its listing can change
+    /// without its own attributes changing (a lower layer gains an entry).
+    pub fn is_merged_dir(&self, ino: u64) -> bool {
+        self.inodes
+            .get(ino)
+            .is_some_and(|n| n.is_dir() && n.loc.read().dirs.len() > 1)
+    }
+
     pub fn releasedir(&self, fh: u64) {
         self.dirs.remove(&fh);
     }

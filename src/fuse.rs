@@ -335,11 +335,16 @@ impl Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
             // The kernel may keep listings; it drops them itself when the directory changes
-            // through the mount.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            // through the mount, or when its mtime changes. A merged directory's mtime is
+            // its upper's, so with `timeout=` (branches may change underneath) its listing
+            // is only kept while this stream is open.
+            Ok(fh) => {
+                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                if self.ttl == DEFAULT_TTL || !self.fs.is_merged_dir(ino.0) {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => reply.error(errno("opendir", e)),
         }
     }

@@ -35,7 +35,14 @@ fn branches_changed_underneath_show_after_the_timeout() {
     fs::create_dir(l.join("ld")).unwrap();
     fs::write(l.join("ld/inner"), b"inner").unwrap();
     fs::write(u.join("uf"), b"old upper").unwrap();
+    // A merged directory (in both layers) whose lower part alone changes: its own
+    // attributes (the upper's) stay the same.
+    fs::create_dir(l.join("md")).unwrap();
+    fs::create_dir(u.join("md")).unwrap();
+    fs::write(l.join("md/oldlower"), b"o").unwrap();
+    fs::write(u.join("md/up"), b"u").unwrap();
     fs::write(u.join("ugone"), b"upper, removed later").unwrap();
+    fs::write(u.join("ss"), b"AAAA").unwrap();
     let mnt = Strata::mount(
         &Stack {
             lowers: vec![&l],
@@ -49,6 +56,8 @@ fn branches_changed_underneath_show_after_the_timeout() {
         fs::read(m.join(n)).unwrap();
     }
     let before = listing(&m);
+    assert_eq!(listing(&m.join("md")), ["oldlower", "up"]);
+    assert_eq!(fs::read(m.join("ss")).unwrap(), b"AAAA");
     let mut open = fs::File::open(m.join("lopen")).unwrap();
 
     // Behind the daemon's back.
@@ -70,7 +79,10 @@ fn branches_changed_underneath_show_after_the_timeout() {
             .unwrap();
     }
     fs::write(u.join("uadded"), b"added to the upper").unwrap();
+    fs::write(l.join("md/newlower"), b"n").unwrap();
+    fs::remove_file(l.join("md/oldlower")).unwrap();
     fs::remove_file(u.join("ugone")).unwrap();
+    fs::write(u.join("ss"), b"BBBB").unwrap();
 
     // Past the attribute and entry timeout (a kernel clock, not load dependent).
     std::thread::sleep(Duration::from_millis(1300));
@@ -96,11 +108,21 @@ fn branches_changed_underneath_show_after_the_timeout() {
         Ok(md) => assert!(md.is_dir(), "ltype is a directory now"),
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "ltype: {e:?}"),
     }
+    assert_eq!(
+        listing(&m.join("md")),
+        ["newlower", "up"],
+        "merged dir listing after its lower part changed"
+    );
+    assert_eq!(
+        fs::read(m.join("ss")).unwrap(),
+        b"BBBB",
+        "same-size rewrite"
+    );
     let after = listing(&m);
     assert_ne!(before, after);
     assert_eq!(
         after,
-        ["ladded", "lf", "ltype", "uadded", "uf"],
+        ["ladded", "lf", "ltype", "md", "ss", "uadded", "uf"],
         "listing after the changes"
     );
     // The open file still reads what it opened.
