@@ -335,7 +335,7 @@ impl UnionFs {
                 let wh = tmp_name();
                 make_whiteout(w, &wh)?;
                 let flags = if dir { libc::RENAME_EXCHANGE } else { 0 };
-                if let Err(e) = ops::renameat2(w, &wh, updir.as_fd(), &cname, flags) {
+                if let Err(e) = ops::renameat2(w, &wh, updir.as_fd(), cname, flags) {
                     let _ = ops::unlinkat(w, &wh, 0);
                     return Err(Error::io(e, "whiteout over upper entry"));
                 }
@@ -345,14 +345,14 @@ impl UnionFs {
             } else if dir {
                 // It may still hold whiteouts: move it out of sight, then empty it.
                 let t = tmp_name();
-                ops::renameat2(updir.as_fd(), &cname, w, &t, libc::RENAME_NOREPLACE)
+                ops::renameat2(updir.as_fd(), cname, w, &t, libc::RENAME_NOREPLACE)
                     .map_err(|e| Error::io(e, "rmdir"))?;
                 remove_tree(w, &t).map_err(|e| Error::io(e, "rmdir cleanup"))?;
             } else {
-                ops::unlinkat(updir.as_fd(), &cname, 0).map_err(|e| Error::io(e, "unlink"))?;
+                ops::unlinkat(updir.as_fd(), cname, 0).map_err(|e| Error::io(e, "unlink"))?;
             }
         } else {
-            make_whiteout(updir.as_fd(), &cname)?;
+            make_whiteout(updir.as_fd(), cname)?;
         }
         Ok(())
     }
