@@ -289,8 +289,11 @@ impl Filesystem for FuseAdapter {
             Ok(fh) => match self.backing_for(fh, ino.0, |fd| reply.open_backing(fd)) {
                 Some(b) => {
                     self.fs.set_passthrough(fh);
+                    // Recorded before the reply: the kernel may send RELEASE (on another
+                    // thread) as soon as it has the reply, and a backing id recorded after
+                    // that release would stay registered, holding the file, until unmount.
+                    self.handle_backing.insert(fh, b.clone());
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
-                    self.handle_backing.insert(fh, b);
                 }
                 // Without passthrough the file's data only changes through this daemon, so
                 // the page cache stays valid from one open to the next.
@@ -625,6 +628,8 @@ impl Filesystem for FuseAdapter {
             Ok((a, Some(fh))) => match self.backing_for(fh, a.ino, |fd| reply.open_backing(fd)) {
                 Some(bk) => {
                     self.fs.set_passthrough(fh);
+                    // Before the reply (see `open`).
+                    self.handle_backing.insert(fh, bk.clone());
                     reply.created_passthrough(
                         &self.ttl,
                         &fuse_attr(&a),
@@ -633,7 +638,6 @@ impl Filesystem for FuseAdapter {
                         FopenFlags::empty(),
                         &bk,
                     );
-                    self.handle_backing.insert(fh, bk);
                 }
                 None => reply.created(
                     &self.ttl,

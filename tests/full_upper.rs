@@ -71,11 +71,22 @@ fn free_bytes(p: &Path) -> u64 {
 /// RELEASE of a closed file asynchronously, so the daemon may hold a removed file's
 /// data a moment longer.
 fn wait_free(p: &Path, want: u64) {
+    wait_until(p, want, free_bytes)
+}
+
+/// Free inodes on the filesystem holding `p`.
+fn free_inodes(p: &Path) -> u64 {
+    let f = fs::File::open(p).expect("open for statvfs");
+    let st = stratafs::sys::fstatvfs(std::os::fd::AsFd::as_fd(&f)).expect("fstatvfs");
+    st.f_favail
+}
+
+fn wait_until(p: &Path, want: u64, free_bytes: fn(&Path) -> u64) {
     let start = std::time::Instant::now();
     while free_bytes(p) < want {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(10),
-            "only {} bytes free after removing files (want {want})",
+            "only {} free after removing files (want {want})",
             free_bytes(p)
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -225,6 +236,22 @@ fn full_upper_fails_with_enospc_and_recovers() {
     fs::create_dir(m.join("after")).expect("mkdir after freeing space");
     fs::write(m.join("after/f"), b"ok").expect("write after freeing space");
     staging_empty(&w, "after recovery");
+    // Files created and closed at once, then removed, give their inodes and space back (a
+    // handle's kernel-side passthrough backing file must not outlive its release).
+    fs::remove_file(m.join("big")).unwrap();
+    wait_free(&u, 6 << 20);
+    let (free, inodes) = (free_bytes(&u), free_inodes(&u));
+    for i in 0..300 {
+        let f = fs::File::create(m.join(format!("after/t{i}"))).unwrap();
+        if i % 2 == 0 {
+            (&f).write_all(&[7u8; 8192]).unwrap();
+        }
+    }
+    for i in 0..300 {
+        fs::remove_file(m.join(format!("after/t{i}"))).unwrap();
+    }
+    wait_free(&u, free);
+    wait_until(&u, inodes, free_inodes);
     let st = mnt.unmount();
     assert!(st.is_some_and(|s| s.success()), "daemon exit {st:?}");
     eprintln!("ENOSPC cases (block-full upper): {cases}");
@@ -307,6 +334,7 @@ fn full_inode_table_fails_with_enospc_and_recovers() {
             panic!("rm f{i} of {made}: {e:?}; merged {names:?} upper {up:?}");
         }
     }
+    wait_until(&u, made as u64, free_inodes);
     fs::write(m.join("ldir/x"), b"new x").expect("copy-up after freeing inodes");
     assert_eq!(fs::read(m.join("ldir/x")).unwrap(), b"new x");
     fs::remove_file(m.join("lowerfile")).expect("whiteout after freeing inodes");
