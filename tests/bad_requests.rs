@@ -98,6 +98,15 @@ fn bad_requests_get_errnos_not_panics() {
             libc::EBADF,
         );
         c.errno("readdir unknown fh", fs_.readdir(ROOT, fh, 0), libc::EBADF);
+        c.errno(
+            "copy_file_range unknown fh",
+            fs_.copy_file_range(fh, 0, fh, 4096, 10),
+            libc::EBADF,
+        );
+        c.err(
+            "getattr of an unknown ino with an unknown fh",
+            fs_.getattr(0xbad, Some(fh)),
+        );
         fs_.release(fh); // no reply; must not panic
         fs_.releasedir(fh);
         c.0 += 2;
