@@ -7,6 +7,9 @@
 //! removed (names, inode numbers, sizes, contents, mtimes and ctimes compared), and the
 //! daemon keeps serving.
 //!
+//! A lower directory swapped for such a symlink is never followed either: copy-ups read
+//! the directory the daemon holds, never the canary.
+//!
 //! The mount point sits one level deeper than the branches, so the relative link
 //! `../canary` resolves to the canary only from inside the upper: if the kernel follows
 //! the link as shown through the mount, it finds nothing.
@@ -291,4 +294,61 @@ fn similar(a: &Snap, b: &Snap, ctx: &str) {
         }
         panic!("canary outside the branches changed: {d:#?}\nafter: {ctx}");
     }
+}
+
+#[test]
+fn lower_dir_swapped_for_a_symlink_out() {
+    let s = Scratch::new("swaplow");
+    let canary = make_canary(&s);
+    let l = lower_with_d(&s);
+    let (u, w) = (s.dir("u"), s.dir("w"));
+    let m = s.dir("mnt/m");
+    let before = canary_snap(&canary);
+    let stack = Stack {
+        lowers: vec![&l],
+        upper: Some((&u, &w)),
+    };
+    let mut report = Vec::new();
+    for (round, opts) in [(0, ""), (1, "timeout=0")] {
+        let _ = fs::remove_dir_all(&u);
+        fs::create_dir(&u).unwrap();
+        let _ = fs::remove_file(l.join("d"));
+        let _ = fs::remove_dir_all(l.join("d.away"));
+        fs::create_dir_all(l.join("d/sub0")).unwrap();
+        fs::write(l.join("d/x"), b"lower x").unwrap();
+        fs::write(l.join("d/lf"), b"lower lf").unwrap();
+        let mnt = Strata::mount(&stack, opts, &m);
+        for n in ["x", "lf", "sub0"] {
+            fs::symlink_metadata(m.join("d").join(n)).unwrap();
+        }
+        fs::rename(l.join("d"), l.join("d.away")).unwrap();
+        symlink("../canary", l.join("d")).unwrap();
+        let res = all_ops(&m.join("d"), &m);
+        report.push(format!("{opts:?}: {res:?}"));
+        assert_alive(&m);
+        if round == 0 {
+            // The copy-up read the lower directory the daemon holds (now d.away).
+            assert_eq!(fs::read(u.join("moved")).unwrap(), b"lower lfAPPENDED");
+        }
+        let _ = fs::read_dir(m.join("d")).map(|r| r.count());
+        let _ = fs::read(m.join("d/x"));
+        drop(mnt);
+        similar(
+            &before,
+            &canary_snap(&canary),
+            &format!("round {round} {res:?}"),
+        );
+        // Nothing of the canary was copied into the upper.
+        let out = std::process::Command::new("grep")
+            .args(["-rl", "canary"])
+            .arg(&u)
+            .output()
+            .unwrap();
+        assert!(
+            out.stdout.is_empty(),
+            "round {round}: canary data in the upper: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    eprintln!("results: {report:#?}");
 }
