@@ -49,8 +49,8 @@ require_root "scripts/test.sh"
 section "Dependencies"
 # fuse3: /dev/fuse helpers; attr, acl: getfattr/setfacl used by tests; gcc, libc6-dev,
 # pkg-config: linking Rust binaries; fuse-overlayfs, unionfs-fuse, squashfs-tools: the
-# comparison and differential tests of later stages.
-ensure_packages fuse3 attr acl gcc libc6-dev pkg-config fuse-overlayfs unionfs-fuse squashfs-tools squashfuse
+# comparison and differential tests of later stages; e2fsprogs: the full-ext4-upper test.
+ensure_packages fuse3 attr acl gcc libc6-dev pkg-config fuse-overlayfs unionfs-fuse squashfs-tools squashfuse e2fsprogs
 require_cargo
 ensure_fuse_device
 cargo --version

@@ -345,3 +345,129 @@ fn full_inode_table_fails_with_enospc_and_recovers() {
     assert!(st.is_some_and(|s| s.success()), "daemon exit {st:?}");
     eprintln!("ENOSPC cases (inode table full): {cases}");
 }
+
+/// An 8 MiB ext4 image on a loop device (no journal, no reserved blocks): a mount that
+/// unmounts and detaches on drop.
+struct LoopExt4(PathBuf);
+
+impl LoopExt4 {
+    fn mount(s: &Scratch, at: &Path) -> Option<LoopExt4> {
+        let img = s.path("ext4.img");
+        fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
+            .arg(&img)
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs)");
+        assert!(mkfs.success(), "mkfs.ext4");
+        let ok = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| LoopExt4(at.to_path_buf()))
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        // umount of a loop mount made by mount(8) also frees the loop device.
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_ext4_upper_refuses_metadata_ops_with_enospc() {
+    let s = Scratch::new("fullext4");
+    let l = s.dir("l");
+    let t = s.dir("t");
+    let m = s.dir("m");
+    fs::write(l.join("lowerfile"), b"lower content").unwrap();
+    fs::create_dir(l.join("ldir")).unwrap();
+    fs::write(l.join("ldir/x"), b"x").unwrap();
+    let Some(_ext4) = LoopExt4::mount(&s, &t) else {
+        eprintln!("skipped: no loop device to mount an ext4 image on");
+        return;
+    };
+    let (u, w) = (t.join("u"), t.join("w"));
+    fs::create_dir(&u).unwrap();
+    fs::create_dir(&w).unwrap();
+    let mnt = Strata::mount(
+        &Stack {
+            lowers: vec![&l],
+            upper: Some((&u, &w)),
+        },
+        "",
+        &m,
+    );
+    let mut cases = 0u32;
+    let (_, e) = fill(&m.join("fill"), 64 << 20);
+    assert!(e.as_ref().is_some_and(is_full), "filling: {e:?}");
+    cases += 1;
+    // Take the last blocks too, one fsynced 4 KiB (then 1 KiB) write at a time.
+    let mut last = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("fill"))
+        .unwrap();
+    for size in [4096, 1024] {
+        for _ in 0..4096 {
+            if let Err(e) = last
+                .write_all(&vec![1u8; size])
+                .and_then(|_| last.sync_all())
+            {
+                assert!(is_full(&e), "last blocks: {e:?}");
+                break;
+            }
+        }
+    }
+    drop(last);
+    eprintln!("free after filling: {} bytes", free_bytes(&u));
+    // Every data block is taken: a new directory needs one.
+    expect_full(
+        "mkdir on a full ext4",
+        fs::create_dir(m.join("d")),
+        &mut cases,
+    );
+    expect_full(
+        "copy-up of a directory's child",
+        fs::OpenOptions::new().append(true).open(m.join("ldir/x")),
+        &mut cases,
+    );
+    expect_full(
+        "copy-up of a file",
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("lowerfile")),
+        &mut cases,
+    );
+    // Needing only an inode (or nothing): success or ENOSPC, never EIO.
+    for (what, r) in [
+        ("create", fs::File::create(m.join("empty")).map(|_| ())),
+        ("symlink", std::os::unix::fs::symlink("t", m.join("ln"))),
+        ("whiteout", fs::remove_file(m.join("lowerfile"))),
+        ("chmod of a lower dir", {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(m.join("ldir"), fs::Permissions::from_mode(0o700))
+        }),
+    ] {
+        eprintln!("{what} on a full ext4 upper: {r:?}");
+        match r {
+            Ok(()) => {}
+            Err(e) if is_full(&e) => cases += 1,
+            Err(e) => panic!("{what} on a full ext4 upper: {e:?} (want success or ENOSPC)"),
+        }
+    }
+    assert_eq!(fs::read(m.join("ldir/x")).unwrap(), b"x");
+    staging_empty(&w, "full ext4");
+    fs::remove_file(m.join("fill")).unwrap();
+    wait_free(&u, 4 << 20);
+    fs::create_dir(m.join("d")).expect("mkdir after freeing space");
+    fs::write(m.join("ldir/x"), b"new x").expect("copy-up after freeing space");
+    assert_eq!(fs::read(u.join("ldir/x")).unwrap(), b"new x");
+    staging_empty(&w, "after recovery");
+    let st = mnt.unmount();
+    assert!(st.is_some_and(|s| s.success()), "daemon exit {st:?}");
+    eprintln!("ENOSPC cases (full ext4 upper): {cases}");
+}
