@@ -3,13 +3,15 @@
 # integration test (the integration tests mount filesystems, hence root), then the later
 # stages (pjdfstest, fsx) when they are switched on. CI runs this through .ci/run.
 #
-#   scripts/test.sh [--pjdfstest] [--fsx] [--all]   run as root from anywhere in the repository
+#   scripts/test.sh [--pjdfstest] [--fsx] [--all] [--crash-loops=N]   run as root, from anywhere
 #
 # Environment:
 #   STRATAFS_PJDFSTEST=1   same as --pjdfstest          STRATAFS_FSX=1   same as --fsx
 #   STRATAFS_PODMAN=0      skip the podman stage (scripts/podman.sh: rootful and rootless
 #                          podman with stratafs as mount_program; on by default)
 #   STRATAFS_TEST_TIMEOUT  seconds allowed to `cargo test` (default 1200)
+#   STRATAFS_CRASH_LOOPS   SIGKILL rounds of tests/crash_loop.rs (default 10; --crash-loops=50
+#                          for the full run); STRATAFS_CRASH_SEED repeats a run
 #   STRATAFS_FSX_OPS       operations per long fsx run (default 100000; the mapread run does a tenth)
 #   PJDFSTEST_CONFIG=FILE  pjdfstest config (default ../shared/testdata/pjdfstest-overlay.toml,
 #                          else tests/pjdfstest-overlay.toml)
@@ -39,7 +41,8 @@ for arg in "$@"; do
     --pjdfstest) run_pjdfstest_stage=1 ;;
     --fsx) run_fsx_stage=1 ;;
     --all) run_pjdfstest_stage=1 run_fsx_stage=1 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --crash-loops=*) export STRATAFS_CRASH_LOOPS="${arg#*=}" ;;
+    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $arg (try --help)" ;;
   esac
 done
@@ -50,9 +53,10 @@ section "Dependencies"
 # fuse3: /dev/fuse helpers; attr, acl: getfattr/setfacl used by tests; gcc, libc6-dev,
 # pkg-config: linking Rust binaries; fuse-overlayfs, unionfs-fuse, squashfs-tools: the
 # comparison and differential tests of later stages; podman buildah runc uidmap catatonit
-# busybox-static: the podman stage and tests/rootless.rs (newuidmap, a static image).
+# busybox-static: the podman stage and tests/rootless.rs (newuidmap, a static image);
+# e2fsprogs: the full-ext4-upper test.
 ensure_packages fuse3 attr acl gcc libc6-dev pkg-config fuse-overlayfs unionfs-fuse squashfs-tools squashfuse \
-  podman buildah runc uidmap catatonit busybox-static
+  podman buildah runc uidmap catatonit busybox-static e2fsprogs
 require_cargo
 ensure_fuse_device
 cargo --version

@@ -23,7 +23,7 @@ use crate::attr::Attr;
 use crate::copy_up::{remove_tree, tmp_name, CopyUp};
 use crate::error::{err, Error, Result};
 use crate::file::FileHandle;
-use crate::fs::{Caller, UnionFs, NAME_MAX};
+use crate::fs::{Caller, UnionFs};
 use crate::inode::{Kind, Loc, Node};
 use crate::layers::{ROOT_INO, UPPER};
 use crate::lookup::{self, marker};
@@ -73,8 +73,9 @@ fn lower_has_any(parent: &Loc, name: &OsStr, cname: &CStr) -> bool {
 }
 
 fn check_name(name: &OsStr) -> Result<CString> {
-    if name.len() > NAME_MAX {
-        return err(libc::ENAMETOOLONG);
+    crate::fs::check_component(name)?;
+    if name.as_bytes() == b"." || name.as_bytes() == b".." {
+        return err(libc::EINVAL);
     }
     if whiteout::is_marker_name(name) {
         // `.wh.*` names are layer markers; creating one would delete or hide something.
@@ -336,10 +337,7 @@ impl UnionFs {
 
     /// unlink(2) and rmdir(2).
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
-        if name.len() > NAME_MAX {
-            return err(libc::ENAMETOOLONG);
-        }
-        let cname = whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
         let ploc = pnode.loc();
         let found =
@@ -366,17 +364,37 @@ impl UnionFs {
         let updir = self.upper_dir_of(&pnode)?;
         let ploc = pnode.loc();
         let needs_whiteout = lower_positive(&ploc, name, &cname);
+        let node = self.inodes.get(found.ino).filter(|_| !dir);
+        let was_pinned = node.as_ref().map(|n| n.loc.read().pinned.clone());
         if !dir {
             self.pin_before_remove(found.ino, &ploc, found.top, &cname);
         }
+        let r = self.remove_real(&work, &updir, &cname, found.top, dir, needs_whiteout);
+        if let (Err(_), Some(node), Some(prev)) = (&r, node, was_pinned) {
+            // The name is still there (e.g. no space for the whiteout): unpin it.
+            node.loc.write().pinned = prev;
+        }
+        r
+    }
+
+    /// The branch side of `remove`: unlink/rmdir in the upper and/or a whiteout.
+    fn remove_real(
+        &self,
+        work: &OwnedFd,
+        updir: &OwnedFd,
+        cname: &CStr,
+        top: crate::layers::LayerId,
+        dir: bool,
+        needs_whiteout: bool,
+    ) -> Result<()> {
         let w = work.as_fd();
-        if found.top == UPPER {
+        if top == UPPER {
             if needs_whiteout {
                 // Swap a fresh whiteout in: one atomic step.
                 let wh = tmp_name();
                 make_whiteout(w, &wh)?;
                 let flags = if dir { libc::RENAME_EXCHANGE } else { 0 };
-                if let Err(e) = ops::renameat2(w, &wh, updir.as_fd(), &cname, flags) {
+                if let Err(e) = ops::renameat2(w, &wh, updir.as_fd(), cname, flags) {
                     let _ = ops::unlinkat(w, &wh, 0);
                     return Err(Error::io(e, "whiteout over upper entry"));
                 }
@@ -386,14 +404,14 @@ impl UnionFs {
             } else if dir {
                 // It may still hold whiteouts: move it out of sight, then empty it.
                 let t = tmp_name();
-                ops::renameat2(updir.as_fd(), &cname, w, &t, libc::RENAME_NOREPLACE)
+                ops::renameat2(updir.as_fd(), cname, w, &t, libc::RENAME_NOREPLACE)
                     .map_err(|e| Error::io(e, "rmdir"))?;
                 remove_tree(w, &t).map_err(|e| Error::io(e, "rmdir cleanup"))?;
             } else {
-                ops::unlinkat(updir.as_fd(), &cname, 0).map_err(|e| Error::io(e, "unlink"))?;
+                ops::unlinkat(updir.as_fd(), cname, 0).map_err(|e| Error::io(e, "unlink"))?;
             }
         } else {
-            make_whiteout(updir.as_fd(), &cname)?;
+            make_whiteout(updir.as_fd(), cname)?;
         }
         Ok(())
     }

@@ -23,6 +23,19 @@ use crate::readdir::{self, DirEntry};
 /// Longest name a directory entry may have.
 pub const NAME_MAX: usize = 255;
 
+/// A name the kernel may send as one path component: not empty, no `/` or NUL, at most
+/// NAME_MAX bytes. ("." and ".." pass; callers that create or remove refuse them.)
+pub fn check_component(name: &OsStr) -> Result<()> {
+    let b = name.as_bytes();
+    if b.len() > NAME_MAX {
+        return err(libc::ENAMETOOLONG);
+    }
+    if b.is_empty() || b.contains(&b'/') || b.contains(&0) {
+        return err(libc::EINVAL);
+    }
+    Ok(())
+}
+
 /// Who is asking (from the FUSE request header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
@@ -184,12 +197,23 @@ impl UnionFs {
 
     /// Resolves `name` in directory `parent` and counts one kernel reference on the result.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
-        if name.len() > NAME_MAX {
-            return err(libc::ENAMETOOLONG);
-        }
+        check_component(name)?;
         let pnode = self.node(parent)?;
         if !pnode.is_dir() {
             return err(libc::ENOTDIR);
+        }
+        // "." and ".." (FUSE_EXPORT_SUPPORT): the directory and its parent in the merged
+        // tree, never resolved on a branch (".." of a branch root is outside it).
+        let b = name.as_bytes();
+        if b == b"." || b == b".." {
+            let ino = if b == b"." || parent == ROOT_INO {
+                parent
+            } else {
+                pnode.loc.read().parent
+            };
+            let attr = self.getattr(ino, None)?;
+            self.inodes.count_lookup(ino);
+            return Ok(attr);
         }
         let ploc = pnode.loc();
         let found =
@@ -328,6 +352,14 @@ impl UnionFs {
             return self.getattr(e.ino, None);
         }
         self.lookup(dir, &e.name)
+    }
+
+    /// Is `ino` a directory merged from more than one layer? Its listing can change
+    /// without its own attributes changing (a lower layer gains an entry).
+    pub fn is_merged_dir(&self, ino: u64) -> bool {
+        self.inodes
+            .get(ino)
+            .is_some_and(|n| n.is_dir() && n.loc.read().dirs.len() > 1)
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -321,8 +321,11 @@ impl Filesystem for FuseAdapter {
             Ok(fh) => match self.backing_for(fh, ino.0, |fd| reply.open_backing(fd)) {
                 Some(b) => {
                     self.fs.set_passthrough(fh);
+                    // Recorded before the reply: the kernel may send RELEASE (on another
+                    // thread) as soon as it has the reply, and a backing id recorded after
+                    // that release would stay registered, holding the file, until unmount.
+                    self.handle_backing.insert(fh, b.clone());
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
-                    self.handle_backing.insert(fh, b);
                 }
                 // Without passthrough the file's data only changes through this daemon, so
                 // the page cache stays valid from one open to the next.
@@ -367,11 +370,16 @@ impl Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
             // The kernel may keep listings; it drops them itself when the directory changes
-            // through the mount.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            // through the mount, or when its mtime changes. A merged directory's mtime is
+            // its upper's, so with `timeout=` (branches may change underneath) its listing
+            // is only kept while this stream is open.
+            Ok(fh) => {
+                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                if self.ttl == DEFAULT_TTL || !self.fs.is_merged_dir(ino.0) {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => reply.error(errno("opendir", e)),
         }
     }
@@ -657,6 +665,8 @@ impl Filesystem for FuseAdapter {
             Ok((a, Some(fh))) => match self.backing_for(fh, a.ino, |fd| reply.open_backing(fd)) {
                 Some(bk) => {
                     self.fs.set_passthrough(fh);
+                    // Before the reply (see `open`).
+                    self.handle_backing.insert(fh, bk.clone());
                     reply.created_passthrough(
                         &self.ttl,
                         &fuse_attr(&a),
@@ -665,7 +675,6 @@ impl Filesystem for FuseAdapter {
                         FopenFlags::empty(),
                         &bk,
                     );
-                    self.handle_backing.insert(fh, bk);
                 }
                 None => reply.created(
                     &self.ttl,
