@@ -3,20 +3,24 @@
 # integration test (the integration tests mount filesystems, hence root), then the later
 # stages (pjdfstest, fsx) when they are switched on. CI runs this through .ci/run.
 #
-#   scripts/test.sh [--pjdfstest] [--fsx] [--all]   run as root from anywhere in the repository
+#   scripts/test.sh [--pjdfstest] [--fsx] [--all] [--crash-loops=N]   run as root, from anywhere
 #
 # Environment:
 #   STRATAFS_PJDFSTEST=1   same as --pjdfstest          STRATAFS_FSX=1   same as --fsx
+#   STRATAFS_PODMAN=0      skip the podman stage (scripts/podman.sh: rootful and rootless
+#                          podman with stratafs as mount_program; on by default)
 #   STRATAFS_TEST_TIMEOUT  seconds allowed to `cargo test` (default 1200)
+#   STRATAFS_CRASH_LOOPS   SIGKILL rounds of tests/crash_loop.rs (default 10; --crash-loops=50
+#                          for the full run); STRATAFS_CRASH_SEED repeats a run
 #   STRATAFS_FSX_OPS       operations per long fsx run (default 100000; the mapread run does a tenth)
 #   PJDFSTEST_CONFIG=FILE  pjdfstest config (default ../shared/testdata/pjdfstest-overlay.toml,
 #                          else tests/pjdfstest-overlay.toml)
-#   STRATAFS_BIN=PATH      mount PATH instead of target/release/stratafs in the pjdfstest and
-#                          fsx stages (to calibrate them against another implementation)
+#   STRATAFS_BIN=PATH      mount PATH instead of target/release/stratafs in the pjdfstest, fsx
+#                          and podman stages (to calibrate them against another implementation)
 #
 # Exit status: 0 only if every test that ran passed and no stratafs mount was left behind.
 # The last line is "summary: N passed, N failed, N skipped", counting cargo's tests plus one
-# entry per extra stage (pjdfstest, fsx, the left-over-mount check).
+# entry per extra stage (pjdfstest, fsx, podman, the left-over-mount check).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +32,7 @@ cd "$repo"
 # (STRATAFS_PJDFSTEST=0 / STRATAFS_FSX=0 skip them for a quick local run.)
 run_pjdfstest_stage=${STRATAFS_PJDFSTEST:-1}
 run_fsx_stage=${STRATAFS_FSX:-1}
+run_podman_stage=${STRATAFS_PODMAN:-1}
 PJDFSTEST_VERSION=0.2.2 # the version ../shared/testdata/pjdfstest-overlay.toml was calibrated with
 FSX_VERSION=0.2.0
 
@@ -36,7 +41,8 @@ for arg in "$@"; do
     --pjdfstest) run_pjdfstest_stage=1 ;;
     --fsx) run_fsx_stage=1 ;;
     --all) run_pjdfstest_stage=1 run_fsx_stage=1 ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --crash-loops=*) export STRATAFS_CRASH_LOOPS="${arg#*=}" ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $arg (try --help)" ;;
   esac
 done
@@ -46,8 +52,11 @@ require_root "scripts/test.sh"
 section "Dependencies"
 # fuse3: /dev/fuse helpers; attr, acl: getfattr/setfacl used by tests; gcc, libc6-dev,
 # pkg-config: linking Rust binaries; fuse-overlayfs, unionfs-fuse, squashfs-tools: the
-# comparison and differential tests of later stages.
-ensure_packages fuse3 attr acl gcc libc6-dev pkg-config fuse-overlayfs unionfs-fuse squashfs-tools squashfuse
+# comparison and differential tests of later stages; podman buildah runc uidmap catatonit
+# busybox-static: the podman stage and tests/rootless.rs (newuidmap, a static image);
+# e2fsprogs: the full-ext4-upper test.
+ensure_packages fuse3 attr acl gcc libc6-dev pkg-config fuse-overlayfs unionfs-fuse squashfs-tools squashfuse \
+  podman buildah runc uidmap catatonit busybox-static e2fsprogs
 require_cargo
 ensure_fuse_device
 cargo --version
@@ -210,6 +219,34 @@ if [ "$run_fsx_stage" = 1 ]; then
 else
   say "off (STRATAFS_FSX=0)"
   stage_result fsx skip "switched off by STRATAFS_FSX=0"
+fi
+
+# ---- podman with stratafs as mount_program (scripts/podman.sh), STRATAFS_PODMAN=0 skips ----
+run_podman() {
+  local log="$logs/podman.log" rc t0 summary
+  t0=$(date +%s)
+  set +e
+  STRATAFS_BIN="$bin" timeout --kill-after=30 600 "$repo/scripts/podman.sh" >"$log" 2>&1
+  rc=$?
+  set -e
+  grep -E '^(FAIL|SKIP|NOTE): ' "$log" || true
+  summary=$(grep '^podman: ' "$log" | tail -n 1 || true)
+  case "$rc" in
+    0) stage_result podman pass "$summary, rootful and rootless (run, commit, build) in $(($(date +%s) - t0)) s" ;;
+    77) stage_result podman skip "$(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
+    *)
+      tail -n 40 "$log"
+      stage_result podman fail "exit status $rc, ${summary:-no summary} (full log: $log)"
+      ;;
+  esac
+}
+
+section "podman"
+if [ "$run_podman_stage" = 1 ]; then
+  run_podman
+else
+  say "off (STRATAFS_PODMAN=0)"
+  stage_result podman skip "switched off by STRATAFS_PODMAN=0"
 fi
 
 section "Left-over mounts after the tests"

@@ -101,10 +101,14 @@ impl UnionFs {
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
         if let Some(h) = fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone())) {
             if h.ino == ino {
-                let st = sys::fstat(h.fd().as_fd())?;
+                let mut st = sys::fstat(h.fd().as_fd())?;
                 if h.data_only {
                     // A metacopy file's handle is on the data; the metadata is the node's.
                 } else {
+                    if self.read_levels.iter().any(Option::is_some) {
+                        let layer = self.node(ino).map(|n| n.loc.read().top).unwrap_or(0);
+                        self.show_override(&mut st, layer, h.fd().as_fd(), c"");
+                    }
                     return Ok(self.attr(&st, ino, false));
                 }
             }
@@ -113,6 +117,7 @@ impl UnionFs {
         let real = self.real(&node)?;
         let mut st =
             sys::fstatat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "getattr"))?;
+        self.show_override(&mut st, real.loc.top, real.dir.as_fd(), &real.name);
         if let Some(data) = &real.loc.data {
             if let Ok(d) = sys::fstat(data.as_fd()) {
                 st.st_blocks = d.st_blocks;
@@ -165,6 +170,12 @@ impl UnionFs {
     /// One xattr of the topmost real entry; overlay markers do not exist, and names in the
     /// overlay namespace are escaped as the kernel does (see `whiteout::xattr_to_real`).
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if self.noxattrs {
+            return err(libc::ENOTSUP);
+        }
+        if self.is_override_xattr(name.as_bytes()) {
+            return err(libc::ENODATA);
+        }
         let real_name =
             whiteout::xattr_to_real(name.as_bytes()).ok_or_else(|| Error::errno(libc::ENODATA))?;
         let cname = std::ffi::CString::new(real_name).map_err(|_| Error::errno(libc::EINVAL))?;
@@ -179,11 +190,32 @@ impl UnionFs {
 
     /// The visible xattr names of the topmost real entry, NUL-separated.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        if self.noxattrs {
+            return err(libc::ENOTSUP);
+        }
         let node = self.node(ino)?;
         let real = self.real(&node)?;
         let list =
             xattr::list(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "listxattr"))?;
-        Ok(whiteout::filter_xattr_list(&list))
+        let shown = whiteout::filter_xattr_list(&list);
+        if self.override_level.is_none() {
+            return Ok(shown);
+        }
+        let mut out = Vec::with_capacity(shown.len());
+        for n in shown.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !self.is_override_xattr(n) {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// With `xattr_permissions`, the override names are the mount's own: hidden, and not
+    /// settable (a user could otherwise make a file show as root's and setuid).
+    fn is_override_xattr(&self, name: &[u8]) -> bool {
+        self.override_level
+            .is_some_and(|l| l.is_override_name(name))
     }
 
     /// POSIX permission check of `mask` (R_OK/W_OK/X_OK) for `caller` against the mode
@@ -239,6 +271,10 @@ impl UnionFs {
         if s.size.is_some() && node.kind == Kind::Dir {
             return err(libc::EISDIR);
         }
+        // Ids given through the mount are stored mapped (uidmapping=/gidmapping=); one no
+        // range covers is refused before anything is copied up.
+        let uid = s.uid.map(|u| self.ids.uids.to_outer(u)).transpose()?;
+        let gid = s.gid.map(|g| self.ids.gids.to_outer(g)).transpose()?;
         let want = match s.size {
             Some(0) => CopyUp::Empty,
             Some(_) => CopyUp::Data,
@@ -247,17 +283,16 @@ impl UnionFs {
         self.copy_up(&node, want)?;
         let real = self.real(&node)?;
         let (dir, name) = (real.dir.as_fd(), real.name.as_c_str());
-        if s.uid.is_some() || s.gid.is_some() {
-            ops::fchownat(
-                dir,
-                name,
-                s.uid.unwrap_or(u32::MAX),
-                s.gid.unwrap_or(u32::MAX),
-            )
-            .map_err(|e| Error::io(e, "chown"))?;
-        }
-        if let Some(mode) = s.mode {
-            ops::fchmodat(dir, name, mode & 0o7777).map_err(|e| Error::io(e, "chmod"))?;
+        let overridden = (uid.is_some() || gid.is_some() || s.mode.is_some())
+            && self.set_override(dir, name, uid, gid, s.mode)?;
+        if !overridden {
+            if uid.is_some() || gid.is_some() {
+                ops::fchownat(dir, name, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
+                    .map_err(|e| Error::io(e, "chown"))?;
+            }
+            if let Some(mode) = s.mode {
+                ops::fchmodat(dir, name, mode & 0o7777).map_err(|e| Error::io(e, "chmod"))?;
+            }
         }
         if let Some(size) = s.size {
             let h =
@@ -287,6 +322,56 @@ impl UnionFs {
         self.getattr(ino, None)
     }
 
+    /// With `xattr_permissions`: chown/chmod of the (upper) `dir/name` rewrite its override
+    /// instead of the real owner and mode. False where no override applies (no option, or
+    /// a type that cannot carry the xattr): the caller changes the real entry then.
+    fn set_override(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: Option<u32>,
+    ) -> Result<bool> {
+        use crate::override_stat::{self as ov, Override};
+        let Some(level) = self.override_level else {
+            return Ok(false);
+        };
+        let st = sys::fstatat(dir, name).map_err(|e| Error::io(e, "getattr"))?;
+        let mut o = ov::read(level, dir, name).unwrap_or_else(|| Override::from_stat(&st));
+        let mut shown = st;
+        o.apply(&mut shown);
+        if let Some(u) = uid {
+            o.uid = u;
+        }
+        if let Some(g) = gid {
+            o.gid = g;
+        }
+        if let Some(m) = mode {
+            o.mode = m & 0o7777;
+        } else if (uid.is_some() || gid.is_some()) && shown.st_mode & libc::S_IFMT != libc::S_IFDIR
+        {
+            // chown clears setuid, and setgid where it means "group-executable", as the
+            // kernel does for a real chown.
+            o.mode &= !libc::S_ISUID;
+            if o.mode & 0o010 != 0 {
+                o.mode &= !libc::S_ISGID;
+            }
+        }
+        match ov::write(level, dir, name, &o) {
+            Ok(()) => Ok(true),
+            // user.* xattrs cannot go on symlinks, pipes, sockets or devices.
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTSUP))
+                    && st.st_mode & libc::S_IFMT != libc::S_IFREG
+                    && st.st_mode & libc::S_IFMT != libc::S_IFDIR =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::io(e, "set owner override")),
+        }
+    }
+
     /// setxattr on the entry's upper copy. Overlay-private names are refused.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         self.change_xattr(ino, name, Some((value, flags)))
@@ -297,6 +382,12 @@ impl UnionFs {
     }
 
     fn change_xattr(&self, ino: u64, name: &OsStr, set: Option<(&[u8], i32)>) -> Result<()> {
+        if self.noxattrs {
+            return err(libc::ENOTSUP);
+        }
+        if self.is_override_xattr(name.as_bytes()) {
+            return err(libc::EPERM);
+        }
         let real_name =
             whiteout::xattr_to_real(name.as_bytes()).ok_or_else(|| Error::errno(libc::EPERM))?;
         if self.read_only {

@@ -245,7 +245,16 @@ impl UnionFs {
         };
         let tmp = tmp_name();
         let w = work.as_fd();
-        let staged = self.stage_copy(node.kind, &src, &st, w, &tmp, want, meta_only);
+        // The real type (an owner override may show a regular file as a device).
+        let staged = self.stage_copy(
+            Kind::from_mode(st.st_mode),
+            &src,
+            &st,
+            w,
+            &tmp,
+            want,
+            meta_only,
+        );
         if let Err(e) = staged {
             let _ = remove_tree(w, &tmp);
             return Err(e);
@@ -381,7 +390,34 @@ impl UnionFs {
             }
         }
         copy_xattrs(src.dir.as_fd(), &src.name, w, tmp)?;
-        copy_meta(w, tmp, st)?;
+        let mut meta = *st;
+        match (self.override_level, self.read_level(src.loc.top)) {
+            (Some(level), _) => {
+                // An override under an older name (not copied: it is a marker prefix)
+                // moves to the current one.
+                let current = xattr::get(w, tmp, level.xattr()).ok().flatten();
+                if current.is_none() {
+                    if let Some(o) = crate::override_stat::read(level, src.dir.as_fd(), &src.name) {
+                        let _ = crate::override_stat::write(level, w, tmp, &o);
+                    }
+                }
+            }
+            (None, Some(level)) => {
+                // A lower marked at its root, without xattr_permissions: the upper keeps
+                // real owners, so the override becomes the copy's real owner and mode (as
+                // fuse-overlayfs does) and is not carried along.
+                if let Some(o) = crate::override_stat::read(level, src.dir.as_fd(), &src.name) {
+                    meta.st_uid = o.uid;
+                    meta.st_gid = o.gid;
+                    meta.st_mode = (meta.st_mode & libc::S_IFMT) | o.mode;
+                }
+                for n in level.read_names() {
+                    let _ = xattr::remove(w, tmp, n);
+                }
+            }
+            (None, None) => {}
+        }
+        copy_meta(w, tmp, &meta)?;
         let _ = xattr::set(w, tmp, &origin, b"", 0);
         copy_times(w, tmp, st)
     }

@@ -23,7 +23,7 @@ use crate::attr::Attr;
 use crate::copy_up::{remove_tree, tmp_name, CopyUp};
 use crate::error::{err, Error, Result};
 use crate::file::FileHandle;
-use crate::fs::{Caller, UnionFs, NAME_MAX};
+use crate::fs::{Caller, UnionFs};
 use crate::inode::{Kind, Loc, Node};
 use crate::layers::{ROOT_INO, UPPER};
 use crate::lookup::{self, marker};
@@ -73,8 +73,9 @@ fn lower_has_any(parent: &Loc, name: &OsStr, cname: &CStr) -> bool {
 }
 
 fn check_name(name: &OsStr) -> Result<CString> {
-    if name.len() > NAME_MAX {
-        return err(libc::ENAMETOOLONG);
+    crate::fs::check_component(name)?;
+    if name.as_bytes() == b"." || name.as_bytes() == b".." {
+        return err(libc::EINVAL);
     }
     if whiteout::is_marker_name(name) {
         // `.wh.*` names are layer markers; creating one would delete or hide something.
@@ -211,10 +212,20 @@ impl UnionFs {
                     file = Some(f);
                 }
             }
-            ops::fchownat(w, &tmp, owner_uid, owner_gid)
-                .map_err(|e| Error::io(e, "chown new entry"))?;
+            // With xattr_permissions the owner and mode live in the override; the real
+            // entry stays the daemon's, owner-accessible, never setuid/setgid.
+            let overridden = self.override_new_entry(w, &tmp, owner_uid, owner_gid, perm)?;
+            if !overridden {
+                ops::fchownat(w, &tmp, owner_uid, owner_gid)
+                    .map_err(|e| Error::io(e, "chown new entry"))?;
+            }
             if !matches!(kind, NewKind::Symlink(_)) {
-                ops::fchmodat(w, &tmp, perm).map_err(|e| Error::io(e, "chmod new entry"))?;
+                let real_perm = if overridden {
+                    (perm & 0o777) | 0o700
+                } else {
+                    perm
+                };
+                ops::fchmodat(w, &tmp, real_perm).map_err(|e| Error::io(e, "chmod new entry"))?;
                 for (attr, acl) in [
                     (acl::ACCESS_XATTR, &inherited.access),
                     (acl::DEFAULT_XATTR, &inherited.default),
@@ -248,8 +259,52 @@ impl UnionFs {
         Ok((attr, fh))
     }
 
+    /// Writes the override of a new entry (`xattr_permissions`); false where none applies
+    /// (no option, or a type that cannot carry the xattr).
+    fn override_new_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        uid: u32,
+        gid: u32,
+        perm: u32,
+    ) -> Result<bool> {
+        let Some(level) = self.override_level else {
+            return Ok(false);
+        };
+        let o = crate::override_stat::Override {
+            uid,
+            gid,
+            mode: perm & 0o7777,
+            kind: None,
+        };
+        match crate::override_stat::write(level, dir, name, &o) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTSUP)) => {
+                let st = sys::fstatat(dir, name).map_err(|e| Error::io(e, "stat new entry"))?;
+                let fmt = st.st_mode & libc::S_IFMT;
+                if fmt == libc::S_IFREG || fmt == libc::S_IFDIR {
+                    Err(Error::io(e, "set owner override"))
+                } else {
+                    Ok(false) // user.* xattrs cannot go on symlinks, pipes or devices
+                }
+            }
+            Err(e) => Err(Error::io(e, "set owner override")),
+        }
+    }
+
     /// link(2): a new name `newname` in `newparent` for `ino` (copied up first).
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+    ///
+    /// A file with several names shows its upper number, so linking a lower (or copied-up)
+    /// file changes the number its existing name shows. The kernel keeps that name's old
+    /// inode (and link count) cached, so the second value names the (parent, name) whose
+    /// cached entry must be dropped for both names to show one inode.
+    pub fn link(
+        &self,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> Result<(Attr, Option<(u64, std::ffi::OsString)>)> {
         let cname = check_name(newname)?;
         let node = self.node(ino)?;
         if node.is_dir() {
@@ -272,15 +327,17 @@ impl UnionFs {
             let _ = ops::unlinkat(work.as_fd(), &tmp, 0);
             return Err(e);
         }
-        self.lookup(newparent, newname)
+        let attr = self.lookup(newparent, newname)?;
+        let stale = (attr.ino != ino).then(|| {
+            let loc = node.loc();
+            (loc.parent, loc.name)
+        });
+        Ok((attr, stale))
     }
 
     /// unlink(2) and rmdir(2).
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
-        if name.len() > NAME_MAX {
-            return err(libc::ENAMETOOLONG);
-        }
-        let cname = whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
         let ploc = pnode.loc();
         let mut found =
@@ -308,20 +365,40 @@ impl UnionFs {
         let updir = self.upper_dir_of(&pnode)?;
         let ploc = pnode.loc();
         let needs_whiteout = lower_positive(&ploc, name, &cname);
+        let node = self.inodes.get(found.ino).filter(|_| !dir);
+        let was_pinned = node.as_ref().map(|n| n.loc.read().pinned.clone());
         if !dir {
             self.pin_before_remove(found.ino, &ploc, found.top, &cname);
             if found.top == UPPER {
                 self.drop_number(updir.as_fd(), &cname);
             }
         }
+        let r = self.remove_real(&work, &updir, &cname, found.top, dir, needs_whiteout);
+        if let (Err(_), Some(node), Some(prev)) = (&r, node, was_pinned) {
+            // The name is still there (e.g. no space for the whiteout): unpin it.
+            node.loc.write().pinned = prev;
+        }
+        r
+    }
+
+    /// The branch side of `remove`: unlink/rmdir in the upper and/or a whiteout.
+    fn remove_real(
+        &self,
+        work: &OwnedFd,
+        updir: &OwnedFd,
+        cname: &CStr,
+        top: crate::layers::LayerId,
+        dir: bool,
+        needs_whiteout: bool,
+    ) -> Result<()> {
         let w = work.as_fd();
-        if found.top == UPPER {
+        if top == UPPER {
             if needs_whiteout {
                 // Swap a fresh whiteout in: one atomic step.
                 let wh = tmp_name();
                 make_whiteout(w, &wh)?;
                 let flags = if dir { libc::RENAME_EXCHANGE } else { 0 };
-                if let Err(e) = ops::renameat2(w, &wh, updir.as_fd(), &cname, flags) {
+                if let Err(e) = ops::renameat2(w, &wh, updir.as_fd(), cname, flags) {
                     let _ = ops::unlinkat(w, &wh, 0);
                     return Err(Error::io(e, "whiteout over upper entry"));
                 }
@@ -331,14 +408,14 @@ impl UnionFs {
             } else if dir {
                 // It may still hold whiteouts: move it out of sight, then empty it.
                 let t = tmp_name();
-                ops::renameat2(updir.as_fd(), &cname, w, &t, libc::RENAME_NOREPLACE)
+                ops::renameat2(updir.as_fd(), cname, w, &t, libc::RENAME_NOREPLACE)
                     .map_err(|e| Error::io(e, "rmdir"))?;
                 remove_tree(w, &t).map_err(|e| Error::io(e, "rmdir cleanup"))?;
             } else {
-                ops::unlinkat(updir.as_fd(), &cname, 0).map_err(|e| Error::io(e, "unlink"))?;
+                ops::unlinkat(updir.as_fd(), cname, 0).map_err(|e| Error::io(e, "unlink"))?;
             }
         } else {
-            make_whiteout(updir.as_fd(), &cname)?;
+            make_whiteout(updir.as_fd(), cname)?;
         }
         Ok(())
     }

@@ -23,6 +23,19 @@ use crate::readdir::{self, DirEntry};
 /// Longest name a directory entry may have.
 pub const NAME_MAX: usize = 255;
 
+/// A name the kernel may send as one path component: not empty, no `/` or NUL, at most
+/// NAME_MAX bytes. ("." and ".." pass; callers that create or remove refuse them.)
+pub fn check_component(name: &OsStr) -> Result<()> {
+    let b = name.as_bytes();
+    if b.len() > NAME_MAX {
+        return err(libc::ENAMETOOLONG);
+    }
+    if b.is_empty() || b.contains(&b'/') || b.contains(&0) {
+        return err(libc::EINVAL);
+    }
+    Ok(())
+}
+
 /// Who is asking (from the FUSE request header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
@@ -97,6 +110,15 @@ pub struct UnionFs {
     /// cache would then hold two nodes for one file, one of them naming a stale place.
     /// One number per upper file for the life of the mount prevents that.
     pub(crate) renumbered: DashMap<(u64, u64), u64>,
+    /// `writeback=0`: the writeback cache must not be negotiated.
+    pub no_writeback: bool,
+    /// `xattr_permissions=1|2`: owner and mode overrides in an xattr (override_stat.rs).
+    pub override_level: Option<crate::override_stat::Level>,
+    /// Where overrides are shown, by layer id: every layer with `xattr_permissions`, else
+    /// the lowers whose root carries one (as fuse-overlayfs).
+    pub(crate) read_levels: Vec<Option<crate::override_stat::Level>>,
+    /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
+    pub noxattrs: bool,
 }
 
 impl UnionFs {
@@ -112,6 +134,17 @@ impl UnionFs {
             pinned: None,
         };
         let read_only = !cfg.writable();
+        let mut read_levels = vec![cfg.xattr_permissions];
+        for l in &layers.lowers {
+            let detected = crate::override_stat::detect(std::os::fd::AsFd::as_fd(&*l.root));
+            if cfg.xattr_permissions.is_none() && detected.is_some() {
+                log::info!(
+                    "lowerdir {}: its root carries an owner override; showing its overrides",
+                    l.path.display()
+                );
+            }
+            read_levels.push(cfg.xattr_permissions.or(detected));
+        }
         let work = match (&layers.work, read_only) {
             (Some(w), false) => Some(Arc::new(crate::copy_up::prepare_staging(
                 std::os::fd::AsFd::as_fd(&**w),
@@ -123,7 +156,11 @@ impl UnionFs {
             volatile: cfg.volatile,
             metacopy: cfg.metacopy,
             ids: cfg.ids.clone(),
-            acl: !cfg.noacl,
+            acl: !cfg.noacl && !cfg.noxattrs,
+            no_writeback: cfg.no_writeback,
+            override_level: cfg.xattr_permissions,
+            read_levels,
+            noxattrs: cfg.noxattrs,
             static_nlink: cfg.static_nlink,
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
@@ -197,20 +234,44 @@ impl UnionFs {
 
     /// Resolves `name` in directory `parent` and counts one kernel reference on the result.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
-        if name.len() > NAME_MAX {
-            return err(libc::ENAMETOOLONG);
-        }
+        check_component(name)?;
         let pnode = self.node(parent)?;
         if !pnode.is_dir() {
             return err(libc::ENOTDIR);
+        }
+        // "." and ".." (FUSE_EXPORT_SUPPORT): the directory and its parent in the merged
+        // tree, never resolved on a branch (".." of a branch root is outside it).
+        let b = name.as_bytes();
+        if b == b"." || b == b".." {
+            let ino = if b == b"." || parent == ROOT_INO {
+                parent
+            } else {
+                pnode.loc.read().parent
+            };
+            let attr = self.getattr(ino, None)?;
+            self.inodes.count_lookup(ino);
+            return Ok(attr);
         }
         let ploc = pnode.loc();
         let mut found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
         self.settle_number(&mut found);
         let merged = found.merged();
-        let attr = self.attr(&found.st, found.ino, merged);
-        let kind = Kind::from_mode(found.st.st_mode);
+        let mut st = found.st;
+        if self.read_level(found.top).is_some() {
+            let real_dir = if found.is_dir() {
+                found.dirs.first().map(|(_, fd)| fd.clone())
+            } else {
+                ploc.dir_in(found.top)
+            };
+            let cname = CString::new(name.as_bytes()).map_err(|_| Error::errno(libc::EINVAL))?;
+            if let Some(d) = real_dir {
+                let n: &std::ffi::CStr = if found.is_dir() { c"." } else { &cname };
+                self.show_override(&mut st, found.top, std::os::fd::AsFd::as_fd(&*d), n);
+            }
+        }
+        let attr = self.attr(&st, found.ino, merged);
+        let kind = Kind::from_mode(st.st_mode);
         let loc = Loc {
             parent,
             name: name.to_os_string(),
@@ -230,6 +291,38 @@ impl UnionFs {
             ));
         }
         Ok(attr)
+    }
+
+    /// Which override xattr entries of `layer` show, if any.
+    pub(crate) fn read_level(
+        &self,
+        layer: crate::layers::LayerId,
+    ) -> Option<crate::override_stat::Level> {
+        self.read_levels.get(layer).copied().flatten()
+    }
+
+    /// With `xattr_permissions` (or a lower marked at its root), shows the owner/mode
+    /// override of `dir/name` (an entry of `layer`) in `st`.
+    pub(crate) fn show_override(
+        &self,
+        st: &mut crate::sys::Stat,
+        layer: crate::layers::LayerId,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+    ) {
+        let Some(level) = self.read_level(layer) else {
+            return;
+        };
+        let fmt = st.st_mode & libc::S_IFMT;
+        if level == crate::override_stat::Level::Containers
+            && fmt != libc::S_IFREG
+            && fmt != libc::S_IFDIR
+        {
+            return; // user.* xattrs exist only on regular files and directories
+        }
+        if let Some(o) = crate::override_stat::read(level, dir, name) {
+            o.apply(st);
+        }
     }
 
     /// Attributes as shown through the mount: from a real stat, ids mapped.
@@ -281,11 +374,12 @@ impl UnionFs {
             } else {
                 loc.parent
             };
-            *listing = Some(Arc::new(readdir::list(
+            *listing = Some(Arc::new(readdir::list_with(
                 &self.layers,
                 &loc,
                 ino,
                 parent_ino,
+                &self.read_levels,
             )?));
         }
         listing.clone().ok_or_else(|| Error::errno(libc::EIO))
@@ -299,6 +393,14 @@ impl UnionFs {
             return self.getattr(e.ino, None);
         }
         self.lookup(dir, &e.name)
+    }
+
+    /// Is `ino` a directory merged from more than one layer? Its listing can change
+    /// without its own attributes changing (a lower layer gains an entry).
+    pub fn is_merged_dir(&self, ino: u64) -> bool {
+        self.inodes
+            .get(ino)
+            .is_some_and(|n| n.is_dir() && n.loc.read().dirs.len() > 1)
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -23,7 +23,7 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use log::{debug, info};
+use log::{debug, info, warn};
 
 use crate::attr::{Attr, SetAttr};
 use crate::dir::NewKind;
@@ -57,6 +57,8 @@ pub struct FuseAdapter {
     /// of a lower file racing with a copy-up could be served here while the writer got
     /// passthrough.
     open_locks: Vec<Mutex<()>>,
+    /// The session's notifier, set once the session exists (for cache invalidations).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl FuseAdapter {
@@ -68,6 +70,34 @@ impl FuseAdapter {
             backings: Mutex::new(HashMap::new()),
             handle_backing: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            notifier: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Where the mount code puts the session's notifier once the session exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Tells the kernel to drop its cached entry `name` in `parent`. From another thread:
+    /// the kernel takes the directory's lock, which the request just answered (or another
+    /// one waiting for a worker) may still hold; waits up to 200 ms for it, so the caller
+    /// of the request normally sees the new entry at once, without ever deadlocking.
+    fn invalidate_entry(&self, parent: u64, name: std::ffi::OsString) {
+        let Some(n) = self.notifier.get().cloned() else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("inval".into())
+            .spawn(move || {
+                if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
+                    debug!("inval_entry {parent:#x} {name:?}: {e}");
+                }
+                let _ = tx.send(());
+            });
+        if spawned.is_ok() {
+            let _ = rx.recv_timeout(Duration::from_millis(200));
         }
     }
 
@@ -235,6 +265,8 @@ impl Filesystem for FuseAdapter {
         {
             self.passthrough.store(true, Ordering::Relaxed);
             debug!("init: FUSE_PASSTHROUGH granted: upper files do I/O in the kernel");
+        } else if self.fs.no_writeback {
+            warn!("init: writeback=0 and passthrough not usable here: all I/O goes through the daemon");
         } else if config.add_capabilities(F::FUSE_WRITEBACK_CACHE).is_ok() {
             self.fs.set_writeback_cache(true);
             info!("init: passthrough not usable here; writeback cache granted instead");
@@ -297,8 +329,11 @@ impl Filesystem for FuseAdapter {
             Ok(fh) => match self.backing_for(fh, ino.0, |fd| reply.open_backing(fd)) {
                 Some(b) => {
                     self.fs.set_passthrough(fh);
+                    // Recorded before the reply: the kernel may send RELEASE (on another
+                    // thread) as soon as it has the reply, and a backing id recorded after
+                    // that release would stay registered, holding the file, until unmount.
+                    self.handle_backing.insert(fh, b.clone());
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
-                    self.handle_backing.insert(fh, b);
                 }
                 // Without passthrough the file's data only changes through this daemon, so
                 // the page cache stays valid from one open to the next.
@@ -572,7 +607,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         match self.fs.link(ino.0, newparent.0, newname) {
-            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Ok((a, stale)) => {
+                reply.entry(&self.ttl, &fuse_attr(&a), Generation(0));
+                if let Some((parent, name)) = stale {
+                    self.invalidate_entry(parent, name);
+                }
+            }
             Err(e) => reply.error(errno("link", e)),
         }
     }
@@ -631,6 +671,8 @@ impl Filesystem for FuseAdapter {
             Ok((a, Some(fh))) => match self.backing_for(fh, a.ino, |fd| reply.open_backing(fd)) {
                 Some(bk) => {
                     self.fs.set_passthrough(fh);
+                    // Before the reply (see `open`).
+                    self.handle_backing.insert(fh, bk.clone());
                     reply.created_passthrough(
                         &self.ttl,
                         &fuse_attr(&a),
@@ -639,7 +681,6 @@ impl Filesystem for FuseAdapter {
                         FopenFlags::empty(),
                         &bk,
                     );
-                    self.handle_backing.insert(fh, bk);
                 }
                 None => reply.created(
                     &self.ttl,

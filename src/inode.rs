@@ -226,6 +226,13 @@ impl InodeTable {
         }
     }
 
+    /// One more kernel reference to a node already in the table (lookup of "." / "..").
+    pub fn count_lookup(&self, ino: u64) {
+        if ino != ROOT_INO {
+            self.add_ref(ino);
+        }
+    }
+
     fn add_ref(&self, ino: u64) {
         if let Some(n) = self.nodes.get(&ino) {
             *n.refs.lock() += 1;

@@ -21,6 +21,7 @@ pub mod layers;
 pub mod lookup;
 pub mod mount;
 pub mod options;
+pub mod override_stat;
 pub mod readdir;
 pub mod sys;
 pub mod whiteout;

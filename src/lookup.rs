@@ -75,6 +75,21 @@ enum Target {
     Path(Vec<CString>),
 }
 
+/// The target of a redirect marker, if any. A redirect with a "." or ".." component
+/// would lead out of the layer (`/../..` from its root): refused with EACCES, as the
+/// kernel's own name lookup refuses those components.
+fn redirect_target(v: Option<&[u8]>) -> Result<Option<Target>> {
+    let Some(v) = v else { return Ok(None) };
+    if v.split(|&b| b == b'/').any(|c| c == b"." || c == b"..") {
+        log::debug!(
+            "lookup: redirect {:?} has a . or .. component; refused",
+            String::from_utf8_lossy(v)
+        );
+        return Err(Error::errno(libc::EACCES));
+    }
+    Ok(parse_redirect(v))
+}
+
 fn parse_redirect(v: &[u8]) -> Option<Target> {
     if v.is_empty() {
         return None;
@@ -201,7 +216,7 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                         if opaque {
                             break 'layers;
                         }
-                        if let Some(t) = redirect.as_deref().and_then(parse_redirect) {
+                        if let Some(t) = redirect_target(redirect.as_deref())? {
                             target = t;
                             continue 'layers;
                         }
@@ -229,7 +244,7 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                         if !want_origin && !metacopy {
                             break 'layers;
                         }
-                        if let Some(t) = redirect.as_deref().and_then(parse_redirect) {
+                        if let Some(t) = redirect_target(redirect.as_deref())? {
                             target = t;
                             continue 'layers;
                         }
@@ -252,7 +267,7 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                     if opaque {
                         break 'layers;
                     }
-                    if let Some(t) = redirect.as_deref().and_then(parse_redirect) {
+                    if let Some(t) = redirect_target(redirect.as_deref())? {
                         target = t;
                         continue 'layers;
                     }

@@ -83,6 +83,12 @@ pub struct Config {
     pub metacopy: bool,
     /// uid/gid mapping and squashing (`uidmapping=`, `gidmapping=`, `squash_to_*`).
     pub ids: crate::ids::Ids,
+    /// `xattr_permissions=1|2`: ownership and mode overrides kept in an xattr.
+    pub xattr_permissions: Option<crate::override_stat::Level>,
+    /// `noxattrs=1`: no xattrs through the mount (ENOTSUP), as fuse-overlayfs's option.
+    pub noxattrs: bool,
+    /// `writeback=0`: never negotiate the kernel's writeback cache.
+    pub no_writeback: bool,
 }
 
 /// One line of `--help`, and one entry of the man page's OPTIONS section.
@@ -283,9 +289,24 @@ pub const OPTIONS: &[OptionDoc] = &[
         "directories report one link (saves counting; as fuse-overlayfs)",
     ),
     doc(
+        "xattr_permissions",
+        "xattr_permissions=0|1|2",
+        "owner/mode overrides in an xattr: 1 security.fuseoverlayfs.*, 2 user.containers.*",
+    ),
+    doc(
+        "noxattrs",
+        "noxattrs=0|1",
+        "noxattrs=1: xattr calls through the mount fail with ENOTSUP",
+    ),
+    doc(
+        "writeback",
+        "writeback=0|1",
+        "writeback=0: never use the kernel's writeback cache (default 1)",
+    ),
+    doc(
         "fast_ino",
-        "fast_ino=, xattr_permissions=",
-        "fuse-overlayfs tuning: accepted and logged",
+        "fast_ino=0|1",
+        "fuse-overlayfs tuning: accepted and logged (inode numbers are always stable)",
     ),
     doc(
         "defaults",
@@ -571,6 +592,28 @@ impl Parser {
                 _ => return Err(bad("option fsync= takes 0 or 1")),
             },
             "static_nlink" => cfg.static_nlink = true,
+            "xattr_permissions" => {
+                let v = text(&need(value)?);
+                cfg.xattr_permissions = v
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(crate::override_stat::Level::from_option)
+                    .ok_or_else(|| {
+                        bad(format!("option xattr_permissions={v}: expected 0, 1 or 2"))
+                    })?;
+            }
+            "noxattrs" | "writeback" => {
+                let on = match value {
+                    None | Some(b"1") => true,
+                    Some(b"0") => false,
+                    _ => return Err(bad(format!("option {key}= takes 0 or 1"))),
+                };
+                if key == "noxattrs" {
+                    cfg.noxattrs = on;
+                } else {
+                    cfg.no_writeback = !on;
+                }
+            }
             "userxattr" => cfg.userxattr = true,
             "noacl" => cfg.noacl = true,
             "acl" => cfg.noacl = false,
@@ -648,8 +691,8 @@ impl Parser {
             | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner"
             | "group" | "_netdev" | "nofail" | "defaults" | "context" | "fscontext"
             | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export" | "xino"
-            | "redirect_dir" | "uuid" | "fast_ino" | "xattr_permissions" | "large_read"
-            | "big_writes" | "kernel_cache" | "auto_cache" | "noforget" => {
+            | "redirect_dir" | "uuid" | "fast_ino" | "large_read" | "big_writes"
+            | "kernel_cache" | "auto_cache" | "noforget" => {
                 cfg.ignored.push(text(item));
             }
             k if k.starts_with("x-") || k == "comment" => cfg.ignored.push(text(item)),
@@ -1136,6 +1179,43 @@ mod tests {
         assert_eq!((c.ids.squash_uid, c.ids.squash_gid), (Some(7), None));
         let c = cfg(&["-o", "lowerdir=/a,squash_to_root", "/m"]);
         assert_eq!((c.ids.squash_uid, c.ids.squash_gid), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn fuse_overlayfs_xattr_and_cache_options() {
+        use crate::override_stat::Level;
+        let c = cfg(&["-o", "lowerdir=/a", "/m"]);
+        assert!(c.xattr_permissions.is_none() && !c.noxattrs && !c.no_writeback);
+        let c = cfg(&[
+            "-o",
+            "lowerdir=/a,xattr_permissions=2,noxattrs=1,writeback=0",
+            "/m",
+        ]);
+        assert_eq!(c.xattr_permissions, Some(Level::Containers));
+        assert!(c.noxattrs && c.no_writeback);
+        let c = cfg(&[
+            "-o",
+            "lowerdir=/a,xattr_permissions=1,noxattrs=0,writeback=1",
+            "/m",
+        ]);
+        assert_eq!(c.xattr_permissions, Some(Level::Privileged));
+        assert!(!c.noxattrs && !c.no_writeback);
+        assert!(cfg(&["-o", "lowerdir=/a,noxattrs", "/m"]).noxattrs);
+        assert!(cfg(&["-o", "lowerdir=/a,xattr_permissions=0", "/m"])
+            .xattr_permissions
+            .is_none());
+        let c = cfg(&["-o", "lowerdir=/a,fast_ino=1", "/m"]);
+        assert!(c.ignored.contains(&"fast_ino=1".to_string()));
+        for bad in [
+            "xattr_permissions=3",
+            "xattr_permissions=",
+            "noxattrs=yes",
+            "writeback=2",
+        ] {
+            let key = bad.split('=').next().unwrap_or_default();
+            let e = err(&["-o", &format!("lowerdir=/a,{bad}"), "/m"]);
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -28,6 +28,19 @@ pub struct DirEntry {
 /// Lists the merged directory `dir` (whose own number is `ino`, its parent's `parent_ino`).
 /// `.` and `..` come first.
 pub fn list(layers: &Layers, dir: &Loc, ino: u64, parent_ino: u64) -> Result<Vec<DirEntry>> {
+    list_with(layers, dir, ino, parent_ino, &[])
+}
+
+/// [`list`], with the entry types an owner override shows (`overrides`: the level read in
+/// each layer, by id): a regular file carrying a device, pipe or socket type is listed as
+/// one, as lookup shows it.
+pub fn list_with(
+    layers: &Layers,
+    dir: &Loc,
+    ino: u64,
+    parent_ino: u64,
+    overrides: &[Option<crate::override_stat::Level>],
+) -> Result<Vec<DirEntry>> {
     let mut out = vec![
         DirEntry {
             name: ".".into(),
@@ -81,7 +94,14 @@ pub fn list(layers: &Layers, dir: &Loc, ino: u64, parent_ino: u64) -> Result<Vec
                 }
                 kind = Some(Kind::from_mode(st.st_mode));
             }
-            let kind = kind.unwrap_or(Kind::File);
+            let mut kind = kind.unwrap_or(Kind::File);
+            if let (Some(Some(level)), Kind::File) = (overrides.get(*layer), kind) {
+                if let Some(k) = crate::override_stat::read(*level, fd.as_fd(), &cname)
+                    .and_then(|o| o.special_kind())
+                {
+                    kind = k;
+                }
+            }
             let mut ino = layers.ino(dev, e.ino);
             // A copied-up entry keeps its origin's number: ask lookup, which knows how.
             if merged && *layer == UPPER && lookup::marker(fd.as_fd(), &cname, "origin").is_some() {

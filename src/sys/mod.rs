@@ -95,6 +95,12 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(nfd) })
 }
 
+/// An all-zero stat (a valid value of the plain C struct), for tests and defaults.
+pub fn zeroed_stat() -> Stat {
+    // SAFETY: libc::stat is plain old data; all-zero bytes are a valid value.
+    unsafe { std::mem::MaybeUninit::<Stat>::zeroed().assume_init() }
+}
+
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dir` itself.
 pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
     let mut st = std::mem::MaybeUninit::<Stat>::zeroed();
