@@ -27,14 +27,16 @@
 #                 reading when its output *is* /dev/null, hence the pipe)
 #   untar         tar xf small.tar (~20,000 files) into a new directory of the mount
 #   append        append one byte to each of 2,000 lower files (copy-up of each)
-#   write_1b      write 1 byte in the middle of the 1 GiB lower file (copy-up of 1 GiB)
+#   write_1b      write 1 byte in the middle of the 1 GiB lower file (copy-up of 1 GiB; the
+#                 lower file is read into the page cache first, outside the timing)
 #   rm_rf         rm -rf of a lower subtree (the kernel headers' include/, ~6,000 entries)
 #   fio_write     fio sequential buffered write of a new 1 GiB file, 1 MiB blocks
 #   fio_read      fio sequential read of the 1 GiB lower file (host page cache warm), 1 MiB blocks
 #   fio_randread  fio 4 KiB random reads, 128 MiB worth, from the 1 GiB lower file (cache warm)
 #   build         make -j2 of a 64-file C project whose sources are in the lower layer
-#   stall         append 1 byte to the 3 GiB lower file (copy-up) while stat(2)ing a not yet
-#                 looked-up file every 20 ms; reports the slowest stat and the copy-up time
+#   stall         append 1 byte to the 3 GiB lower file (copy-up; page cache warm) while
+#                 stat(2)ing a not yet looked-up file every 20 ms; reports the slowest stat
+#                 and the copy-up time
 #   rss           daemon RSS at start, after a find walk, after `echo 2 > drop_caches`
 # Rootless (unshare -Urm, as root mapped to root in a new user namespace; no passthrough
 # there): walk_warm, untar, append, fio_write, fio_read for stratafs, fuse-overlayfs 1.10 and
@@ -418,6 +420,7 @@ cell() {
       timeout "$T" bash -c 'for f in "$1"/a*; do printf x >>"$f" || exit 1; done' _ "$b/append" || ok=0
       t1=$(now) ;;
     write_1b)
+      cat "$DATA/base/$BENCHSUB/big1g" >/dev/null # the lower in the page cache, as for fio_read
       t0=$(now)
       printf x | timeout "$T" dd of="$b/big1g" bs=1 seek=$((BIG1 / 2)) conv=notrunc status=none || ok=0
       t1=$(now) ;;
@@ -439,6 +442,7 @@ cell() {
       t0=$(now); timeout "$T" make -s -C "$b/cproj" -j2 >/dev/null 2>&1 || ok=0; t1=$(now)
       [ -x "$b/cproj/app" ] || ok=0 ;;
     stall)
+      cat "$DATA/base/$BENCHSUB/big3g" >/dev/null
       if out=$(timeout "$T" python3 -c "$STALL_PY" "$b/big3g" "$b/stat" "$NSTAT"); then
         result "$tag" stall_max "$run" stall_max "$(awk '{ print $1 }' <<<"$out")"
         result "$tag" copyup_3g "$run" copyup_3g "$(awk '{ print $2 }' <<<"$out")"
@@ -540,7 +544,8 @@ def table(impls, ws, title):
         if any(i.split("@")[0] == "fo110" for i in impls): extra.append("fo110")
     suffix = "@userns" if impls and impls[0].endswith("@userns") else ""
     head += [f"{labels[e]} ÷ stratafs" for e in extra]
-    out.append(f"**{title}** (median seconds unless noted; in brackets: ratio to the kernel overlayfs, lower is better; last columns: how many times faster stratafs is)")
+    n = max((len(v) for (i, w), v in vals.items() if i in impls), default=0)
+    out.append(f"**{title}** (median of {n} run{'s' if n != 1 else ''}, seconds unless noted; in brackets: ratio to the kernel overlayfs, lower is better; last columns: how many times faster stratafs is)")
     out.append("")
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
@@ -672,9 +677,9 @@ main() {
   local md="${MARKDOWN:-$BENCH_DIR/results/$stamp.md}"
   report "$res" "$md"
   {
-    printf '\nMachine: %s, %s CPUs, %s GiB RAM, kernel %s; /var/tmp on %s.\n' \
+    printf '\nMachine: %s, %s CPUs, %s GiB RAM, kernel %s; lower layers on %s (%s), uppers on %s.\n' \
       "$(lscpu | sed -n 's/^Model name: *//p')" "$(nproc)" "$(awk '/MemTotal/ { printf "%d", $2 / 1048576 }' /proc/meminfo)" \
-      "$(uname -r)" "$(findmnt -no FSTYPE -T "$BENCH_DIR")"
+      "$(uname -r)" "$(findmnt -no FSTYPE -T "$BENCH_DIR")" "$BENCH_DIR" "$upper_fs"
     printf 'Command: scripts/bench.sh %s; %s run(s); took %d s (%d s of set-up); %s.\n' \
       "$ARGS" "$RUNS" "$total" "$setup" "$(date -u '+%Y-%m-%d %H:%M UTC')"
   } | tee -a "$md"
