@@ -390,7 +390,7 @@ cell() {
   [ "$userns" = 1 ] && tag="$impl@userns"
   local r="$BENCH_DIR/run/${tag//@/-}" t0 t1 ok=1 out
   local mnt="$r/mnt" up="$r/upper" wk="$r/work" logf="$r.log"
-  local b="$mnt/$BENCHSUB"
+  local b="$mnt/$BENCHSUB" c0=$EPOCHREALTIME c1 c2
   remove_scratch "$r" || return 1
   mkdir -p "$mnt" "$up" "$wk"
   if ! mount_impl "$impl" "$userns" "$up" "$wk" "$mnt" "$logf"; then
@@ -399,6 +399,7 @@ cell() {
     return 0
   fi
   local T=600
+  c1=$EPOCHREALTIME
   case "$wl" in
     walk_cold)
       sync -f "$DATA/base" 2>/dev/null
@@ -481,12 +482,18 @@ cell() {
       log "$tag $wl run $run: FAILED (log: $logf)"
     fi
   fi
+  local c3=$EPOCHREALTIME
   unmount_mine
   if is_mounted "$mnt"; then
     log "$mnt still mounted"
     return 1
   fi
   remove_scratch "$r"
+  c2=$EPOCHREALTIME
+  # Say so when mounting or cleaning up took long (a busy machine), to explain a long run.
+  awk -v a="$c0" -v b="$c1" -v c="$c3" -v d="$c2" -v t="$tag $wl" 'BEGIN {
+    if (b - a > 10) printf "[note] %s: mounting took %.0f s\n", t, b - a > "/dev/stderr"
+    if (d - c > 10) printf "[note] %s: unmounting and cleaning up took %.0f s\n", t, d - c > "/dev/stderr" }'
   return 0
 }
 
