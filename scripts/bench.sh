@@ -691,7 +691,7 @@ main() {
       "$(lscpu | sed -n 's/^Model name: *//p')" "$(nproc)" "$(awk '/MemTotal/ { printf "%d", $2 / 1048576 }' /proc/meminfo)" \
       "$(uname -r)" "$(findmnt -no FSTYPE -T "$BENCH_DIR")" "$BENCH_DIR" "$upper_fs"
     printf 'Command: scripts/bench.sh %s; %s run(s); took %d s (%d s of set-up); %s.\n' \
-      "$ARGS" "$RUNS" "$total" "$setup" "$(date -u '+%Y-%m-%d %H:%M UTC')"
+      "${ARGS:-(no options)}" "$RUNS" "$total" "$setup" "$(date -u '+%Y-%m-%d %H:%M UTC')"
   } | tee -a "$md"
   say "markdown: $md"
 }
