@@ -499,9 +499,9 @@ cell() {
 
 # ---------------------------------------------------------------- report
 report() { # report RESULTS_TSV MARKDOWN_OUT
-  python3 - "$1" "$2" "$ALL_IMPLS" <<'EOF'
+  python3 - "$1" "$2" "$ALL_IMPLS" "$QUICK" <<'EOF'
 import sys, statistics, collections
-res, md_out, impls_all = sys.argv[1], sys.argv[2], sys.argv[3].split()
+res, md_out, impls_all, quick = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4] == "1"
 vals = collections.defaultdict(list)
 fails = collections.defaultdict(int)
 order_w, order_i = [], []
@@ -555,6 +555,7 @@ def table(impls, ws, title):
     suffix = "@userns" if impls and impls[0].endswith("@userns") else ""
     head += [f"{labels[e]} ÷ stratafs" for e in extra]
     n = max((len(v) for (i, w), v in vals.items() if i in impls), default=0)
+    if quick: title += " — --quick: small files, the sizes named below do not apply"
     out.append(f"**{title}** (median of {n} run{'s' if n != 1 else ''}, seconds unless noted; in brackets: ratio to the kernel overlayfs, lower is better; last columns: how many times faster stratafs is)")
     out.append("")
     out.append("| " + " | ".join(head) + " |")
