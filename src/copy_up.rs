@@ -123,8 +123,21 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<
     if ops::ficlone(dst, src).is_ok() {
         return Ok(());
     }
+    // copy_file_range, else sendfile (across filesystems, e.g. a tmpfs upper over disk
+    // lowers, where copy_file_range says EXDEV), else read and write.
+    enum How {
+        CopyFileRange,
+        Sendfile,
+        ReadWrite,
+    }
+    let fallback = |e: &std::io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+        )
+    };
     let mut off: u64 = 0;
-    let mut use_cfr = true;
+    let mut how = How::CopyFileRange;
     while off < size {
         let start = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
             Ok(s) => s as u64,
@@ -138,30 +151,31 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<
         let mut pos = start;
         while pos < end {
             let want = ((end - pos) as usize).min(1 << 30);
-            let n = if use_cfr {
-                match ops::copy_file_range(src, pos, dst, pos, want) {
+            let n = match how {
+                How::CopyFileRange => match ops::copy_file_range(src, pos, dst, pos, want) {
                     Ok(n) => n,
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::EXDEV)
-                                | Some(libc::EINVAL)
-                                | Some(libc::ENOSYS)
-                                | Some(libc::EOPNOTSUPP)
-                        ) =>
-                    {
-                        use_cfr = false;
+                    Err(e) if fallback(&e) => {
+                        how = How::Sendfile;
                         continue;
                     }
                     Err(e) => return Err(Error::io(e, "copy-up data")),
-                }
-            } else {
-                let buf = sys::pread(src, want.min(1 << 20), pos)
-                    .map_err(|e| Error::io(e, "copy-up read"))?;
-                if buf.is_empty() {
-                    0
-                } else {
-                    sys::pwrite(dst, &buf, pos).map_err(|e| Error::io(e, "copy-up write"))?
+                },
+                How::Sendfile => match ops::sendfile_at(src, pos, dst, pos, want) {
+                    Ok(n) => n,
+                    Err(e) if fallback(&e) => {
+                        how = How::ReadWrite;
+                        continue;
+                    }
+                    Err(e) => return Err(Error::io(e, "copy-up data")),
+                },
+                How::ReadWrite => {
+                    let buf = sys::pread(src, want.min(1 << 20), pos)
+                        .map_err(|e| Error::io(e, "copy-up read"))?;
+                    if buf.is_empty() {
+                        0
+                    } else {
+                        sys::pwrite(dst, &buf, pos).map_err(|e| Error::io(e, "copy-up write"))?
+                    }
                 }
             };
             if n == 0 {

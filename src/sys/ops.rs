@@ -268,6 +268,30 @@ pub fn copy_file_range(
     }
 }
 
+/// `sendfile(dst, src, src_off, len)` after moving `dst`'s file offset to `dst_off`: an
+/// in-kernel copy that, unlike `copy_file_range`, works between any two filesystems.
+/// Returns the bytes copied (0 at end of input). Moves `dst`'s file offset.
+pub fn sendfile_at(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: usize,
+) -> io::Result<usize> {
+    // SAFETY: plain syscall on a live fd.
+    if unsafe { libc::lseek(dst.as_raw_fd(), dst_off as libc::off_t, libc::SEEK_SET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut so = src_off as libc::off_t;
+    // SAFETY: so is a valid out-pointer; fds are live.
+    let r = unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut so, len) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
 /// `ioctl(dst, FICLONE, src)`: share all of src's extents (reflink), if the fs can.
 pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: FICLONE takes the source fd as its argument.
