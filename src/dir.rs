@@ -150,7 +150,6 @@ impl UnionFs {
         kind: NewKind<'_>,
         caller: Caller,
     ) -> Result<(Attr, Option<u64>)> {
-        let _names = self.names_change(&[parent]);
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
         let work = self.staging()?;
@@ -306,7 +305,6 @@ impl UnionFs {
         newparent: u64,
         newname: &OsStr,
     ) -> Result<(Attr, Option<(u64, std::ffi::OsString)>)> {
-        let _names = self.names_change(&[newparent]);
         let cname = check_name(newname)?;
         let node = self.node(ino)?;
         if node.is_dir() {
@@ -339,7 +337,6 @@ impl UnionFs {
 
     /// unlink(2) and rmdir(2).
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
-        let _names = self.names_change(&[parent]);
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
         let ploc = pnode.loc();
@@ -495,7 +492,6 @@ impl UnionFs {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
-        let _names = self.names_change(&[parent, newparent]);
         let cname = check_name(name)?;
         let cnew = check_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;

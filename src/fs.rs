@@ -56,42 +56,7 @@ impl Caller {
 #[derive(Debug, Default)]
 pub struct DirStream {
     pub ino: u64,
-    /// The listing and the directory's `names_gen` read before it was made.
-    pub listing: Mutex<Option<(u64, Arc<Vec<DirEntry>>)>>,
-}
-
-/// The hook [`UnionFs::set_on_names_changed`] sets.
-#[derive(Default)]
-pub struct NamesHook(std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>);
-
-impl std::fmt::Debug for NamesHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "NamesHook(set)"
-        } else {
-            "NamesHook(unset)"
-        })
-    }
-}
-
-/// Bumps the `names_gen` of the directories it holds when dropped, i.e. once the change of
-/// their names it guards is done (or failed): a listing begun before then is older. Then
-/// calls the `on_names_changed` hook for each, still before the request is answered.
-pub struct NamesChange<'a> {
-    fs: &'a UnionFs,
-    dirs: Vec<Arc<crate::inode::Node>>,
-}
-
-impl Drop for NamesChange<'_> {
-    fn drop(&mut self) {
-        for n in &self.dirs {
-            n.names_gen
-                .fetch_add(1, std::sync::atomic::Ordering::Release);
-            if let Some(hook) = self.fs.on_names_changed.0.get() {
-                hook(n.ino);
-            }
-        }
-    }
+    pub listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
 
 /// A real object to act on: `dir` plus `name` (empty: `dir` itself).
@@ -154,9 +119,6 @@ pub struct UnionFs {
     pub(crate) read_levels: Vec<Option<crate::override_stat::Level>>,
     /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
     pub noxattrs: bool,
-    /// Called with a directory's number once a change of its names is done, before the
-    /// request is answered: the FUSE adapter drops the kernel's cached listing there.
-    pub(crate) on_names_changed: NamesHook,
 }
 
 impl UnionFs {
@@ -208,7 +170,6 @@ impl UnionFs {
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
             read_only,
-            on_names_changed: NamesHook::default(),
         })
     }
 
@@ -394,26 +355,7 @@ impl UnionFs {
         Ok(fh)
     }
 
-    /// The names of directories `dirs` are about to change through the mount.
-    pub(crate) fn names_change(&self, dirs: &[u64]) -> NamesChange<'_> {
-        let mut nodes: Vec<_> = dirs.iter().filter_map(|d| self.inodes.get(*d)).collect();
-        nodes.dedup_by_key(|n| n.ino);
-        NamesChange {
-            fs: self,
-            dirs: nodes,
-        }
-    }
-
-    /// Sets the hook called after a directory's names changed (once; later calls are ignored).
-    pub fn set_on_names_changed(&self, hook: Box<dyn Fn(u64) + Send + Sync>) {
-        let _ = self.on_names_changed.0.set(hook);
-    }
-
-    /// The listing of stream `fh`: (re)built when read from offset 0, and when the directory's
-    /// names changed through the mount since it was made. The kernel's listing cache appends
-    /// what any stream reads at the offset where the cache ends, so a stream must not go on
-    /// from a listing older than the directory (names created meanwhile went missing from
-    /// the cache); the name cookies (readdir.rs) make the new listing go on at the same place.
+    /// The listing of stream `fh`, (re)built when read from offset 0.
     pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
         let stream = self
             .dirs
@@ -423,28 +365,24 @@ impl UnionFs {
         if stream.ino != ino {
             return err(libc::EBADF);
         }
-        let node = self.node(ino)?;
-        let gen = node.names_gen.load(std::sync::atomic::Ordering::Acquire);
         let mut listing = stream.listing.lock();
-        match &*listing {
-            Some((made, l)) if offset != 0 && *made == gen => return Ok(l.clone()),
-            _ => {}
+        if offset == 0 || listing.is_none() {
+            let node = self.node(ino)?;
+            let loc = node.loc();
+            let parent_ino = if ino == ROOT_INO {
+                ROOT_INO
+            } else {
+                loc.parent
+            };
+            *listing = Some(Arc::new(readdir::list_with(
+                &self.layers,
+                &loc,
+                ino,
+                parent_ino,
+                &self.read_levels,
+            )?));
         }
-        let loc = node.loc();
-        let parent_ino = if ino == ROOT_INO {
-            ROOT_INO
-        } else {
-            loc.parent
-        };
-        let l = Arc::new(readdir::list_with(
-            &self.layers,
-            &loc,
-            ino,
-            parent_ino,
-            &self.read_levels,
-        )?);
-        *listing = Some((gen, l.clone()));
-        Ok(l)
+        listing.clone().ok_or_else(|| Error::errno(libc::EIO))
     }
 
     /// Attributes for a READDIRPLUS entry: a lookup (counted) except for `.` and `..`,

@@ -63,21 +63,6 @@ pub struct FuseAdapter {
 
 impl FuseAdapter {
     pub fn new(fs: Arc<UnionFs>, ttl: Duration) -> Self {
-        let notifier: Arc<std::sync::OnceLock<fuser::Notifier>> = Arc::default();
-        // The kernel keeps directory listings (FOPEN_CACHE_DIR) and checks them for changes
-        // only when a stream starts at offset 0: a stream already past 0 goes on reading a
-        // cached listing that a change made meanwhile left stale (a renamed name under its
-        // old name). So every change of a directory's names drops its cached listing, before
-        // the change is answered (no reader can be in that directory then: the kernel holds
-        // its lock for the change, and this notification takes no directory lock).
-        let slot = notifier.clone();
-        fs.set_on_names_changed(Box::new(move |dir| {
-            if let Some(n) = slot.get() {
-                if let Err(e) = n.inval_inode(INodeNo(dir), 0, 0) {
-                    debug!("inval_inode {dir:#x}: {e}");
-                }
-            }
-        }));
         FuseAdapter {
             fs,
             ttl,
@@ -85,7 +70,7 @@ impl FuseAdapter {
             backings: Mutex::new(HashMap::new()),
             handle_backing: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
-            notifier,
+            notifier: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -392,18 +377,12 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            // The kernel may keep listings (readdir.rs's name cookies let a stream go on
-            // from any other stream's offset); it drops them itself when the directory
-            // changes through the mount, or when its mtime changes. A merged directory's
-            // mtime is its upper's, so with `timeout=` (branches may change underneath) its
-            // listing is only kept while this stream is open.
-            Ok(fh) => {
-                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
-                if self.ttl == DEFAULT_TTL || !self.fs.is_merged_dir(ino.0) {
-                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
-                }
-                reply.opened(FileHandle(fh), flags)
-            }
+            // No FOPEN_CACHE_DIR: the kernel fills its listing cache from whichever open
+            // stream reads next, and a stream that starts reading at an offset past what
+            // the cache holds gets a listing made later than the cached part; with names
+            // created meanwhile the two do not line up and names went missing from
+            // listings (tests/stress.rs found it). Each stream's listing is one snapshot.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", e)),
         }
     }
@@ -420,9 +399,8 @@ impl Filesystem for FuseAdapter {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdir", e)),
         };
-        let start = crate::readdir::position_after(&listing, offset);
-        for e in listing.get(start..).unwrap_or_default() {
-            if reply.add(INodeNo(e.ino), e.off, file_type(e.kind), &e.name) {
+        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
                 break;
             }
         }
@@ -441,8 +419,7 @@ impl Filesystem for FuseAdapter {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
-        let start = crate::readdir::position_after(&listing, offset);
-        for e in listing.get(start..).unwrap_or_default() {
+        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
             let attr = match self.fs.readdirplus_entry(ino.0, e) {
                 Ok(a) => a,
                 // Gone since the listing was made: skip it, as a fresh listing would.
@@ -454,7 +431,7 @@ impl Filesystem for FuseAdapter {
             let counted = !(e.name == "." || e.name == "..");
             if reply.add(
                 INodeNo(attr.ino),
-                e.off,
+                i as u64 + 1,
                 &e.name,
                 &self.ttl,
                 &fuse_attr(&attr),

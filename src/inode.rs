@@ -116,9 +116,6 @@ pub struct Node {
     pub loc: RwLock<Loc>,
     /// Held while this node is copied up: requests on the same node wait, others don't.
     pub copy_lock: Mutex<()>,
-    /// For a directory: bumped after every change of its names made through the mount, so
-    /// an open listing knows it is older than the directory (readdir.rs).
-    pub names_gen: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -154,7 +151,6 @@ impl InodeTable {
                 refs: Mutex::new(1),
                 loc: RwLock::new(root),
                 copy_lock: Mutex::new(()),
-                names_gen: Default::default(),
             }),
         );
         t
@@ -196,7 +192,6 @@ impl InodeTable {
                     refs: Mutex::new(1),
                     loc: RwLock::new(loc),
                     copy_lock: Mutex::new(()),
-                    names_gen: Default::default(),
                 });
                 v.insert(node.clone());
                 (node, None)
