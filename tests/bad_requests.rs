@@ -521,14 +521,7 @@ fn rmdir_mkdir_race_against_lookups_and_creates() {
     let s = Scratch::new("race");
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     fs::write(l.join("keep"), b"k").unwrap();
-    let mnt = Strata::mount(
-        &Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        },
-        "",
-        &m,
-    );
+    let mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let dir = m.join("d");

@@ -83,14 +83,7 @@ fn copy_up_from_disk_to_a_tmpfs_upper_keeps_data_and_holes() {
     let lower_sparse = fs::read(l.join("sparse")).unwrap();
 
     {
-        let _mnt = Strata::mount(
-            &Stack {
-                lowers: vec![&l],
-                upper: Some((&u, &w)),
-            },
-            "",
-            &m,
-        );
+        let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
         append(&m.join("dense"), b"x");
         append(&m.join("sparse"), b"y");
         // Read back through the mount, too.

@@ -125,14 +125,7 @@ fn full_upper_fails_with_enospc_and_recovers() {
     let (u, w) = (t.join("u"), t.join("w"));
     fs::create_dir(&u).unwrap();
     fs::create_dir(&w).unwrap();
-    let mnt = Strata::mount(
-        &Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        },
-        "",
-        &m,
-    );
+    let mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
     let mut cases = 0u32;
 
     // 1. Leave ~3 MiB free: the 6 MiB lower file cannot be copied up.
@@ -270,14 +263,7 @@ fn full_inode_table_fails_with_enospc_and_recovers() {
     let (u, w) = (t.join("u"), t.join("w"));
     fs::create_dir(&u).unwrap();
     fs::create_dir(&w).unwrap();
-    let mnt = Strata::mount(
-        &Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        },
-        "",
-        &m,
-    );
+    let mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
     let mut cases = 0u32;
     // Use up every inode with empty files.
     let mut made = 0;
@@ -394,14 +380,7 @@ fn full_ext4_upper_refuses_metadata_ops_with_enospc() {
     let (u, w) = (t.join("u"), t.join("w"));
     fs::create_dir(&u).unwrap();
     fs::create_dir(&w).unwrap();
-    let mnt = Strata::mount(
-        &Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        },
-        "",
-        &m,
-    );
+    let mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
     let mut cases = 0u32;
     let (_, e) = fill(&m.join("fill"), 64 << 20);
     assert!(e.as_ref().is_some_and(is_full), "filling: {e:?}");

@@ -31,14 +31,7 @@ fn linking_a_lower_file_shows_one_inode_under_every_name() {
         fs::write(lower.join(f), f).unwrap();
     }
     // One worker thread: the invalidation must not need a second one.
-    let _m = Strata::mount(
-        &Stack {
-            lowers: vec![&lower],
-            upper: Some((&upper, &work)),
-        },
-        "threads=1",
-        &mnt,
-    );
+    let _m = Strata::mount(&Stack::one(&lower, &upper, &work), "threads=1", &mnt);
     // Cache every name first, as a shell's earlier commands would.
     let before: Vec<(u64, u64)> = ["plain", "chmodded", "d/deep"]
         .iter()

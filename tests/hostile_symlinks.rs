@@ -46,14 +46,7 @@ fn links_out_of_the_branch_are_never_followed() {
         .map(|p| fs::metadata(p).unwrap().atime())
         .collect();
 
-    let mnt = Strata::mount(
-        &Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        },
-        "",
-        &m,
-    );
+    let mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
     for (name, target) in [
         ("abs", canary.as_os_str().to_owned()),
         ("up", "../../../../../../../../..".into()),

@@ -23,14 +23,7 @@ fn stat_of_another_file_does_not_wait_for_a_copy_up() {
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     write_pattern(&l.join("big"), 1 << 30);
     fs::write(l.join("small"), b"small\n").unwrap();
-    let _mnt = Strata::mount(
-        &Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        },
-        "",
-        &m,
-    );
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
     fs::metadata(m.join("small")).unwrap();
     let path = m.join("big");
     let start = Instant::now();
@@ -66,14 +59,7 @@ fn passthrough_never_writes_a_lower_layer() {
     let s = Scratch::new("pt");
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     fs::write(l.join("f"), b"lower data\n").unwrap();
-    let _mnt = Strata::mount(
-        &Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        },
-        "",
-        &m,
-    );
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
     let mut reader = fs::File::open(m.join("f")).unwrap();
     let mut buf = String::new();
     reader.read_to_string(&mut buf).unwrap();

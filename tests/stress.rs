@@ -873,14 +873,7 @@ fn hard_links_and_renames_keep_their_files() {
     fs::create_dir_all(l.join("d")).unwrap();
     fs::write(l.join("low"), b"lower file\n").unwrap();
     fs::write(l.join("d/other"), b"other lower file\n").unwrap();
-    let _mnt = Strata::mount(
-        &Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        },
-        "",
-        &m,
-    );
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
     let read = |n: &str| fs::read(m.join(n)).map_err(|e| format!("{n}: {e}"));
     let ino = |n: &str| fs::symlink_metadata(m.join(n)).map(|md| md.ino()).unwrap();
     // Upper file with two links: remove one, the other still opens, links and truncates.

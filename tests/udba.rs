@@ -43,14 +43,7 @@ fn branches_changed_underneath_show_after_the_timeout() {
     fs::write(u.join("md/up"), b"u").unwrap();
     fs::write(u.join("ugone"), b"upper, removed later").unwrap();
     fs::write(u.join("ss"), b"AAAA").unwrap();
-    let mnt = Strata::mount(
-        &Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        },
-        "timeout=1",
-        &m,
-    );
+    let mnt = Strata::mount(&Stack::one(&l, &u, &w), "timeout=1", &m);
     // Fill the kernel's caches: entries, attributes, pages, the listing.
     for n in ["lf", "lgone", "ltype", "uf", "ugone", "ld/inner"] {
         fs::read(m.join(n)).unwrap();

@@ -92,7 +92,15 @@ pub struct Stack<'a> {
     pub upper: Option<(&'a Path, &'a Path)>,
 }
 
-impl Stack<'_> {
+impl<'a> Stack<'a> {
+    /// The common case: one lower under one upper/work pair.
+    pub fn one(lower: &'a Path, upper: &'a Path, work: &'a Path) -> Stack<'a> {
+        Stack {
+            lowers: vec![lower],
+            upper: Some((upper, work)),
+        }
+    }
+
     fn options(&self) -> String {
         let lowers: Vec<String> = self
             .lowers
