@@ -105,7 +105,7 @@ impl UnionFs {
                 if h.data_only {
                     // A metacopy file's handle is on the data; the metadata is the node's.
                 } else {
-                    if self.read_levels.iter().any(Option::is_some) {
+                    if self.shows_overrides {
                         let layer = self.node(ino).map(|n| n.loc.read().top).unwrap_or(0);
                         self.show_override(&mut st, layer, h.fd().as_fd(), c"");
                     }

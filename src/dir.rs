@@ -293,18 +293,10 @@ impl UnionFs {
         }
     }
 
-    /// link(2): a new name `newname` in `newparent` for `ino` (copied up first).
-    ///
-    /// A file with several names shows its upper number, so linking a lower (or copied-up)
-    /// file changes the number its existing name shows. The kernel keeps that name's old
-    /// inode (and link count) cached, so the second value names the (parent, name) whose
-    /// cached entry must be dropped for both names to show one inode.
-    pub fn link(
-        &self,
-        ino: u64,
-        newparent: u64,
-        newname: &OsStr,
-    ) -> Result<(Attr, Option<(u64, std::ffi::OsString)>)> {
+    /// link(2): a new name `newname` in `newparent` for `ino` (copied up first). The new
+    /// name shows the node's own number: the copy-up keeps it (`UnionFs::renumbered`), so
+    /// the kernel's cached entry for the old name stays right.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
         let cname = check_name(newname)?;
         let node = self.node(ino)?;
         if node.is_dir() {
@@ -327,12 +319,7 @@ impl UnionFs {
             let _ = ops::unlinkat(work.as_fd(), &tmp, 0);
             return Err(e);
         }
-        let attr = self.lookup(newparent, newname)?;
-        let stale = (attr.ino != ino).then(|| {
-            let loc = node.loc();
-            (loc.parent, loc.name)
-        });
-        Ok((attr, stale))
+        self.lookup(newparent, newname)
     }
 
     /// unlink(2) and rmdir(2).

@@ -117,6 +117,8 @@ pub struct UnionFs {
     /// Where overrides are shown, by layer id: every layer with `xattr_permissions`, else
     /// the lowers whose root carries one (as fuse-overlayfs).
     pub(crate) read_levels: Vec<Option<crate::override_stat::Level>>,
+    /// Some layer shows overrides (`read_levels` is not all `None`).
+    pub(crate) shows_overrides: bool,
     /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
     pub noxattrs: bool,
 }
@@ -159,6 +161,7 @@ impl UnionFs {
             acl: !cfg.noacl && !cfg.noxattrs,
             no_writeback: cfg.no_writeback,
             override_level: cfg.xattr_permissions,
+            shows_overrides: read_levels.iter().any(Option::is_some),
             read_levels,
             noxattrs: cfg.noxattrs,
             static_nlink: cfg.static_nlink,
@@ -393,14 +396,6 @@ impl UnionFs {
             return self.getattr(e.ino, None);
         }
         self.lookup(dir, &e.name)
-    }
-
-    /// Is `ino` a directory merged from more than one layer? Its listing can change
-    /// without its own attributes changing (a lower layer gains an entry).
-    pub fn is_merged_dir(&self, ino: u64) -> bool {
-        self.inodes
-            .get(ino)
-            .is_some_and(|n| n.is_dir() && n.loc.read().dirs.len() > 1)
     }
 
     pub fn releasedir(&self, fh: u64) {

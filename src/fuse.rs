@@ -57,8 +57,6 @@ pub struct FuseAdapter {
     /// of a lower file racing with a copy-up could be served here while the writer got
     /// passthrough.
     open_locks: Vec<Mutex<()>>,
-    /// The session's notifier, set once the session exists (for cache invalidations).
-    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl FuseAdapter {
@@ -70,34 +68,6 @@ impl FuseAdapter {
             backings: Mutex::new(HashMap::new()),
             handle_backing: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
-            notifier: Arc::new(std::sync::OnceLock::new()),
-        }
-    }
-
-    /// Where the mount code puts the session's notifier once the session exists.
-    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
-        self.notifier.clone()
-    }
-
-    /// Tells the kernel to drop its cached entry `name` in `parent`. From another thread:
-    /// the kernel takes the directory's lock, which the request just answered (or another
-    /// one waiting for a worker) may still hold; waits up to 200 ms for it, so the caller
-    /// of the request normally sees the new entry at once, without ever deadlocking.
-    fn invalidate_entry(&self, parent: u64, name: std::ffi::OsString) {
-        let Some(n) = self.notifier.get().cloned() else {
-            return;
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("inval".into())
-            .spawn(move || {
-                if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
-                    debug!("inval_entry {parent:#x} {name:?}: {e}");
-                }
-                let _ = tx.send(());
-            });
-        if spawned.is_ok() {
-            let _ = rx.recv_timeout(Duration::from_millis(200));
         }
     }
 
@@ -607,12 +577,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         match self.fs.link(ino.0, newparent.0, newname) {
-            Ok((a, stale)) => {
-                reply.entry(&self.ttl, &fuse_attr(&a), Generation(0));
-                if let Some((parent, name)) = stale {
-                    self.invalidate_entry(parent, name);
-                }
-            }
+            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
             Err(e) => reply.error(errno("link", e)),
         }
     }

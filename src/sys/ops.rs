@@ -278,10 +278,7 @@ pub fn sendfile_at(
     dst_off: u64,
     len: usize,
 ) -> io::Result<usize> {
-    // SAFETY: plain syscall on a live fd.
-    if unsafe { libc::lseek(dst.as_raw_fd(), dst_off as libc::off_t, libc::SEEK_SET) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    super::lseek(dst, dst_off as i64, libc::SEEK_SET)?;
     let mut so = src_off as libc::off_t;
     // SAFETY: so is a valid out-pointer; fds are live.
     let r = unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut so, len) };
