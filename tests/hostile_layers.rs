@@ -22,11 +22,11 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Kernel, Scratch, Stack, Strata};
+use common::{kind_of, sh_as, Kernel, Scratch, Stack, Strata};
 use stratafs::sys::{self, ops, xattr};
 
 const CASES: &[&str] = &[
@@ -210,21 +210,7 @@ fn top_layer(l: &Path, kernel: bool) {
 /// ran them at different instants).
 fn describe(md: &fs::Metadata, extra: &str, times: bool) -> String {
     let ft = md.file_type();
-    let kind = if ft.is_dir() {
-        "dir"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_char_device() {
-        "chr"
-    } else {
-        "blk"
-    };
+    let kind = kind_of(ft);
     let mut s = format!(
         "{kind} {:o} {}:{} rdev={:x}",
         md.mode() & 0o7777,
@@ -346,20 +332,7 @@ fn operations() -> Vec<(&'static str, String)> {
 }
 
 fn run(cmd: &str, dir: &Path, nobody: bool) -> String {
-    let mut c = if nobody {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "sh",
-        ]);
-        c
-    } else {
-        Command::new("sh")
-    };
-    let out = c.arg("-c").arg(cmd).current_dir(dir).output().expect("sh");
+    let out = sh_as(nobody, cmd, dir).output().expect("sh");
     format!(
         "{} {}{}",
         out.status.code().unwrap_or(-1),

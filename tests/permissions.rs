@@ -14,9 +14,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
-use common::{copy_tree, snapshot, Entry, Kernel, Scratch, Stack, Strata};
+use common::{copy_tree, sh_as, snapshot, Entry, Kernel, Scratch, Stack, Strata};
 
 const NOBODY: u32 = 65534;
 const OTHER: u32 = 1000;
@@ -196,25 +195,7 @@ const CASES: &[(&str, &str, &str)] = &[
 
 /// Runs `cmd` with `sh -c` in `dir` as `who`; "ok" or the error text of its last line.
 fn run(who: &str, cmd: &str, dir: &Path) -> String {
-    let mut c = if who == "root" {
-        Command::new("sh")
-    } else {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "sh",
-        ]);
-        c
-    };
-    let out = c
-        .arg("-c")
-        .arg(cmd)
-        .current_dir(dir)
-        .output()
-        .expect("run sh");
+    let out = sh_as(who != "root", cmd, dir).output().expect("run sh");
     if out.status.success() {
         return "ok".into();
     }

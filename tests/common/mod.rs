@@ -280,7 +280,8 @@ pub struct Entry {
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
-fn kind_of(ft: fs::FileType) -> &'static str {
+/// The file type as one word (dir, symlink, file, fifo, socket, chardev, blockdev).
+pub fn kind_of(ft: fs::FileType) -> &'static str {
     if ft.is_dir() {
         "dir"
     } else if ft.is_symlink() {
@@ -507,4 +508,24 @@ pub fn clock_random(modulo: u64) -> u64 {
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(7);
     (n / 1000) % modulo.max(1)
+}
+
+/// `sh -c CMD` in `dir`, as root or (`nobody`) as uid/gid 65534 without supplementary
+/// groups; the caller runs it and reads the outcome.
+pub fn sh_as(nobody: bool, cmd: &str, dir: &Path) -> Command {
+    let mut c = if nobody {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "sh",
+        ]);
+        c
+    } else {
+        Command::new("sh")
+    };
+    c.arg("-c").arg(cmd).current_dir(dir);
+    c
 }
