@@ -17,10 +17,7 @@ fn sigkill_during_a_1gib_copy_up_leaves_old_or_new_never_partial() {
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     write_pattern(&l.join("big"), SIZE);
     let lower = file_hash(&l.join("big"));
-    let stack = Stack {
-        lowers: vec![&l],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&l, &u, &w);
     // How long one whole copy-up takes here, to spread the kill instants across it.
     let full = {
         let _mnt = Strata::mount(&stack, "", &m);

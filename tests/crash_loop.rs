@@ -406,10 +406,7 @@ fn sigkill_at_random_points_of_a_mixed_workload() {
         let _ = fs::remove_dir_all(&w);
         fs::create_dir(&u).unwrap();
         fs::create_dir(&w).unwrap();
-        let stack = Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        };
+        let stack = Stack::one(&l, &u, &w);
         let mut model = Model::default();
         for i in 0..LOWER_SIZES.len() {
             model.set(&lower_name(i), State::Lower(i));

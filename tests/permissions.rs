@@ -237,10 +237,7 @@ fn unprivileged_user_gets_the_kernel_outcomes() {
             s.dir(&format!("{which}/w")),
             s.dir(&format!("{which}/m")),
         );
-        let stack = Stack {
-            lowers: vec![&l],
-            upper: Some((&u, &w)),
-        };
+        let stack = Stack::one(&l, &u, &w);
         let outcomes: Vec<String>;
         let merged;
         {

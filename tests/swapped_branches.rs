@@ -148,10 +148,7 @@ fn upper_dir_swapped_for_a_symlink_out() {
     let (u, w) = (s.dir("u"), s.dir("w"));
     let m = s.dir("mnt/m");
     let before = canary_snap(&canary);
-    let stack = Stack {
-        lowers: vec![&l],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&l, &u, &w);
     let mut report = Vec::new();
     // Default cache lifetimes (the kernel keeps using the looked-up directory), then
     // timeout=0 (every operation looks the name up again and finds the symlink).
@@ -206,10 +203,7 @@ fn upper_parent_swapped_between_lookup_and_copy_up() {
     let (u, w) = (s.dir("u"), s.dir("w"));
     let m = s.dir("mnt/m");
     let before = canary_snap(&canary);
-    let stack = Stack {
-        lowers: vec![&l],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&l, &u, &w);
     let mnt = Strata::mount(&stack, "", &m);
     // d is not in the upper yet; its lower file is looked up, then the upper gets a
     // symlink named d before the copy-up needs to create the parent.
@@ -247,10 +241,7 @@ fn staging_dir_swapped_for_a_symlink_out() {
     let (u, w) = (s.dir("u"), s.dir("w"));
     let m = s.dir("mnt/m");
     let before = canary_snap(&canary);
-    let stack = Stack {
-        lowers: vec![&l],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&l, &u, &w);
     let mnt = Strata::mount(&stack, "", &m);
     fs::rename(w.join("work"), w.join("work.away")).unwrap();
     symlink("../canary", w.join("work")).unwrap();
@@ -304,10 +295,7 @@ fn lower_dir_swapped_for_a_symlink_out() {
     let (u, w) = (s.dir("u"), s.dir("w"));
     let m = s.dir("mnt/m");
     let before = canary_snap(&canary);
-    let stack = Stack {
-        lowers: vec![&l],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&l, &u, &w);
     let mut report = Vec::new();
     for (round, opts) in [(0, ""), (1, "timeout=0")] {
         let _ = fs::remove_dir_all(&u);

@@ -101,10 +101,7 @@ fn force_mask_layer_shows_overrides_and_chmod_chown_rewrite_them() {
     let s = Scratch::new("xperm");
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     force_mask_layer(&l);
-    let stack = Stack {
-        lowers: vec![&l],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&l, &u, &w);
     {
         let _mnt = Strata::mount(&stack, "xattr_permissions=2", &m);
         assert_eq!(st(&m.join("f")), (1000, 1001, S_IFREG | 0o640, 0));
@@ -207,10 +204,7 @@ fn force_mask_layer_shows_overrides_and_chmod_chown_rewrite_them() {
     }
     // Without the option the real owners and modes show, and chmod changes the real mode.
     let (u2, w2) = (s.dir("u2"), s.dir("w2"));
-    let plain = Stack {
-        lowers: vec![&l],
-        upper: Some((&u2, &w2)),
-    };
+    let plain = Stack::one(&l, &u2, &w2);
     {
         let _mnt = Strata::mount(&plain, "", &m);
         assert_eq!(st(&m.join("f")), (0, 0, S_IFREG | 0o700, 0));
@@ -271,10 +265,7 @@ fn privileged_level_uses_the_security_xattr() {
         "3:4:0640",
     );
     setfattr(&l.join("f"), OVR, "9:9:0777");
-    let stack = Stack {
-        lowers: vec![&l],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&l, &u, &w);
     {
         let _mnt = Strata::mount(&stack, "xattr_permissions=1", &m);
         assert_eq!(st(&m.join("f")), (3, 4, S_IFREG | 0o640, 0));
@@ -303,10 +294,7 @@ fn noxattrs_refuses_every_xattr_call() {
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     fs::write(l.join("f"), b"f").unwrap();
     setfattr(&l.join("f"), "user.a", "1");
-    let stack = Stack {
-        lowers: vec![&l],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&l, &u, &w);
     {
         let _mnt = Strata::mount(&stack, "noxattrs=1", &m);
         let e = getfattr(&m.join("f"), "user.a").expect_err("getxattr refused");
@@ -340,10 +328,7 @@ fn writeback_0_mounts_and_serves_io() {
     let s = Scratch::new("wb0");
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     fs::write(l.join("f"), b"lower").unwrap();
-    let stack = Stack {
-        lowers: vec![&l],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&l, &u, &w);
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
     {
         let _mnt = Strata::mount(&stack, "writeback=0,fast_ino=1", &m);
@@ -408,10 +393,7 @@ fn same_view_as_fuse_overlayfs_on_a_force_mask_layer() {
         };
         let ours = {
             let (u, w) = (s.dir(&format!("u1-{i}")), s.dir(&format!("w1-{i}")));
-            let stack = Stack {
-                lowers: vec![&l],
-                upper: Some((&u, &w)),
-            };
+            let stack = Stack::one(&l, &u, &w);
             let _mnt = Strata::mount(&stack, opt, &m);
             exercise(&m)
         };
@@ -449,10 +431,7 @@ fn chown_through_an_id_mapping_stores_mapped_ids() {
     fs::write(l.join("g"), b"g").unwrap();
     chmod(&l.join("g"), 0o644);
     chown(&l.join("f"), Some(1000), Some(2000));
-    let stack = Stack {
-        lowers: vec![&l],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&l, &u, &w);
     {
         let _mnt = Strata::mount(&stack, "uidmapping=0:1000:100,gidmapping=0:2000:100", &m);
         assert_eq!((st(&m.join("f")).0, st(&m.join("f")).1), (0, 0));
@@ -545,10 +524,7 @@ fn podman_force_mask_layer_reads_back_the_image_owners_and_modes() {
     // force_mask really applied: real 0700, the image's view only in the xattr.
     assert_eq!(st(&layer.join("etc/motd")).2 & 0o777, 0o700);
     let (u, w, m) = (s.dir("u"), s.dir("w"), s.dir("m"));
-    let stack = Stack {
-        lowers: vec![&layer],
-        upper: Some((&u, &w)),
-    };
+    let stack = Stack::one(&layer, &u, &w);
     let _mnt = Strata::mount(&stack, "xattr_permissions=2", &m);
     for (n, uid, gid, mode) in image {
         let recorded = getfattr(&layer.join(n), OVR).unwrap_or_else(|e| panic!("{n}: {e}"));
