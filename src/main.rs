@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     if let Err(e) = cfg.validate() {
         return fail(e);
     }
+    cfg.resolve_access(stratafs::sys::geteuid());
     if let Err(e) = daemon::init_logging(&cfg) {
         return fail(e);
     }

@@ -55,7 +55,11 @@ pub struct Config {
     pub foreground: bool,
     /// `-d` / `-o debug`: log every request.
     pub debug: bool,
+    /// Every user may use the mount. On by default when stratafs runs as root (euid 0,
+    /// also root of a user namespace), as fuse-overlayfs; see [`Config::resolve_access`].
     pub allow_other: bool,
+    /// `noallow_other`: keep a root mount to root (and `allow_root`'s owner) only.
+    pub owner_only: bool,
     pub allow_root: bool,
     pub default_permissions: bool,
     pub auto_unmount: bool,
@@ -168,7 +172,12 @@ pub const OPTIONS: &[OptionDoc] = &[
     doc(
         "allow_other",
         "allow_other",
-        "let every user access the mount",
+        "let every user access the mount (the default as root)",
+    ),
+    doc(
+        "noallow_other",
+        "noallow_other",
+        "as root: only root may access the mount (default: every user)",
     ),
     doc(
         "allow_root",
@@ -573,7 +582,14 @@ impl Parser {
             "ro" => cfg.read_only = true,
             "rw" => cfg.read_only = false,
             "debug" => cfg.debug = true,
-            "allow_other" => cfg.allow_other = true,
+            "allow_other" => {
+                cfg.allow_other = true;
+                cfg.owner_only = false;
+            }
+            "noallow_other" => {
+                cfg.allow_other = false;
+                cfg.owner_only = true;
+            }
             "allow_root" => cfg.allow_root = true,
             "default_permissions" => cfg.default_permissions = true,
             "auto_unmount" => cfg.auto_unmount = true,
@@ -998,6 +1014,19 @@ impl Config {
         Ok(())
     }
 
+    /// Who may use the mount, given the euid stratafs runs with. As root (euid 0, also
+    /// root of a user namespace, as podman's rootless mount program) every user may, as
+    /// with fuse-overlayfs (which adds `allow_other` then) and the kernel overlayfs:
+    /// without it the FUSE module answers EACCES to every other uid. `noallow_other`
+    /// keeps it root's. Non-root mounts keep FUSE's default (owner only; `allow_other`
+    /// needs `user_allow_other` in /etc/fuse.conf). Permissions themselves are always the
+    /// kernel's (`default_permissions`).
+    pub fn resolve_access(&mut self, euid: u32) {
+        if euid == 0 && !self.owner_only {
+            self.allow_other = true;
+        }
+    }
+
     /// True when writes are possible at all.
     pub fn writable(&self) -> bool {
         self.upperdir.is_some() && !self.read_only
@@ -1234,6 +1263,26 @@ mod tests {
         assert_eq!(c.log_file, Some(p("/tmp/l")));
         assert_eq!(cfg(&["-olowerdir=/a,threads=2", "/m"]).threads, Some(2));
         assert!(cfg(&["-d", "-o", "lowerdir=/a", "/m"]).foreground);
+    }
+
+    #[test]
+    fn root_mounts_are_everyones_unless_noallow_other() {
+        let mut c = cfg(&["-o", "lowerdir=/a", "/m"]);
+        assert!(!c.allow_other && !c.owner_only);
+        c.resolve_access(1000);
+        assert!(!c.allow_other, "non-root keeps FUSE's owner-only default");
+        c.resolve_access(0);
+        assert!(c.allow_other && c.default_permissions);
+        let mut c = cfg(&["-o", "lowerdir=/a,noallow_other", "/m"]);
+        c.resolve_access(0);
+        assert!(!c.allow_other && c.owner_only);
+        // The last of the two wins.
+        let mut c = cfg(&["-o", "lowerdir=/a,noallow_other,allow_other", "/m"]);
+        c.resolve_access(1000);
+        assert!(c.allow_other);
+        let mut c = cfg(&["-o", "allow_other,lowerdir=/a,noallow_other", "/m"]);
+        c.resolve_access(0);
+        assert!(!c.allow_other);
     }
 
     /// The same mount written in each syntax gives the same branches.

@@ -372,6 +372,12 @@ pub fn fuse_mount(target: &Path, args: &FuseMountArgs) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The effective uid of this process (in its own user namespace).
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Lazily unmounts `target` (the mount point given by the administrator).
 pub fn umount_detach(target: &Path) -> io::Result<()> {
     let c = cstr(target.as_os_str())?;
