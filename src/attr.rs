@@ -222,7 +222,7 @@ impl UnionFs {
     /// bits (used when the kernel is not doing it itself with `default_permissions`).
     pub fn access(&self, ino: u64, mask: i32, caller: Caller) -> Result<()> {
         let a = self.getattr(ino, None)?;
-        if mask & libc::W_OK != 0 && self.read_only {
+        if mask & libc::W_OK != 0 && self.is_read_only() {
             return err(libc::EROFS);
         }
         let mode = a.perm as i32;
@@ -264,7 +264,7 @@ impl UnionFs {
     /// chmod/chown/truncate/utimens. The entry is copied up first (without its data when it
     /// is truncated to zero).
     pub fn setattr(&self, ino: u64, s: SetAttr) -> Result<Attr> {
-        if self.read_only {
+        if self.is_read_only() {
             return err(libc::EROFS);
         }
         let node = self.node(ino)?;
@@ -390,7 +390,7 @@ impl UnionFs {
         }
         let real_name =
             whiteout::xattr_to_real(name.as_bytes()).ok_or_else(|| Error::errno(libc::EPERM))?;
-        if self.read_only {
+        if self.is_read_only() {
             return err(libc::EROFS);
         }
         let cname = std::ffi::CString::new(real_name).map_err(|_| Error::errno(libc::EINVAL))?;

@@ -210,10 +210,11 @@ pub fn copy_times(dir: BorrowedFd<'_>, name: &CStr, st: &Stat) -> Result<()> {
 impl UnionFs {
     /// The staging directory, or EROFS on a mount without an upper.
     pub(crate) fn staging(&self) -> Result<Arc<OwnedFd>> {
-        if self.read_only {
-            return Err(Error::errno(libc::EROFS));
-        }
-        self.work.clone().ok_or_else(|| Error::errno(libc::EROFS))
+        self.check_writable()?;
+        self.work
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::errno(libc::EROFS))
     }
 
     /// Makes `node` exist in the upper (its parents first), with as much of its data as

@@ -150,6 +150,7 @@ impl UnionFs {
         kind: NewKind<'_>,
         caller: Caller,
     ) -> Result<(Attr, Option<u64>)> {
+        self.check_writable()?;
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
         let work = self.staging()?;
@@ -297,6 +298,7 @@ impl UnionFs {
     /// name shows the node's own number: the copy-up keeps it (`UnionFs::renumbered`), so
     /// the kernel's cached entry for the old name stays right.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        self.check_writable()?;
         let cname = check_name(newname)?;
         let node = self.node(ino)?;
         if node.is_dir() {
@@ -324,6 +326,7 @@ impl UnionFs {
 
     /// unlink(2) and rmdir(2).
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        self.check_writable()?;
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
         let ploc = pnode.loc();
@@ -479,6 +482,7 @@ impl UnionFs {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        self.check_writable()?;
         let cname = check_name(name)?;
         let cnew = check_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;

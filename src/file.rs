@@ -68,7 +68,7 @@ impl UnionFs {
         }
         let write = wants_write(flags);
         if write {
-            if self.read_only {
+            if self.is_read_only() {
                 return err(libc::EROFS);
             }
             // With O_TRUNC the old data is not needed: copy up an empty file.
@@ -156,6 +156,7 @@ impl UnionFs {
 
     /// Writes `data` at `offset` (the kernel turns O_APPEND into the right offset).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        self.check_writable()?;
         let h = self.handle(fh)?;
         sys::pwrite(h.fd().as_fd(), data, offset).map_err(|e| Error::io(e, "write"))
     }
@@ -188,6 +189,7 @@ impl UnionFs {
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        self.check_writable()?;
         let h = self.handle(fh)?;
         ops::fallocate(h.fd().as_fd(), mode, offset, len).map_err(|e| Error::io(e, "fallocate"))
     }
@@ -200,6 +202,7 @@ impl UnionFs {
         off_out: u64,
         len: u64,
     ) -> Result<usize> {
+        self.check_writable()?;
         let a = self.handle(fh_in)?;
         let b = self.handle(fh_out)?;
         let len = len.min(1 << 30) as usize;

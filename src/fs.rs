@@ -5,8 +5,8 @@
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -88,7 +88,11 @@ pub struct UnionFs {
     pub(crate) files: DashMap<u64, Arc<FileHandle>>,
     pub(crate) dirs: DashMap<u64, Arc<DirStream>>,
     next_fh: AtomicU64,
-    pub read_only: bool,
+    /// Every write gets EROFS: `ro`, no upper, or `remount,ro` (switched at run time by
+    /// [`UnionFs::set_read_only`]; checked first by every operation that writes).
+    read_only: AtomicBool,
+    /// Serializes [`UnionFs::set_read_only`].
+    switching: Mutex<()>,
     /// `volatile`: skip fsync (throw-away uppers).
     pub volatile: bool,
     /// `metacopy=on`: chmod/chown/utimens/xattr changes copy a file's metadata only.
@@ -99,8 +103,9 @@ pub struct UnionFs {
     pub acl: bool,
     /// `static_nlink`: directories report one link.
     pub static_nlink: bool,
-    /// The copy-up staging directory `workdir/work` (writable mounts only).
-    pub(crate) work: Option<Arc<OwnedFd>>,
+    /// The copy-up staging directory `workdir/work`: made at mount time when the mount is
+    /// writable, else at the first `remount,rw`.
+    pub(crate) work: OnceLock<Arc<OwnedFd>>,
     /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
     pub(crate) writeback_cache: std::sync::atomic::AtomicBool,
     /// Numbers given to upper files whose number is not simply their own: upper
@@ -147,12 +152,12 @@ impl UnionFs {
             }
             read_levels.push(cfg.xattr_permissions.or(detected));
         }
-        let work = match (&layers.work, read_only) {
-            (Some(w), false) => Some(Arc::new(crate::copy_up::prepare_staging(
+        let work = OnceLock::new();
+        if let (Some(w), false) = (&layers.work, read_only) {
+            let _ = work.set(Arc::new(crate::copy_up::prepare_staging(
                 std::os::fd::AsFd::as_fd(&**w),
-            )?)),
-            _ => None,
-        };
+            )?));
+        }
         Ok(UnionFs {
             inodes: InodeTable::new(root),
             volatile: cfg.volatile,
@@ -172,8 +177,59 @@ impl UnionFs {
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
-            read_only,
+            read_only: AtomicBool::new(read_only),
+            switching: Mutex::new(()),
         })
+    }
+
+    /// Is the mount read-only now?
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::SeqCst)
+    }
+
+    /// EROFS on a read-only mount: the first check of every operation that writes, as the
+    /// VFS's `mnt_want_write` comes before anything else in the kernel.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.is_read_only() {
+            return err(libc::EROFS);
+        }
+        Ok(())
+    }
+
+    /// `remount,ro` / `remount,rw`. Going read-only: from now on every write gets EROFS,
+    /// then the upper's filesystem is synced (unless `volatile`), as the kernel overlayfs
+    /// syncs its upper on remount,ro. Dirty pages of the FUSE mount itself must reach us
+    /// before this (the caller remounts the VFS first, or syncfs's the mount). Going
+    /// writable needs an upper; a mount started read-only makes `workdir/work` now (the
+    /// in-use locks are held from the start whenever there is an upper).
+    pub fn set_read_only(&self, on: bool) -> Result<()> {
+        let _g = self.switching.lock();
+        if on {
+            self.read_only.store(true, Ordering::SeqCst);
+            if let (Some(u), false) = (&self.layers.upper, self.volatile) {
+                let fd = crate::sys::reopen(u.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                    .and_then(|fd| crate::sys::syncfs(fd.as_fd()).map(|()| fd));
+                if let Err(e) = fd {
+                    return Err(Error::io(
+                        e,
+                        format!("syncfs of upperdir {}", u.path.display()),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let Some(w) = &self.layers.work else {
+            return Err(Error::new(
+                libc::EROFS,
+                "no upper branch: the mount cannot be made writable",
+            ));
+        };
+        if self.work.get().is_none() {
+            let staging = crate::copy_up::prepare_staging(w.as_fd())?;
+            let _ = self.work.set(Arc::new(staging));
+        }
+        self.read_only.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     pub(crate) fn new_fh(&self) -> u64 {

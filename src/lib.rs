@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod attr;
+pub mod control;
 pub mod copy_up;
 pub mod daemon;
 pub mod dir;
@@ -23,6 +24,7 @@ pub mod mount;
 pub mod options;
 pub mod override_stat;
 pub mod readdir;
+pub mod remount;
 pub mod sys;
 pub mod whiteout;
 

@@ -13,6 +13,17 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let mut cfg = match options::parse_args(std::env::args_os()) {
         Ok(Command::Mount(cfg)) => cfg,
+        Ok(Command::Remount(r)) => {
+            return match stratafs::remount::run(&r) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Ok(Command::Help) => {
             print!("{}", options::help_text());
             return ExitCode::SUCCESS;

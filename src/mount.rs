@@ -87,7 +87,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         .timeout
         .map(std::time::Duration::from_secs_f64)
         .unwrap_or(DEFAULT_TTL);
-    let adapter = FuseAdapter::new(fs, ttl);
+    let adapter = FuseAdapter::new(fs.clone(), ttl);
     let mnt = cfg.mountpoint.display().to_string();
     let fcfg = fuser_config(cfg);
     // Mount ourselves so /proc/mounts says `fuse.stratafs` (fuser's own mount always says
@@ -133,6 +133,11 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
             }
         })
         .map_err(|e| Error::io(e, "signal thread"))?;
+    // The control channel (remount,ro|rw): listening before the mount is reported live.
+    let fstype = format!("fuse.{}", cfg.subtype.as_deref().unwrap_or("stratafs"));
+    if let Err(e) = crate::control::start_server(fs, &cfg.mountpoint, &fstype) {
+        warn!("no control channel (remount will not work): {e}");
+    }
     for i in &cfg.ignored {
         warn!("option {i} accepted and ignored");
     }

@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub enum Command {
     Mount(Box<Config>),
+    /// `-o remount,…`: change a live mount through its daemon (remount.rs).
+    Remount(crate::remount::RemountArgs),
     Help,
     Version,
 }
@@ -164,6 +166,11 @@ pub const OPTIONS: &[OptionDoc] = &[
         "aufs branches, top first (also br:DIR...)",
     ),
     doc("ro", "ro", "read-only mount (also without an upper branch)"),
+    doc(
+        "remount",
+        "remount,ro|rw",
+        "make a live mount read-only or writable again (also via mount -o remount)",
+    ),
     doc(
         "rw",
         "rw",
@@ -841,7 +848,7 @@ fn within(inner: &Path, outer: &Path) -> bool {
 }
 
 /// Unescapes the octal escapes (`\040`) of /proc/self/mountinfo.
-fn unescape_mountinfo(s: &str) -> PathBuf {
+pub fn unescape_mountinfo(s: &str) -> PathBuf {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -1039,6 +1046,13 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let args: Vec<OsString> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
+    if let Some(r) = parse_remount(&args)? {
+        return Ok(Command::Remount(r));
+    }
     let mut p = Parser {
         cfg: Config {
             default_permissions: true,
@@ -1049,7 +1063,7 @@ where
         cow: false,
     };
     let mut positional: Vec<OsString> = Vec::new();
-    let mut it = args.into_iter().skip(1).map(|a| a.as_ref().to_os_string());
+    let mut it = args.into_iter().skip(1);
     let mut only_positional = false;
     while let Some(arg) = it.next() {
         let b = arg.as_bytes();
@@ -1101,9 +1115,76 @@ where
     Ok(Command::Mount(Box::new(p.finish(positional)?)))
 }
 
+/// `[SOURCE] MOUNTPOINT -o …remount…`: the remount form (what mount.fuse3 runs for
+/// `mount -o remount,…`). `None` when no `-o` item is `remount`.
+fn parse_remount(args: &[OsString]) -> Result<Option<crate::remount::RemountArgs>, OptionsError> {
+    let mut items: Vec<String> = Vec::new();
+    let mut positional = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let b = a.as_bytes();
+        let opts = if b == b"-o" {
+            match it.next() {
+                Some(v) => v.as_bytes(),
+                None => return Ok(None), // the mount parser reports it
+            }
+        } else if let Some(v) = b.strip_prefix(b"-o") {
+            v
+        } else {
+            if !b.starts_with(b"-") {
+                positional.push(a.clone());
+            }
+            continue;
+        };
+        for i in split_options(opts) {
+            items.push(String::from_utf8_lossy(&i).into_owned());
+        }
+    }
+    if !items.iter().any(|i| i == "remount") {
+        return Ok(None);
+    }
+    let mountpoint = match positional.len() {
+        1 | 2 => PathBuf::from(positional.pop().unwrap_or_default()),
+        0 => return Err(bad("remount: missing mountpoint")),
+        _ => {
+            return Err(bad(
+                "remount: too many arguments (give [SOURCE] MOUNTPOINT)",
+            ))
+        }
+    };
+    Ok(Some(crate::remount::RemountArgs {
+        mountpoint,
+        options: items.into_iter().filter(|i| i != "remount").collect(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remount_form() {
+        let r = |a: &[&str]| {
+            let mut v = vec!["stratafs"];
+            v.extend_from_slice(a);
+            match parse_args(v).expect("parses") {
+                Command::Remount(r) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        let got = r(&[
+            "stratafs",
+            "/m",
+            "-o",
+            "ro,relatime,remount,user_id=0,group_id=0,default_permissions,allow_other,dev,suid",
+        ]);
+        assert_eq!(got.mountpoint, p("/m"));
+        assert_eq!(got.options[0], "ro");
+        assert!(!got.options.iter().any(|o| o == "remount"));
+        assert_eq!(r(&["-o", "remount,rw", "/m"]).options, ["rw"]);
+        assert_eq!(r(&["-oremount", "-o", "ro", "/m"]).options, ["ro"]);
+        assert!(parse_args(["s", "-o", "remount,ro"]).is_err());
+    }
 
     fn cfg(args: &[&str]) -> Config {
         let mut v = vec!["stratafs"];

@@ -372,6 +372,101 @@ pub fn fuse_mount(target: &Path, args: &FuseMountArgs) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// `flock(fd, LOCK_EX | LOCK_NB)`: EWOULDBLOCK when another open file description holds
+/// a lock on the same object. The lock ends when the last fd of this description closes
+/// (so with the process, however it dies).
+pub fn flock_exclusive_nb(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fd is a live fd for the duration of the call.
+    cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })?;
+    Ok(())
+}
+
+/// `syncfs(fd)`: writes the whole filesystem holding `fd` to disk.
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fd is a live fd for the duration of the call.
+    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
+    Ok(())
+}
+
+/// Credentials of the process at the other end of a unix socket (`SO_PEERCRED`), in this
+/// process's user namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `getsockopt(SO_PEERCRED)` on a connected unix socket.
+pub fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<PeerCred> {
+    let mut c = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: c and len are valid out-pointers of the sizes given.
+    cvt(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut c as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(PeerCred {
+        pid: c.pid,
+        uid: c.uid,
+        gid: c.gid,
+    })
+}
+
+/// Per-mount and superblock flags kept across a remount (everything MS_REMOUNT resets when
+/// not given again; the atime mode is kept by the kernel when none is given).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemountFlags {
+    pub read_only: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+    pub sync: bool,
+    pub dirsync: bool,
+    pub lazytime: bool,
+}
+
+/// `mount(NULL, target, NULL, MS_REMOUNT | flags, NULL)`: reconfigures the superblock
+/// mounted at `target` (for FUSE: syncs its dirty pages, then switches ro/rw; EBUSY while
+/// a file is open for writing on the way to ro) and resets the mount's own flags to `f`.
+pub fn remount(target: &Path, f: RemountFlags) -> io::Result<()> {
+    let t = cstr(target.as_os_str())?;
+    let mut flags: libc::c_ulong = libc::MS_REMOUNT;
+    for (on, bit) in [
+        (f.read_only, libc::MS_RDONLY),
+        (f.nodev, libc::MS_NODEV),
+        (f.nosuid, libc::MS_NOSUID),
+        (f.noexec, libc::MS_NOEXEC),
+        (f.sync, libc::MS_SYNCHRONOUS),
+        (f.dirsync, libc::MS_DIRSYNC),
+        (f.lazytime, libc::MS_LAZYTIME),
+    ] {
+        if on {
+            flags |= bit;
+        }
+    }
+    // SAFETY: t is NUL-terminated; null source, type and data are allowed for a remount.
+    cvt(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            t.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    })?;
+    Ok(())
+}
+
 /// The effective uid of this process (in its own user namespace).
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid has no arguments and cannot fail.

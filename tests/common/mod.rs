@@ -166,7 +166,8 @@ impl Strata {
     fn wait_live(&mut self) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
-            if mount_type(&self.mnt).as_deref() == Some("fuse.stratafs") {
+            // fuse.stratafs, or fuse.stratafs-… with a test's own subtype=.
+            if mount_type(&self.mnt).is_some_and(|t| t.starts_with("fuse.stratafs")) {
                 return;
             }
             if let Some(c) = self.child.as_mut() {
