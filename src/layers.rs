@@ -56,6 +56,8 @@ pub struct Layers {
     pub upper: Option<Layer>,
     /// `O_PATH` fd of the workdir (only with an upper).
     pub work: Option<Arc<OwnedFd>>,
+    /// The in-use locks on the upper and the workdir, held for the life of the mount.
+    _in_use: Vec<OwnedFd>,
     /// Lowers, highest first; `lowers[i].id == i + 1`.
     pub lowers: Vec<Layer>,
     /// `"trusted.overlay."` or, with `userxattr`, `"user.overlay."`: the prefix we write.
@@ -79,6 +81,32 @@ fn open_layer(id: LayerId, opt: &str, path: &std::path::Path) -> Result<Layer> {
     })
 }
 
+/// The kernel overlayfs's "in use" mark (`ovl_inuse_trylock`), in userspace: an exclusive
+/// `flock` on the directory, held by the daemon while it serves. A second mount of the same
+/// upper or workdir (as upper or as workdir) is refused before it touches anything: it
+/// would empty `workdir/work` under the first one. The kernel itself refuses only with
+/// `index=on` and otherwise warns; stratafs always refuses. A daemon that dies in any way
+/// (SIGKILL included) drops the lock with its last fd.
+fn lock_in_use(opt: &str, path: &std::path::Path, root: &OwnedFd) -> Result<OwnedFd> {
+    let what = |e: std::io::Error| Error::io(e, format!("{opt} {}", path.display()));
+    let fd = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(what)?;
+    match sys::flock_exclusive_nb(fd.as_fd()) {
+        Ok(()) => Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+            let st = sys::fstat(fd.as_fd()).map_err(what)?;
+            Err(Error::new(
+                libc::EBUSY,
+                format!(
+                    "{opt} {}: in use (as upperdir or workdir) by {}",
+                    path.display(),
+                    crate::control::holder_of(st.st_dev, st.st_ino)
+                ),
+            ))
+        }
+        Err(e) => Err(what(e)),
+    }
+}
+
 impl Layers {
     /// Opens every branch named by the configuration.
     pub fn open(cfg: &Config) -> Result<Layers> {
@@ -94,6 +122,12 @@ impl Layers {
             }
             _ => None,
         };
+        // Before anything in the workdir is touched (copy_up::prepare_staging empties it).
+        let mut in_use = Vec::new();
+        if let (Some(u), Some(w), Some(wp)) = (&upper, &work, &cfg.workdir) {
+            in_use.push(lock_in_use("upperdir", &u.path, &u.root)?);
+            in_use.push(lock_in_use("workdir", wp, w)?);
+        }
         let mut lowers = Vec::with_capacity(cfg.lowerdirs.len());
         for (i, p) in cfg.lowerdirs.iter().enumerate() {
             lowers.push(open_layer(i + 1, "lowerdir", p)?);
@@ -101,6 +135,7 @@ impl Layers {
         let layers = Layers {
             upper,
             work,
+            _in_use: in_use,
             lowers,
             // Unprivileged processes cannot set trusted.* xattrs: in a user namespace write
             // the kernel's `userxattr` form, as the kernel overlayfs requires there.
