@@ -35,6 +35,7 @@ use log::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::fs::UnionFs;
+use crate::options::Config;
 use crate::sys;
 
 /// Protocol version written in every request.
@@ -48,6 +49,9 @@ const MAX_LINE: usize = 64 * 1024;
 pub enum Request {
     /// `ro` / `rw`: switch the mount read-only (flushing the upper first) or writable.
     SetReadOnly(bool),
+    /// `check OPT…`: a remount's mount-time options (`lowerdir=`, `volatile`, … as mount(8)
+    /// takes them from fstab) must all describe the running mount; changes nothing.
+    Check(Vec<String>),
 }
 
 impl Request {
@@ -55,6 +59,9 @@ impl Request {
         match self {
             Request::SetReadOnly(true) => vec![b"ro".to_vec()],
             Request::SetReadOnly(false) => vec![b"rw".to_vec()],
+            Request::Check(opts) => std::iter::once(b"check".to_vec())
+                .chain(opts.iter().map(|o| o.as_bytes().to_vec()))
+                .collect(),
         }
     }
 
@@ -84,6 +91,11 @@ impl Request {
         match args.iter().map(|a| a.as_slice()).collect::<Vec<_>>()[..] {
             [b"ro"] => Ok(Request::SetReadOnly(true)),
             [b"rw"] => Ok(Request::SetReadOnly(false)),
+            [b"check", ref opts @ ..] => Ok(Request::Check(
+                opts.iter()
+                    .map(|o| String::from_utf8_lossy(o).into_owned())
+                    .collect(),
+            )),
             _ => Err(Error::new(
                 libc::EINVAL,
                 format!("unknown control request: {line}"),
@@ -241,7 +253,9 @@ fn address(dev: &str) -> std::io::Result<SocketAddr> {
 
 /// The daemon's end: listens on the mount's address and answers requests on its own
 /// thread, one connection at a time (requests are rare and short).
-pub fn start_server(fs: Arc<UnionFs>, mountpoint: &Path, fstype: &str) -> Result<()> {
+pub fn start_server(fs: Arc<UnionFs>, cfg: &Config, fstype: &str) -> Result<()> {
+    let mountpoint = cfg.mountpoint.as_path();
+    let cfg = cfg.clone();
     let entry = MountEntry::all()
         .into_iter()
         .rev()
@@ -262,7 +276,7 @@ pub fn start_server(fs: Arc<UnionFs>, mountpoint: &Path, fstype: &str) -> Result
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
-                    Ok(s) => serve_one(&fs, s, owner),
+                    Ok(s) => serve_one(&fs, &cfg, s, owner),
                     Err(e) => warn!("control: accept: {e}"),
                 }
             }
@@ -271,7 +285,7 @@ pub fn start_server(fs: Arc<UnionFs>, mountpoint: &Path, fstype: &str) -> Result
     Ok(())
 }
 
-fn serve_one(fs: &UnionFs, mut s: UnixStream, owner: u32) {
+fn serve_one(fs: &UnionFs, cfg: &Config, mut s: UnixStream, owner: u32) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
     // Read the request first, whoever sent it: closing with it unread would reset the
@@ -288,7 +302,7 @@ fn serve_one(fs: &UnionFs, mut s: UnixStream, owner: u32) {
             match Request::decode(line.trim_end_matches('\n')) {
                 Ok(req) => {
                     info!("control: uid {} pid {}: {req:?}", c.uid, c.pid);
-                    handle(fs, &req)
+                    handle(fs, cfg, &req)
                 }
                 Err(e) => Reply::err(&e),
             }
@@ -305,8 +319,17 @@ fn serve_one(fs: &UnionFs, mut s: UnixStream, owner: u32) {
 }
 
 /// Carries out one request in the daemon.
-pub fn handle(fs: &UnionFs, req: &Request) -> Reply {
+pub fn handle(fs: &UnionFs, cfg: &Config, req: &Request) -> Reply {
     let r = match req {
+        Request::Check(opts) => {
+            return match crate::options::remount_unchanged(cfg, opts) {
+                Ok(()) => Reply::ok(Vec::new()),
+                Err(e) => Reply {
+                    lines: Vec::new(),
+                    result: Err((libc::EINVAL, e.0)),
+                },
+            }
+        }
         Request::SetReadOnly(on) => fs.set_read_only(*on).map(|()| {
             vec![format!(
                 "{}: {}",
@@ -409,7 +432,12 @@ mod tests {
 
     #[test]
     fn requests_and_replies_round_trip() {
-        for r in [Request::SetReadOnly(true), Request::SetReadOnly(false)] {
+        for r in [
+            Request::SetReadOnly(true),
+            Request::SetReadOnly(false),
+            Request::Check(vec!["lowerdir=/a b:/c".into(), "volatile".into()]),
+            Request::Check(vec![]),
+        ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
         assert_eq!(Request::SetReadOnly(true).encode(), "stratafs 1 ro");

@@ -135,7 +135,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         .map_err(|e| Error::io(e, "signal thread"))?;
     // The control channel (remount,ro|rw): listening before the mount is reported live.
     let fstype = format!("fuse.{}", cfg.subtype.as_deref().unwrap_or("stratafs"));
-    if let Err(e) = crate::control::start_server(fs, &cfg.mountpoint, &fstype) {
+    if let Err(e) = crate::control::start_server(fs, cfg, &fstype) {
         warn!("no control channel (remount will not work): {e}");
     }
     for i in &cfg.ignored {

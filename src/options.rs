@@ -1115,6 +1115,77 @@ where
     Ok(Command::Mount(Box::new(p.finish(positional)?)))
 }
 
+/// A remount's mount-time options (what mount(8) takes from an fstab line: `lowerdir=`,
+/// `upperdir=`, `volatile`, …) checked against the configuration the daemon runs with:
+/// each must leave it as it is (a remount changes only ro/rw). Branch paths are compared
+/// after resolving them as at mount time. One line naming the first option that differs.
+pub fn remount_unchanged(running: &Config, items: &[String]) -> Result<(), OptionsError> {
+    fn canon(p: &Path) -> PathBuf {
+        std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+    }
+    let branches = |c: &Config| {
+        (
+            c.lowerdirs.iter().map(|p| canon(p)).collect::<Vec<_>>(),
+            c.upperdir.as_deref().map(canon),
+            c.workdir.as_deref().map(canon),
+        )
+    };
+    let want = branches(running);
+    let differs = |o: &str| {
+        Err(bad(format!(
+            "option {o} differs from the running mount: a stratafs remount changes only ro/rw"
+        )))
+    };
+    for item in items {
+        let b = item.as_bytes();
+        let key = item.split('=').next().unwrap_or("");
+        if key == "cow" {
+            continue; // a branch-list reading rule; no effect on a mounted list
+        }
+        if matches!(key, "br" | "dirs") || b.starts_with(b"br:") {
+            // A whole branch list: resolve it as at mount time, then compare.
+            let mut q = Parser {
+                cfg: Config {
+                    workdir: (!running.auto_workdir)
+                        .then(|| running.workdir.clone())
+                        .flatten(),
+                    ..Config::default()
+                },
+                lowerdir_given: false,
+                branches: None,
+                cow: false,
+            };
+            q.apply(b)?;
+            if let Some((syntax, list)) = q.branches.take() {
+                q.resolve_branches(syntax, list)?;
+            }
+            if branches(&q.cfg) != want {
+                return differs(item);
+            }
+            continue;
+        }
+        let mut p = Parser {
+            cfg: running.clone(),
+            lowerdir_given: false,
+            branches: None,
+            cow: false,
+        };
+        p.apply(b)?;
+        let mut got = p.cfg;
+        if matches!(key, "lowerdir" | "upperdir" | "workdir") {
+            if branches(&got) != want {
+                return differs(item);
+            }
+            continue;
+        }
+        got.ignored.clone_from(&running.ignored);
+        if format!("{got:?}") != format!("{running:?}") {
+            return differs(item);
+        }
+    }
+    Ok(())
+}
+
 /// `[SOURCE] MOUNTPOINT -o …remount…`: the remount form (what mount.fuse3 runs for
 /// `mount -o remount,…`). `None` when no `-o` item is `remount`.
 fn parse_remount(args: &[OsString]) -> Result<Option<crate::remount::RemountArgs>, OptionsError> {
@@ -1161,6 +1232,48 @@ fn parse_remount(args: &[OsString]) -> Result<Option<crate::remount::RemountArgs
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remount_checks_mount_time_options_against_the_running_config() {
+        let running = cfg(&[
+            "-o",
+            "lowerdir=/l1:/l2,upperdir=/u,workdir=/w,volatile,threads=3",
+            "/m",
+        ]);
+        let ok = |o: &[&str]| {
+            let v: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            remount_unchanged(&running, &v)
+        };
+        assert_eq!(
+            ok(&["lowerdir=/l1:/l2", "upperdir=/u", "workdir=/w"]),
+            Ok(())
+        );
+        assert_eq!(
+            ok(&["volatile", "threads=3", "context=x", "fsync=0"]),
+            Ok(())
+        );
+        for bad in [
+            "lowerdir=/l1",
+            "upperdir=/v",
+            "workdir=/w2",
+            "threads=4",
+            "metacopy=on",
+            "fsync=1",
+            "br=/u=rw:/l2=ro",
+        ] {
+            let e = ok(&[bad]).expect_err(bad).0;
+            assert!(e.contains(bad) && e.contains("only ro/rw"), "{bad}: {e}");
+        }
+        assert!(ok(&["bogus"])
+            .expect_err("bogus")
+            .0
+            .contains("unknown option"));
+        let running = cfg(&["/m", "-o", "br=/x/u=rw:/l1=ro:/l2"]);
+        assert_eq!(
+            remount_unchanged(&running, &["br=/x/u=rw:/l1=ro:/l2=ro".to_string()]),
+            Ok(())
+        );
+    }
 
     #[test]
     fn remount_form() {

@@ -43,12 +43,14 @@ fn has(set: &[String], o: &str) -> bool {
     set.iter().any(|x| x == o)
 }
 
-/// Checks the options against the mount as it is; returns whether it is to be read-only.
-pub fn plan(m: &MountEntry, options: &[String]) -> Result<bool, String> {
+/// Checks the kernel-level options against the mount as it is; returns whether it is to be
+/// read-only, and the mount-time options left for the daemon to check (`Request::Check`).
+pub fn plan(m: &MountEntry, options: &[String]) -> Result<(bool, Vec<String>), String> {
     let (mo, so) = (&m.mount_opts, &m.super_opts);
     let cur_ro = has(mo, "ro") || has(so, "ro");
     let full = options.iter().any(|o| o.starts_with("user_id="));
     let mut want_ro = None;
+    let mut rest = Vec::new();
     let change = |o: &str| {
         Err(format!(
             "option {o} would change the mount: a stratafs remount changes only ro/rw"
@@ -85,9 +87,8 @@ pub fn plan(m: &MountEntry, options: &[String]) -> Result<bool, String> {
             }
             k if USERSPACE_ONLY.contains(&k) || k.starts_with("x-") || k == "comment" => true,
             _ => {
-                return Err(format!(
-                    "option {o} cannot be given to a remount: a stratafs remount changes only ro/rw"
-                ))
+                rest.push(o.clone());
+                true
             }
         };
         if !same {
@@ -106,7 +107,7 @@ pub fn plan(m: &MountEntry, options: &[String]) -> Result<bool, String> {
             }
         }
     }
-    Ok(want_ro.unwrap_or(cur_ro))
+    Ok((want_ro.unwrap_or(cur_ro), rest))
 }
 
 /// The mount's flags as they are, with `read_only` as wanted.
@@ -146,10 +147,13 @@ pub fn run(args: &RemountArgs) -> Result<Vec<String>, String> {
     let mnt = mount_path(&args.mountpoint)?;
     let fail = |msg: String| format!("remount {}: {msg}", mnt.display());
     let m = MountEntry::fuse_at(&mnt).ok_or_else(|| fail("not a FUSE mount point".into()))?;
-    let want_ro = plan(&m, &args.options).map_err(fail)?;
+    let (want_ro, rest) = plan(&m, &args.options).map_err(fail)?;
     let cur_ro = has(&m.mount_opts, "ro") || has(&m.super_opts, "ro");
-    // Reach the daemon before changing anything.
+    // Reach the daemon, and have it check the mount-time options, before changing anything.
     drop(Client::connect(&m).map_err(fail)?);
+    if !rest.is_empty() {
+        call(&m, &Request::Check(rest)).map_err(fail)?;
+    }
     if want_ro {
         let vfs = match sys::remount(&mnt, flags(&m, true)) {
             Ok(()) => true,
@@ -208,15 +212,27 @@ mod tests {
         let so = "rw,user_id=0,group_id=0,default_permissions,allow_other";
         let m = entry("rw,relatime", so);
         let full = "relatime,user_id=0,group_id=0,default_permissions,allow_other,dev,suid";
-        assert_eq!(plan(&m, &opts(&format!("ro,{full}"))), Ok(true));
-        assert_eq!(plan(&m, &opts(&format!("rw,{full}"))), Ok(false));
-        assert_eq!(plan(&m, &opts("ro")), Ok(true));
-        assert_eq!(plan(&m, &opts("")), Ok(false), "no change asked: as it is");
+        let ro = |o: &str| plan(&m, &opts(o)).map(|(ro, _)| ro);
+        assert_eq!(ro(&format!("ro,{full}")), Ok(true));
+        assert_eq!(ro(&format!("rw,{full}")), Ok(false));
+        assert_eq!(ro("ro"), Ok(true));
+        assert_eq!(ro(""), Ok(false), "no change asked: as it is");
+        // fstab's mount-time options go to the daemon.
+        assert_eq!(
+            plan(&m, &opts("ro,lowerdir=/l,volatile,dev,suid")),
+            Ok((
+                true,
+                vec!["lowerdir=/l".to_string(), "volatile".to_string()]
+            ))
+        );
         let m = entry("ro,nosuid,nodev,noexec,noatime", &so.replace("rw,", "ro,"));
         let full =
             "nosuid,nodev,noexec,noatime,user_id=0,group_id=0,default_permissions,allow_other";
-        assert_eq!(plan(&m, &opts(&format!("rw,{full}"))), Ok(false));
-        assert_eq!(plan(&m, &opts("x-systemd.automount,nofail,ro")), Ok(true));
+        assert_eq!(plan(&m, &opts(&format!("rw,{full}"))), Ok((false, vec![])));
+        assert_eq!(
+            plan(&m, &opts("x-systemd.automount,nofail,ro")),
+            Ok((true, vec![]))
+        );
     }
 
     #[test]
@@ -231,8 +247,6 @@ mod tests {
             "ro,strictatime",
             "ro,user_id=5",
             "ro,sync",
-            "ro,lowerdir=/x",
-            "ro,bogus",
             // mount(8)'s full set without noexec: `remount,exec`.
             "ro,nosuid,relatime,user_id=0,group_id=0,default_permissions,allow_other,dev",
         ] {
