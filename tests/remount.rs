@@ -377,3 +377,63 @@ fn remount_ro_as_root_of_a_user_namespace() {
         "upper has the cached data: {out} {err}"
     );
 }
+
+/// The daemon's own refusal, without the kernel's (what serves a remount that could not
+/// change the VFS flags, e.g. a non-root fusermount3 mount): after `set_read_only(true)`
+/// every writing operation gets EROFS, also through a handle opened for writing before,
+/// and nothing reaches the upper; `set_read_only(false)` undoes it.
+#[test]
+fn the_core_refuses_writes_once_read_only() {
+    use stratafs::dir::NewKind;
+    use stratafs::fs::Caller;
+    let s = Scratch::new("remount-core");
+    let (l, u, w) = layers(&s);
+    let mut cfg = stratafs::Config {
+        lowerdirs: vec![l.clone()],
+        upperdir: Some(u.clone()),
+        workdir: Some(w.clone()),
+        mountpoint: s.dir("m"),
+        ..Default::default()
+    };
+    cfg.validate().unwrap();
+    let fs = stratafs::UnionFs::new(&cfg).unwrap();
+    let up = fs.lookup(1, "upper".as_ref()).unwrap().ino;
+    let fh = fs.open(up, libc::O_WRONLY).unwrap();
+    let lower = fs.lookup(1, "lower".as_ref()).unwrap().ino;
+    fs.set_read_only(true).unwrap();
+    assert!(fs.is_read_only());
+    let before = snapshot(&u);
+    let erofs = |r: stratafs::Result<()>, what: &str| {
+        assert!(
+            r.as_ref().is_err_and(|e| e.is(libc::EROFS)),
+            "{what}: {r:?}"
+        );
+    };
+    erofs(
+        fs.write(fh, 0, b"late").map(|_| ()),
+        "write on an open handle",
+    );
+    erofs(fs.fallocate(fh, 0, 4096, 0), "fallocate");
+    erofs(fs.open(lower, libc::O_WRONLY).map(|_| ()), "open for write");
+    let new = |k| {
+        fs.create_entry(1, "new".as_ref(), 0o644, 0o022, k, Caller::ROOT)
+            .map(|_| ())
+    };
+    erofs(
+        new(NewKind::File {
+            flags: libc::O_WRONLY,
+        }),
+        "create",
+    );
+    erofs(new(NewKind::Dir), "mkdir");
+    erofs(fs.remove(1, "lower".as_ref(), false), "unlink");
+    erofs(
+        fs.rename(1, "upper".as_ref(), 1, "moved".as_ref(), 0),
+        "rename",
+    );
+    erofs(fs.link(lower, 1, "hard".as_ref()).map(|_| ()), "link");
+    common::assert_same("upper", &before, &snapshot(&u));
+    fs.set_read_only(false).unwrap();
+    assert_eq!(fs.write(fh, 0, b"UPPER").unwrap(), 5);
+    assert!(fs::read(u.join("upper")).unwrap().starts_with(b"UPPER"));
+}
