@@ -14,6 +14,18 @@ use std::process::{Command, Stdio};
 
 use common::{bin, Kernel, Scratch, Stack, Strata};
 
+/// Unmounts `m` on drop if something got mounted there (a second mount the old code
+/// accepted must not outlive a failed test).
+struct UnmountIfMounted<'a>(&'a Path);
+
+impl Drop for UnmountIfMounted<'_> {
+    fn drop(&mut self) {
+        if common::mount_type(self.0).is_some() {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+}
+
 fn second_mount(l: &Path, u: &Path, w: &Path, m: &Path) -> std::process::Output {
     Command::new(bin())
         .arg("-o")
@@ -62,6 +74,7 @@ fn a_second_mount_of_a_busy_upper_or_workdir_is_refused() {
         (&u, &w2, "upperdir"),
         (&u2, &w, "workdir"),
     ] {
+        let _guard = UnmountIfMounted(&m2);
         let o = second_mount(&l, uu, ww, &m2);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(!o.status.success(), "{uu:?} {ww:?}: second mount accepted");
