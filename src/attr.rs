@@ -133,6 +133,17 @@ impl UnionFs {
         Ok(self.attr(&st, ino, merged))
     }
 
+    /// The stat of `ino`'s real entry with its owner override applied: owner and mode as
+    /// stored, before any id mapping.
+    pub(crate) fn stored_stat(&self, ino: u64) -> Result<Stat> {
+        let node = self.node(ino)?;
+        let real = self.real(&node)?;
+        let mut st =
+            sys::fstatat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "getattr"))?;
+        self.show_override(&mut st, real.loc.top, real.dir.as_fd(), &real.name);
+        Ok(st)
+    }
+
     /// The target of a symlink.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
@@ -272,9 +283,9 @@ impl UnionFs {
             return err(libc::EISDIR);
         }
         // Ids given through the mount are stored mapped (uidmapping=/gidmapping=); one no
-        // range covers is refused before anything is copied up.
-        let uid = s.uid.map(|u| self.ids.uids.to_outer(u)).transpose()?;
-        let gid = s.gid.map(|g| self.ids.gids.to_outer(g)).transpose()?;
+        // range covers is stored as the overflow id, as fuse-overlayfs does.
+        let uid = s.uid.map(|u| self.ids.uids.disk(u));
+        let gid = s.gid.map(|g| self.ids.gids.disk(g));
         let want = match s.size {
             Some(0) => CopyUp::Empty,
             Some(_) => CopyUp::Data,
