@@ -257,7 +257,11 @@ impl UnionFs {
         let attr = self.lookup(parent, name)?;
         let fh = match (file, kind) {
             (Some(fd), NewKind::File { flags }) => {
-                Some(self.add_handle(attr.ino, fd, flags, false))
+                let fh = self.add_handle(attr.ino, fd, flags, false);
+                if attr.perm as u32 & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                    self.guard_if_privileged(attr.ino, fh);
+                }
+                Some(fh)
             }
             _ => None,
         };

@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod attr;
 pub mod copy_up;
+pub mod cred;
 pub mod daemon;
 pub mod dir;
 pub mod error;
