@@ -62,6 +62,20 @@ impl Attr {
         }
     }
 
+    /// The mode with its type bits (`S_IFREG | perm`, …).
+    pub fn mode(&self) -> u32 {
+        let fmt = match self.kind {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
+            Kind::CharDev => libc::S_IFCHR,
+            Kind::BlockDev => libc::S_IFBLK,
+        };
+        fmt | self.perm as u32
+    }
+
     /// From a real entry's stat. `merged` directories report one link, as the kernel's.
     pub fn from_stat(st: &Stat, ino: u64, merged: bool) -> Attr {
         Attr {
@@ -131,6 +145,17 @@ impl UnionFs {
                 lowers > 1
             };
         Ok(self.attr(&st, ino, merged))
+    }
+
+    /// The stat of `ino`'s real entry with its owner override applied: owner and mode as
+    /// stored, before any id mapping.
+    pub(crate) fn stored_stat(&self, ino: u64) -> Result<Stat> {
+        let node = self.node(ino)?;
+        let real = self.real(&node)?;
+        let mut st =
+            sys::fstatat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "getattr"))?;
+        self.show_override(&mut st, real.loc.top, real.dir.as_fd(), &real.name);
+        Ok(st)
     }
 
     /// The target of a symlink.
@@ -234,7 +259,7 @@ impl UnionFs {
         }
         let shift = if caller.uid == a.uid {
             6
-        } else if caller.gid == a.gid || sys::in_group(caller.pid, a.gid) {
+        } else if crate::cred::in_group(&caller, a.gid) {
             3
         } else {
             0
@@ -258,6 +283,9 @@ pub struct SetAttr {
     pub mtime: Option<ops::SetTime>,
     /// The open file the change comes through (ftruncate, futimens), if any.
     pub fh: Option<u64>,
+    /// Who asks (from the request): a truncate or chown by a caller the kernel's rules do
+    /// not exempt drops setuid/setgid bits (cred.rs). `None`: the daemon's own change.
+    pub caller: Option<Caller>,
 }
 
 impl UnionFs {
@@ -271,10 +299,11 @@ impl UnionFs {
         if s.size.is_some() && node.kind == Kind::Dir {
             return err(libc::EISDIR);
         }
+        let s = self.drop_privs_for(ino, s)?;
         // Ids given through the mount are stored mapped (uidmapping=/gidmapping=); one no
-        // range covers is refused before anything is copied up.
-        let uid = s.uid.map(|u| self.ids.uids.to_outer(u)).transpose()?;
-        let gid = s.gid.map(|g| self.ids.gids.to_outer(g)).transpose()?;
+        // range covers is stored as the overflow id, as fuse-overlayfs does.
+        let uid = s.uid.map(|u| self.ids.uids.disk(u));
+        let gid = s.gid.map(|g| self.ids.gids.disk(g));
         let want = match s.size {
             Some(0) => CopyUp::Empty,
             Some(_) => CopyUp::Data,
@@ -320,6 +349,56 @@ impl UnionFs {
             .map_err(|e| Error::io(e, "utimens"))?;
         }
         self.getattr(ino, None)
+    }
+
+    /// A truncate or chown drops the setuid/setgid bits the kernel's rules say it drops for
+    /// this caller (the kernel sends part of that as a mode change in the same request; the
+    /// real change, made with the daemon's credentials, would keep the rest).
+    fn drop_privs_for(&self, ino: u64, mut s: SetAttr) -> Result<SetAttr> {
+        let Some(caller) = s.caller else {
+            return Ok(s);
+        };
+        let chown = s.uid.is_some() || s.gid.is_some();
+        if s.size.is_none() && !chown {
+            return Ok(s);
+        }
+        let a = self.getattr(ino, None)?;
+        if a.perm as u32 & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            return Ok(s);
+        }
+        let mut drop = 0;
+        if s.size.is_some() {
+            drop |= crate::cred::drop_on_write(a.mode(), a.gid, &caller);
+        }
+        if chown {
+            drop |= crate::cred::drop_on_chown(a.mode(), a.gid, &caller);
+        }
+        if drop != 0 {
+            s.mode = Some(s.mode.unwrap_or(a.perm as u32) & !drop);
+        }
+        Ok(s)
+    }
+
+    /// Before `caller` writes through handle `fh` of `ino` (write, fallocate,
+    /// copy_file_range): drops what `file_remove_privs` would, as a mode change. Requests
+    /// without a thread id (the kernel's own writeback of mmap'ed pages) drop nothing: the
+    /// kernel removes no bits for those either.
+    pub(crate) fn remove_privs(&self, ino: u64, fh: u64, caller: &Caller) -> Result<()> {
+        if caller.pid == 0 {
+            return Ok(());
+        }
+        let a = self.getattr(ino, Some(fh))?;
+        let drop = crate::cred::drop_on_write(a.mode(), a.gid, caller);
+        if drop != 0 {
+            self.setattr(
+                ino,
+                SetAttr {
+                    mode: Some(a.perm as u32 & !drop),
+                    ..Default::default()
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// With `xattr_permissions`: chown/chmod of the (upper) `dir/name` rewrite its override
@@ -375,6 +454,34 @@ impl UnionFs {
     /// setxattr on the entry's upper copy. Overlay-private names are refused.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         self.change_xattr(ino, name, Some((value, flags)))
+    }
+
+    /// setxattr by `caller`. Setting an access ACL first drops the setgid bit where the
+    /// caller is neither in the file's group nor holds CAP_FSETID, as the kernel overlayfs
+    /// does before it sets the ACL with the mounter's credentials (xfstests generic/375).
+    /// The kernel's FUSE module says so in FUSE_SETXATTR_ACL_KILL_SGID, a flag of the
+    /// extended setxattr request that fuser 0.18 cannot decode, so the rule is applied here.
+    pub fn setxattr_as(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> Result<()> {
+        if self.acl && !self.read_only && name.as_bytes() == crate::acl::ACCESS_XATTR.to_bytes() {
+            let a = self.getattr(ino, None)?;
+            if crate::cred::drop_on_acl(a.mode(), a.gid, &caller) != 0 {
+                self.setattr(
+                    ino,
+                    SetAttr {
+                        mode: Some(a.perm as u32 & !libc::S_ISGID),
+                        ..Default::default()
+                    },
+                )?;
+            }
+        }
+        self.setxattr(ino, name, value, flags)
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {

@@ -165,10 +165,15 @@ impl UnionFs {
             }
         }
         let updir = self.upper_dir_of(&pnode)?;
-        let pattr = self.getattr(parent, None)?;
-        let sgid_parent = pattr.perm as u32 & libc::S_ISGID != 0;
-        let gid = if sgid_parent { pattr.gid } else { caller.gid };
-        let (owner_uid, owner_gid) = self.ids.store(caller.uid, gid)?;
+        // The owner is the caller's ids as stored (mapped, the overflow id where no range
+        // covers them); under a setgid directory the group is the directory's own, as
+        // stored, whatever it shows as.
+        let pst = self.stored_stat(parent)?;
+        let sgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let (owner_uid, mut owner_gid) = self.ids.store(caller.uid, caller.gid)?;
+        if sgid_parent {
+            owner_gid = pst.st_gid;
+        }
         let is_dir = matches!(kind, NewKind::Dir);
         // The umask, or the parent's default ACL, as the upper filesystem would apply them
         // had the entry been created in place.
@@ -253,7 +258,11 @@ impl UnionFs {
         let attr = self.lookup(parent, name)?;
         let fh = match (file, kind) {
             (Some(fd), NewKind::File { flags }) => {
-                Some(self.add_handle(attr.ino, fd, flags, false))
+                let fh = self.add_handle(attr.ino, fd, flags, false);
+                if attr.perm as u32 & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                    self.guard_if_privileged(attr.ino, fh);
+                }
+                Some(fh)
             }
             _ => None,
         };

@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 
 use crate::copy_up::CopyUp;
 use crate::error::{err, Error, Result};
-use crate::fs::UnionFs;
+use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
 use crate::sys::{self, ops};
 
@@ -28,6 +28,9 @@ pub struct FileHandle {
     pub data_only: bool,
     /// The kernel does this handle's I/O on the backing file itself (FUSE passthrough).
     passthrough: AtomicBool,
+    /// Opened for write on a file with setuid/setgid bits: its writes go through this
+    /// daemon, which drops the bits the kernel's rules say a write drops (cred.rs).
+    guard_privs: AtomicBool,
 }
 
 impl FileHandle {
@@ -38,6 +41,7 @@ impl FileHandle {
             flags,
             data_only,
             passthrough: AtomicBool::new(false),
+            guard_privs: AtomicBool::new(false),
         }
     }
 
@@ -97,7 +101,47 @@ impl UnionFs {
                 ),
             )
         })?;
-        Ok(self.add_handle(ino, fd, flags, data_only))
+        let fh = self.add_handle(ino, fd, flags, data_only);
+        if write && node.kind == Kind::File {
+            self.guard_if_privileged(ino, fh);
+        }
+        Ok(fh)
+    }
+
+    /// Marks write handle `fh` as guarded if the file has a setuid or setgid bit now.
+    ///
+    /// Why the guard is needed: the kernel removes such bits on write with the writer's
+    /// credentials (`file_remove_privs`), but the FUSE module, with no
+    /// FUSE_HANDLE_KILLPRIV(_V2), only turns that into a mode change for setuid and for
+    /// group-executable setgid; the rest is left to the daemon, whose own writes (as root,
+    /// with CAP_FSETID) never drop anything. Through passthrough the daemon never sees the
+    /// write at all, and with the writeback cache it sees it later without the writer's
+    /// credentials. So a guarded handle gets neither (see `passthrough_source` and
+    /// `direct_io`), and its writes call `remove_privs` with the writer.
+    pub(crate) fn guard_if_privileged(&self, ino: u64, fh: u64) {
+        let Ok(h) = self.handle(fh) else { return };
+        let privileged = self
+            .getattr(ino, Some(fh))
+            .map(|a| a.perm as u32 & (libc::S_ISUID | libc::S_ISGID) != 0)
+            .unwrap_or(false);
+        h.guard_privs.store(privileged, Ordering::Relaxed);
+    }
+
+    /// The kernel must send this handle's writes synchronously, from the writer (no
+    /// writeback cache): a guarded handle on a mount with the writeback cache on.
+    pub fn direct_io(&self, fh: u64) -> bool {
+        self.writeback_cache.load(Ordering::Relaxed)
+            && self
+                .handle(fh)
+                .is_ok_and(|h| h.guard_privs.load(Ordering::Relaxed))
+    }
+
+    /// Before `caller` modifies a file's data through `fh`: the bits a write drops.
+    fn before_write(&self, h: &FileHandle, fh: u64, caller: Option<Caller>) -> Result<()> {
+        match caller {
+            Some(c) if h.guard_privs.load(Ordering::Relaxed) => self.remove_privs(h.ino, fh, &c),
+            _ => Ok(()),
+        }
     }
 
     /// The flags to open the real file with for an open(2) with `flags`. With the writeback
@@ -156,8 +200,21 @@ impl UnionFs {
 
     /// Writes `data` at `offset` (the kernel turns O_APPEND into the right offset).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        self.write_as(fh, offset, data, None)
+    }
+
+    /// `write` by `caller` (from the request): a guarded handle drops setuid/setgid bits
+    /// first, as `file_remove_privs` does.
+    pub fn write_as(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        caller: Option<Caller>,
+    ) -> Result<usize> {
         self.check_writable()?;
         let h = self.handle(fh)?;
+        self.before_write(&h, fh, caller)?;
         sys::pwrite(h.fd().as_fd(), data, offset).map_err(|e| Error::io(e, "write"))
     }
 
@@ -189,8 +246,20 @@ impl UnionFs {
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        self.fallocate_as(fh, offset, len, mode, None)
+    }
+
+    pub fn fallocate_as(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: Option<Caller>,
+    ) -> Result<()> {
         self.check_writable()?;
         let h = self.handle(fh)?;
+        self.before_write(&h, fh, caller)?;
         ops::fallocate(h.fd().as_fd(), mode, offset, len).map_err(|e| Error::io(e, "fallocate"))
     }
 
@@ -202,9 +271,22 @@ impl UnionFs {
         off_out: u64,
         len: u64,
     ) -> Result<usize> {
+        self.copy_file_range_as(fh_in, off_in, fh_out, off_out, len, None)
+    }
+
+    pub fn copy_file_range_as(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+        caller: Option<Caller>,
+    ) -> Result<usize> {
         self.check_writable()?;
         let a = self.handle(fh_in)?;
         let b = self.handle(fh_out)?;
+        self.before_write(&b, fh_out, caller)?;
         let len = len.min(1 << 30) as usize;
         ops::copy_file_range(a.fd().as_fd(), off_in, b.fd().as_fd(), off_out, len)
             .map_err(|e| Error::io(e, "copy_file_range"))
@@ -229,15 +311,35 @@ impl UnionFs {
                 return None;
             }
         }
-        let others_served_here = self
+        let (mut others_served_here, mut others_passthrough) = (false, false);
+        for o in self
             .files
             .iter()
-            .any(|o| *o.key() != fh && o.ino == h.ino && !o.passthrough.load(Ordering::Relaxed));
+            .filter(|o| *o.key() != fh && o.ino == h.ino)
+        {
+            if o.passthrough.load(Ordering::Relaxed) {
+                others_passthrough = true;
+            } else {
+                others_served_here = true;
+            }
+        }
         if others_served_here {
             return None;
         }
         let fd = h.fd();
         let st = sys::fstat(fd.as_fd()).ok()?;
+        // Files with setuid/setgid bits are served here (see `guard_if_privileged`); a
+        // read-only handle too, as the kernel would then force every later open of the
+        // inode, writers included, onto passthrough. Where another handle already is
+        // passthrough (the bits were set while it was open) the kernel allows nothing else.
+        let mode = if self.shows_overrides {
+            self.getattr(h.ino, Some(fh)).ok()?.perm as u32
+        } else {
+            st.st_mode
+        };
+        if !others_passthrough && mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            return None;
+        }
         Some((fd, (st.st_dev, st.st_ino)))
     }
 

@@ -73,8 +73,13 @@ impl FuseAdapter {
 
     /// The open flags for a handle the daemon serves. With passthrough in use, a file's
     /// page cache may be stale after passthrough writes, so it is not kept across opens.
-    fn served_flags(&self) -> FopenFlags {
-        if self.passthrough.load(Ordering::Relaxed) {
+    ///
+    /// A handle whose writes must reach the daemon from the writer (a file with setuid or
+    /// setgid bits opened for write, on a mount with the writeback cache) gets direct I/O.
+    fn served_flags(&self, fh: u64) -> FopenFlags {
+        if self.fs.direct_io(fh) {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else if self.passthrough.load(Ordering::Relaxed) {
             FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
@@ -217,6 +222,10 @@ impl Filesystem for FuseAdapter {
             (F::FUSE_ASYNC_READ, "several reads of one file in flight"),
             (F::FUSE_BIG_WRITES, "writes larger than a page"),
             (F::FUSE_EXPORT_SUPPORT, "lookups of . and .. are answered"),
+            (
+                F::FUSE_DIRECT_IO_ALLOW_MMAP,
+                "shared mmap of the direct-I/O handles of setuid/setgid files",
+            ),
         ] {
             match config.add_capabilities(flag) {
                 Ok(()) => debug!("init: {flag:?} granted: {why}"),
@@ -307,7 +316,7 @@ impl Filesystem for FuseAdapter {
                 }
                 // Without passthrough the file's data only changes through this daemon, so
                 // the page cache stays valid from one open to the next.
-                None => reply.opened(FileHandle(fh), self.served_flags()),
+                None => reply.opened(FileHandle(fh), self.served_flags(fh)),
             },
             Err(e) => reply.error(errno("open", e)),
         }
@@ -476,7 +485,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -500,6 +509,7 @@ impl Filesystem for FuseAdapter {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
             fh: fh.map(|f| f.0),
+            caller: Some(caller(req)),
         };
         match self.fs.setattr(ino.0, s) {
             Ok(a) => reply.attr(&self.ttl, &fuse_attr(&a)),
@@ -652,7 +662,7 @@ impl Filesystem for FuseAdapter {
                     &fuse_attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    self.served_flags(),
+                    self.served_flags(fh),
                 ),
             },
             Ok((_, None)) => reply.error(Errno::EIO),
@@ -662,7 +672,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -672,7 +682,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        match self.fs.write_as(fh.0, offset, data, Some(caller(req))) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno("write", e)),
         }
@@ -719,7 +729,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -727,7 +737,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.setxattr(ino.0, name, value, flags) {
+        match self.fs.setxattr_as(ino.0, name, value, flags, caller(req)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("setxattr", e)),
         }
@@ -742,7 +752,7 @@ impl Filesystem for FuseAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -750,7 +760,10 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fallocate(fh.0, offset, length, mode) {
+        match self
+            .fs
+            .fallocate_as(fh.0, offset, length, mode, Some(caller(req)))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fallocate", e)),
         }
@@ -758,7 +771,7 @@ impl Filesystem for FuseAdapter {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -769,10 +782,14 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
-            .fs
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
+        match self.fs.copy_file_range_as(
+            fh_in.0,
+            offset_in,
+            fh_out.0,
+            offset_out,
+            len,
+            Some(caller(req)),
+        ) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno("copy_file_range", e)),
         }

@@ -10,6 +10,7 @@ pub mod acl;
 pub mod attr;
 pub mod control;
 pub mod copy_up;
+pub mod cred;
 pub mod daemon;
 pub mod dir;
 pub mod error;

@@ -261,12 +261,12 @@ pub const OPTIONS: &[OptionDoc] = &[
     ),
     doc(
         "uidmapping",
-        "uidmapping=C:H:N[:C:H:N...]",
-        "mount uids C..C+N are stored as H..H+N (fuse-overlayfs)",
+        "uidmapping=D:S:N[:D:S:N...]",
+        "uids D..D+N on disk show as S..S+N (fuse-overlayfs)",
     ),
     doc(
         "gidmapping",
-        "gidmapping=C:H:N[:C:H:N...]",
+        "gidmapping=D:S:N[:D:S:N...]",
         "the same for gids",
     ),
     doc(
@@ -657,10 +657,7 @@ impl Parser {
                     cfg.ids.gids = map;
                 }
             }
-            "squash_to_root" => {
-                cfg.ids.squash_uid = Some(0);
-                cfg.ids.squash_gid = Some(0);
-            }
+            "squash_to_root" => cfg.ids.squash_root = true,
             "squash_to_uid" | "squash_to_gid" => {
                 let v = text(&need(value)?);
                 let id: u32 = v
@@ -1401,7 +1398,14 @@ mod tests {
         assert_eq!(c.ids.gids.ranges.len(), 2);
         assert_eq!((c.ids.squash_uid, c.ids.squash_gid), (Some(7), None));
         let c = cfg(&["-o", "lowerdir=/a,squash_to_root", "/m"]);
-        assert_eq!((c.ids.squash_uid, c.ids.squash_gid), (Some(0), Some(0)));
+        assert_eq!(c.ids.view(5, 6), (0, 0));
+        // squash_to_uid wins over squash_to_root in either order (fuse-overlayfs).
+        for o in [
+            "lowerdir=/a,squash_to_uid=7,squash_to_root",
+            "lowerdir=/a,squash_to_root,squash_to_uid=7",
+        ] {
+            assert_eq!(cfg(&["-o", o, "/m"]).ids.view(5, 6), (7, 0), "{o}");
+        }
     }
 
     #[test]

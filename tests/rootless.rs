@@ -152,6 +152,9 @@ const WAIT_MOUNT: &str = r#"wait_mount() { i=0; while ! grep -q " $1 fuse" /proc
   i=$((i+1)); [ $i -lt 150 ] || { echo "no mount at $1" >&2; return 1; }; sleep 0.1; done; }
 "#;
 
+/// The mapping goes as fuse-overlayfs's: with `uidmapping=0:10:1:1:20:100` an id stored as
+/// ns 0 shows as 10 and ns 1..100 as 20..119, and a chown to 27 stores ns 8. (This test used
+/// to encode the opposite direction.)
 #[test]
 fn uidmapping_in_a_user_namespace_owns_files_as_mapped() {
     let (uid, subuid, subgid) = test_user();
@@ -169,33 +172,31 @@ fn uidmapping_in_a_user_namespace_owns_files_as_mapped() {
     let work = s.dir("work");
     let mnt = s.dir("mnt");
     let log = s.dir("log");
-    for (name, k) in [("by-10", 10), ("by-25", 25), ("by-0", 0)] {
+    for (name, k) in [("by-0", 0), ("by-5", 5), ("by-200", 200)] {
         fs::write(lower.join(name), name).unwrap();
         chown(&lower.join(name), host_uid(k), host_gid(k));
     }
-    // Mount uid 0 is stored as ns 10, mount 1..100 as ns 20..119 (gids alike).
-    for d in [&lower, &upper] {
-        chown(d, host_uid(10), host_gid(10));
+    // Stored as ns 0 (the user): shown as 10, who may write in the mount's root.
+    for d in [&lower, &upper, &work, &mnt, &log] {
+        chown(d, uid, gid);
     }
-    chown(&work, uid, gid);
-    chown(&mnt, uid, gid);
-    chown(&log, uid, gid);
     fs::set_permissions(&s.0, fs::Permissions::from_mode(0o755)).unwrap();
 
     let script = format!(
         r#"set -e
 {WAIT_MOUNT}d=$1
-"$2" -f -o lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work,uidmapping=0:10:1:1:20:100,gidmapping=0:10:1:1:20:100 $d/mnt 2>$d/log/daemon.log &
+"$2" -f -o lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work,allow_other,default_permissions,uidmapping=0:10:1:1:20:100,gidmapping=0:10:1:1:20:100 $d/mnt 2>$d/log/daemon.log &
 pid=$!
 trap 'umount $d/mnt 2>/dev/null || true; wait $pid' EXIT
 wait_mount $d/mnt
 cat /proc/self/uid_map | tr -s ' ' | tr '\n' ';'; echo
-stat -c '%n %u %g' $d/mnt $d/mnt/by-10 $d/mnt/by-25 $d/mnt/by-0
+stat -c '%n %u %g' $d/mnt $d/mnt/by-0 $d/mnt/by-5 $d/mnt/by-200
 echo new > $d/mnt/new
+setpriv --reuid=10 --regid=10 --clear-groups -- sh -c "echo new10 > $d/mnt/new10"
 mkdir $d/mnt/newdir
-chown 7:8 $d/mnt/by-25
-if chown 500 $d/mnt/by-10 2>/dev/null; then echo chown-unmapped=accepted; else echo chown-unmapped=refused; fi
-stat -c '%n %u %g' $d/mnt/new $d/mnt/newdir $d/mnt/by-25 $d/mnt/by-10
+chown 27:28 $d/mnt/by-5
+if chown 500 $d/mnt/by-0 2>/dev/null; then echo chown-unmapped=accepted; else echo chown-unmapped=refused; fi
+stat -c '%n %u %g' $d/mnt/new $d/mnt/new10 $d/mnt/newdir $d/mnt/by-5 $d/mnt/by-0
 "#
     );
     let out = in_userns(
@@ -215,23 +216,33 @@ stat -c '%n %u %g' $d/mnt/new $d/mnt/newdir $d/mnt/by-25 $d/mnt/by-10
         lines[0]
     );
     let expect = [
-        "M 0 0",
-        "M/by-10 0 0",
-        "M/by-25 6 6",
-        "M/by-0 65534 65534",
-        "chown-unmapped=refused",
-        "M/new 0 0",
-        "M/newdir 0 0",
-        "M/by-25 7 8",
-        "M/by-10 0 0",
+        "M 10 10",
+        "M/by-0 10 10",
+        "M/by-5 24 24",
+        "M/by-200 65534 65534",
+        // As fuse-overlayfs: an unmapped id is stored as the overflow id, no error.
+        "chown-unmapped=accepted",
+        // Made by ns root, whose 0 is no shown id: stored as 65534, which no range covers.
+        "M/new 65534 65534",
+        "M/new10 10 10",
+        "M/newdir 65534 65534",
+        "M/by-5 27 28",
+        "M/by-0 65534 10",
     ];
     assert_eq!(&lines[1..], &expect[..], "ownership inside the mount");
-    // On disk, seen from the host: mount 0 is ns 10, mount 7/8 are ns 26/27.
-    assert_eq!(owner(&upper.join("new")), (host_uid(10), host_gid(10)));
-    assert_eq!(owner(&upper.join("newdir")), (host_uid(10), host_gid(10)));
-    assert_eq!(owner(&upper.join("by-25")), (host_uid(26), host_gid(27)));
-    assert_eq!(owner(&lower.join("by-25")), (host_uid(25), host_gid(25)));
-    assert!(!upper.join("by-10").exists(), "a refused chown copied up");
+    // On disk, seen from the host: shown 10 is ns 0, shown 27/28 are ns 8/9.
+    assert_eq!(
+        owner(&upper.join("new")),
+        (host_uid(65534), host_gid(65534))
+    );
+    assert_eq!(owner(&upper.join("new10")), (uid, gid));
+    assert_eq!(
+        owner(&upper.join("newdir")),
+        (host_uid(65534), host_gid(65534))
+    );
+    assert_eq!(owner(&upper.join("by-5")), (host_uid(8), host_gid(9)));
+    assert_eq!(owner(&lower.join("by-5")), (host_uid(5), host_gid(5)));
+    assert_eq!(owner(&upper.join("by-0")), (host_uid(65534), gid));
     assert_eq!(fs::read(upper.join("new")).unwrap(), b"new\n");
 }
 

@@ -422,7 +422,9 @@ fn same_view_as_fuse_overlayfs_on_a_force_mask_layer() {
 }
 
 /// chown through a mount with `uidmapping=`/`gidmapping=` stores the mapped ids, with and
-/// without `xattr_permissions` (before, the real chown stored the ids as given).
+/// without `xattr_permissions` (before, the real chown stored the ids as given). The mapping
+/// goes as fuse-overlayfs's: `uidmapping=0:1000:100` shows on-disk 0..100 as 1000..1100.
+/// (This test used to encode the opposite direction, on-disk 1000 showing as 0.)
 #[test]
 fn chown_through_an_id_mapping_stores_mapped_ids() {
     let s = Scratch::new("xperm-map");
@@ -430,25 +432,25 @@ fn chown_through_an_id_mapping_stores_mapped_ids() {
     fs::write(l.join("f"), b"f").unwrap();
     fs::write(l.join("g"), b"g").unwrap();
     chmod(&l.join("g"), 0o644);
-    chown(&l.join("f"), Some(1000), Some(2000));
+    chown(&l.join("f"), Some(0), Some(0));
     let stack = Stack::one(&l, &u, &w);
     {
         let _mnt = Strata::mount(&stack, "uidmapping=0:1000:100,gidmapping=0:2000:100", &m);
-        assert_eq!((st(&m.join("f")).0, st(&m.join("f")).1), (0, 0));
-        chown(&m.join("f"), Some(5), Some(6));
-        assert_eq!((st(&m.join("f")).0, st(&m.join("f")).1), (5, 6));
+        assert_eq!((st(&m.join("f")).0, st(&m.join("f")).1), (1000, 2000));
+        chown(&m.join("f"), Some(1005), Some(2006));
+        assert_eq!((st(&m.join("f")).0, st(&m.join("f")).1), (1005, 2006));
     }
-    assert_eq!((st(&u.join("f")).0, st(&u.join("f")).1), (1005, 2006));
+    assert_eq!((st(&u.join("f")).0, st(&u.join("f")).1), (5, 6));
     {
         let _mnt = Strata::mount(
             &stack,
             "uidmapping=0:1000:100,gidmapping=0:2000:100,xattr_permissions=2",
             &m,
         );
-        chown(&m.join("g"), Some(7), Some(8));
-        assert_eq!((st(&m.join("g")).0, st(&m.join("g")).1), (7, 8));
+        chown(&m.join("g"), Some(1007), Some(2008));
+        assert_eq!((st(&m.join("g")).0, st(&m.join("g")).1), (1007, 2008));
     }
-    assert_eq!(getfattr(&u.join("g"), OVR).unwrap(), "1007:2008:0644");
+    assert_eq!(getfattr(&u.join("g"), OVR).unwrap(), "7:8:0644");
 }
 
 /// The real thing: a layer unpacked by this machine's containers-storage (podman) with

@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod dirent;
 pub mod ops;
+pub mod proc;
 pub mod xattr;
 
 use std::ffi::{CStr, CString, OsStr};
@@ -260,21 +261,6 @@ pub fn current_umask() -> u32 {
         }
     }
     0o022
-}
-
-/// Is `gid` among the supplementary groups of process `pid`? (Read from /proc; false
-/// when the process is gone.)
-pub fn in_group(pid: u32, gid: u32) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    s.lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .any(|x| x.parse::<u32>().ok() == Some(gid))
-        })
-        .unwrap_or(false)
 }
 
 fn exit_sigset() -> libc::sigset_t {

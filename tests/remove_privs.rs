@@ -1,0 +1,234 @@
+//! Setuid and setgid bits dropped by changes, stratafs against the kernel overlayfs on the
+//! same layers: write, truncate (ftruncate and `open(O_TRUNC)`), fallocate, chown by the
+//! owner and `setfacl -m u::rwx,g::rwx,o::rx` (xfstests generic/375), on files of mode
+//! 04755, 02755, 02766, 02777, 06777 and 0755 owned by nobody with group 0 (nobody is
+//! outside it) and group nobody, each done by nobody (uid/gid 65534, no supplementary
+//! groups: no CAP_FSETID) and by root (CAP_FSETID keeps what the kernel keeps).
+//!
+//! Run twice: as root (stratafs uses FUSE passthrough there), and inside a user namespace
+//! mapping ids 0..65535 to themselves (no passthrough: the writeback cache), where the
+//! kernel overlayfs itself treats the namespace's root as holding no CAP_FSETID for
+//! writes. Both mounts get `allow_other,default_permissions` so nobody may use them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{copy_tree, Kernel, Scratch, Stack, Strata};
+
+const MODES: &str = "4755 2755 2766 2777 6777 0755";
+const OPS: &str = "write trunc otrunc falloc chown acl";
+
+/// `$1`: the lower directory to fill.
+const MAKE_LOWER: &str = r#"set -e
+L=$1
+for who in nobody root; do for op in OPS; do for m in MODES; do for g in 0 65534; do
+  f=$L/$who-$op-$m-g$g; echo data > $f; chown 65534:$g $f; chmod $m $f
+done; done; done; done
+"#;
+
+/// `$1`: the mount. Each operation on its own file; then `name mode uid:gid size` of all.
+const RUN_OPS: &str = r#"M=$1
+run() { who=$1; shift
+  if [ $who = nobody ]; then setpriv --reuid=65534 --regid=65534 --clear-groups -- sh -c "$*"
+  else sh -c "$*"; fi 2>/dev/null || echo "failed: $*"; }
+for who in nobody root; do for m in MODES; do for g in 0 65534; do
+  s=$m-g$g
+  run $who "echo more >> $M/$who-write-$s"
+  run $who "truncate -s 2 $M/$who-trunc-$s"
+  run $who ": > $M/$who-otrunc-$s"
+  run $who "fallocate -l 8192 $M/$who-falloc-$s"
+  run $who "chown 65534:65534 $M/$who-chown-$s"
+  run $who "setfacl -m u::rwx,g::rwx,o::rx $M/$who-acl-$s"
+done; done; done
+cd $M && for f in *; do echo "$f $(stat -c '%a %u:%g %s' $f)"; done
+"#;
+
+fn script(s: &str) -> String {
+    s.replace("MODES", MODES).replace("OPS", OPS)
+}
+
+fn sh(script: &str, arg: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(arg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn lower(s: &Scratch) -> std::path::PathBuf {
+    fs::set_permissions(&s.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let l = s.dir("lower");
+    fs::set_permissions(&l, fs::Permissions::from_mode(0o755)).unwrap();
+    sh(&script(MAKE_LOWER), &l);
+    l
+}
+
+/// Line by line, the differences (kernel first).
+fn compare(kernel: &str, ours: &str) {
+    let k: Vec<&str> = kernel.lines().collect();
+    let o: Vec<&str> = ours.lines().collect();
+    let diffs: Vec<String> = k
+        .iter()
+        .zip(o.iter())
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("kernel {a:<32} stratafs {b}"))
+        .collect();
+    assert!(
+        diffs.is_empty() && k.len() == o.len(),
+        "{} differences ({} vs {} lines):\n{}",
+        diffs.len(),
+        k.len(),
+        o.len(),
+        diffs.join("\n")
+    );
+    // The cases the rules are about, stated outright.
+    for (name, mode) in [
+        ("nobody-write-2766-g0", "766"),
+        ("nobody-write-2766-g65534", "2766"),
+        ("nobody-write-4755-g65534", "755"),
+        ("nobody-trunc-2766-g0", "766"),
+        ("nobody-otrunc-2766-g0", "766"),
+        ("nobody-chown-2766-g0", "766"),
+        ("nobody-acl-2755-g0", "775"),
+        ("nobody-acl-6777-g0", "4775"),
+        ("nobody-acl-2755-g65534", "2775"),
+    ] {
+        let line = o
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap();
+        assert_eq!(line.split(' ').nth(1), Some(mode), "{line}");
+    }
+    assert!(o.len() >= 144, "{} entries", o.len());
+}
+
+#[test]
+fn as_root_with_passthrough_bits_drop_as_in_the_kernel_overlayfs() {
+    let s = Scratch::new("privs");
+    let l = lower(&s);
+    let run = |kernel: bool| -> String {
+        let tag = if kernel { "k" } else { "s" };
+        let l2 = s.path(&format!("{tag}-lower"));
+        copy_tree(&l, &l2);
+        let (u, w, m) = (
+            s.dir(&format!("{tag}-u")),
+            s.dir(&format!("{tag}-w")),
+            s.dir(&format!("{tag}-m")),
+        );
+        let stack = Stack::one(&l2, &u, &w);
+        if kernel {
+            let _k = Kernel::mount(&stack, "", &m);
+            sh(&script(RUN_OPS), &m)
+        } else {
+            let _s = Strata::mount(&stack, "allow_other,default_permissions", &m);
+            sh(&script(RUN_OPS), &m)
+        }
+    };
+    compare(&run(true), &run(false));
+}
+
+/// The same inside a user namespace (ids 0..65535 mapped to themselves): stratafs gets no
+/// passthrough there and runs with the writeback cache, the kernel overlayfs is mounted with
+/// `userxattr`.
+#[test]
+fn in_a_user_namespace_with_writeback_bits_drop_as_in_the_kernel_overlayfs() {
+    let s = Scratch::new("privs-ns");
+    let l = lower(&s);
+    let bin = s.path("stratafs");
+    fs::copy(common::bin(), &bin).unwrap();
+    let mut outs = Vec::new();
+    for kernel in [true, false] {
+        let tag = if kernel { "k" } else { "s" };
+        let l2 = s.path(&format!("{tag}-lower"));
+        copy_tree(&l, &l2);
+        let (u, w, m) = (
+            s.dir(&format!("{tag}-u")),
+            s.dir(&format!("{tag}-w")),
+            s.dir(&format!("{tag}-m")),
+        );
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            l2.display(),
+            u.display(),
+            w.display()
+        );
+        let mount = if kernel {
+            format!(
+                "mount -t overlay overlay -o userxattr,{opts} {m}",
+                m = m.display()
+            )
+        } else {
+            format!(
+                "{bin} -f -o {opts},allow_other,default_permissions {m} & pid=$!
+i=0; while ! grep -q ' {m} fuse' /proc/mounts; do i=$((i+1)); [ $i -lt 150 ] || exit 1; sleep 0.1; done",
+                bin = bin.display(),
+                m = m.display()
+            )
+        };
+        let ops = s.path("ops.sh");
+        fs::write(&ops, script(RUN_OPS)).unwrap();
+        // Waits for its id maps, mounts, runs the operations, unmounts (also on failure).
+        let inner = format!(
+            r#"while [ -z "$(cat /proc/self/uid_map)" ] || [ -z "$(cat /proc/self/gid_map)" ]; do sleep 0.02; done
+set -e
+{mount}
+trap 'umount {m} 2>/dev/null || true; [ -z "$pid" ] || wait $pid' EXIT
+sh {ops} {m}
+"#,
+            m = m.display(),
+            ops = ops.display()
+        );
+        let child = Command::new("timeout")
+            .args([
+                "-k", "10", "120", "unshare", "--user", "--mount", "sh", "-c",
+            ])
+            .arg(&inner)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        // `timeout` forks: the namespace's process is its child.
+        let start = Instant::now();
+        let ns_pid = loop {
+            let kids = fs::read_to_string(format!("/proc/{p}/task/{p}/children", p = child.id()))
+                .unwrap_or_default();
+            if let Some(p) = kids.split_whitespace().next() {
+                let p: u32 = p.parse().unwrap();
+                let own = fs::read_link(format!("/proc/{p}/ns/user")).ok();
+                if own.is_some() && own != fs::read_link("/proc/self/ns/user").ok() {
+                    break p;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no namespace");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for map in ["uid_map", "gid_map"] {
+            fs::write(format!("/proc/{ns_pid}/{map}"), "0 0 65536\n").expect(map);
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "in the namespace ({tag}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    compare(&outs[0], &outs[1]);
+}
