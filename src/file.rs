@@ -44,6 +44,11 @@ impl FileHandle {
     pub fn fd(&self) -> Arc<OwnedFd> {
         self.fd.read().clone()
     }
+
+    /// Opened for writing (a shared mapping of it may be writable).
+    fn writable(&self) -> bool {
+        self.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
 }
 
 /// Open flags passed on to the real file; the rest is decided here or by the kernel.
@@ -241,11 +246,33 @@ impl UnionFs {
     /// Records that the kernel does this handle's I/O itself.
     pub fn set_passthrough(&self, fh: u64) {
         if let Ok(h) = self.handle(fh) {
-            h.passthrough.store(true, Ordering::Relaxed);
+            if !h.passthrough.swap(true, Ordering::Relaxed) && h.writable() {
+                *self.passthrough_writers.entry(h.ino).or_insert(0) += 1;
+            }
         }
     }
 
-    pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
+    /// Can the times of `ino` change without this daemon seeing it? True while a writable
+    /// handle of it does its I/O in the kernel (passthrough): stores through a shared
+    /// mapping of the backing file set its mtime and ctime at page-fault time and no
+    /// request tells us (plain writes and truncates do reach the FUSE inode). The kernel
+    /// must then not cache the inode's attributes: the adapter answers with a zero TTL.
+    pub fn times_change_unseen(&self, ino: u64) -> bool {
+        !self.passthrough_writers.is_empty() && self.passthrough_writers.contains_key(&ino)
+    }
+
+    /// Forgets handle `fh`; returns whether it was a writable passthrough handle.
+    pub fn release(&self, fh: u64) -> bool {
+        let Some((_, h)) = self.files.remove(&fh) else {
+            return false;
+        };
+        let unseen = h.passthrough.load(Ordering::Relaxed) && h.writable();
+        if unseen {
+            self.passthrough_writers.remove_if_mut(&h.ino, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        }
+        unseen
     }
 }

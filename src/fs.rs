@@ -121,6 +121,9 @@ pub struct UnionFs {
     pub(crate) shows_overrides: bool,
     /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
     pub noxattrs: bool,
+    /// Inodes with writable passthrough handles, and how many (see `file.rs`,
+    /// `UnionFs::times_change_unseen`).
+    pub(crate) passthrough_writers: DashMap<u64, u32>,
 }
 
 impl UnionFs {
@@ -168,6 +171,7 @@ impl UnionFs {
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
             renumbered: DashMap::new(),
+            passthrough_writers: DashMap::new(),
             layers,
             files: DashMap::new(),
             dirs: DashMap::new(),
