@@ -87,7 +87,11 @@ impl UnionFs {
         let real = self.real(&node)?;
         let real_flags = self.real_open_flags(flags);
         let (fd, data_only) = match (&real.loc.data, write) {
-            (Some(data), false) => (sys::reopen(data.as_fd(), real_flags & !libc::O_TRUNC), true),
+            // The data file is in a lower layer: never change its atime.
+            (Some(data), false) => (
+                sys::reopen_noatime(data.as_fd(), real_flags & !libc::O_TRUNC, true),
+                true,
+            ),
             _ => (real.open(real_flags), false),
         };
         let fd = fd.map_err(|e| {
@@ -156,7 +160,16 @@ impl UnionFs {
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.handle(fh)?;
-        sys::pread(h.fd().as_fd(), size as usize, offset).map_err(|e| Error::io(e, "read"))
+        let fd = h.fd();
+        let data =
+            sys::pread(fd.as_fd(), size as usize, offset).map_err(|e| Error::io(e, "read"))?;
+        if let Some(policy) = self.layers.upper_daemon_atime() {
+            let upper = !h.data_only && self.node(h.ino).is_ok_and(|n| n.loc.read().in_upper());
+            if upper {
+                crate::atime::touch(policy, fd.as_fd(), false);
+            }
+        }
+        Ok(data)
     }
 
     /// Writes `data` at `offset` (the kernel turns O_APPEND into the right offset).

@@ -100,8 +100,11 @@ impl FuseAdapter {
 
     /// The open flags for a handle the daemon serves. With passthrough in use, a file's
     /// page cache may be stale after passthrough writes, so it is not kept across opens.
+    /// With `strictatime` every read must reach the branch (where the atime is updated),
+    /// so the page cache is not kept across opens either.
     fn served_flags(&self) -> FopenFlags {
-        if self.passthrough.load(Ordering::Relaxed) {
+        let strict = self.fs.layers.atime.atime == crate::atime::Atime::Strict;
+        if strict || self.passthrough.load(Ordering::Relaxed) {
             FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_KEEP_CACHE

@@ -72,6 +72,8 @@ fn mount_args(cfg: &Config) -> sys::FuseMountArgs {
         nosuid: cfg.nosuid,
         noexec: cfg.noexec,
         noatime: cfg.noatime,
+        strictatime: cfg.strictatime,
+        nodiratime: cfg.nodiratime,
         data: data.join(","),
     }
 }
