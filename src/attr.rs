@@ -469,7 +469,10 @@ impl UnionFs {
         flags: i32,
         caller: Caller,
     ) -> Result<()> {
-        if self.acl && !self.read_only && name.as_bytes() == crate::acl::ACCESS_XATTR.to_bytes() {
+        if self.acl
+            && !self.is_read_only()
+            && name.as_bytes() == crate::acl::ACCESS_XATTR.to_bytes()
+        {
             let a = self.getattr(ino, None)?;
             if crate::cred::drop_on_acl(a.mode(), a.gid, &caller) != 0 {
                 self.setattr(

@@ -48,6 +48,11 @@ impl FileHandle {
     pub fn fd(&self) -> Arc<OwnedFd> {
         self.fd.read().clone()
     }
+
+    /// Opened for writing (a shared mapping of it may be writable).
+    fn writable(&self) -> bool {
+        self.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
 }
 
 /// Open flags passed on to the real file; the rest is decided here or by the kernel.
@@ -86,7 +91,11 @@ impl UnionFs {
         let real = self.real(&node)?;
         let real_flags = self.real_open_flags(flags);
         let (fd, data_only) = match (&real.loc.data, write) {
-            (Some(data), false) => (sys::reopen(data.as_fd(), real_flags & !libc::O_TRUNC), true),
+            // The data file is in a lower layer: never change its atime.
+            (Some(data), false) => (
+                sys::reopen_noatime(data.as_fd(), real_flags & !libc::O_TRUNC, true),
+                true,
+            ),
             _ => (real.open(real_flags), false),
         };
         let fd = fd.map_err(|e| {
@@ -195,7 +204,16 @@ impl UnionFs {
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.handle(fh)?;
-        sys::pread(h.fd().as_fd(), size as usize, offset).map_err(|e| Error::io(e, "read"))
+        let fd = h.fd();
+        let data =
+            sys::pread(fd.as_fd(), size as usize, offset).map_err(|e| Error::io(e, "read"))?;
+        if let Some(policy) = self.layers.upper_daemon_atime() {
+            let upper = !h.data_only && self.node(h.ino).is_ok_and(|n| n.loc.read().in_upper());
+            if upper {
+                crate::atime::touch(policy, fd.as_fd(), false);
+            }
+        }
+        Ok(data)
     }
 
     /// Writes `data` at `offset` (the kernel turns O_APPEND into the right offset).
@@ -346,11 +364,33 @@ impl UnionFs {
     /// Records that the kernel does this handle's I/O itself.
     pub fn set_passthrough(&self, fh: u64) {
         if let Ok(h) = self.handle(fh) {
-            h.passthrough.store(true, Ordering::Relaxed);
+            if !h.passthrough.swap(true, Ordering::Relaxed) && h.writable() {
+                *self.passthrough_writers.entry(h.ino).or_insert(0) += 1;
+            }
         }
     }
 
-    pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
+    /// Can the times of `ino` change without this daemon seeing it? True while a writable
+    /// handle of it does its I/O in the kernel (passthrough): stores through a shared
+    /// mapping of the backing file set its mtime and ctime at page-fault time and no
+    /// request tells us (plain writes and truncates do reach the FUSE inode). The kernel
+    /// must then not cache the inode's attributes: the adapter answers with a zero TTL.
+    pub fn times_change_unseen(&self, ino: u64) -> bool {
+        !self.passthrough_writers.is_empty() && self.passthrough_writers.contains_key(&ino)
+    }
+
+    /// Forgets handle `fh`; returns whether it was a writable passthrough handle.
+    pub fn release(&self, fh: u64) -> bool {
+        let Some((_, h)) = self.files.remove(&fh) else {
+            return false;
+        };
+        let unseen = h.passthrough.load(Ordering::Relaxed) && h.writable();
+        if unseen {
+            self.passthrough_writers.remove_if_mut(&h.ino, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        }
+        unseen
     }
 }

@@ -65,6 +65,9 @@ pub struct Real {
     pub dir: Arc<OwnedFd>,
     pub name: CString,
     pub loc: Loc,
+    /// Open it `O_NOATIME` where permitted (its layer has no private mount with the right
+    /// atime attribute: `Layer::noatime_opens`).
+    pub noatime: bool,
 }
 
 impl Real {
@@ -73,9 +76,9 @@ impl Real {
     /// reopened, since `openat(fd, "")` would fail with ENOENT.
     pub fn open(&self, flags: i32) -> std::io::Result<OwnedFd> {
         if self.name.is_empty() {
-            crate::sys::reopen(self.dir.as_fd(), flags)
+            crate::sys::reopen_noatime(self.dir.as_fd(), flags, self.noatime)
         } else {
-            crate::sys::openat(self.dir.as_fd(), &self.name, flags, 0)
+            crate::sys::openat_noatime(self.dir.as_fd(), &self.name, flags, self.noatime)
         }
     }
 }
@@ -126,6 +129,9 @@ pub struct UnionFs {
     pub(crate) shows_overrides: bool,
     /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
     pub noxattrs: bool,
+    /// Inodes with writable passthrough handles, and how many (see `file.rs`,
+    /// `UnionFs::times_change_unseen`).
+    pub(crate) passthrough_writers: DashMap<u64, u32>,
 }
 
 impl UnionFs {
@@ -173,6 +179,7 @@ impl UnionFs {
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
             renumbered: DashMap::new(),
+            passthrough_writers: DashMap::new(),
             layers,
             files: DashMap::new(),
             dirs: DashMap::new(),
@@ -245,11 +252,17 @@ impl UnionFs {
     /// The real object behind a node, in its top layer.
     pub(crate) fn real(&self, node: &Node) -> Result<Real> {
         let loc = node.loc();
+        let noatime = self
+            .layers
+            .get(loc.top)
+            .map(|l| l.noatime_opens)
+            .unwrap_or(false);
         if let Some(p) = &loc.pinned {
             return Ok(Real {
                 dir: p.clone(),
                 name: CString::default(),
                 loc,
+                noatime,
             });
         }
         if node.is_dir() {
@@ -263,6 +276,7 @@ impl UnionFs {
                 dir,
                 name: CString::from(c"."),
                 loc,
+                noatime,
             });
         }
         let parent = self.node(loc.parent)?;
@@ -272,7 +286,12 @@ impl UnionFs {
             .dir_in(loc.top)
             .ok_or_else(|| Error::new(libc::ESTALE, "parent lost its layer"))?;
         let name = CString::new(loc.name.as_bytes()).map_err(|_| Error::errno(libc::EINVAL))?;
-        Ok(Real { dir, name, loc })
+        Ok(Real {
+            dir,
+            name,
+            loc,
+            noatime,
+        })
     }
 
     /// Gives an upper non-directory the one number it has in this mount (see

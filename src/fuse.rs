@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Weak;
+use std::sync::{OnceLock, Weak};
 
 use dashmap::DashMap;
 use fuser::BackingId;
@@ -19,9 +19,9 @@ use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, info, warn};
 
@@ -57,6 +57,8 @@ pub struct FuseAdapter {
     /// of a lower file racing with a copy-up could be served here while the writer got
     /// passthrough.
     open_locks: Vec<Mutex<()>>,
+    /// Sends cache invalidations to the kernel; set by `mount.rs` once the session exists.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseAdapter {
@@ -68,6 +70,31 @@ impl FuseAdapter {
             backings: Mutex::new(HashMap::new()),
             handle_backing: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The slot `mount.rs` fills with the session's notifier.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// The attribute TTL for `ino`: zero while its times can change unseen (see
+    /// `UnionFs::times_change_unseen`), so every stat asks; the mount's TTL otherwise.
+    fn attr_ttl(&self, ino: u64) -> Duration {
+        if self.fs.times_change_unseen(ino) {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
+    }
+
+    /// Drops the kernel's cached attributes of `ino` (not its pages: offset -1).
+    fn forget_cached_attrs(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                debug!("inval_inode {ino:#x}: {e}");
+            }
         }
     }
 
@@ -76,10 +103,13 @@ impl FuseAdapter {
     ///
     /// A handle whose writes must reach the daemon from the writer (a file with setuid or
     /// setgid bits opened for write, on a mount with the writeback cache) gets direct I/O.
+    /// With `strictatime` every read must reach the branch (where the atime is updated),
+    /// so the page cache is not kept across opens either.
     fn served_flags(&self, fh: u64) -> FopenFlags {
+        let strict = self.fs.layers.atime.atime == crate::atime::Atime::Strict;
         if self.fs.direct_io(fh) {
             FopenFlags::FOPEN_DIRECT_IO
-        } else if self.passthrough.load(Ordering::Relaxed) {
+        } else if strict || self.passthrough.load(Ordering::Relaxed) {
             FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
@@ -270,7 +300,12 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(
+                &self.attr_ttl(a.ino),
+                &self.ttl,
+                &fuse_attr(&a),
+                Generation(0),
+            ),
             // A negative entry (node id 0) lets the kernel cache "no such name" too.
             Err(e) if e.errno == libc::ENOENT && !self.ttl.is_zero() => {
                 let mut neg = fuse_attr(&Attr::negative());
@@ -290,7 +325,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.ttl, &fuse_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &fuse_attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
         }
     }
@@ -313,6 +348,11 @@ impl Filesystem for FuseAdapter {
                     // that release would stay registered, holding the file, until unmount.
                     self.handle_backing.insert(fh, b.clone());
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+                    // Attributes cached before this open carry the long TTL; from now on
+                    // the times may change behind the kernel's back (mmap stores).
+                    if self.fs.times_change_unseen(ino.0) {
+                        self.forget_cached_attrs(ino.0);
+                    }
                 }
                 // Without passthrough the file's data only changes through this daemon, so
                 // the page cache stays valid from one open to the next.
@@ -349,6 +389,8 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // Attributes answered while the handle was a passthrough writer had a zero TTL,
+        // so nothing the kernel holds needs dropping now.
         self.fs.release(fh.0);
         self.handle_backing.remove(&fh.0);
         reply.ok();
@@ -412,7 +454,7 @@ impl Filesystem for FuseAdapter {
                 INodeNo(attr.ino),
                 i as u64 + 1,
                 &e.name,
-                &self.ttl,
+                &self.attr_ttl(attr.ino),
                 &fuse_attr(&attr),
                 Generation(0),
             ) {
@@ -512,7 +554,7 @@ impl Filesystem for FuseAdapter {
             caller: Some(caller(req)),
         };
         match self.fs.setattr(ino.0, s) {
-            Ok(a) => reply.attr(&self.ttl, &fuse_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &fuse_attr(&a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
     }
@@ -656,6 +698,10 @@ impl Filesystem for FuseAdapter {
                         FopenFlags::empty(),
                         &bk,
                     );
+                    // The reply's attributes carry the entry's (long) TTL; see `open`.
+                    if self.fs.times_change_unseen(a.ino) {
+                        self.forget_cached_attrs(a.ino);
+                    }
                 }
                 None => reply.created(
                     &self.ttl,

@@ -4,6 +4,27 @@
 //! Layer ids: [`UPPER`] (0) is the writable upper's slot, lowers are `1..=n` with 1 the
 //! highest (the kernel's leftmost `lowerdir`). Lower layers are never written.
 //!
+//! ## Private mounts, and access times
+//! As the kernel overlayfs does with its private layer mounts, each branch is reached
+//! through a detached copy of its mount (`sys::clone_mount`), so the host kernel applies
+//! the right mount attributes to everything this daemon, and FUSE passthrough, does:
+//! - every lower through a read-only, `noatime` copy: a read or listing through the
+//!   mount never changes a lower layer (not even its atime), and a stray write through a
+//!   lower fd fails with EROFS;
+//! - the upper and the workdir through one copy of the mount holding both (renames from
+//!   the workdir into the upper need one mount) whose atime attribute is the mount's
+//!   `noatime` / `relatime` / `strictatime` / `nodiratime`: the kernel then updates the
+//!   upper's access times by that policy on every read, by the daemon or by passthrough.
+//!   The kernel overlayfs applies its own mount's atime policy to its upper the same way.
+//!
+//! In a user namespace the atime attributes of inherited mounts are locked: a lower's copy
+//! is then only read-only (which is enough: the kernel never updates atimes on a read-only
+//! mount), and the upper is reached through the host's mount; if that mount's atime policy
+//! is not the one asked for, upper files are opened `O_NOATIME` and the daemon applies the
+//! policy itself (`atime.rs`). Without any copy (no CAP_SYS_ADMIN over the mount
+//! namespace), lower files and directories are opened `O_NOATIME` where the kernel permits
+//! it (`Layer::noatime_opens`).
+//!
 //! ## Inode numbers
 //! Modelled on the kernel's `xino`: every filesystem holding a branch gets a small index,
 //! in branch order, the upper's first (index 0 when there is an upper). A real object's
@@ -17,12 +38,13 @@
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::atime::Policy;
 use crate::error::{Error, Result};
 use crate::options::Config;
 use crate::sys;
@@ -48,6 +70,13 @@ pub struct Layer {
     /// `O_PATH` fd of the branch root.
     pub root: Arc<OwnedFd>,
     pub dev: u64,
+    /// Reads through `root` may change atimes the mount's policy forbids (no private mount
+    /// with the right attributes): open files and directories with `O_NOATIME`.
+    pub noatime_opens: bool,
+    /// The access-time policy the daemon applies itself to reads and listings it serves
+    /// from this layer (the upper, where no private mount carries the policy and the host
+    /// mount's differs; see `atime.rs`).
+    pub daemon_atime: Option<Policy>,
 }
 
 /// Every branch of the mount, the workdir, and the inode-number map.
@@ -60,6 +89,8 @@ pub struct Layers {
     _in_use: Vec<OwnedFd>,
     /// Lowers, highest first; `lowers[i].id == i + 1`.
     pub lowers: Vec<Layer>,
+    /// The access-time policy the mount options ask for.
+    pub atime: Policy,
     /// `"trusted.overlay."` or, with `userxattr`, `"user.overlay."`: the prefix we write.
     pub xattr_prefix: &'static str,
     fsidx: DashMap<u64, u64>,
@@ -78,6 +109,8 @@ fn open_layer(id: LayerId, opt: &str, path: &std::path::Path) -> Result<Layer> {
         path: path.to_path_buf(),
         root: Arc::new(root),
         dev: st.st_dev,
+        noatime_opens: false,
+        daemon_atime: None,
     })
 }
 
@@ -107,6 +140,88 @@ fn lock_in_use(opt: &str, path: &std::path::Path, root: &OwnedFd) -> Result<Owne
     }
 }
 
+/// Replaces a lower's root with the root of a read-only `noatime` private mount of it; where
+/// the atime attribute may not be changed (a user namespace), of a read-only one (the
+/// kernel never updates atimes on a read-only mount either). Without any private mount
+/// its files and directories are opened `O_NOATIME` (symlinks read still get an update).
+fn privatize_lower(l: &mut Layer) {
+    use sys::mount_attr as a;
+    let e = match sys::clone_mount(l.root.as_fd(), a::RDONLY | a::NOATIME, a::ATIME_MASK) {
+        Ok(m) => {
+            l.root = Arc::new(m);
+            return;
+        }
+        Err(e) => e,
+    };
+    match sys::clone_mount(l.root.as_fd(), a::RDONLY, 0) {
+        Ok(m) => {
+            l.root = Arc::new(m);
+            log::debug!(
+                "lowerdir {}: private mount read-only, atime attribute kept ({e})",
+                l.path.display()
+            );
+        }
+        Err(e2) => {
+            l.noatime_opens = true;
+            log::info!(
+                "lowerdir {}: no private read-only mount ({e}, {e2}); opening its files O_NOATIME",
+                l.path.display()
+            );
+        }
+    }
+}
+
+/// The deepest directory holding both `a` and `b` (both absolute and canonical).
+fn common_dir(a: &Path, b: &Path) -> PathBuf {
+    a.components()
+        .zip(b.components())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect()
+}
+
+/// `dir` below `mnt` (the private copy of the mount holding `common`), checked to be the
+/// same directory as the host's `host` fd.
+fn same_dir_below(
+    mnt: &OwnedFd,
+    common: &Path,
+    path: &Path,
+    host: &OwnedFd,
+) -> std::io::Result<OwnedFd> {
+    let rel = path
+        .strip_prefix(common)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EXDEV))?;
+    let fd = if rel.as_os_str().is_empty() {
+        sys::reopen(mnt.as_fd(), libc::O_PATH | libc::O_DIRECTORY)?
+    } else {
+        sys::open_dir_path(mnt.as_fd(), &sys::cstr(rel.as_os_str())?)?
+    };
+    let (a, b) = (sys::fstat(fd.as_fd())?, sys::fstat(host.as_fd())?);
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+        // Another mount covers part of the path on the host: not the same directory.
+        return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    Ok(fd)
+}
+
+/// The upper and the workdir through one private mount with the atime attributes `attrs`.
+fn privatize_upper(
+    upper: &Layer,
+    work: &OwnedFd,
+    work_path: &Path,
+    attrs: u64,
+) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use sys::mount_attr as a;
+    let up = std::fs::canonicalize(&upper.path)?;
+    let wp = std::fs::canonicalize(work_path)?;
+    let common = common_dir(&up, &wp);
+    let host = sys::open_host_dir(&common)?;
+    let mnt = sys::clone_mount(host.as_fd(), attrs, a::ATIME_MASK | a::NODIRATIME)?;
+    let u = same_dir_below(&mnt, &common, &up, &upper.root)?;
+    let w = same_dir_below(&mnt, &common, &wp, work)?;
+    Ok((u, w))
+}
+
 impl Layers {
     /// Opens every branch named by the configuration.
     pub fn open(cfg: &Config) -> Result<Layers> {
@@ -130,13 +245,43 @@ impl Layers {
         }
         let mut lowers = Vec::with_capacity(cfg.lowerdirs.len());
         for (i, p) in cfg.lowerdirs.iter().enumerate() {
-            lowers.push(open_layer(i + 1, "lowerdir", p)?);
+            let mut l = open_layer(i + 1, "lowerdir", p)?;
+            privatize_lower(&mut l);
+            lowers.push(l);
+        }
+        let (mut upper, mut work) = (upper, work);
+        if let (Some(u), Some(w), Some(wp)) = (upper.as_mut(), work.as_mut(), cfg.workdir.as_ref())
+        {
+            let want = Policy::from_config(cfg);
+            match privatize_upper(u, w, wp, want.mount_attrs()) {
+                Ok((ur, wr)) => {
+                    u.root = Arc::new(ur);
+                    *w = Arc::new(wr);
+                }
+                Err(e) => {
+                    let host = sys::fstatvfs(u.root.as_fd())
+                        .map(|v| Policy::from_statvfs_flags(v.f_flag))
+                        .ok();
+                    if host != Some(want) {
+                        // The host mount would apply another policy: keep it out (O_NOATIME
+                        // where permitted) and apply ours in the daemon.
+                        u.noatime_opens = true;
+                        u.daemon_atime = Some(want);
+                    }
+                    log::info!(
+                        "upperdir {}: no private mount with the atime options ({e}); host policy {host:?}, wanted {want:?}: {}",
+                        u.path.display(),
+                        if host == Some(want) { "the host applies it" } else { "the daemon applies it" }
+                    );
+                }
+            }
         }
         let layers = Layers {
             upper,
             work,
             _in_use: in_use,
             lowers,
+            atime: Policy::from_config(cfg),
             // Unprivileged processes cannot set trusted.* xattrs: in a user namespace write
             // the kernel's `userxattr` form, as the kernel overlayfs requires there.
             xattr_prefix: if cfg.userxattr || sys::in_user_namespace() {
@@ -180,6 +325,11 @@ impl Layers {
             .chain(self.lowers.iter())
             .map(|l| (l.id, l.root.clone()))
             .collect()
+    }
+
+    /// The policy the daemon applies itself to the upper's reads and listings, if any.
+    pub fn upper_daemon_atime(&self) -> Option<Policy> {
+        self.upper.as_ref().and_then(|u| u.daemon_atime)
     }
 
     pub fn has_upper(&self) -> bool {

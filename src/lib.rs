@@ -7,6 +7,7 @@
 //! to the FUSE protocol, so everything but the adapter is testable without mounting.
 
 pub mod acl;
+pub mod atime;
 pub mod attr;
 pub mod control;
 pub mod copy_up;

@@ -68,7 +68,13 @@ pub struct Config {
     pub nodev: bool,
     pub nosuid: bool,
     pub noexec: bool,
+    /// `noatime` (`atime` undoes it): reads never change a file's access time.
     pub noatime: bool,
+    /// `strictatime` (`nostrictatime` undoes it): every read updates the access time;
+    /// wins over `noatime`, as in mount(2). The default is the kernel's `relatime` rule.
+    pub strictatime: bool,
+    /// `nodiratime` (`diratime` undoes it): listing a directory never changes its atime.
+    pub nodiratime: bool,
     /// `threads=` / `max_threads=`; `None` means one per CPU.
     pub threads: Option<usize>,
     /// `volatile`: never fsync (throw-away uppers).
@@ -206,7 +212,22 @@ pub const OPTIONS: &[OptionDoc] = &[
     doc(
         "noatime",
         "noatime",
-        "no access-time updates (atime undoes it)",
+        "reads never update access times (atime undoes it)",
+    ),
+    doc(
+        "relatime",
+        "relatime",
+        "a read updates atime if older than mtime/ctime or a day (default)",
+    ),
+    doc(
+        "strictatime",
+        "strictatime",
+        "every read updates atime; wins over noatime (nostrictatime undoes it)",
+    ),
+    doc(
+        "nodiratime",
+        "nodiratime",
+        "listing a directory never updates its atime (diratime undoes it)",
     ),
     doc(
         "fsname",
@@ -326,7 +347,7 @@ pub const OPTIONS: &[OptionDoc] = &[
     ),
     doc(
         "defaults",
-        "defaults, auto, noauto, user, nofail, _netdev, relatime, sync, x-*, comment=",
+        "defaults, auto, noauto, user, nofail, _netdev, sync, x-*, comment=",
         "mount(8)/fstab options: accepted and ignored",
     ),
 ];
@@ -608,6 +629,12 @@ impl Parser {
             "exec" => cfg.noexec = false,
             "noatime" => cfg.noatime = true,
             "atime" => cfg.noatime = false,
+            "strictatime" => cfg.strictatime = true,
+            "nostrictatime" => cfg.strictatime = false,
+            // The default; as in mount(8) it does not undo strictatime or noatime.
+            "relatime" | "norelatime" => {}
+            "nodiratime" => cfg.nodiratime = true,
+            "diratime" => cfg.nodiratime = false,
             "volatile" => cfg.volatile = true,
             "fsync" => match value {
                 Some(b"0") => cfg.volatile = true,
@@ -707,11 +734,10 @@ impl Parser {
             }
             // Accepted for compatibility with mount(8), the kernel overlayfs, fuse-overlayfs
             // and podman; they do not change what the mount shows.
-            "relatime" | "strictatime" | "nodiratime" | "diratime" | "lazytime" | "async"
-            | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner"
-            | "group" | "_netdev" | "nofail" | "defaults" | "context" | "fscontext"
-            | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export" | "xino"
-            | "redirect_dir" | "uuid" | "fast_ino" | "large_read" | "big_writes"
+            "lazytime" | "async" | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser"
+            | "users" | "owner" | "group" | "_netdev" | "nofail" | "defaults" | "context"
+            | "fscontext" | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export"
+            | "xino" | "redirect_dir" | "uuid" | "fast_ino" | "large_read" | "big_writes"
             | "kernel_cache" | "auto_cache" | "noforget" => {
                 cfg.ignored.push(text(item));
             }
@@ -1315,6 +1341,30 @@ mod tests {
 
     fn p(s: &str) -> PathBuf {
         PathBuf::from(s)
+    }
+
+    /// The atime options combine as in mount(8) and mount(2): strictatime wins over
+    /// noatime, relatime undoes neither, atime/nostrictatime/diratime undo theirs.
+    #[test]
+    fn atime_options() {
+        use crate::atime::{Atime, Policy};
+        let pol = |o: &str| {
+            let c = cfg(&["-o", &format!("lowerdir=/a,{o}"), "/m"]);
+            Policy::from_config(&c)
+        };
+        assert_eq!(pol("ro").atime, Atime::Relative);
+        assert_eq!(pol("noatime").atime, Atime::Never);
+        assert_eq!(pol("noatime,atime").atime, Atime::Relative);
+        assert_eq!(pol("noatime,relatime").atime, Atime::Never);
+        assert_eq!(pol("noatime,strictatime").atime, Atime::Strict);
+        assert_eq!(pol("strictatime,noatime").atime, Atime::Strict);
+        assert_eq!(pol("strictatime,relatime").atime, Atime::Strict);
+        assert_eq!(pol("strictatime,nostrictatime").atime, Atime::Relative);
+        assert!(pol("nodiratime").nodiratime);
+        assert!(!pol("nodiratime,diratime").nodiratime);
+        assert!(cfg(&["-o", "lowerdir=/a,lazytime", "/m"])
+            .ignored
+            .contains(&"lazytime".to_string()));
     }
 
     #[test]

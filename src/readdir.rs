@@ -56,13 +56,24 @@ pub fn list_with(
     let mut seen: HashSet<OsString> = HashSet::new();
     let merged = dir.dirs.len() > 1;
     for (layer, fd) in &dir.dirs {
-        let real = sys::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .map_err(|e| Error::io(e, "readdir open"))?;
+        let noatime = layers.get(*layer).map(|l| l.noatime_opens).unwrap_or(false);
+        let real = sys::openat_noatime(
+            fd.as_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            noatime,
+        )
+        .map_err(|e| Error::io(e, "readdir open"))?;
         let dev = sys::fstat(real.as_fd())
             .map_err(|e| Error::io(e, "readdir stat"))?
             .st_dev;
         let xwh = whiteout::dir_opaque(fd.as_fd()) == Opaque::XattrWhiteouts;
         let raw = sys::read_dir(real.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
+        if *layer == UPPER {
+            if let Some(policy) = layers.upper_daemon_atime() {
+                crate::atime::touch(policy, real.as_fd(), true);
+            }
+        }
         let mut hidden_here: Vec<OsString> = Vec::new();
         for e in raw {
             if whiteout::is_marker_name(&e.name) {

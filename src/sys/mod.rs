@@ -74,6 +74,34 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Re
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// [`openat`], with `O_NOATIME` if `noatime` and the kernel permits it (the caller owns
+/// the file or has CAP_FOWNER over its owner); without it otherwise.
+pub fn openat_noatime(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: i32,
+    noatime: bool,
+) -> io::Result<OwnedFd> {
+    if noatime && flags & libc::O_PATH == 0 {
+        match openat(dir, name, flags | libc::O_NOATIME, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            r => return r,
+        }
+    }
+    openat(dir, name, flags, 0)
+}
+
+/// [`reopen`], with `O_NOATIME` where permitted if `noatime` (see [`openat_noatime`]).
+pub fn reopen_noatime(fd: BorrowedFd<'_>, flags: i32, noatime: bool) -> io::Result<OwnedFd> {
+    if noatime && flags & libc::O_PATH == 0 {
+        match reopen(fd, flags | libc::O_NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            r => return r,
+        }
+    }
+    reopen(fd, flags)
+}
+
 /// An `O_PATH` handle on a directory below `dir`; fails with ENOTDIR on anything else,
 /// and with ELOOP on a symlink.
 pub fn open_dir_path(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
@@ -301,6 +329,8 @@ pub struct FuseMountArgs {
     pub nosuid: bool,
     pub noexec: bool,
     pub noatime: bool,
+    pub strictatime: bool,
+    pub nodiratime: bool,
     /// Extra comma-separated kernel options (`default_permissions`, `allow_other`).
     pub data: String,
 }
@@ -337,6 +367,8 @@ pub fn fuse_mount(target: &Path, args: &FuseMountArgs) -> io::Result<OwnedFd> {
         (args.nosuid, libc::MS_NOSUID),
         (args.noexec, libc::MS_NOEXEC),
         (args.noatime, libc::MS_NOATIME),
+        (args.strictatime, libc::MS_STRICTATIME),
+        (args.nodiratime, libc::MS_NODIRATIME),
     ] {
         if on {
             flags |= f;
@@ -457,6 +489,66 @@ pub fn remount(target: &Path, f: RemountFlags) -> io::Result<()> {
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid has no arguments and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Mount attributes for [`clone_mount`] (`MOUNT_ATTR_*` of linux/mount.h).
+pub mod mount_attr {
+    pub const RDONLY: u64 = 0x01;
+    /// The atime field: one of `RELATIME` (0), `NOATIME`, `STRICTATIME`.
+    pub const ATIME_MASK: u64 = 0x70;
+    pub const RELATIME: u64 = 0x00;
+    pub const NOATIME: u64 = 0x10;
+    pub const STRICTATIME: u64 = 0x20;
+    pub const NODIRATIME: u64 = 0x80;
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A private, detached copy of the mount that holds directory `dir`, rooted at `dir`
+/// (`open_tree(OPEN_TREE_CLONE)`, not recursive: mounts below `dir` are not in it, as in
+/// the kernel overlayfs' private layer mounts), with mount attributes `set` after clearing
+/// `clear` (`mount_setattr`). The returned `O_PATH` fd is the copy's root; the copy lives
+/// as long as some fd or file opened through it does. Needs CAP_SYS_ADMIN over the mount
+/// namespace; in a user namespace the atime attributes of mounts it inherited are locked
+/// (EPERM).
+pub fn clone_mount(dir: BorrowedFd<'_>, set: u64, clear: u64) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: the path is a NUL-terminated empty string; dir is live for the call.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dir.as_raw_fd(), c"".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a fresh fd.
+    let mnt = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: attr is a valid mount_attr of the size passed; the path is NUL-terminated.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(mnt)
 }
 
 /// Lazily unmounts `target` (the mount point given by the administrator).
