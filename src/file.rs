@@ -271,7 +271,7 @@ impl UnionFs {
     /// request tells us (plain writes and truncates do reach the FUSE inode). The kernel
     /// must then not cache the inode's attributes: the adapter answers with a zero TTL.
     pub fn times_change_unseen(&self, ino: u64) -> bool {
-        !self.passthrough_writers.is_empty() && self.passthrough_writers.contains_key(&ino)
+        self.passthrough_writers.contains_key(&ino)
     }
 
     /// Forgets handle `fh`; returns whether it was a writable passthrough handle.
