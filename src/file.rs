@@ -28,6 +28,9 @@ pub struct FileHandle {
     pub data_only: bool,
     /// The kernel does this handle's I/O on the backing file itself (FUSE passthrough).
     passthrough: AtomicBool,
+    /// Opening it copied the file up: the kernel's cached attributes are the lower's
+    /// (its ctime, and its size before an O_TRUNC) and must be dropped.
+    pub copied_up: bool,
 }
 
 impl FileHandle {
@@ -38,6 +41,7 @@ impl FileHandle {
             flags,
             data_only,
             passthrough: AtomicBool::new(false),
+            copied_up: false,
         }
     }
 
@@ -72,6 +76,7 @@ impl UnionFs {
             return err(libc::EISDIR);
         }
         let write = wants_write(flags);
+        let was_upper = node.loc.read().in_upper();
         if write {
             if self.read_only {
                 return err(libc::EROFS);
@@ -106,7 +111,19 @@ impl UnionFs {
                 ),
             )
         })?;
-        Ok(self.add_handle(ino, fd, flags, data_only))
+        let mut h = FileHandle::new(ino, fd, flags, data_only);
+        h.copied_up = write && !was_upper;
+        let fh = self.new_fh();
+        self.files.insert(fh, Arc::new(h));
+        Ok(fh)
+    }
+
+    /// Must the kernel's cached attributes of `fh`'s inode be dropped now that it is open?
+    /// Yes after a copy-up (they are the lower's), and while a writable passthrough handle
+    /// is open (see [`UnionFs::times_change_unseen`]).
+    pub fn open_staled_attrs(&self, fh: u64) -> bool {
+        self.handle(fh)
+            .is_ok_and(|h| h.copied_up || self.times_change_unseen(h.ino))
     }
 
     /// The flags to open the real file with for an open(2) with `flags`. With the writeback
