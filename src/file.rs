@@ -31,6 +31,9 @@ pub struct FileHandle {
     /// Opened for write on a file with setuid/setgid bits: its writes go through this
     /// daemon, which drops the bits the kernel's rules say a write drops (cred.rs).
     guard_privs: AtomicBool,
+    /// Opening it copied the file up: the kernel's cached attributes are the lower's
+    /// (its ctime, and its size before an O_TRUNC) and must be dropped.
+    pub copied_up: bool,
 }
 
 impl FileHandle {
@@ -42,6 +45,7 @@ impl FileHandle {
             data_only,
             passthrough: AtomicBool::new(false),
             guard_privs: AtomicBool::new(false),
+            copied_up: false,
         }
     }
 
@@ -76,6 +80,7 @@ impl UnionFs {
             return err(libc::EISDIR);
         }
         let write = wants_write(flags);
+        let was_upper = node.loc.read().in_upper();
         if write {
             if self.is_read_only() {
                 return err(libc::EROFS);
@@ -110,7 +115,10 @@ impl UnionFs {
                 ),
             )
         })?;
-        let fh = self.add_handle(ino, fd, flags, data_only);
+        let mut h = FileHandle::new(ino, fd, flags, data_only);
+        h.copied_up = write && !was_upper;
+        let fh = self.new_fh();
+        self.files.insert(fh, Arc::new(h));
         if write && node.kind == Kind::File {
             self.guard_if_privileged(ino, fh);
         }
@@ -151,6 +159,14 @@ impl UnionFs {
             Some(c) if h.guard_privs.load(Ordering::Relaxed) => self.remove_privs(h.ino, fh, &c),
             _ => Ok(()),
         }
+    }
+
+    /// Must the kernel's cached attributes of `fh`'s inode be dropped now that it is open?
+    /// Yes after a copy-up (they are the lower's), and while a writable passthrough handle
+    /// is open (see [`UnionFs::times_change_unseen`]).
+    pub fn open_staled_attrs(&self, fh: u64) -> bool {
+        self.handle(fh)
+            .is_ok_and(|h| h.copied_up || self.times_change_unseen(h.ino))
     }
 
     /// The flags to open the real file with for an open(2) with `flags`. With the writeback
@@ -376,7 +392,7 @@ impl UnionFs {
     /// request tells us (plain writes and truncates do reach the FUSE inode). The kernel
     /// must then not cache the inode's attributes: the adapter answers with a zero TTL.
     pub fn times_change_unseen(&self, ino: u64) -> bool {
-        !self.passthrough_writers.is_empty() && self.passthrough_writers.contains_key(&ino)
+        self.passthrough_writers.contains_key(&ino)
     }
 
     /// Forgets handle `fh`; returns whether it was a writable passthrough handle.

@@ -339,26 +339,27 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _one_at_a_time = self.open_locks[(ino.0 % 64) as usize].lock();
-        match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => match self.backing_for(fh, ino.0, |fd| reply.open_backing(fd)) {
-                Some(b) => {
-                    self.fs.set_passthrough(fh);
-                    // Recorded before the reply: the kernel may send RELEASE (on another
-                    // thread) as soon as it has the reply, and a backing id recorded after
-                    // that release would stay registered, holding the file, until unmount.
-                    self.handle_backing.insert(fh, b.clone());
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
-                    // Attributes cached before this open carry the long TTL; from now on
-                    // the times may change behind the kernel's back (mmap stores).
-                    if self.fs.times_change_unseen(ino.0) {
-                        self.forget_cached_attrs(ino.0);
-                    }
-                }
-                // Without passthrough the file's data only changes through this daemon, so
-                // the page cache stays valid from one open to the next.
-                None => reply.opened(FileHandle(fh), self.served_flags(fh)),
-            },
-            Err(e) => reply.error(errno("open", e)),
+        let fh = match self.fs.open(ino.0, flags.0) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(errno("open", e)),
+        };
+        match self.backing_for(fh, ino.0, |fd| reply.open_backing(fd)) {
+            Some(b) => {
+                self.fs.set_passthrough(fh);
+                // Recorded before the reply: the kernel may send RELEASE (on another
+                // thread) as soon as it has the reply, and a backing id recorded after
+                // that release would stay registered, holding the file, until unmount.
+                self.handle_backing.insert(fh, b.clone());
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+            }
+            // Without passthrough the file's data only changes through this daemon, so
+            // the page cache stays valid from one open to the next.
+            None => reply.opened(FileHandle(fh), self.served_flags(fh)),
+        }
+        // Attributes cached before this open (with the long TTL) may be wrong now: the
+        // lower's after a copy-up, or about to change unseen (mmap stores).
+        if self.fs.open_staled_attrs(fh) {
+            self.forget_cached_attrs(ino.0);
         }
     }
 
