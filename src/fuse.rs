@@ -57,6 +57,8 @@ pub struct FuseAdapter {
     /// of a lower file racing with a copy-up could be served here while the writer got
     /// passthrough.
     open_locks: Vec<Mutex<()>>,
+    /// Sends invalidations to the kernel; set once the session exists (see `mode_changed`).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl FuseAdapter {
@@ -68,6 +70,34 @@ impl FuseAdapter {
             backings: Mutex::new(HashMap::new()),
             handle_backing: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            notifier: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Where mount.rs puts the session's notifier.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// The daemon changed `ino`'s mode while serving a write (dropped setuid/setgid bits):
+    /// the kernel's cached attributes must go before the reply, or its next permission
+    /// check or exec would still see the bits (the reply of a write carries no attributes,
+    /// and with the writeback cache a later stat would not ask either).
+    fn mode_changed(&self, ino: INodeNo, changed: bool) {
+        if !changed {
+            return;
+        }
+        match self.notifier.get() {
+            // A negative offset: attributes only, no page cache.
+            Some(n) => {
+                if let Err(e) = n.inval_inode(ino, -1, 0) {
+                    warn!("invalidating the attributes of {:#x}: {e}", ino.0);
+                }
+            }
+            None => warn!(
+                "no notifier: the kernel keeps stale attributes of {:#x}",
+                ino.0
+            ),
         }
     }
 
@@ -673,7 +703,7 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -683,7 +713,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         match self.fs.write_as(fh.0, offset, data, Some(caller(req))) {
-            Ok(n) => reply.written(n as u32),
+            Ok(w) => {
+                self.mode_changed(ino, w.mode_changed);
+                reply.written(w.bytes as u32)
+            }
             Err(e) => reply.error(errno("write", e)),
         }
     }
@@ -753,7 +786,7 @@ impl Filesystem for FuseAdapter {
     fn fallocate(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -764,7 +797,10 @@ impl Filesystem for FuseAdapter {
             .fs
             .fallocate_as(fh.0, offset, length, mode, Some(caller(req)))
         {
-            Ok(()) => reply.ok(),
+            Ok(w) => {
+                self.mode_changed(ino, w.mode_changed);
+                reply.ok()
+            }
             Err(e) => reply.error(errno("fallocate", e)),
         }
     }
@@ -775,7 +811,7 @@ impl Filesystem for FuseAdapter {
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -790,7 +826,10 @@ impl Filesystem for FuseAdapter {
             len,
             Some(caller(req)),
         ) {
-            Ok(n) => reply.written(n as u32),
+            Ok(w) => {
+                self.mode_changed(ino_out, w.mode_changed);
+                reply.written(w.bytes as u32)
+            }
             Err(e) => reply.error(errno("copy_file_range", e)),
         }
     }
