@@ -382,10 +382,11 @@ impl UnionFs {
     /// Before `caller` writes through handle `fh` of `ino` (write, fallocate,
     /// copy_file_range): drops what `file_remove_privs` would, as a mode change. Requests
     /// without a thread id (the kernel's own writeback of mmap'ed pages) drop nothing: the
-    /// kernel removes no bits for those either.
-    pub(crate) fn remove_privs(&self, ino: u64, fh: u64, caller: &Caller) -> Result<()> {
+    /// kernel removes no bits for those either. True when the mode changed: the kernel's
+    /// cached attributes do not know it then (a write's reply carries none).
+    pub(crate) fn remove_privs(&self, ino: u64, fh: u64, caller: &Caller) -> Result<bool> {
         if caller.pid == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let a = self.getattr(ino, Some(fh))?;
         let drop = crate::cred::drop_on_write(a.mode(), a.gid, caller);
@@ -398,7 +399,7 @@ impl UnionFs {
                 },
             )?;
         }
-        Ok(())
+        Ok(drop != 0)
     }
 
     /// With `xattr_permissions`: chown/chmod of the (upper) `dir/name` rewrite its override

@@ -59,6 +59,15 @@ impl FileHandle {
     }
 }
 
+/// What a write through the daemon did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub bytes: usize,
+    /// It dropped setuid/setgid bits first: the kernel's cached attributes of the inode are
+    /// stale (the adapter tells the kernel to drop them).
+    pub mode_changed: bool,
+}
+
 /// Open flags passed on to the real file; the rest is decided here or by the kernel.
 pub const PASS_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_APPEND
@@ -154,10 +163,11 @@ impl UnionFs {
     }
 
     /// Before `caller` modifies a file's data through `fh`: the bits a write drops.
-    fn before_write(&self, h: &FileHandle, fh: u64, caller: Option<Caller>) -> Result<()> {
+    /// True when that changed the file's mode.
+    fn before_write(&self, h: &FileHandle, fh: u64, caller: Option<Caller>) -> Result<bool> {
         match caller {
             Some(c) if h.guard_privs.load(Ordering::Relaxed) => self.remove_privs(h.ino, fh, &c),
-            _ => Ok(()),
+            _ => Ok(false),
         }
     }
 
@@ -234,7 +244,7 @@ impl UnionFs {
 
     /// Writes `data` at `offset` (the kernel turns O_APPEND into the right offset).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
-        self.write_as(fh, offset, data, None)
+        self.write_as(fh, offset, data, None).map(|w| w.bytes)
     }
 
     /// `write` by `caller` (from the request): a guarded handle drops setuid/setgid bits
@@ -245,11 +255,15 @@ impl UnionFs {
         offset: u64,
         data: &[u8],
         caller: Option<Caller>,
-    ) -> Result<usize> {
+    ) -> Result<Written> {
         self.check_writable()?;
         let h = self.handle(fh)?;
-        self.before_write(&h, fh, caller)?;
-        sys::pwrite(h.fd().as_fd(), data, offset).map_err(|e| Error::io(e, "write"))
+        let mode_changed = self.before_write(&h, fh, caller)?;
+        let bytes = sys::pwrite(h.fd().as_fd(), data, offset).map_err(|e| Error::io(e, "write"))?;
+        Ok(Written {
+            bytes,
+            mode_changed,
+        })
     }
 
     /// lseek, for SEEK_DATA and SEEK_HOLE (the kernel handles the others itself).
@@ -280,7 +294,7 @@ impl UnionFs {
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
-        self.fallocate_as(fh, offset, len, mode, None)
+        self.fallocate_as(fh, offset, len, mode, None).map(|_| ())
     }
 
     pub fn fallocate_as(
@@ -290,11 +304,15 @@ impl UnionFs {
         len: u64,
         mode: i32,
         caller: Option<Caller>,
-    ) -> Result<()> {
+    ) -> Result<Written> {
         self.check_writable()?;
         let h = self.handle(fh)?;
-        self.before_write(&h, fh, caller)?;
-        ops::fallocate(h.fd().as_fd(), mode, offset, len).map_err(|e| Error::io(e, "fallocate"))
+        let mode_changed = self.before_write(&h, fh, caller)?;
+        ops::fallocate(h.fd().as_fd(), mode, offset, len).map_err(|e| Error::io(e, "fallocate"))?;
+        Ok(Written {
+            bytes: 0,
+            mode_changed,
+        })
     }
 
     pub fn copy_file_range(
@@ -306,6 +324,7 @@ impl UnionFs {
         len: u64,
     ) -> Result<usize> {
         self.copy_file_range_as(fh_in, off_in, fh_out, off_out, len, None)
+            .map(|w| w.bytes)
     }
 
     pub fn copy_file_range_as(
@@ -316,14 +335,18 @@ impl UnionFs {
         off_out: u64,
         len: u64,
         caller: Option<Caller>,
-    ) -> Result<usize> {
+    ) -> Result<Written> {
         self.check_writable()?;
         let a = self.handle(fh_in)?;
         let b = self.handle(fh_out)?;
-        self.before_write(&b, fh_out, caller)?;
+        let mode_changed = self.before_write(&b, fh_out, caller)?;
         let len = len.min(1 << 30) as usize;
-        ops::copy_file_range(a.fd().as_fd(), off_in, b.fd().as_fd(), off_out, len)
-            .map_err(|e| Error::io(e, "copy_file_range"))
+        let bytes = ops::copy_file_range(a.fd().as_fd(), off_in, b.fd().as_fd(), off_out, len)
+            .map_err(|e| Error::io(e, "copy_file_range"))?;
+        Ok(Written {
+            bytes,
+            mode_changed,
+        })
     }
 
     /// The fd the kernel may do this handle's I/O on directly (FUSE passthrough), with the

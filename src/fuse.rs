@@ -98,6 +98,16 @@ impl FuseAdapter {
         }
     }
 
+    /// The daemon changed `ino`'s mode while serving a write (dropped setuid/setgid bits):
+    /// the kernel's cached attributes must go before the reply, or its next permission
+    /// check or exec would still see the bits (the reply of a write carries no attributes,
+    /// and with the writeback cache a later stat would not ask either).
+    fn mode_changed(&self, ino: INodeNo, changed: bool) {
+        if changed {
+            self.forget_cached_attrs(ino.0);
+        }
+    }
+
     /// The open flags for a handle the daemon serves. With passthrough in use, a file's
     /// page cache may be stale after passthrough writes, so it is not kept across opens.
     ///
@@ -720,7 +730,7 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -730,7 +740,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         match self.fs.write_as(fh.0, offset, data, Some(caller(req))) {
-            Ok(n) => reply.written(n as u32),
+            Ok(w) => {
+                self.mode_changed(ino, w.mode_changed);
+                reply.written(w.bytes as u32)
+            }
             Err(e) => reply.error(errno("write", e)),
         }
     }
@@ -800,7 +813,7 @@ impl Filesystem for FuseAdapter {
     fn fallocate(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -811,7 +824,10 @@ impl Filesystem for FuseAdapter {
             .fs
             .fallocate_as(fh.0, offset, length, mode, Some(caller(req)))
         {
-            Ok(()) => reply.ok(),
+            Ok(w) => {
+                self.mode_changed(ino, w.mode_changed);
+                reply.ok()
+            }
             Err(e) => reply.error(errno("fallocate", e)),
         }
     }
@@ -822,7 +838,7 @@ impl Filesystem for FuseAdapter {
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -837,7 +853,10 @@ impl Filesystem for FuseAdapter {
             len,
             Some(caller(req)),
         ) {
-            Ok(n) => reply.written(n as u32),
+            Ok(w) => {
+                self.mode_changed(ino_out, w.mode_changed);
+                reply.written(w.bytes as u32)
+            }
             Err(e) => reply.error(errno("copy_file_range", e)),
         }
     }

@@ -5,6 +5,9 @@
 //! outside it) and group nobody, each done by nobody (uid/gid 65534, no supplementary
 //! groups: no CAP_FSETID) and by root (CAP_FSETID keeps what the kernel keeps).
 //!
+//! Then programs (copies of `id`) of root's with modes 04777 and 02777, run by nobody before
+//! and after nobody writes them: the kernel's cached attributes must lose the bits too.
+//!
 //! Run twice: as root (stratafs uses FUSE passthrough there), and inside a user namespace
 //! mapping ids 0..65535 to themselves (no passthrough: the writeback cache), where the
 //! kernel overlayfs itself treats the namespace's root as holding no CAP_FSETID for
@@ -31,6 +34,9 @@ L=$1
 for who in nobody root; do for op in OPS; do for m in MODES; do for g in 0 65534; do
   f=$L/$who-$op-$m-g$g; echo data > $f; chown 65534:$g $f; chmod $m $f
 done; done; done; done
+# Programs of root's that nobody may write: after a write, running one must not give
+# root's uid or gid any more.
+for m in 4777 2777; do cp /usr/bin/id $L/exec-$m; chown 0:0 $L/exec-$m; chmod $m $L/exec-$m; done
 "#;
 
 /// `$1`: the mount. Each operation on its own file; then `name mode uid:gid size` of all.
@@ -47,6 +53,11 @@ for who in nobody root; do for m in MODES; do for g in 0 65534; do
   run $who "chown 65534:65534 $M/$who-chown-$s"
   run $who "setfacl -m u::rwx,g::rwx,o::rx $M/$who-acl-$s"
 done; done; done
+for f in exec-4777 exec-2777; do
+  printf '%s: ' $f-ids
+  setpriv --reuid=65534 --regid=65534 --clear-groups -- sh -c "$M/$f -u; $M/$f -g; echo >> $M/$f; $M/$f -u; $M/$f -g" | tr '\n' ' '
+  echo
+done
 cd $M && for f in *; do echo "$f $(stat -c '%a %u:%g %s' $f)"; done
 "#;
 
@@ -115,7 +126,10 @@ fn compare(kernel: &str, ours: &str) {
             .unwrap();
         assert_eq!(line.split(' ').nth(1), Some(mode), "{line}");
     }
-    assert!(o.len() >= 144, "{} entries", o.len());
+    // Run by nobody before and after its write: root's id before, nobody's after.
+    assert!(o.contains(&"exec-4777-ids: 0 65534 65534 65534 "), "{o:?}");
+    assert!(o.contains(&"exec-2777-ids: 65534 0 65534 65534 "), "{o:?}");
+    assert!(o.len() >= 148, "{} entries", o.len());
 }
 
 #[test]
