@@ -734,12 +734,15 @@ impl Filesystem for FuseAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write_as(fh.0, offset, data, Some(caller(req))) {
+        // A delayed write from the page cache (mmap'ed pages written back) is nobody's
+        // write(2): it drops no bits, as on the kernel overlayfs.
+        let by = (!write_flags.contains(WriteFlags::FUSE_WRITE_CACHE)).then(|| caller(req));
+        match self.fs.write_as(fh.0, offset, data, by) {
             Ok(w) => {
                 self.mode_changed(ino, w.mode_changed);
                 reply.written(w.bytes as u32)
