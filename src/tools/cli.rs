@@ -1,0 +1,112 @@
+//! Command lines of the layer tools. A subcommand is recognised only as the *first*
+//! argument and only by its exact name (`check`, `export`, `merge`); every mount syntax
+//! starts otherwise (`-o …`, a mount point, or mount.fuse3's `SOURCE MOUNTPOINT`). A mount
+//! point literally named like a subcommand is mounted as `./check`, or with the options
+//! first (`stratafs -o … check`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::tools::check::{self, CheckArgs};
+
+pub const SUBCOMMANDS: [&str; 1] = ["check"];
+
+const CHECK_USAGE: &str =
+    "usage: stratafs check UPPER [--workdir W] [--lower DIR]... [--lowerdir=L1:L2...] [--repair]
+  Reports what is wrong in an upper layer (left-over staging files in W/work, whiteouts and
+  opaque markers that hide nothing, invalid markers, bad redirects, metacopy files without
+  data, missing impure markers). --lower (repeatable, highest first) or --lowerdir= name the
+  lowers; without them only what the upper alone shows is judged. --repair fixes what is
+  safe (the merged view stays the same). Exit status: 0 clean (or all repaired), 1 problems
+  left, 2 the check could not run.
+";
+
+/// Runs the subcommand named by the first argument, if it is one: `Some(exit status)`.
+pub fn dispatch(args: &[OsString]) -> Option<u8> {
+    let sub = args.get(1)?.to_str()?;
+    if !SUBCOMMANDS.contains(&sub) {
+        return None;
+    }
+    let rest: Vec<String> = args[2..]
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    Some(match sub {
+        "check" => run_check(&rest),
+        _ => 2,
+    })
+}
+
+fn usage_error(usage: &str, msg: &str) -> u8 {
+    eprintln!("stratafs: {msg}");
+    eprint!("{usage}");
+    2
+}
+
+/// `--key VALUE` or `--key=VALUE`.
+fn value<'a>(
+    arg: &'a str,
+    key: &str,
+    it: &mut impl Iterator<Item = &'a String>,
+) -> Option<Result<String, String>> {
+    if arg == key {
+        return Some(it.next().cloned().ok_or(format!("{key} needs a value")));
+    }
+    arg.strip_prefix(key)
+        .and_then(|r| r.strip_prefix('='))
+        .map(|v| Ok(v.to_string()))
+}
+
+fn parse_check(args: &[String]) -> Result<Option<CheckArgs>, String> {
+    let mut a = CheckArgs::default();
+    let mut pos = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(None);
+        }
+        if arg == "--repair" {
+            a.repair = true;
+        } else if let Some(v) = value(arg, "--workdir", &mut it) {
+            a.workdir = Some(PathBuf::from(v?));
+        } else if let Some(v) = value(arg, "--lower", &mut it) {
+            a.lowers.push(PathBuf::from(v?));
+        } else if let Some(v) = value(arg, "--lowerdir", &mut it) {
+            a.lowers
+                .extend(crate::options::split_lowerdirs(v?.as_bytes()));
+        } else if arg.starts_with('-') {
+            return Err(format!("check: unknown argument {arg}"));
+        } else {
+            pos.push(arg.clone());
+        }
+    }
+    match pos.as_slice() {
+        [u] => a.upper = PathBuf::from(u),
+        [] => return Err("check: missing UPPER".into()),
+        _ => return Err("check: one UPPER only (name lowers with --lower)".into()),
+    }
+    Ok(Some(a))
+}
+
+fn run_check(args: &[String]) -> u8 {
+    let a = match parse_check(args) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{CHECK_USAGE}");
+            return 0;
+        }
+        Err(e) => return usage_error(CHECK_USAGE, &e),
+    };
+    match check::run(&a) {
+        Ok(r) => {
+            for l in r.lines() {
+                println!("{l}");
+            }
+            u8::from(r.remaining() > 0)
+        }
+        Err(e) => {
+            eprintln!("stratafs: check: {e}");
+            2
+        }
+    }
+}
