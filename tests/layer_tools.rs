@@ -245,3 +245,155 @@ fn a_mount_point_named_like_a_subcommand_still_mounts() {
     assert!(o.status.success() && text(&o).contains("usage: stratafs check"));
     let _ = fs::metadata(&m).map(|m| m.ino());
 }
+
+fn export(u: &Path, l: &Path, out: &Path) {
+    let o = run(&[
+        "export",
+        u.to_str().unwrap(),
+        l.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// `tar -tv` lines as GNU tar reads the archive: "TYPE+MODE SIZE PATH[ -> / link to …]".
+fn listing(tar: &Path) -> Vec<String> {
+    let o = Command::new("tar")
+        .args(["--numeric-owner", "-tvf"])
+        .arg(tar)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {} {}", f[0], f[2], f[5..].join(" "))
+        })
+        .collect()
+}
+
+#[test]
+fn export_writes_whiteouts_redirects_metacopy_links_and_xattrs() {
+    let s = Scratch::new("lt-export");
+    for (tag, (l, u, _w)) in [("kernel", kernel_layer(&s)), ("stratafs", strata_layer(&s))] {
+        let out = s.path(&format!("{tag}.tar"));
+        export(&u, &l, &out);
+        let got = listing(&out);
+        let big = fs::metadata(l.join("big")).unwrap().len();
+        let mut want = vec![
+            format!("-rw------- {big} big"),
+            "drwxr-xr-x 0 d/".into(),
+            "-rw-r--r-- 0 d/.wh..wh..opq".into(),
+            "-rw-r--r-- 4 d/n".into(),
+            "-rw-r--r-- 0 .wh.f".into(),
+            "-rw-r--r-- 0 .wh.fifo".into(),
+            "-rw-r--r-- 0 .wh.gone".into(),
+            "-rw-r--r-- 0 .wh.mvd".into(),
+            "drwxr-xr-x 0 mvd2/".into(),
+            "-rw-r--r-- 0 mvd2/.wh..wh..opq".into(),
+            "drwxr-xr-x 0 mvd2/inner/".into(),
+            "-rw-r--r-- 2 mvd2/inner/z".into(),
+            "-rw-r--r-- 4 newfile".into(),
+            "hrw-r--r-- 0 newlink link to newfile".into(),
+            "drwxr-xr-x 0 same/".into(),
+            "-rw-r--r-- 2 same/s".into(),
+            "drwxr-xr-x 0 keep/".into(),
+            "drwxr-xr-x 0 keep/deep/".into(),
+            "-rw-r--r-- 7 keep/deep/k".into(),
+            "drwxr-xr-x 0 brand/".into(),
+            "drwxr-xr-x 0 brand/new/".into(),
+            "-rw-r--r-- 2 brand/new/file".into(),
+        ];
+        if tag == "kernel" {
+            // The kernel makes a new directory in a merged one opaque.
+            want.push("-rw-r--r-- 0 brand/.wh..wh..opq".into());
+            want.push("-rw-r--r-- 2 hl".into());
+            want.push("hrw-r--r-- 0 hl3 link to hl".into());
+        } else {
+            want.push("-rw-r--r-- 5 hl".into());
+            want.push("hrw-r--r-- 0 hl3 link to hl".into());
+        }
+        let mut g = got.clone();
+        g.sort();
+        want.sort();
+        assert_eq!(g, want, "{tag}: {got:#?}");
+        let raw = fs::read(&out).unwrap();
+        let has = |n: &[u8]| raw.windows(n.len()).any(|w| w == n);
+        assert!(has(b"SCHILY.xattr.security.capability="), "{tag}");
+        assert!(has(b"SCHILY.xattr.user.x=1\n"), "{tag}");
+        assert!(has(b"SCHILY.xattr.user.lower=yes\n"), "{tag}");
+        assert!(!has(b"overlay."), "{tag}: an overlay marker in the layer");
+        // The metacopy file's data came from the lower.
+        let x = s.dir(&format!("{tag}.x"));
+        sh(&format!("tar -xf {} big", out.display()), &x);
+        assert_eq!(
+            fs::read(x.join("big")).unwrap(),
+            fs::read(l.join("big")).unwrap()
+        );
+    }
+}
+
+/// The layer imported by podman (`podman load` of a docker-archive: the lower as the base
+/// layer, written by GNU tar, and the exported layer on top) equals what the kernel
+/// overlayfs mount of the same stack shows, entry by entry.
+#[test]
+fn export_imported_by_podman_equals_the_mount() {
+    if Command::new("podman").arg("--version").output().is_err() {
+        eprintln!("podman missing: skipped");
+        return;
+    }
+    let s = Scratch::new("lt-podman");
+    for (tag, (l, u, _w)) in [("kernel", kernel_layer(&s)), ("stratafs", strata_layer(&s))] {
+        let a = s.dir(&format!("{tag}.archive"));
+        export(&u, &l, &a.join("layer.tar"));
+        sh(
+            &format!(
+                "tar --xattrs --xattrs-include='*' --numeric-owner -C {} -cf base.tar . && \
+                 A=$(sha256sum base.tar | cut -d' ' -f1) && B=$(sha256sum layer.tar | cut -d' ' -f1) && \
+                 printf '{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{}},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"sha256:%s\",\"sha256:%s\"]}}}}' $A $B > config.json && \
+                 printf '[{{\"Config\":\"config.json\",\"RepoTags\":[\"localhost/lt-{tag}:latest\"],\"Layers\":[\"base.tar\",\"layer.tar\"]}}]' > manifest.json && \
+                 tar -cf ../{tag}.docker.tar manifest.json config.json base.tar layer.tar",
+                l.display()
+            ),
+            &a,
+        );
+        let root = s.dir(&format!("{tag}.proot"));
+        let runroot = s.dir(&format!("{tag}.prun"));
+        let podman = |args: &[&str]| {
+            let o = Command::new("podman")
+                .arg("--root")
+                .arg(&root)
+                .arg("--runroot")
+                .arg(&runroot)
+                .args(["--storage-driver", "vfs", "--runtime", "runc"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "podman {args:?}: {}", text(&o));
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        podman(&[
+            "load",
+            "-i",
+            s.path(&format!("{tag}.docker.tar")).to_str().unwrap(),
+        ]);
+        let img = PathBuf::from(podman(&[
+            "image",
+            "mount",
+            &format!("localhost/lt-{tag}:latest"),
+        ]));
+        let mut imported = common::snapshot(&img);
+        podman(&["image", "unmount", "-a"]);
+        let mut shown = kernel_view(&s, &l, &u, tag);
+        for snap in [&mut imported, &mut shown] {
+            snap.remove(&b""[..]); // the root: the base image's attributes
+            for e in snap.values_mut() {
+                e.dir_nlink = None;
+            }
+        }
+        common::assert_same(&format!("{tag}: mount vs podman import"), &shown, &imported);
+        podman(&["rmi", "-a", "-f"]);
+    }
+}

@@ -338,20 +338,7 @@ impl Checker {
         name: &CString,
         redirect: Option<&Redirect>,
     ) -> Result<bool> {
-        let found = match redirect {
-            None => lowers.lookup(name).map(|h| layer::is_reg(&h.st)),
-            Some(r) => {
-                let full = layer::redirect_path(lower_path, r);
-                let (parent, last) = match full.iter().rposition(|&b| b == b'/') {
-                    Some(i) => (&full[..i], &full[i + 1..]),
-                    None => (&full[..0], &full[..]),
-                };
-                let dirs = LowerDirs::at_path(&self.lower_roots, parent)?;
-                let last = CString::new(last).unwrap_or_default();
-                dirs.lookup(&last).map(|h| layer::is_reg(&h.st))
-            }
-        };
-        Ok(found == Some(true))
+        Ok(layer::metacopy_data(&self.lower_roots, lowers, lower_path, name, redirect)?.is_some())
     }
 }
 

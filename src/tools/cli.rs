@@ -8,8 +8,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::tools::check::{self, CheckArgs};
+use crate::tools::export::{self, ExportArgs};
 
-pub const SUBCOMMANDS: [&str; 1] = ["check"];
+pub const SUBCOMMANDS: [&str; 2] = ["check", "export"];
 
 const CHECK_USAGE: &str =
     "usage: stratafs check UPPER [--workdir W] [--lower DIR]... [--lowerdir=L1:L2...] [--repair]
@@ -19,6 +20,13 @@ const CHECK_USAGE: &str =
   lowers; without them only what the upper alone shows is judged. --repair fixes what is
   safe (the merged view stays the same). Exit status: 0 clean (or all repaired), 1 problems
   left, 2 the check could not run.
+";
+
+const EXPORT_USAGE: &str = "usage: stratafs export UPPER [LOWER...] -o FILE|-
+  Writes the upper layer as an OCI image layer tar: whiteouts as .wh.NAME, opaque
+  directories with .wh..wh..opq, redirected directories in full with a whiteout of the old
+  name, metacopy data from the lowers (highest first), hard links, xattrs and file
+  capabilities as PAX SCHILY.xattr records; never overlay.* markers. -o - writes to stdout.
 ";
 
 /// Runs the subcommand named by the first argument, if it is one: `Some(exit status)`.
@@ -33,6 +41,7 @@ pub fn dispatch(args: &[OsString]) -> Option<u8> {
         .collect();
     Some(match sub {
         "check" => run_check(&rest),
+        "export" => run_export(&rest),
         _ => 2,
     })
 }
@@ -107,6 +116,66 @@ fn run_check(args: &[String]) -> u8 {
         Err(e) => {
             eprintln!("stratafs: check: {e}");
             2
+        }
+    }
+}
+
+fn parse_export(args: &[String]) -> Result<Option<ExportArgs>, String> {
+    let mut a = ExportArgs::default();
+    let mut pos = Vec::new();
+    let mut output = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(None);
+        }
+        if let Some(v) = value(arg, "-o", &mut it).or_else(|| value(arg, "--output", &mut it)) {
+            output = Some(v?);
+        } else if let Some(v) = value(arg, "--lowerdir", &mut it) {
+            a.lowers
+                .extend(crate::options::split_lowerdirs(v?.as_bytes()));
+        } else if arg.starts_with('-') {
+            return Err(format!("export: unknown argument {arg}"));
+        } else {
+            pos.push(PathBuf::from(arg));
+        }
+    }
+    let Some(out) = output else {
+        return Err("export: -o FILE (or -o - for standard output) is required".into());
+    };
+    a.output = (out != "-").then(|| PathBuf::from(out));
+    if pos.is_empty() {
+        return Err("export: missing UPPER".into());
+    }
+    a.upper = pos.remove(0);
+    let mut lowers = pos;
+    lowers.append(&mut a.lowers);
+    a.lowers = lowers;
+    Ok(Some(a))
+}
+
+fn run_export(args: &[String]) -> u8 {
+    let a = match parse_export(args) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{EXPORT_USAGE}");
+            return 0;
+        }
+        Err(e) => return usage_error(EXPORT_USAGE, &e),
+    };
+    match export::run(&a) {
+        Ok(warnings) => {
+            for w in warnings {
+                eprintln!("stratafs: export: {w}");
+            }
+            0
+        }
+        Err(e) => {
+            if let Some(p) = &a.output {
+                let _ = std::fs::remove_file(p);
+            }
+            eprintln!("stratafs: export: {e}");
+            1
         }
     }
 }

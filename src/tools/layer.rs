@@ -346,3 +346,50 @@ pub fn valid_origin(v: &[u8]) -> bool {
 pub fn valid_metacopy(v: &[u8]) -> bool {
     v.is_empty() || (v.len() >= 4 && v[0] == 0 && v[1] as usize == v.len())
 }
+
+/// The lower regular file holding a metacopy file's data: at its redirect (absolute, or a
+/// name in the parent's lower directories) or at its own name; opened for reading.
+pub fn metacopy_data(
+    lower_roots: &[OwnedFd],
+    lowers: &LowerDirs,
+    lower_path: &[u8],
+    name: &CStr,
+    redirect: Option<&Redirect>,
+) -> Result<Option<OwnedFd>> {
+    let open = |hit: Option<LowerHit<'_>>, n: &CStr| -> Result<Option<OwnedFd>> {
+        match hit {
+            Some(h) if is_reg(&h.st) => sys::openat(h.dir, n, libc::O_RDONLY, 0)
+                .map(Some)
+                .map_err(|e| Error::io(e, "metacopy data")),
+            _ => Ok(None),
+        }
+    };
+    match redirect {
+        None => open(lowers.lookup(name), name),
+        Some(r) => {
+            let full = redirect_path(lower_path, r);
+            let i = full.iter().rposition(|&b| b == b'/').unwrap_or(0);
+            let dirs = LowerDirs::at_path(lower_roots, &full[..i])?;
+            let last = CString::new(&full[i + 1..]).unwrap_or_default();
+            open(dirs.lookup(&last), &last)
+        }
+    }
+}
+
+/// The xattrs of `dir/name` a mount shows (overlay markers dropped, escaped names
+/// unescaped), sorted by name.
+pub fn visible_xattrs(dir: BorrowedFd<'_>, name: &CStr) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let list = xattr::list(dir, name).unwrap_or_default();
+    let mut out = Vec::new();
+    for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let Some(vis) = whiteout::xattr_to_visible(n) else {
+            continue;
+        };
+        let Ok(c) = CString::new(n) else { continue };
+        if let Ok(Some(v)) = xattr::get(dir, name, &c) {
+            out.push((vis, v));
+        }
+    }
+    out.sort();
+    out
+}
