@@ -397,3 +397,116 @@ fn export_imported_by_podman_equals_the_mount() {
         podman(&["rmi", "-a", "-f"]);
     }
 }
+
+/// What the kernel overlayfs shows of `l` alone (under an empty upper: the kernel wants
+/// two lowers for a mount without upper).
+fn alone_view(
+    s: &Scratch,
+    l: &Path,
+    tag: &str,
+) -> std::collections::BTreeMap<Vec<u8>, common::Entry> {
+    let empty = s.dir(&format!("{tag}.empty"));
+    kernel_view(s, l, &empty, &format!("{tag}.alone"))
+}
+
+#[test]
+fn merge_folds_the_upper_into_the_lower() {
+    let s = Scratch::new("lt-merge");
+    for (tag, (l, u, w)) in [("kernel", kernel_layer(&s)), ("stratafs", strata_layer(&s))] {
+        let stack = kernel_view(&s, &l, &u, &format!("{tag}.stack"));
+        let o = run(&[
+            "merge",
+            u.to_str().unwrap(),
+            l.to_str().unwrap(),
+            "--workdir",
+            w.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{tag}: {}", text(&o));
+        assert!(text(&o).starts_with("merged: "), "{}", text(&o));
+        let mut merged = alone_view(&s, &l, tag);
+        // A mount shows its top layer's root: compare the lower's own root instead.
+        let mut stack = stack;
+        let root = stack.remove(&b""[..]).unwrap();
+        merged.remove(&b""[..]);
+        let lm = fs::metadata(&l).unwrap();
+        assert_eq!(
+            (lm.mtime(), lm.mtime_nsec(), lm.mode() & 0o7777),
+            (root.mtime.0, root.mtime.1, root.mode),
+            "{tag}: root"
+        );
+        common::assert_same(&format!("{tag}: stack vs merged lower"), &stack, &merged);
+        // No staging directory or overlay marker left in the lower.
+        assert!(!fs::read_dir(&l).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".stratafs-merge")));
+        let o = Command::new("getfattr")
+            .args(["-R", "-d", "-m", "overlay"])
+            .arg(&l)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stdout).trim().is_empty(),
+            "{tag}: {}",
+            text(&o)
+        );
+        // The directory itself (not only the mount) holds it: hard links stay links.
+        assert_eq!(
+            fs::metadata(l.join("newfile")).unwrap().ino(),
+            fs::metadata(l.join("newlink")).unwrap().ino()
+        );
+    }
+}
+
+#[test]
+fn merge_is_refused_while_mounted() {
+    let s = Scratch::new("lt-merge-busy");
+    let (l, u, w) = kernel_layer(&s);
+    let before = common::snapshot(&l);
+    let m = s.dir("m");
+    let args = |w: &Path| {
+        run(&[
+            "merge",
+            u.to_str().unwrap(),
+            l.to_str().unwrap(),
+            "--workdir",
+            w.to_str().unwrap(),
+        ])
+    };
+    let st = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    let o = args(&w);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert_eq!(t.lines().count(), 1, "{t}");
+    assert!(
+        t.contains("in use") && t.contains(&m.display().to_string()),
+        "{t}"
+    );
+    drop(st);
+    // A read-only stratafs mount of the lower alone holds no lock: found by its command line.
+    let st = Strata::mount(
+        &Stack {
+            lowers: vec![&l],
+            upper: None,
+        },
+        "",
+        &m,
+    );
+    let o = args(&w);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("lower") && t.contains("in use by the stratafs mount on"),
+        "{t}"
+    );
+    drop(st);
+    let w2 = s.dir("w2");
+    let k = Kernel::mount(&Stack::one(&l, &u, &w2), KOPTS, &m);
+    let o = args(&w2);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("in use by the overlay mount on"), "{t}");
+    drop(k);
+    common::assert_same("lower untouched", &before, &common::snapshot(&l));
+}

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 
 use crate::tools::check::{self, CheckArgs};
 use crate::tools::export::{self, ExportArgs};
+use crate::tools::merge::{self, MergeArgs};
 
-pub const SUBCOMMANDS: [&str; 2] = ["check", "export"];
+pub const SUBCOMMANDS: [&str; 3] = ["check", "export", "merge"];
 
 const CHECK_USAGE: &str =
     "usage: stratafs check UPPER [--workdir W] [--lower DIR]... [--lowerdir=L1:L2...] [--repair]
@@ -29,6 +30,13 @@ const EXPORT_USAGE: &str = "usage: stratafs export UPPER [LOWER...] -o FILE|-
   capabilities as PAX SCHILY.xattr records; never overlay.* markers. -o - writes to stdout.
 ";
 
+const MERGE_USAGE: &str = "usage: stratafs merge UPPER LOWER [--workdir W]
+  Folds UPPER into the LOWER directly below it (whiteouts as deletions, opaque directories
+  as replacements, redirects as renames, the rest copied), each entry in one rename, so
+  that LOWER alone shows what the stack showed. Refused while UPPER, LOWER or W serves a
+  mount, and while stratafs check finds a problem in UPPER against LOWER.
+";
+
 /// Runs the subcommand named by the first argument, if it is one: `Some(exit status)`.
 pub fn dispatch(args: &[OsString]) -> Option<u8> {
     let sub = args.get(1)?.to_str()?;
@@ -42,6 +50,7 @@ pub fn dispatch(args: &[OsString]) -> Option<u8> {
     Some(match sub {
         "check" => run_check(&rest),
         "export" => run_export(&rest),
+        "merge" => run_merge(&rest),
         _ => 2,
     })
 }
@@ -175,6 +184,44 @@ fn run_export(args: &[String]) -> u8 {
                 let _ = std::fs::remove_file(p);
             }
             eprintln!("stratafs: export: {e}");
+            1
+        }
+    }
+}
+
+fn run_merge(args: &[String]) -> u8 {
+    let mut a = MergeArgs::default();
+    let mut pos = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            print!("{MERGE_USAGE}");
+            return 0;
+        }
+        match value(arg, "--workdir", &mut it) {
+            Some(Ok(v)) => a.workdir = Some(PathBuf::from(v)),
+            Some(Err(e)) => return usage_error(MERGE_USAGE, &e),
+            None if arg.starts_with('-') => {
+                return usage_error(MERGE_USAGE, &format!("merge: unknown argument {arg}"))
+            }
+            None => pos.push(PathBuf::from(arg)),
+        }
+    }
+    let [u, l] = <[PathBuf; 2]>::try_from(pos).unwrap_or_default();
+    if u.as_os_str().is_empty() || l.as_os_str().is_empty() {
+        return usage_error(MERGE_USAGE, "merge: give UPPER and LOWER");
+    }
+    (a.upper, a.lower) = (u, l);
+    match merge::run(&a) {
+        Ok(s) => {
+            println!(
+                "merged: {} copied, {} deleted, {} moved",
+                s.copied, s.deleted, s.moved
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("stratafs: merge: {e}");
             1
         }
     }

@@ -17,10 +17,9 @@
 //! The root directory's own attributes are not written (the base image's stay).
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString};
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
@@ -328,53 +327,12 @@ impl<W: Write> Exporter<W> {
     fn moved_whiteouts(&mut self) -> Result<()> {
         let mut done = Vec::new();
         for from in std::mem::take(&mut self.moved_from) {
-            let comps: Vec<&[u8]> = from
-                .split(|&b| b == b'/')
-                .filter(|c| !c.is_empty())
-                .collect();
-            let Some((last, dirs)) = comps.split_last() else {
-                continue;
-            };
-            let mut cur = sys::reopen(self.upper_root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                .map_err(|e| Error::io(e, "upper"))?;
-            let mut hidden = false;
-            for c in dirs {
-                let c = CString::new(*c).unwrap_or_default();
-                match sys::fstatat(cur.as_fd(), &c) {
-                    Err(_) => {
-                        if whiteout::has_aufs_whiteout(cur.as_fd(), OsStr::from_bytes(c.to_bytes()))
-                        {
-                            hidden = true;
-                        }
-                        break;
-                    }
-                    Ok(st) if !layer::is_dir(&st) => {
-                        hidden = true;
-                        break;
-                    }
-                    Ok(_) => {
-                        let sub = layer::open_dir(cur.as_fd(), &c)?;
-                        let m = layer::markers(sub.as_fd(), c".");
-                        if whiteout::dir_opaque(sub.as_fd()) == Opaque::Yes
-                            || layer::find(&m, "redirect").is_some()
-                        {
-                            hidden = true;
-                            break;
-                        }
-                        cur = sub;
-                    }
-                }
-            }
-            let last = CString::new(*last).unwrap_or_default();
-            let wh = CString::new([b".wh.", last.to_bytes()].concat()).unwrap_or_default();
-            if hidden
-                || sys::fstatat(cur.as_fd(), &last).is_ok()
-                || sys::fstatat(cur.as_fd(), &wh).is_ok()
-                || done.contains(&from)
-            {
+            if done.contains(&from) || layer::upper_hides(self.upper_root.as_fd(), &from)? {
                 continue;
             }
-            let parent: Vec<u8> = dirs.join(&b'/');
+            let i = from.iter().rposition(|&b| b == b'/').unwrap_or(0);
+            let parent = from[..i].strip_prefix(b"/").unwrap_or(&from[..i]).to_vec();
+            let last = CString::new(&from[i + 1..]).unwrap_or_default();
             self.whiteout(&parent, &last, (0, 0))?;
             done.push(from);
         }

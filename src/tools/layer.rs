@@ -41,8 +41,10 @@ pub fn open_root(opt: &str, p: &Path) -> Result<OwnedFd> {
     sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(what)
 }
 
-/// The names in `dir` with their attributes, sorted by name.
+/// The names in `dir` with their attributes, sorted by name (from the start, however
+/// often the fd was listed before).
 pub fn list(dir: BorrowedFd<'_>) -> Result<Vec<(CString, Stat)>> {
+    sys::lseek(dir, 0, libc::SEEK_SET).map_err(|e| Error::io(e, "readdir"))?;
     let mut out = Vec::new();
     for e in sys::read_dir(dir).map_err(|e| Error::io(e, "readdir"))? {
         let Some(c) = whiteout::c_name(&e.name) else {
@@ -392,4 +394,44 @@ pub fn visible_xattrs(dir: BorrowedFd<'_>, name: &CStr) -> Vec<(Vec<u8>, Vec<u8>
     }
     out.sort();
     out
+}
+
+/// Does the upper hide the lower entry at the absolute path `path`: holds an entry (or a
+/// whiteout) there, or on the way a non-directory, a whiteout, an opaque or a redirected
+/// directory (below which the path means something else)?
+pub fn upper_hides(upper_root: BorrowedFd<'_>, path: &[u8]) -> Result<bool> {
+    let comps: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let Some((last, dirs)) = comps.split_last() else {
+        return Ok(true);
+    };
+    let mut cur = sys::reopen(upper_root, libc::O_RDONLY | libc::O_DIRECTORY)
+        .map_err(|e| Error::io(e, "upper"))?;
+    for c in dirs {
+        let c = CString::new(*c).unwrap_or_default();
+        match sys::fstatat(cur.as_fd(), &c) {
+            Err(_) => {
+                return Ok(whiteout::has_aufs_whiteout(
+                    cur.as_fd(),
+                    OsStr::from_bytes(c.to_bytes()),
+                ))
+            }
+            Ok(st) if !is_dir(&st) => return Ok(true),
+            Ok(_) => {
+                let sub = open_dir(cur.as_fd(), &c)?;
+                let m = markers(sub.as_fd(), c".");
+                if whiteout::dir_opaque(sub.as_fd()) == Opaque::Yes
+                    || find(&m, "redirect").is_some()
+                {
+                    return Ok(true);
+                }
+                cur = sub;
+            }
+        }
+    }
+    let last = CString::new(*last).unwrap_or_default();
+    Ok(sys::fstatat(cur.as_fd(), &last).is_ok()
+        || whiteout::has_aufs_whiteout(cur.as_fd(), OsStr::from_bytes(last.to_bytes())))
 }
