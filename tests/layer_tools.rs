@@ -508,5 +508,33 @@ fn merge_is_refused_while_mounted() {
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("in use by the overlay mount on"), "{t}");
     drop(k);
+    // fuse-overlayfs: no lock, options not in mountinfo; found by its command line.
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            if common::mount_type(self.0).is_some() {
+                let _ = Command::new("umount").arg(self.0).status();
+            }
+        }
+    }
+    let w3 = s.dir("w3");
+    let fo = Command::new("fuse-overlayfs")
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            l.display(),
+            u.display(),
+            w3.display()
+        ))
+        .arg(&m)
+        .status()
+        .unwrap();
+    let guard = Unmount(&m);
+    assert!(fo.success());
+    let o = args(&w3);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("in use by the fuse-overlayfs mount on"), "{t}");
+    drop(guard);
     common::assert_same("lower untouched", &before, &common::snapshot(&l));
 }

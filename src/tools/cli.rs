@@ -226,3 +226,59 @@ fn run_merge(args: &[String]) -> u8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn only_a_first_argument_names_a_tool() {
+        // Mount syntaxes, with a mount point or source named like a tool.
+        for mount in [
+            &["stratafs", "-o", "lowerdir=/l", "check"][..],
+            &["stratafs", "./check", "-o", "br=/u=rw:/l=ro"],
+            &["stratafs", "stratafs", "check", "-o", "lowerdir=/l"],
+            &["stratafs", "/mnt", "-o", "br=/u=rw:/l=ro"],
+            &["stratafs"],
+            &["stratafs", "checks"],
+        ] {
+            assert_eq!(dispatch(&os(mount)), None, "{mount:?}");
+        }
+        assert_eq!(dispatch(&os(&["stratafs", "check", "--help"])), Some(0));
+        assert_eq!(dispatch(&os(&["stratafs", "merge", "--bogus"])), Some(2));
+        assert_eq!(
+            dispatch(&os(&["stratafs", "export", "/u"])),
+            Some(2),
+            "no -o"
+        );
+    }
+
+    #[test]
+    fn tool_arguments() {
+        let a = parse_check(
+            &[
+                "/u",
+                "--lower",
+                "/a",
+                "--lowerdir=/b:/c",
+                "--workdir=/w",
+                "--repair",
+            ]
+            .map(String::from),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.lowers, [PathBuf::from("/a"), "/b".into(), "/c".into()]);
+        assert_eq!(a.workdir, Some(PathBuf::from("/w")));
+        assert!(a.repair);
+        assert!(parse_check(&["/u".into(), "/v".into()]).is_err());
+        let e = parse_export(&["/u", "/l1", "-o", "-", "/l2"].map(String::from))
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.output, e.lowers.len()), (None, 2));
+    }
+}

@@ -5,7 +5,8 @@
 //!   so no stratafs mount can start on those directories meanwhile;
 //! - /proc/self/mountinfo: a kernel overlayfs mount names its `lowerdir=`, `upperdir=`,
 //!   `workdir=` in its superblock options;
-//! - running stratafs daemons (a `fuse.stratafs` mount's options are not in mountinfo):
+//! - running stratafs and fuse-overlayfs daemons (a FUSE mount's options are not in
+//!   mountinfo):
 //!   their command lines, parsed with the mount's own parser (this covers lowers and
 //!   read-only mounts, which hold no lock).
 
@@ -56,7 +57,9 @@ pub fn user_of(path: &Path) -> Option<String> {
             continue;
         }
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim_end() != "stratafs" {
+        // fuse-overlayfs takes the same `-o lowerdir=…` command line.
+        let comm = comm.trim_end();
+        if comm != "stratafs" && comm != "fuse-overlayfs" {
             continue;
         }
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -78,7 +81,7 @@ pub fn user_of(path: &Path) -> Option<String> {
             .chain(cfg.workdir.iter());
         if dirs.map(|d| canon(&cwd.join(d))).any(|d| d == want) {
             return Some(format!(
-                "the stratafs mount on {} (pid {pid})",
+                "the {comm} mount on {} (pid {pid})",
                 canon(&cwd.join(&cfg.mountpoint)).display()
             ));
         }
