@@ -120,7 +120,7 @@ fn open_layer(id: LayerId, opt: &str, path: &std::path::Path) -> Result<Layer> {
 /// would empty `workdir/work` under the first one. The kernel itself refuses only with
 /// `index=on` and otherwise warns; stratafs always refuses. A daemon that dies in any way
 /// (SIGKILL included) drops the lock with its last fd.
-fn lock_in_use(opt: &str, path: &std::path::Path, root: &OwnedFd) -> Result<OwnedFd> {
+pub fn lock_in_use(opt: &str, path: &std::path::Path, root: &OwnedFd) -> Result<OwnedFd> {
     let what = |e: std::io::Error| Error::io(e, format!("{opt} {}", path.display()));
     let fd = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(what)?;
     match sys::flock_exclusive_nb(fd.as_fd()) {

@@ -28,6 +28,7 @@ pub mod override_stat;
 pub mod readdir;
 pub mod remount;
 pub mod sys;
+pub mod tools;
 pub mod whiteout;
 
 pub use error::{Error, Result};

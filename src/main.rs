@@ -11,7 +11,12 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let mut cfg = match options::parse_args(std::env::args_os()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `stratafs check|export|merge …`: the offline layer tools (tools/cli.rs).
+    if let Some(code) = stratafs::tools::cli::dispatch(&args) {
+        return ExitCode::from(code);
+    }
+    let mut cfg = match options::parse_args(&args) {
         Ok(Command::Mount(cfg)) => cfg,
         Ok(Command::Remount(r)) => {
             return match stratafs::remount::run(&r) {
