@@ -399,7 +399,33 @@ impl Client {
 /// Who holds the in-use lock on the directory `(dev, ino)`, for the refusal message: "the
 /// stratafs mount on M (pid P)" when a daemon's control socket answers from that pid,
 /// else "process P", else "another mount".
-pub fn holder_of(dev: u64, ino: u64) -> String {
+/// Who holds the in-use lock on the directory `(dev, ino)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// No flock on it is listed (it was just released).
+    Nobody,
+    /// A stratafs daemon still serving the mount at `point`.
+    Mount { pid: i32, point: std::path::PathBuf },
+    /// A process with no live mount: a daemon whose mount is gone (unmounted, exiting), a
+    /// layer tool, or a daemon whose control channel did not start.
+    Process(i32),
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Nobody => write!(f, "another mount"),
+            Holder::Mount { pid, point } => {
+                write!(f, "the stratafs mount on {} (pid {pid})", point.display())
+            }
+            Holder::Process(pid) => write!(f, "process {pid}"),
+        }
+    }
+}
+
+/// Finds the holder of the in-use lock on the directory `(dev, ino)`: the pid from
+/// /proc/locks, then the mount whose control channel that pid serves.
+pub fn holder_of(dev: u64, ino: u64) -> Holder {
     let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
     let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
     let want = format!("{major:02x}:{minor:02x}:{ino}");
@@ -411,7 +437,7 @@ pub fn holder_of(dev: u64, ino: u64) -> String {
             .flatten()
     });
     let Some(pid) = pid else {
-        return "another mount".into();
+        return Holder::Nobody;
     };
     for m in MountEntry::all()
         .iter()
@@ -419,11 +445,14 @@ pub fn holder_of(dev: u64, ino: u64) -> String {
     {
         if let Ok(c) = Client::connect(m) {
             if c.server_pid == pid {
-                return format!("the stratafs mount on {} (pid {pid})", m.point.display());
+                return Holder::Mount {
+                    pid,
+                    point: m.point.clone(),
+                };
             }
         }
     }
-    format!("process {pid}")
+    Holder::Process(pid)
 }
 
 #[cfg(test)]

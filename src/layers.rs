@@ -121,24 +121,38 @@ fn open_layer(id: LayerId, opt: &str, path: &std::path::Path) -> Result<Layer> {
 /// `index=on` and otherwise warns; stratafs always refuses. A daemon that dies in any way
 /// (SIGKILL included) drops the lock with its last fd.
 pub fn lock_in_use(opt: &str, path: &std::path::Path, root: &OwnedFd) -> Result<OwnedFd> {
+    use crate::control::Holder;
     let what = |e: std::io::Error| Error::io(e, format!("{opt} {}", path.display()));
     let fd = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(what)?;
-    match sys::flock_exclusive_nb(fd.as_fd()) {
-        Ok(()) => Ok(fd),
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-            let st = sys::fstat(fd.as_fd()).map_err(what)?;
-            Err(Error::new(
-                libc::EBUSY,
-                format!(
-                    "{opt} {}: in use (as upperdir or workdir) by {}",
-                    path.display(),
-                    crate::control::holder_of(st.st_dev, st.st_ino)
-                ),
-            ))
+    // `umount` returns before the old daemon has exited (it still has to see the end of
+    // its session), and podman or a script may mount the same upper again at once: a
+    // holder that no longer serves a mount gets a few seconds to go away.
+    let deadline = std::time::Instant::now() + EXITING_HOLDER_GRACE;
+    loop {
+        match sys::flock_exclusive_nb(fd.as_fd()) {
+            Ok(()) => return Ok(fd),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                let st = sys::fstat(fd.as_fd()).map_err(what)?;
+                let holder = crate::control::holder_of(st.st_dev, st.st_ino);
+                let waiting = !matches!(holder, Holder::Mount { .. });
+                if !waiting || std::time::Instant::now() >= deadline {
+                    return Err(Error::new(
+                        libc::EBUSY,
+                        format!(
+                            "{opt} {}: in use (as upperdir or workdir) by {holder}",
+                            path.display()
+                        ),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(what(e)),
         }
-        Err(e) => Err(what(e)),
     }
 }
+
+/// How long a new mount waits for the in-use lock of a holder that serves no mount any more.
+const EXITING_HOLDER_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Replaces a lower's root with the root of a read-only `noatime` private mount of it; where
 /// the atime attribute may not be changed (a user namespace), of a read-only one (the
