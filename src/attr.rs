@@ -17,7 +17,10 @@ use crate::whiteout;
 /// Attributes of a merged entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
+    /// The st_ino shown.
     pub ino: u64,
+    /// The node the entry is (its FUSE node id): `ino` except for name nodes (inode.rs).
+    pub node: u64,
     pub size: u64,
     pub blocks: u64,
     pub atime: SystemTime,
@@ -47,6 +50,7 @@ impl Attr {
     pub fn negative() -> Attr {
         Attr {
             ino: 0,
+            node: 0,
             size: 0,
             blocks: 0,
             atime: UNIX_EPOCH,
@@ -66,6 +70,7 @@ impl Attr {
     pub fn from_stat(st: &Stat, ino: u64, merged: bool) -> Attr {
         Attr {
             ino,
+            node: ino,
             size: st.st_size as u64,
             blocks: st.st_blocks as u64,
             atime: time(st.st_atime, st.st_atime_nsec),
@@ -109,7 +114,9 @@ impl UnionFs {
                         let layer = self.node(ino).map(|n| n.loc.read().top).unwrap_or(0);
                         self.show_override(&mut st, layer, h.fd().as_fd(), c"");
                     }
-                    return Ok(self.attr(&st, ino, false));
+                    let mut a = self.attr(&st, self.shown_ino(ino, &st), false);
+                    a.node = ino;
+                    return Ok(a);
                 }
             }
         }
@@ -130,7 +137,9 @@ impl UnionFs {
             } else {
                 lowers > 1
             };
-        Ok(self.attr(&st, ino, merged))
+        let mut a = self.attr(&st, self.shown_ino(ino, &st), merged);
+        a.node = ino;
+        Ok(a)
     }
 
     /// The target of a symlink.

@@ -284,19 +284,25 @@ impl UnionFs {
         // A copy-up is not a change the user made: the parent keeps its times.
         let pst = sys::fstatat(upper_parent.as_fd(), c".")
             .map_err(|e| Error::io(e, "copy-up parent stat"))?;
+        // The copy stays this node (see `UnionFs::renumbered`), whatever names it gets
+        // later: recorded before the copy can be looked up.
+        let number = match node.kind {
+            Kind::Dir => None,
+            _ => sys::fstatat(w, &tmp)
+                .ok()
+                .map(|st| (st.st_dev, st.st_ino))
+                .filter(|&(dev, ino)| self.layers.ino(dev, ino) != node.id),
+        };
+        if let Some(key) = number {
+            self.renumbered.insert(key, node.id);
+        }
         if let Err(e) = ops::renameat2(w, &tmp, upper_parent.as_fd(), &name, libc::RENAME_NOREPLACE)
         {
+            if let Some(key) = number {
+                self.renumbered.remove(&key);
+            }
             let _ = remove_tree(w, &tmp);
             return Err(Error::io(e, "copy-up rename"));
-        }
-        // The copy keeps the number the entry had (see `UnionFs::renumbered`), whatever
-        // names it gets later.
-        if node.kind != Kind::Dir {
-            if let Ok(st) = sys::fstatat(upper_parent.as_fd(), &name) {
-                if self.layers.ino(st.st_dev, st.st_ino) != node.ino {
-                    self.renumbered.insert((st.st_dev, st.st_ino), node.ino);
-                }
-            }
         }
         let impure = self.layers.marker("impure");
         let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
@@ -310,7 +316,7 @@ impl UnionFs {
             l.data = data_fd;
         }
         if !meta_only {
-            self.switch_handles_to_upper(node.ino);
+            self.switch_handles_to_upper(node.id);
         }
         Ok(())
     }
@@ -349,7 +355,7 @@ impl UnionFs {
             }
         }
         node.loc.write().data = None;
-        self.switch_handles_to_upper(node.ino);
+        self.switch_handles_to_upper(node.id);
         Ok(())
     }
 

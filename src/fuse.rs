@@ -155,6 +155,13 @@ fn fuse_attr(a: &Attr) -> fuser::FileAttr {
     }
 }
 
+/// `a` as an entry reply carries it: fuser takes the entry's node id from `ino`.
+fn entry_attr(a: &Attr) -> fuser::FileAttr {
+    let mut f = fuse_attr(a);
+    f.ino = INodeNo(a.node);
+    f
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -184,9 +191,28 @@ fn set_time(t: TimeOrNow) -> SetTime {
 impl FuseAdapter {
     fn reply_new(&self, op: &str, r: crate::Result<(Attr, Option<u64>)>, reply: ReplyEntry) {
         match r {
-            Ok((a, _)) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Ok((a, _)) => self.reply_entry(&a, reply),
             Err(e) => reply.error(errno(op, e)),
         }
+    }
+
+    /// How long the kernel may keep the attributes of a reply. An entry reply makes the
+    /// node id the inode's st_ino; for a name node (its id is not the number it shows, see
+    /// inode.rs) they must be stale at once, so that the next stat asks GETATTR, whose
+    /// reply carries the number shown (the kernel takes st_ino from each attribute
+    /// reply). A name node's number and link count also change under the kernel's feet
+    /// when it is copied up (by an OPEN, which carries no attributes): its GETATTR
+    /// replies are not cached either.
+    fn attr_ttl(&self, a: &Attr) -> Duration {
+        if a.node == a.ino {
+            self.ttl
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn reply_entry(&self, a: &Attr, reply: ReplyEntry) {
+        reply.entry_with_ttls(&self.attr_ttl(a), &self.ttl, &entry_attr(a), Generation(0))
     }
 }
 
@@ -261,7 +287,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Ok(a) => self.reply_entry(&a, reply),
             // A negative entry (node id 0) lets the kernel cache "no such name" too.
             Err(e) if e.errno == libc::ENOENT && !self.ttl.is_zero() => {
                 let mut neg = fuse_attr(&Attr::negative());
@@ -281,7 +307,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.ttl, &fuse_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(&a), &fuse_attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
         }
     }
@@ -389,6 +415,7 @@ impl Filesystem for FuseAdapter {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
+        let mut first = true;
         for (i, e) in listing.iter().enumerate().skip(offset as usize) {
             let attr = match self.fs.readdirplus_entry(ino.0, e) {
                 Ok(a) => a,
@@ -399,20 +426,34 @@ impl Filesystem for FuseAdapter {
                 }
             };
             let counted = !(e.name == "." || e.name == "..");
+            // A name node's entry would show its node id as d_ino (fuser takes d_ino and
+            // the node id from one field): end the reply before it, so that the kernel
+            // asks on from there with a plain READDIR (READDIRPLUS_AUTO: after offset 0
+            // it uses plain unless a lookup advised otherwise), whose d_ino is the number
+            // shown. Only at the head of a reply is it sent, with stale attributes.
+            let name_node = attr.node != attr.ino;
+            if name_node && !first {
+                if counted {
+                    self.fs.forget(attr.node, 1);
+                }
+                break;
+            }
+            let ttl = if name_node { Duration::ZERO } else { self.ttl };
             if reply.add(
-                INodeNo(attr.ino),
+                INodeNo(attr.node),
                 i as u64 + 1,
                 &e.name,
-                &self.ttl,
-                &fuse_attr(&attr),
+                &ttl,
+                &entry_attr(&attr),
                 Generation(0),
             ) {
                 // Did not fit: the kernel never saw it, so it does not hold the reference.
                 if counted {
-                    self.fs.forget(attr.ino, 1);
+                    self.fs.forget(attr.node, 1);
                 }
                 break;
             }
+            first = false;
         }
         reply.ok();
     }
@@ -502,7 +543,7 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
         };
         match self.fs.setattr(ino.0, s) {
-            Ok(a) => reply.attr(&self.ttl, &fuse_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(&a), &fuse_attr(&a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
     }
@@ -577,7 +618,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         match self.fs.link(ino.0, newparent.0, newname) {
-            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Ok(a) => self.reply_entry(&a, reply),
             Err(e) => reply.error(errno("link", e)),
         }
     }
@@ -633,14 +674,15 @@ impl Filesystem for FuseAdapter {
             NewKind::File { flags },
             caller(req),
         ) {
-            Ok((a, Some(fh))) => match self.backing_for(fh, a.ino, |fd| reply.open_backing(fd)) {
+            // A new file is an object node (its id is the number it shows).
+            Ok((a, Some(fh))) => match self.backing_for(fh, a.node, |fd| reply.open_backing(fd)) {
                 Some(bk) => {
                     self.fs.set_passthrough(fh);
                     // Before the reply (see `open`).
                     self.handle_backing.insert(fh, bk.clone());
                     reply.created_passthrough(
                         &self.ttl,
-                        &fuse_attr(&a),
+                        &entry_attr(&a),
                         Generation(0),
                         FileHandle(fh),
                         FopenFlags::empty(),
@@ -649,7 +691,7 @@ impl Filesystem for FuseAdapter {
                 }
                 None => reply.created(
                     &self.ttl,
-                    &fuse_attr(&a),
+                    &entry_attr(&a),
                     Generation(0),
                     FileHandle(fh),
                     self.served_flags(),
