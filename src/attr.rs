@@ -269,6 +269,23 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
+impl SetAttr {
+    /// Would this leave attributes `cur` as they are?
+    fn changes_nothing(&self, cur: &Attr) -> bool {
+        let same_time = |t: Option<ops::SetTime>, now: SystemTime| match t {
+            None | Some(ops::SetTime::Omit) => true,
+            Some(ops::SetTime::At(sec, nsec)) => time(sec, nsec) == now,
+            Some(ops::SetTime::Now) => false,
+        };
+        self.mode.is_none_or(|m| m & 0o7777 == cur.perm as u32)
+            && self.uid.is_none_or(|u| u == cur.uid)
+            && self.gid.is_none_or(|g| g == cur.gid)
+            && self.size.is_none_or(|z| z == cur.size)
+            && same_time(self.atime, cur.atime)
+            && same_time(self.mtime, cur.mtime)
+    }
+}
+
 impl UnionFs {
     /// chmod/chown/truncate/utimens. The entry is copied up first (without its data when it
     /// is truncated to zero).
@@ -289,6 +306,21 @@ impl UnionFs {
             Some(_) => CopyUp::Data,
             None => CopyUp::Meta,
         };
+        {
+            let loc = node.loc.read();
+            let nameless_lower = loc.pinned.is_some() && !loc.in_upper();
+            drop(loc);
+            // A lower file whose name is gone would be copied to an anonymous file that
+            // nothing else can see: not for a change that changes nothing. (The kernel's
+            // writeback cache sends one at the close of an unlinked file: its unchanged
+            // mtime, and a ctime, which is not settable.)
+            if nameless_lower {
+                let cur = self.getattr(ino, None)?;
+                if s.changes_nothing(&cur) {
+                    return Ok(cur);
+                }
+            }
+        }
         self.copy_up(&node, want)?;
         let real = self.real(&node)?;
         let (dir, name) = (real.dir.as_fd(), real.name.as_c_str());
