@@ -51,6 +51,9 @@ pub struct FuseAdapter {
     /// (dev, ino); alive while a handle holds it.
     backings: Mutex<HashMap<u64, (RealId, Weak<BackingId>)>>,
     handle_backing: DashMap<u64, Arc<BackingId>>,
+    /// Directory streams for which the kernel asked READDIRPLUS from a name node's entry
+    /// (see `readdirplus`): ending replies before those entries no longer helps there.
+    plus_at_name: DashMap<u64, ()>,
     /// Opens of one inode (striped by number) take their handle and decide between
     /// passthrough and daemon-served I/O one at a time: the kernel refuses (EIO) an open
     /// whose I/O mode differs from another open handle's, and without this a read-only open
@@ -67,6 +70,7 @@ impl FuseAdapter {
             passthrough: AtomicBool::new(false),
             backings: Mutex::new(HashMap::new()),
             handle_backing: DashMap::new(),
+            plus_at_name: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
         }
     }
@@ -429,10 +433,17 @@ impl Filesystem for FuseAdapter {
             // A name node's entry would show its node id as d_ino (fuser takes d_ino and
             // the node id from one field): end the reply before it, so that the kernel
             // asks on from there with a plain READDIR (READDIRPLUS_AUTO: after offset 0
-            // it uses plain unless a lookup advised otherwise), whose d_ino is the number
-            // shown. Only at the head of a reply is it sent, with stale attributes.
+            // it uses plain unless a lookup in the directory advised otherwise), whose
+            // d_ino is the number shown. When the kernel asks READDIRPLUS from such an
+            // entry anyway (a program that stats entries between getdents calls, as
+            // `ls -l` does), it is sent, with stale attributes, and the stream's later
+            // replies are no longer ended early (each would cost a request and help no
+            // more).
             let name_node = attr.node != attr.ino;
-            if name_node && !first {
+            if name_node && first {
+                self.plus_at_name.insert(fh.0, ());
+            }
+            if name_node && !first && !self.plus_at_name.contains_key(&fh.0) {
                 if counted {
                     self.fs.forget(attr.node, 1);
                 }
@@ -467,6 +478,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.fs.releasedir(fh.0);
+        self.plus_at_name.remove(&fh.0);
         reply.ok();
     }
 
