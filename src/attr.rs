@@ -17,7 +17,10 @@ use crate::whiteout;
 /// Attributes of a merged entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
+    /// The st_ino shown.
     pub ino: u64,
+    /// The node the entry is (its FUSE node id): `ino` except for name nodes (inode.rs).
+    pub node: u64,
     pub size: u64,
     pub blocks: u64,
     pub atime: SystemTime,
@@ -47,6 +50,7 @@ impl Attr {
     pub fn negative() -> Attr {
         Attr {
             ino: 0,
+            node: 0,
             size: 0,
             blocks: 0,
             atime: UNIX_EPOCH,
@@ -80,6 +84,7 @@ impl Attr {
     pub fn from_stat(st: &Stat, ino: u64, merged: bool) -> Attr {
         Attr {
             ino,
+            node: ino,
             size: st.st_size as u64,
             blocks: st.st_blocks as u64,
             atime: time(st.st_atime, st.st_atime_nsec),
@@ -123,7 +128,9 @@ impl UnionFs {
                         let layer = self.node(ino).map(|n| n.loc.read().top).unwrap_or(0);
                         self.show_override(&mut st, layer, h.fd().as_fd(), c"");
                     }
-                    return Ok(self.attr(&st, ino, false));
+                    let mut a = self.attr(&st, self.shown_ino(ino, &st), false);
+                    a.node = ino;
+                    return Ok(a);
                 }
             }
         }
@@ -144,7 +151,9 @@ impl UnionFs {
             } else {
                 lowers > 1
             };
-        Ok(self.attr(&st, ino, merged))
+        let mut a = self.attr(&st, self.shown_ino(ino, &st), merged);
+        a.node = ino;
+        Ok(a)
     }
 
     /// The stat of `ino`'s real entry with its owner override applied: owner and mode as
@@ -288,6 +297,23 @@ pub struct SetAttr {
     pub caller: Option<Caller>,
 }
 
+impl SetAttr {
+    /// Would this leave attributes `cur` as they are?
+    fn changes_nothing(&self, cur: &Attr) -> bool {
+        let same_time = |t: Option<ops::SetTime>, now: SystemTime| match t {
+            None | Some(ops::SetTime::Omit) => true,
+            Some(ops::SetTime::At(sec, nsec)) => time(sec, nsec) == now,
+            Some(ops::SetTime::Now) => false,
+        };
+        self.mode.is_none_or(|m| m & 0o7777 == cur.perm as u32)
+            && self.uid.is_none_or(|u| u == cur.uid)
+            && self.gid.is_none_or(|g| g == cur.gid)
+            && self.size.is_none_or(|z| z == cur.size)
+            && same_time(self.atime, cur.atime)
+            && same_time(self.mtime, cur.mtime)
+    }
+}
+
 impl UnionFs {
     /// chmod/chown/truncate/utimens. The entry is copied up first (without its data when it
     /// is truncated to zero).
@@ -309,6 +335,21 @@ impl UnionFs {
             Some(_) => CopyUp::Data,
             None => CopyUp::Meta,
         };
+        {
+            let loc = node.loc.read();
+            let nameless_lower = loc.pinned.is_some() && !loc.in_upper();
+            drop(loc);
+            // A lower file whose name is gone would be copied to an anonymous file that
+            // nothing else can see: not for a change that changes nothing. (The kernel's
+            // writeback cache sends one at the close of an unlinked file: its unchanged
+            // mtime, and a ctime, which is not settable.)
+            if nameless_lower {
+                let cur = self.getattr(ino, None)?;
+                if s.changes_nothing(&cur) {
+                    return Ok(cur);
+                }
+            }
+        }
         self.copy_up(&node, want)?;
         let real = self.real(&node)?;
         let (dir, name) = (real.dir.as_fd(), real.name.as_c_str());

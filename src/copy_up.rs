@@ -237,6 +237,11 @@ impl UnionFs {
                 _ => Ok(()), // another request copied it while we waited
             };
         }
+        if loc.pinned.is_some() {
+            // Its name is gone (unlinked or replaced while open): a whiteout or another
+            // file holds it, so the copy cannot go there.
+            return self.copy_up_nameless(node, work.as_fd(), want);
+        }
         let parent = self.node(loc.parent)?;
         self.copy_up(&parent, CopyUp::Meta)?;
         let upper_parent = parent
@@ -285,19 +290,25 @@ impl UnionFs {
         // A copy-up is not a change the user made: the parent keeps its times.
         let pst = sys::fstatat(upper_parent.as_fd(), c".")
             .map_err(|e| Error::io(e, "copy-up parent stat"))?;
+        // The copy stays this node (see `UnionFs::renumbered`), whatever names it gets
+        // later: recorded before the copy can be looked up.
+        let number = match node.kind {
+            Kind::Dir => None,
+            _ => sys::fstatat(w, &tmp)
+                .ok()
+                .map(|st| (st.st_dev, st.st_ino))
+                .filter(|&(dev, ino)| self.layers.ino(dev, ino) != node.id),
+        };
+        if let Some(key) = number {
+            self.renumbered.insert(key, node.id);
+        }
         if let Err(e) = ops::renameat2(w, &tmp, upper_parent.as_fd(), &name, libc::RENAME_NOREPLACE)
         {
+            if let Some(key) = number {
+                self.renumbered.remove(&key);
+            }
             let _ = remove_tree(w, &tmp);
             return Err(Error::io(e, "copy-up rename"));
-        }
-        // The copy keeps the number the entry had (see `UnionFs::renumbered`), whatever
-        // names it gets later.
-        if node.kind != Kind::Dir {
-            if let Ok(st) = sys::fstatat(upper_parent.as_fd(), &name) {
-                if self.layers.ino(st.st_dev, st.st_ino) != node.ino {
-                    self.renumbered.insert((st.st_dev, st.st_ino), node.ino);
-                }
-            }
         }
         let impure = self.layers.marker("impure");
         let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
@@ -311,7 +322,7 @@ impl UnionFs {
             l.data = data_fd;
         }
         if !meta_only {
-            self.switch_handles_to_upper(node.ino);
+            self.switch_handles_to_upper(node.id);
         }
         Ok(())
     }
@@ -350,7 +361,7 @@ impl UnionFs {
             }
         }
         node.loc.write().data = None;
-        self.switch_handles_to_upper(node.ino);
+        self.switch_handles_to_upper(node.id);
         Ok(())
     }
 
@@ -367,7 +378,6 @@ impl UnionFs {
         want: CopyUp,
         meta_only: bool,
     ) -> Result<()> {
-        let origin = self.layers.marker("origin");
         match kind {
             Kind::Dir => {
                 ops::mkdirat(w, tmp, 0o700).map_err(|e| Error::io(e, "copy-up mkdir"))?;
@@ -381,39 +391,39 @@ impl UnionFs {
                     let mc = self.layers.marker("metacopy");
                     xattr::set(w, tmp, &mc, b"", 0).map_err(|e| Error::io(e, "set metacopy"))?;
                 } else if want != CopyUp::Empty {
-                    let data_fd = match &src.loc.data {
-                        Some(d) => sys::reopen(d.as_fd(), libc::O_RDONLY),
-                        None => src.open(libc::O_RDONLY),
-                    }
-                    .map_err(|e| Error::io(e, "copy-up open lower"))?;
-                    copy_data(data_fd.as_fd(), out.as_fd(), st.st_size as u64)?;
+                    copy_file_data(src, st, out.as_fd())?;
                     if !self.volatile {
                         ops::fsync(out.as_fd(), false)
                             .map_err(|e| Error::io(e, "copy-up fsync"))?;
                     }
                 }
             }
-            Kind::Symlink => {
-                let target = sys::readlinkat(src.dir.as_fd(), &src.name)
-                    .map_err(|e| Error::io(e, "copy-up readlink"))?;
-                let target = CString::new(target).map_err(|_| Error::errno(libc::EINVAL))?;
-                ops::symlinkat(&target, w, tmp).map_err(|e| Error::io(e, "copy-up symlink"))?;
-            }
-            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
-                ops::mknodat(w, tmp, st.st_mode, st.st_rdev)
-                    .map_err(|e| Error::io(e, "copy-up mknod"))?;
-            }
+            _ => make_special(src, st, w, tmp)?,
         }
-        copy_xattrs(src.dir.as_fd(), &src.name, w, tmp)?;
+        self.copy_attrs(src, st, w, tmp)?;
+        let origin = self.layers.marker("origin");
+        let _ = xattr::set(w, tmp, &origin, b"", 0);
+        copy_times(w, tmp, st)
+    }
+
+    /// xattrs, owner overrides, owner and mode of `src` onto its copy `dir/name`.
+    fn copy_attrs(
+        &self,
+        src: &crate::fs::Real,
+        st: &Stat,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<()> {
+        copy_xattrs(src.dir.as_fd(), &src.name, dir, name)?;
         let mut meta = *st;
         match (self.override_level, self.read_level(src.loc.top)) {
             (Some(level), _) => {
                 // An override under an older name (not copied: it is a marker prefix)
                 // moves to the current one.
-                let current = xattr::get(w, tmp, level.xattr()).ok().flatten();
+                let current = xattr::get(dir, name, level.xattr()).ok().flatten();
                 if current.is_none() {
                     if let Some(o) = crate::override_stat::read(level, src.dir.as_fd(), &src.name) {
-                        let _ = crate::override_stat::write(level, w, tmp, &o);
+                        let _ = crate::override_stat::write(level, dir, name, &o);
                     }
                 }
             }
@@ -427,13 +437,106 @@ impl UnionFs {
                     meta.st_mode = (meta.st_mode & libc::S_IFMT) | o.mode;
                 }
                 for n in level.read_names() {
-                    let _ = xattr::remove(w, tmp, n);
+                    let _ = xattr::remove(dir, name, n);
                 }
             }
             (None, None) => {}
         }
-        copy_meta(w, tmp, &meta)?;
-        let _ = xattr::set(w, tmp, &origin, b"", 0);
-        copy_times(w, tmp, st)
+        copy_meta(dir, name, &meta)
+    }
+
+    /// Copy-up of a node whose name is gone: to an anonymous file in the workdir (an
+    /// `O_TMPFILE`, never linked), which then answers for the node until the kernel
+    /// forgets it, and which the upper filesystem frees at its last close. Where the upper
+    /// has no `O_TMPFILE` (and for non-regular files, which it cannot make), the copy is
+    /// made under a temporary name in `work/` and that name removed at once, before any
+    /// data goes in. Caller holds `copy_lock`.
+    fn copy_up_nameless(&self, node: &Arc<Node>, w: BorrowedFd<'_>, want: CopyUp) -> Result<()> {
+        let src = self.real(node)?;
+        let st = sys::fstat(src.dir.as_fd()).map_err(|e| Error::io(e, "copy-up stat"))?;
+        let kind = Kind::from_mode(st.st_mode);
+        if kind == Kind::Dir {
+            // A removed directory is empty, and nothing can be created in it.
+            return Err(Error::new(libc::ENOENT, "copy-up of a removed directory"));
+        }
+        let copy = match kind {
+            Kind::File => {
+                let out = anonymous_file(w)?;
+                if want != CopyUp::Empty {
+                    copy_file_data(&src, &st, out.as_fd())?;
+                }
+                out
+            }
+            _ => {
+                let tmp = tmp_name();
+                make_special(&src, &st, w, &tmp)?;
+                let fd = sys::openat(w, &tmp, libc::O_PATH, 0);
+                let _ = ops::unlinkat(w, &tmp, 0);
+                fd.map_err(|e| Error::io(e, "copy-up open"))?
+            }
+        };
+        // No fsync and no origin marker: the copy has no name to be found by, and goes
+        // with the last reference to it.
+        self.copy_attrs(&src, &st, copy.as_fd(), c"")?;
+        copy_times(copy.as_fd(), c"", &st)?;
+        {
+            let mut l = node.loc.write();
+            l.top = UPPER;
+            l.pinned = Some(Arc::new(copy));
+            l.data = None;
+        }
+        log::debug!(
+            "copy-up: {:#x} (its name is gone) to an anonymous file",
+            node.id
+        );
+        self.switch_handles_to_upper(node.id);
+        Ok(())
+    }
+}
+
+/// The data of regular file `src` (its metacopy data file, if any) into `out`.
+fn copy_file_data(src: &crate::fs::Real, st: &Stat, out: BorrowedFd<'_>) -> Result<()> {
+    let data_fd = match &src.loc.data {
+        Some(d) => sys::reopen(d.as_fd(), libc::O_RDONLY),
+        None => src.open(libc::O_RDONLY),
+    }
+    .map_err(|e| Error::io(e, "copy-up open lower"))?;
+    copy_data(data_fd.as_fd(), out, st.st_size as u64)
+}
+
+/// A symlink, device, fifo or socket like `src` at `w/tmp`.
+fn make_special(src: &crate::fs::Real, st: &Stat, w: BorrowedFd<'_>, tmp: &CStr) -> Result<()> {
+    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        let target = sys::readlinkat(src.dir.as_fd(), &src.name)
+            .map_err(|e| Error::io(e, "copy-up readlink"))?;
+        let target = CString::new(target).map_err(|_| Error::errno(libc::EINVAL))?;
+        ops::symlinkat(&target, w, tmp).map_err(|e| Error::io(e, "copy-up symlink"))
+    } else {
+        ops::mknodat(w, tmp, st.st_mode, st.st_rdev).map_err(|e| Error::io(e, "copy-up mknod"))
+    }
+}
+
+/// A new regular file in directory `w` with no name, open read-write: `O_TMPFILE`, or
+/// where the filesystem lacks it a file created under a temporary name and unlinked at
+/// once.
+fn anonymous_file(w: BorrowedFd<'_>) -> Result<OwnedFd> {
+    match sys::openat(w, c".", libc::O_TMPFILE | libc::O_RDWR, 0o600) {
+        Ok(fd) => Ok(fd),
+        // EOPNOTSUPP: the filesystem has no tmpfile; EISDIR/EINVAL: a kernel or library
+        // without O_TMPFILE.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+            ) =>
+        {
+            log::debug!("copy-up: no O_TMPFILE in the workdir ({e}); a removed temporary name");
+            let tmp = tmp_name();
+            let fd = sys::openat(w, &tmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)
+                .map_err(|e| Error::io(e, "copy-up create"))?;
+            ops::unlinkat(w, &tmp, 0).map_err(|e| Error::io(e, "copy-up unlink"))?;
+            Ok(fd)
+        }
+        Err(e) => Err(Error::io(e, "copy-up tmpfile")),
     }
 }

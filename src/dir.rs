@@ -258,9 +258,9 @@ impl UnionFs {
         let attr = self.lookup(parent, name)?;
         let fh = match (file, kind) {
             (Some(fd), NewKind::File { flags }) => {
-                let fh = self.add_handle(attr.ino, fd, flags, false);
+                let fh = self.add_handle(attr.node, fd, flags, false);
                 if attr.perm as u32 & (libc::S_ISUID | libc::S_ISGID) != 0 {
-                    self.guard_if_privileged(attr.ino, fh);
+                    self.guard_if_privileged(attr.node, fh);
                 }
                 Some(fh)
             }
@@ -304,8 +304,9 @@ impl UnionFs {
     }
 
     /// link(2): a new name `newname` in `newparent` for `ino` (copied up first). The new
-    /// name shows the node's own number: the copy-up keeps it (`UnionFs::renumbered`), so
-    /// the kernel's cached entry for the old name stays right.
+    /// name is the same node (`UnionFs::renumbered` maps the upper file to it since its
+    /// copy-up), so the kernel's cached entry for the old name stays right, and both names
+    /// are one inode from then on, as in the kernel overlayfs.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
         self.check_writable()?;
         let cname = check_name(newname)?;
@@ -341,7 +342,7 @@ impl UnionFs {
         let ploc = pnode.loc();
         let mut found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
-        self.settle_number(&mut found);
+        let key = self.identify(parent, name, &mut found);
         match (dir, found.is_dir()) {
             (false, true) => return err(libc::EISDIR),
             (true, false) => return err(libc::ENOTDIR),
@@ -364,18 +365,21 @@ impl UnionFs {
         let updir = self.upper_dir_of(&pnode)?;
         let ploc = pnode.loc();
         let needs_whiteout = lower_positive(&ploc, name, &cname);
-        let node = self.inodes.get(found.ino).filter(|_| !dir);
+        let node = self.inodes.find(&key).filter(|_| !dir);
         let was_pinned = node.as_ref().map(|n| n.loc.read().pinned.clone());
-        if !dir {
-            self.pin_before_remove(found.ino, &ploc, found.top, &cname);
-            if found.top == UPPER {
-                self.drop_number(updir.as_fd(), &cname);
-            }
+        if let Some(node) = &node {
+            self.pin_before_remove(node, &ploc, found.top, &cname);
+        }
+        if !dir && found.top == UPPER {
+            self.drop_number(updir.as_fd(), &cname);
         }
         let r = self.remove_real(&work, &updir, &cname, found.top, dir, needs_whiteout);
-        if let (Err(_), Some(node), Some(prev)) = (&r, node, was_pinned) {
+        match (&r, node, was_pinned) {
             // The name is still there (e.g. no space for the whiteout): unpin it.
-            node.loc.write().pinned = prev;
+            (Err(_), Some(node), Some(prev)) => node.loc.write().pinned = prev,
+            // A name node is that name's: nothing leads to it any more.
+            (Ok(()), Some(node), _) => self.inodes.unname(&node),
+            _ => {}
         }
         r
     }
@@ -420,10 +424,13 @@ impl UnionFs {
     }
 
     /// Keeps a node the kernel still holds reachable after its name goes away.
-    fn pin_before_remove(&self, ino: u64, parent: &Loc, top: crate::layers::LayerId, cname: &CStr) {
-        let Some(node) = self.inodes.get(ino) else {
-            return;
-        };
+    fn pin_before_remove(
+        &self,
+        node: &Node,
+        parent: &Loc,
+        top: crate::layers::LayerId,
+        cname: &CStr,
+    ) {
         let Some(dir) = parent.dir_in(top) else {
             return;
         };
@@ -435,7 +442,7 @@ impl UnionFs {
     /// Where the lower part of directory `node` lives, as an absolute path from the layer
     /// roots (following redirects already recorded on it or its ancestors).
     fn lower_path(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
-        if node.ino == ROOT_INO {
+        if node.id == ROOT_INO {
             return Ok(Vec::new());
         }
         let loc = node.loc();
@@ -504,11 +511,9 @@ impl UnionFs {
         let npnode = self.dir_node(newparent)?;
         let mut src = lookup::lookup(&self.layers, &pnode.loc(), name)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
-        self.settle_number(&mut src);
+        let src_key = self.identify(parent, name, &mut src);
         let mut dst = lookup::lookup(&self.layers, &npnode.loc(), newname)?;
-        if let Some(d) = dst.as_mut() {
-            self.settle_number(d);
-        }
+        let dst_key = dst.as_mut().map(|d| self.identify(newparent, newname, d));
         if parent == newparent && name == newname {
             return Ok(());
         }
@@ -516,8 +521,11 @@ impl UnionFs {
             (None, true, _) => return err(libc::ENOENT),
             (Some(_), _, true) => return err(libc::EEXIST),
             (Some(d), false, false) => {
-                if d.ino == src.ino {
-                    return Ok(()); // two links to one file: rename(2) does nothing
+                if dst_key.as_ref() == Some(&src_key) {
+                    // Two links to one inode: rename(2) does nothing. (Two names of a
+                    // lower file with several links are two inodes, as in the kernel
+                    // overlayfs: the source is copied up and replaces the other name.)
+                    return Ok(());
                 }
                 match (src.is_dir(), d.is_dir()) {
                     (true, false) => return err(libc::ENOTDIR),
@@ -544,23 +552,27 @@ impl UnionFs {
         let w = work.as_fd();
         // Counted lookups give us nodes to copy up; released at the end.
         let src_attr = self.lookup(parent, name)?;
-        let src_node = self.node(src_attr.ino)?;
+        let src_node = self.node(src_attr.node)?;
         let dst_node = match &dst {
             Some(_) if exchange => {
                 let a = self.lookup(newparent, newname)?;
-                Some(self.node(a.ino)?)
+                Some(self.node(a.node)?)
             }
             _ => None,
         };
         // A file replaced by the rename keeps its node if the kernel holds it (an open
         // file, another hard link): pin its real inode first, or the node would go on
         // naming the place the source now takes.
-        let replaced = match &dst {
-            Some(d) if !exchange && !d.is_dir() && self.inodes.get(d.ino).is_some() => npnode
-                .loc()
-                .dir_in(d.top)
-                .and_then(|dir| sys::openat(dir.as_fd(), &cnew, libc::O_PATH, 0).ok())
-                .map(|fd| (d.ino, fd)),
+        let replaced = match (&dst, &dst_key) {
+            (Some(d), Some(key)) if !exchange && !d.is_dir() => {
+                self.inodes.find(key).and_then(|node| {
+                    npnode
+                        .loc()
+                        .dir_in(d.top)
+                        .and_then(|dir| sys::openat(dir.as_fd(), &cnew, libc::O_PATH, 0).ok())
+                        .map(|fd| (node, fd))
+                })
+            }
             _ => None,
         };
         let result = (|| -> Result<()> {
@@ -644,21 +656,20 @@ impl UnionFs {
             Ok(())
         })();
         if result.is_ok() {
-            if let Some((ino, fd)) = replaced {
-                if let Some(node) = self.inodes.get(ino) {
-                    node.loc.write().pinned = Some(Arc::new(fd));
-                }
+            if let Some((node, fd)) = replaced {
+                node.loc.write().pinned = Some(Arc::new(fd));
+                self.inodes.unname(&node);
             }
-            self.inodes.relocate(src_node.ino, newparent, newname);
+            self.inodes.relocate(src_node.id, newparent, newname);
             self.keep_number(&src_node, &npnode, &cnew);
             if let Some(d) = &dst_node {
-                self.inodes.relocate(d.ino, parent, name);
+                self.inodes.relocate(d.id, parent, name);
                 self.keep_number(d, &pnode, &cname);
             }
         }
-        self.forget(src_node.ino, 1);
+        self.forget(src_node.id, 1);
         if let Some(d) = &dst_node {
-            self.forget(d.ino, 1);
+            self.forget(d.id, 1);
         }
         result
     }
@@ -673,8 +684,8 @@ impl UnionFs {
             return;
         };
         if let Ok(st) = sys::fstatat(up.as_fd(), name) {
-            if self.layers.ino(st.st_dev, st.st_ino) != node.ino {
-                self.renumbered.insert((st.st_dev, st.st_ino), node.ino);
+            if self.layers.ino(st.st_dev, st.st_ino) != node.id {
+                self.renumbered.insert((st.st_dev, st.st_ino), node.id);
             }
         }
     }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use crate::attr::Attr;
 use crate::error::{err, Error, Result};
 use crate::file::FileHandle;
-use crate::inode::{InodeTable, Kind, Loc, Node};
+use crate::inode::{self, InodeTable, Kind, Loc, Node, NodeKey};
 use crate::layers::{Layers, ROOT_INO};
 use crate::lookup;
 use crate::options::Config;
@@ -111,12 +111,13 @@ pub struct UnionFs {
     pub(crate) work: OnceLock<Arc<OwnedFd>>,
     /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
     pub(crate) writeback_cache: std::sync::atomic::AtomicBool,
-    /// Numbers given to upper files whose number is not simply their own: upper
-    /// (st_dev, st_ino) → the number shown. A copied-up file takes its number from the
-    /// lower entry of the same name (its origin is not encoded), so a rename or a hard
-    /// link elsewhere would give it another number under another name; the kernel's inode
-    /// cache would then hold two nodes for one file, one of them naming a stale place.
-    /// One number per upper file for the life of the mount prevents that.
+    /// Nodes of upper files whose node is not simply their own number: upper
+    /// (st_dev, st_ino) → node id. A copied-up file takes its number from the lower entry
+    /// of the same name (its origin is not encoded), so a rename or a hard link elsewhere
+    /// would give it another number under another name; the kernel's inode cache would
+    /// then hold two nodes for one file, one of them naming a stale place. One node per
+    /// upper file for the life of the mount prevents that. A name node copied up maps its
+    /// upper file to itself here too (it then shows the upper file's own number).
     pub(crate) renumbered: DashMap<(u64, u64), u64>,
     /// `writeback=0`: the writeback cache must not be negotiated.
     pub no_writeback: bool,
@@ -294,19 +295,39 @@ impl UnionFs {
         })
     }
 
-    /// Gives an upper non-directory the one number it has in this mount (see
-    /// `renumbered`): the first one shown, for every name it has or gets.
-    pub(crate) fn settle_number(&self, f: &mut lookup::Found) {
-        if f.top != crate::layers::UPPER || f.is_dir() {
-            return;
+    /// Which node the entry `found` at `parent`/`name` belongs to (see `inode.rs`), and
+    /// the number it shows (set in `found.ino`). An upper non-directory has the one node
+    /// it has in this mount (see `renumbered`): the first one it showed as, for every name
+    /// it has or gets.
+    pub(crate) fn identify(&self, parent: u64, name: &OsStr, f: &mut lookup::Found) -> NodeKey {
+        if f.is_dir() {
+            return NodeKey::Object(f.ino);
+        }
+        if f.top != crate::layers::UPPER {
+            if f.st.st_nlink > 1 {
+                return NodeKey::Name(parent, name.to_os_string());
+            }
+            return NodeKey::Object(f.ino);
         }
         let key = (f.st.st_dev, f.st.st_ino);
-        if let Some(n) = self.renumbered.get(&key) {
-            f.ino = *n;
-            return;
-        }
-        if f.ino != self.layers.ino(f.st.st_dev, f.st.st_ino) || f.st.st_nlink > 1 {
-            f.ino = *self.renumbered.entry(key).or_insert(f.ino);
+        let own = self.layers.ino(f.st.st_dev, f.st.st_ino);
+        let id = match self.renumbered.get(&key).map(|n| *n) {
+            Some(id) => id,
+            None if f.ino != own || f.st.st_nlink > 1 => {
+                *self.renumbered.entry(key).or_insert(f.ino)
+            }
+            None => f.ino,
+        };
+        f.ino = if inode::is_name_id(id) { own } else { id };
+        NodeKey::Object(id)
+    }
+
+    /// The st_ino node `id` shows, its real object's stat being `st`.
+    pub(crate) fn shown_ino(&self, id: u64, st: &crate::sys::Stat) -> u64 {
+        if inode::is_name_id(id) {
+            self.layers.ino(st.st_dev, st.st_ino)
+        } else {
+            id
         }
     }
 
@@ -333,7 +354,7 @@ impl UnionFs {
         let ploc = pnode.loc();
         let mut found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
-        self.settle_number(&mut found);
+        let key = self.identify(parent, name, &mut found);
         let merged = found.merged();
         let mut st = found.st;
         if self.read_level(found.top).is_some() {
@@ -348,7 +369,7 @@ impl UnionFs {
                 self.show_override(&mut st, found.top, std::os::fd::AsFd::as_fd(&*d), n);
             }
         }
-        let attr = self.attr(&st, found.ino, merged);
+        let mut attr = self.attr(&st, found.ino, merged);
         let kind = Kind::from_mode(st.st_mode);
         let loc = Loc {
             parent,
@@ -358,16 +379,17 @@ impl UnionFs {
             data: found.data,
             pinned: None,
         };
-        let node = self.inodes.remember(found.ino, kind, loc);
+        let node = self.inodes.remember(key, kind, loc);
         if node.kind != kind {
             // The same number now names an object of another type (reused behind our
             // back): refuse rather than confuse the kernel's inode cache.
-            self.inodes.forget(found.ino, 1);
+            self.inodes.forget(node.id, 1);
             return Err(Error::new(
                 libc::ESTALE,
-                format!("{:#x} is a {kind:?} now, was a {:?}", found.ino, node.kind),
+                format!("{:#x} is a {kind:?} now, was a {:?}", node.id, node.kind),
             ));
         }
+        attr.node = node.id;
         Ok(attr)
     }
 

@@ -51,6 +51,9 @@ pub struct FuseAdapter {
     /// (dev, ino); alive while a handle holds it.
     backings: Mutex<HashMap<u64, (RealId, Weak<BackingId>)>>,
     handle_backing: DashMap<u64, Arc<BackingId>>,
+    /// Directory streams for which the kernel asked READDIRPLUS from a name node's entry
+    /// (see `readdirplus`): ending replies before those entries no longer helps there.
+    plus_at_name: DashMap<u64, ()>,
     /// Opens of one inode (striped by number) take their handle and decide between
     /// passthrough and daemon-served I/O one at a time: the kernel refuses (EIO) an open
     /// whose I/O mode differs from another open handle's, and without this a read-only open
@@ -69,6 +72,7 @@ impl FuseAdapter {
             passthrough: AtomicBool::new(false),
             backings: Mutex::new(HashMap::new()),
             handle_backing: DashMap::new(),
+            plus_at_name: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
             notifier: Arc::new(OnceLock::new()),
         }
@@ -77,16 +81,6 @@ impl FuseAdapter {
     /// The slot `mount.rs` fills with the session's notifier.
     pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
-    }
-
-    /// The attribute TTL for `ino`: zero while its times can change unseen (see
-    /// `UnionFs::times_change_unseen`), so every stat asks; the mount's TTL otherwise.
-    fn attr_ttl(&self, ino: u64) -> Duration {
-        if self.fs.times_change_unseen(ino) {
-            Duration::ZERO
-        } else {
-            self.ttl
-        }
     }
 
     /// Drops the kernel's cached attributes of `ino` (not its pages: offset -1).
@@ -200,6 +194,13 @@ fn fuse_attr(a: &Attr) -> fuser::FileAttr {
     }
 }
 
+/// `a` as an entry reply carries it: fuser takes the entry's node id from `ino`.
+fn entry_attr(a: &Attr) -> fuser::FileAttr {
+    let mut f = fuse_attr(a);
+    f.ino = INodeNo(a.node);
+    f
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -229,9 +230,24 @@ fn set_time(t: TimeOrNow) -> SetTime {
 impl FuseAdapter {
     fn reply_new(&self, op: &str, r: crate::Result<(Attr, Option<u64>)>, reply: ReplyEntry) {
         match r {
-            Ok((a, _)) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Ok((a, _)) => self.reply_entry(&a, reply),
             Err(e) => reply.error(errno(op, e)),
         }
+    }
+
+    /// The attribute TTL for `a`: zero for a name node (its GETATTR replies carry the
+    /// number shown, which its entry replies cannot) and while its times can change unseen
+    /// (see `UnionFs::times_change_unseen`), so every stat asks; the mount's TTL otherwise.
+    fn attr_ttl(&self, a: &Attr) -> Duration {
+        if a.node != a.ino || self.fs.times_change_unseen(a.node) {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
+    }
+
+    fn reply_entry(&self, a: &Attr, reply: ReplyEntry) {
+        reply.entry_with_ttls(&self.attr_ttl(a), &self.ttl, &entry_attr(a), Generation(0))
     }
 }
 
@@ -310,12 +326,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry_with_ttls(
-                &self.attr_ttl(a.ino),
-                &self.ttl,
-                &fuse_attr(&a),
-                Generation(0),
-            ),
+            Ok(a) => self.reply_entry(&a, reply),
             // A negative entry (node id 0) lets the kernel cache "no such name" too.
             Err(e) if e.errno == libc::ENOENT && !self.ttl.is_zero() => {
                 let mut neg = fuse_attr(&Attr::negative());
@@ -335,7 +346,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &fuse_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(&a), &fuse_attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
         }
     }
@@ -451,6 +462,7 @@ impl Filesystem for FuseAdapter {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
+        let mut first = true;
         for (i, e) in listing.iter().enumerate().skip(offset as usize) {
             let attr = match self.fs.readdirplus_entry(ino.0, e) {
                 Ok(a) => a,
@@ -461,20 +473,41 @@ impl Filesystem for FuseAdapter {
                 }
             };
             let counted = !(e.name == "." || e.name == "..");
+            // A name node's entry would show its node id as d_ino (fuser takes d_ino and
+            // the node id from one field): end the reply before it, so that the kernel
+            // asks on from there with a plain READDIR (READDIRPLUS_AUTO: after offset 0
+            // it uses plain unless a lookup in the directory advised otherwise), whose
+            // d_ino is the number shown. When the kernel asks READDIRPLUS from such an
+            // entry anyway (a program that stats entries between getdents calls, as
+            // `ls -l` does), it is sent, with stale attributes, and the stream's later
+            // replies are no longer ended early (each would cost a request and help no
+            // more).
+            let name_node = attr.node != attr.ino;
+            if name_node && first {
+                self.plus_at_name.insert(fh.0, ());
+            }
+            if name_node && !first && !self.plus_at_name.contains_key(&fh.0) {
+                if counted {
+                    self.fs.forget(attr.node, 1);
+                }
+                break;
+            }
+            let ttl = self.attr_ttl(&attr);
             if reply.add(
-                INodeNo(attr.ino),
+                INodeNo(attr.node),
                 i as u64 + 1,
                 &e.name,
-                &self.attr_ttl(attr.ino),
-                &fuse_attr(&attr),
+                &ttl,
+                &entry_attr(&attr),
                 Generation(0),
             ) {
                 // Did not fit: the kernel never saw it, so it does not hold the reference.
                 if counted {
-                    self.fs.forget(attr.ino, 1);
+                    self.fs.forget(attr.node, 1);
                 }
                 break;
             }
+            first = false;
         }
         reply.ok();
     }
@@ -488,6 +521,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.fs.releasedir(fh.0);
+        self.plus_at_name.remove(&fh.0);
         reply.ok();
     }
 
@@ -565,7 +599,7 @@ impl Filesystem for FuseAdapter {
             caller: Some(caller(req)),
         };
         match self.fs.setattr(ino.0, s) {
-            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &fuse_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(&a), &fuse_attr(&a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
     }
@@ -640,7 +674,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         match self.fs.link(ino.0, newparent.0, newname) {
-            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Ok(a) => self.reply_entry(&a, reply),
             Err(e) => reply.error(errno("link", e)),
         }
     }
@@ -696,27 +730,28 @@ impl Filesystem for FuseAdapter {
             NewKind::File { flags },
             caller(req),
         ) {
-            Ok((a, Some(fh))) => match self.backing_for(fh, a.ino, |fd| reply.open_backing(fd)) {
+            // A new file is an object node (its id is the number it shows).
+            Ok((a, Some(fh))) => match self.backing_for(fh, a.node, |fd| reply.open_backing(fd)) {
                 Some(bk) => {
                     self.fs.set_passthrough(fh);
                     // Before the reply (see `open`).
                     self.handle_backing.insert(fh, bk.clone());
                     reply.created_passthrough(
                         &self.ttl,
-                        &fuse_attr(&a),
+                        &entry_attr(&a),
                         Generation(0),
                         FileHandle(fh),
                         FopenFlags::empty(),
                         &bk,
                     );
                     // The reply's attributes carry the entry's (long) TTL; see `open`.
-                    if self.fs.times_change_unseen(a.ino) {
-                        self.forget_cached_attrs(a.ino);
+                    if self.fs.times_change_unseen(a.node) {
+                        self.forget_cached_attrs(a.node);
                     }
                 }
                 None => reply.created(
                     &self.ttl,
-                    &fuse_attr(&a),
+                    &entry_attr(&a),
                     Generation(0),
                     FileHandle(fh),
                     self.served_flags(fh),

@@ -1,10 +1,25 @@
-//! The inode table: one [`Node`] per merged-view entry the kernel holds a reference to.
+//! The inode table: one [`Node`] per merged-view inode the kernel holds a reference to.
 //!
 //! A node records *where* its entry lives, not an open file: non-directories are reached
 //! as "the parent's directory fd in layer `top`, plus `name`", and only directories keep
 //! `O_PATH` fds (one per merged layer). That keeps the daemon's fd count to the number of
 //! directories the kernel has cached, not the number of files (the hard fd limit can be as
 //! low as 20000 in a container).
+//!
+//! ## What a node stands for ([`NodeKey`])
+//! FUSE's OPEN, SETATTR, WRITE and xattr requests name a node, never a name, so a node must
+//! know which name a copy-up goes to. The kernel overlayfs (index=off) gives:
+//! - one inode per *object* for directories, upper files (all their hard links, as the
+//!   upper filesystem links them) and lower non-directories with one link: such a node is
+//!   keyed by the number it shows, and its node id *is* that number;
+//! - one inode per *name* for a lower non-directory with several links, until it is copied
+//!   up: a copy-up through one name breaks that name away from the others, which keep
+//!   showing the lower file and its link count. Such a node is keyed by (parent node, name)
+//!   and gets an id of its own from [`NAME_IDS`] (fuser makes an entry's node id its
+//!   attribute `ino`, so it cannot be the shared number); it shows its real object's
+//!   number, the lower one and after copy-up the upper one, as the kernel does (a lower
+//!   origin lends its number only when it has one link). After a copy-up its upper file
+//!   maps to it (`UnionFs::renumbered`), so links made through the mount share it.
 //!
 //! ## Reference counts
 //! `refs` = the kernel's lookup count + one per child node that names this node as its
@@ -15,12 +30,16 @@
 //! never resurrects a removed one. Never hold a shard guard while touching another node.
 //!
 //! ## Lock order
+//! `names` shard, then `nodes` shard (a lookup by name creates the node under the name's
+//! shard lock; a forget drops the node first, then the name under its shard lock). Nothing
+//! takes a `names` shard while holding a `nodes` shard.
 //! `Node::loc` is a leaf lock: take it, copy out what you need (fds are `Arc`s), drop it,
 //! then do syscalls. Never take two `loc` locks at once, except rename (later), which takes
 //! them in ascending inode order.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -107,11 +126,33 @@ impl Loc {
     }
 }
 
-/// A merged-view entry the kernel knows by `ino`.
+/// The node ids of name nodes: top byte 0xfe, which `Layers::ino` never gives out.
+pub const NAME_IDS: u64 = 0xfe << 56;
+
+/// Is `id` the id of a name node (one that shows its real object's number, not its id)?
+pub fn is_name_id(id: u64) -> bool {
+    id >> 56 == NAME_IDS >> 56
+}
+
+/// Which node a name found by lookup belongs to (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NodeKey {
+    /// One object whatever its names: the node id.
+    Object(u64),
+    /// One name of a multiply linked lower non-directory: (parent node id, name).
+    Name(u64, OsString),
+}
+
+/// A merged-view inode the kernel knows by `id`.
 #[derive(Debug)]
 pub struct Node {
-    pub ino: u64,
+    /// The FUSE node id. For object nodes also the st_ino shown; name nodes show their
+    /// real object's number (`is_name_id`).
+    pub id: u64,
     pub kind: Kind,
+    /// A name node's (parent, name) in the table's name index, for as long as that name
+    /// leads to it (removed from the index on unlink, rename and forget).
+    name_key: Option<(u64, OsString)>,
     refs: Mutex<u64>,
     pub loc: RwLock<Loc>,
     /// Held while this node is copied up: requests on the same node wait, others don't.
@@ -128,12 +169,15 @@ impl Node {
     }
 }
 
-/// All live nodes by inode number.
-#[derive(Debug, Default)]
+/// All live nodes by node id, and name nodes by name.
+#[derive(Debug)]
 pub struct InodeTable {
     nodes: DashMap<u64, Arc<Node>>,
+    /// Name nodes by (parent node id, name), while that name leads to them.
+    names: DashMap<(u64, OsString), u64>,
+    next_name_id: AtomicU64,
     /// Nodes removed since the table last checked whether to shrink.
-    removed: std::sync::atomic::AtomicU64,
+    removed: AtomicU64,
 }
 
 /// After this many removals the table checks whether it should give memory back.
@@ -141,12 +185,18 @@ const SHRINK_EVERY: u64 = 4096;
 
 impl InodeTable {
     pub fn new(root: Loc) -> InodeTable {
-        let t = InodeTable::default();
+        let t = InodeTable {
+            nodes: DashMap::new(),
+            names: DashMap::new(),
+            next_name_id: AtomicU64::new(1),
+            removed: AtomicU64::new(0),
+        };
         t.nodes.insert(
             ROOT_INO,
             Arc::new(Node {
-                ino: ROOT_INO,
+                id: ROOT_INO,
                 kind: Kind::Dir,
+                name_key: None,
                 // The root holds one reference of its own and is never forgotten.
                 refs: Mutex::new(1),
                 loc: RwLock::new(root),
@@ -168,12 +218,63 @@ impl InodeTable {
         self.nodes.is_empty()
     }
 
-    /// Records one kernel lookup of `ino` found at `loc`: creates the node, or refreshes
-    /// the location of the existing one (it may have moved, or be reached through another
-    /// hard link). Keeps the parent's child reference in step.
-    pub fn remember(&self, ino: u64, kind: Kind, loc: Loc) -> Arc<Node> {
+    /// The live node a name found by lookup belongs to, if any (no reference counted).
+    pub fn find(&self, key: &NodeKey) -> Option<Arc<Node>> {
+        match key {
+            NodeKey::Object(id) => self.get(*id),
+            NodeKey::Name(parent, name) => {
+                let id = *self.names.get(&(*parent, name.clone()))?;
+                self.get(id)
+            }
+        }
+    }
+
+    /// Records one kernel lookup of the node `key` found at `loc`: creates the node, or
+    /// refreshes the location of the existing one (it may have moved, or be reached
+    /// through another hard link). Keeps the parent's child reference in step.
+    pub fn remember(&self, key: NodeKey, kind: Kind, loc: Loc) -> Arc<Node> {
+        match key {
+            NodeKey::Object(id) => self.remember_id(id, kind, loc, None),
+            NodeKey::Name(parent, name) => {
+                debug_assert_eq!(loc.parent, parent);
+                let key = (parent, name);
+                // Under the name's shard lock: a forget of the node racing this either
+                // sees it revived here or has removed the name first (lock order).
+                let guard = self.names.entry(key.clone()).or_insert_with(|| {
+                    NAME_IDS | self.next_name_id.fetch_add(1, Ordering::Relaxed)
+                });
+                let id = *guard;
+                let (node, old_parent) = self.count_or_create(id, kind, loc, Some(key));
+                drop(guard);
+                self.settle_parent(id, parent, old_parent);
+                node
+            }
+        }
+    }
+
+    fn remember_id(
+        &self,
+        id: u64,
+        kind: Kind,
+        loc: Loc,
+        name_key: Option<(u64, OsString)>,
+    ) -> Arc<Node> {
         let new_parent = loc.parent;
-        let (node, old_parent) = match self.nodes.entry(ino) {
+        let (node, old_parent) = self.count_or_create(id, kind, loc, name_key);
+        self.settle_parent(id, new_parent, old_parent);
+        node
+    }
+
+    /// One more reference to node `id` (its location refreshed to `loc`), or a new node;
+    /// returns it and, if it existed, its previous parent.
+    fn count_or_create(
+        &self,
+        id: u64,
+        kind: Kind,
+        loc: Loc,
+        name_key: Option<(u64, OsString)>,
+    ) -> (Arc<Node>, Option<u64>) {
+        match self.nodes.entry(id) {
             Entry::Occupied(o) => {
                 let node = o.get().clone();
                 *node.refs.lock() += 1;
@@ -187,8 +288,9 @@ impl InodeTable {
             }
             Entry::Vacant(v) => {
                 let node = Arc::new(Node {
-                    ino,
+                    id,
                     kind,
+                    name_key,
                     refs: Mutex::new(1),
                     loc: RwLock::new(loc),
                     copy_lock: Mutex::new(()),
@@ -196,23 +298,36 @@ impl InodeTable {
                 v.insert(node.clone());
                 (node, None)
             }
-        };
-        if ino != ROOT_INO {
-            match old_parent {
-                None => self.add_ref(new_parent),
-                Some(old) if old != new_parent => {
-                    self.add_ref(new_parent);
-                    self.forget(old, 1);
-                }
-                Some(_) => {}
-            }
         }
-        node
+    }
+
+    /// The child reference of a node just remembered under `new_parent`.
+    fn settle_parent(&self, id: u64, new_parent: u64, old_parent: Option<u64>) {
+        if id == ROOT_INO {
+            return;
+        }
+        match old_parent {
+            None => self.add_ref(new_parent),
+            Some(old) if old != new_parent => {
+                self.add_ref(new_parent);
+                self.forget(old, 1);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The name a name node was created for no longer leads to it (unlinked, renamed,
+    /// replaced): a later lookup of that name gets another node.
+    pub fn unname(&self, node: &Node) {
+        if let Some(key) = &node.name_key {
+            self.names.remove_if(key, |_, v| *v == node.id);
+        }
     }
 
     /// Moves `ino` to a new parent/name (rename through the mount).
     pub fn relocate(&self, ino: u64, parent: u64, name: &OsStr) {
         let Some(node) = self.get(ino) else { return };
+        self.unname(&node);
         let old = {
             let mut l = node.loc.write();
             let old = l.parent;
@@ -254,6 +369,12 @@ impl InodeTable {
             });
             match removed {
                 Some((_, node)) => {
+                    if let Some(key) = &node.name_key {
+                        // Unless a lookup revived the node meanwhile (lock order: names,
+                        // then nodes).
+                        self.names
+                            .remove_if(key, |_, v| *v == node.id && !self.nodes.contains_key(v));
+                    }
                     ino = node.loc.read().parent;
                     n = 1;
                     self.note_removal();
@@ -266,13 +387,15 @@ impl InodeTable {
     /// After many FORGETs (e.g. the kernel dropping its caches) the map's capacity and the
     /// allocator's free pages are returned, so the daemon's memory falls back.
     fn note_removal(&self) {
-        use std::sync::atomic::Ordering;
         if self.removed.fetch_add(1, Ordering::Relaxed) + 1 < SHRINK_EVERY {
             return;
         }
         self.removed.store(0, Ordering::Relaxed);
         if self.nodes.len() * 4 < self.nodes.capacity() {
             self.nodes.shrink_to_fit();
+        }
+        if self.names.len() * 4 < self.names.capacity() {
+            self.names.shrink_to_fit();
         }
         crate::sys::release_free_memory();
     }

@@ -34,7 +34,8 @@
 //! carries the kernel's `overlay.origin` marker and keeps its lower number (see
 //! `lookup.rs`). Numbers that do not fit in 56 bits, and the real number 1 (FUSE reserves
 //! it for the root), get a number from an in-memory table with the top byte 0xff: unique,
-//! but only stable for the life of the mount.
+//! but only stable for the life of the mount. (Top byte 0xfe is no number shown: it marks
+//! the node ids of name nodes, see `inode.rs`.)
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -360,7 +361,8 @@ impl Layers {
     /// The mount's inode number for a real object (see the module docs).
     pub fn ino(&self, dev: u64, real_ino: u64) -> u64 {
         let idx = self.fs_index(dev);
-        if idx < 0xff && real_ino & !REAL_INO_MASK == 0 {
+        // Top bytes 0xfe (name nodes, `inode::NAME_IDS`) and 0xff (this table) are taken.
+        if idx < 0xfe && real_ino & !REAL_INO_MASK == 0 {
             let ino = idx << FSIDX_SHIFT | real_ino;
             if ino != ROOT_INO {
                 return ino;

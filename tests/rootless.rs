@@ -560,3 +560,81 @@ fn fuse_overlayfs_rootless_layers_read_the_same() {
     assert!(!sfs_snap.contains_key(b"dir-re/old".as_slice()));
     assert!(!sfs_snap.contains_key(b"deep/a/b".as_slice()));
 }
+
+/// The apt-get failure: as a non-root user in a user namespace (no passthrough, so the
+/// kernel's writeback cache, which sends a times-only SETATTR when an unlinked file is
+/// closed), a lower file open read-only whose name is then removed (unlinked, or another
+/// file renamed over it) closes without an error, and changes made through the open file
+/// (times, mode, owner, xattrs, writes through /proc/PID/fd) complete, on an anonymous copy
+/// that nothing leaves behind in workdir/work; every outcome as with fuse-overlayfs 1.10
+/// in the same place (tests/nameless_copy_up.rs has the root cases).
+#[test]
+fn open_files_whose_name_is_gone_complete_rootless() {
+    let (uid, _, _) = test_user();
+    let gid = user_gid();
+    let _fuse = fuse_access();
+    let s = Scratch::new("rootless-nameless");
+    fs::copy(bin(), s.path("stratafs")).expect("copy stratafs");
+    fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(s.path("ops.pl"), include_str!("common/nameless_ops.pl")).unwrap();
+    let ops = [
+        "close", "utime", "chmod", "chown", "xattr", "write", "truncate",
+    ];
+    for side in ["s", "f"] {
+        for sub in ["l", "u", "w", "m"] {
+            let d = s.dir(&format!("{side}/{sub}"));
+            chown(&d, uid, gid);
+        }
+        chown(&s.path(side), uid, gid);
+        for op in ops {
+            for p in ["f", "g"] {
+                let f = s.path(&format!("{side}/l/{p}_{op}"));
+                fs::write(&f, format!("lower {op}\n")).unwrap();
+                fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+                chown(&f, uid, gid);
+            }
+        }
+    }
+    fs::set_permissions(&s.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = r#"set -e
+d=$1
+"$2" -o "lowerdir=$d/l,upperdir=$d/u,workdir=$d/w" "$d/m" 2>/dev/null
+trap 'umount "$d/m"' EXIT
+perl "$3" "$d/m"
+echo "work: $(ls -A "$d/w/work" | tr '\n' ' ')"
+"#;
+    let run = |side: &str, fs_bin: &str| {
+        in_userns(
+            false,
+            script,
+            &[
+                s.path(side).to_str().unwrap(),
+                fs_bin,
+                s.path("ops.pl").to_str().unwrap(),
+            ],
+        )
+    };
+    let sout = run("s", s.path("stratafs").to_str().unwrap());
+    let fout = run("f", "/usr/bin/fuse-overlayfs");
+    eprintln!("stratafs:\n{sout}");
+    let cases = |o: &str| -> Vec<String> {
+        o.lines()
+            .filter(|l| !l.starts_with("work: "))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(cases(&sout), cases(&fout), "stratafs vs fuse-overlayfs");
+    assert!(!sout.contains("error"), "every call completes:\n{sout}");
+    assert!(
+        sout.lines().any(|l| l.trim() == "work:"),
+        "workdir/work after the last close:\n{sout}"
+    );
+    assert_eq!(fs::read_dir(s.path("s/w/work")).unwrap().count(), 0);
+    for op in ops {
+        assert_eq!(
+            fs::read_to_string(s.path(&format!("s/l/f_{op}"))).unwrap(),
+            format!("lower {op}\n"),
+            "the lower is untouched"
+        );
+    }
+}

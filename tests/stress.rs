@@ -578,6 +578,15 @@ fn build_layers(s: &Scratch) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
             let n = format!("t{t}-in{k}");
             fs::write(d.join(&n), lower_content(&n)).unwrap();
         }
+        // A lower file with two names: two inodes until one is copied up (the kernel
+        // overlayfs' rule), so the model has two files of the same content.
+        let n = format!("t{t}-hla");
+        fs::write(top.join("shared0").join(&n), lower_content(&n)).unwrap();
+        fs::hard_link(
+            top.join("shared0").join(&n),
+            top.join("shared1").join(format!("t{t}-hlb")),
+        )
+        .unwrap();
         // A file of the thread in the upper from the start.
         let n = format!("t{t}-up");
         fs::write(u.join("shared0").join(&n), lower_content(&n)).unwrap();
@@ -598,6 +607,12 @@ fn initial_model(t: usize) -> Model {
         let n = format!("t{t}-in{k}");
         m.new_file(d.join(&n), lower_content(&n));
     }
+    let n = format!("t{t}-hla");
+    m.new_file(Path::new("shared0").join(&n), lower_content(&n));
+    m.new_file(
+        Path::new("shared1").join(format!("t{t}-hlb")),
+        lower_content(&n),
+    );
     let n = format!("t{t}-up");
     m.new_file(Path::new("shared0").join(&n), lower_content(&n));
     m

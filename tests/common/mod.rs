@@ -199,15 +199,28 @@ impl Strata {
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
     }
 
-    /// Unmounts and waits for the daemon to exit; returns its exit status.
+    /// Unmounts and waits for the daemon to exit; returns its exit status (and prints it
+    /// with the daemon's stderr when it is not a success).
     pub fn unmount(mut self) -> Option<std::process::ExitStatus> {
         umount(&self.mnt);
-        let c = self.child.take()?;
-        wait_exit(c)
+        let mut c = self.child.take()?;
+        let st = wait_exit(&mut c);
+        if !st.is_some_and(|s| s.success()) {
+            let mut err = String::new();
+            if let Some(mut e) = c.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            eprintln!(
+                "stratafs on {} exited with {st:?}; its stderr:\n{err}",
+                self.mnt.display()
+            );
+        }
+        st
     }
 }
 
-fn wait_exit(mut c: Child) -> Option<std::process::ExitStatus> {
+/// Waits up to 10 s for `c` to exit, then kills it.
+fn wait_exit(c: &mut Child) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         if let Ok(Some(s)) = c.try_wait() {
@@ -215,6 +228,10 @@ fn wait_exit(mut c: Child) -> Option<std::process::ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    eprintln!(
+        "stratafs (pid {}) still running 10 s after the unmount: killed",
+        c.id()
+    );
     let _ = c.kill();
     c.wait().ok()
 }
@@ -222,8 +239,8 @@ fn wait_exit(mut c: Child) -> Option<std::process::ExitStatus> {
 impl Drop for Strata {
     fn drop(&mut self) {
         umount(&self.mnt);
-        if let Some(c) = self.child.take() {
-            wait_exit(c);
+        if let Some(mut c) = self.child.take() {
+            wait_exit(&mut c);
         }
     }
 }
