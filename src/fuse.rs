@@ -30,6 +30,7 @@ use crate::dir::NewKind;
 use crate::error::Error;
 use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
+use crate::stats::{Op, Stats, STATS_XATTR};
 use crate::sys::ops::SetTime;
 
 /// How long the kernel may cache entries, attributes and negative lookups. Every change
@@ -57,6 +58,8 @@ pub struct FuseAdapter {
     /// of a lower file racing with a copy-up could be served here while the writer got
     /// passthrough.
     open_locks: Vec<Mutex<()>>,
+    /// Requests answered, by kind (stats.rs; read through `user.stratafs.stats` on the root).
+    stats: Stats,
 }
 
 impl FuseAdapter {
@@ -68,6 +71,7 @@ impl FuseAdapter {
             backings: Mutex::new(HashMap::new()),
             handle_backing: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            stats: Stats::default(),
         }
     }
 
@@ -202,6 +206,7 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: Vec<u8>) {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.stats.count(Op::Init);
         // Each capability on its own, so one the kernel lacks does not cost the others.
         use fuser::InitFlags as F;
         for (flag, why) in [
@@ -260,6 +265,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stats.count(Op::Lookup);
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
             // A negative entry (node id 0) lets the kernel cache "no such name" too.
@@ -273,6 +279,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.stats.count(Op::Forget);
         self.fs.forget(ino.0, nlookup);
     }
 
@@ -280,6 +287,7 @@ impl Filesystem for FuseAdapter {
     // private, so it cannot be overridden).
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stats.count(Op::Getattr);
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.ttl, &fuse_attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
@@ -287,6 +295,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.stats.count(Op::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno("readlink", e)),
@@ -294,6 +303,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.count(Op::Open);
         let _one_at_a_time = self.open_locks[(ino.0 % 64) as usize].lock();
         match self.fs.open(ino.0, flags.0) {
             Ok(fh) => match self.backing_for(fh, ino.0, |fd| reply.open_backing(fd)) {
@@ -324,6 +334,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.stats.count(Op::Read);
         match self.fs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno("read", e)),
@@ -340,12 +351,14 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Release);
         self.fs.release(fh.0);
         self.handle_backing.remove(&fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.count(Op::Opendir);
         match self.fs.opendir(ino.0) {
             // No FOPEN_CACHE_DIR: the kernel fills its listing cache from whichever open
             // stream reads next, and a stream that starts reading at an offset past what
@@ -365,6 +378,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.stats.count(Op::Readdir);
         let listing = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdir", e)),
@@ -385,6 +399,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stats.count(Op::Readdirplus);
         let listing = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),
@@ -425,11 +440,13 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Releasedir);
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.stats.count(Op::Statfs);
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -439,6 +456,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino == INodeNo::ROOT && name == STATS_XATTR {
+            return reply_xattr(reply, size, self.stats.render().into_bytes());
+        }
+        self.stats.count(Op::Getxattr);
+        if name == "security.capability" {
+            self.stats.count(Op::GetxattrCapability);
+        }
         match self.fs.getxattr(ino.0, name) {
             Ok(v) => reply_xattr(reply, size, v),
             Err(e) => reply.error(errno("getxattr", e)),
@@ -446,6 +470,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stats.count(Op::Listxattr);
         match self.fs.listxattr(ino.0) {
             Ok(v) => reply_xattr(reply, size, v),
             Err(e) => reply.error(errno("listxattr", e)),
@@ -453,6 +478,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.stats.count(Op::Access);
         match self.fs.access(ino.0, mask.bits(), caller(req)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("access", e)),
@@ -468,6 +494,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.stats.count(Op::Lseek);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno("lseek", e)),
@@ -492,6 +519,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.stats.count(Op::Setattr);
         let s = SetAttr {
             mode,
             uid,
@@ -517,6 +545,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Mknod);
         let r = self.fs.create_entry(
             parent.0,
             name,
@@ -537,6 +566,7 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Mkdir);
         let r = self.fs.create_entry(
             parent.0,
             name,
@@ -556,6 +586,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Symlink);
         use std::os::unix::ffi::OsStrExt;
         let r = self.fs.create_entry(
             parent.0,
@@ -576,6 +607,7 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Link);
         match self.fs.link(ino.0, newparent.0, newname) {
             Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
             Err(e) => reply.error(errno("link", e)),
@@ -583,6 +615,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.count(Op::Unlink);
         match self.fs.remove(parent.0, name, false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("unlink", e)),
@@ -590,6 +623,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.count(Op::Rmdir);
         match self.fs.remove(parent.0, name, true) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rmdir", e)),
@@ -606,6 +640,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Rename);
         match self
             .fs
             .rename(parent.0, name, newparent.0, newname, flags.bits())
@@ -625,6 +660,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.stats.count(Op::Create);
         match self.fs.create_entry(
             parent.0,
             name,
@@ -672,6 +708,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.stats.count(Op::Write);
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno("write", e)),
@@ -686,6 +723,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Flush);
         reply.ok();
     }
 
@@ -697,6 +735,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fsync);
         match self.fs.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsync", e)),
@@ -711,6 +750,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fsyncdir);
         match self.fs.fsyncdir(ino.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsyncdir", e)),
@@ -727,6 +767,16 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if ino == INodeNo::ROOT && name == STATS_XATTR {
+            // Diagnostics only: whoever may reach the mount may clear them.
+            return if value == b"reset" || value == b"reset\n" {
+                self.stats.reset();
+                reply.ok()
+            } else {
+                reply.error(Errno::EINVAL)
+            };
+        }
+        self.stats.count(Op::Setxattr);
         match self.fs.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("setxattr", e)),
@@ -734,6 +784,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.count(Op::Removexattr);
         match self.fs.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("removexattr", e)),
@@ -750,6 +801,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fallocate);
         match self.fs.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fallocate", e)),
@@ -769,6 +821,7 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.stats.count(Op::CopyFileRange);
         match self
             .fs
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)

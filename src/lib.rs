@@ -23,6 +23,7 @@ pub mod mount;
 pub mod options;
 pub mod override_stat;
 pub mod readdir;
+pub mod stats;
 pub mod sys;
 pub mod whiteout;
 
