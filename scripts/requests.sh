@@ -25,8 +25,9 @@
 # 256 MiB lower file, 1 MiB blocks, host page cache warm), seqread2 (the same file read a
 # second time on the same mount), randread (32,768 4 KiB preads at random offsets of it, after
 # one sequential read), on the kernel overlayfs, OLD and NEW, taking turns (kernel, OLD, NEW,
-# kernel, ...), fresh mount each; medians of --runs (default 5) and the ratios NEW/OLD and
-# each to the kernel.
+# kernel, ...), fresh mount each; medians of --runs (default 5) of the wall-clock time and of
+# the CPU time (the workload's and the daemon's: steadier than wall time on a loaded machine),
+# the ratios NEW/OLD and each to the kernel; every run's figures go to DIR/ab-runs.txt.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -175,36 +176,58 @@ ALL="walk_warm ls_lR untar read_all read_again seqread seqread2 randread"
 WORKLOADS="${ONLY//,/ }"
 WORKLOADS="${WORKLOADS:-$ALL}"
 now() { printf '%s' "$EPOCHREALTIME"; }
-timed() { local a b; a=$(now); "$@"; b=$(now); awk -v a="$a" -v b="$b" 'BEGIN { printf "%.4f", b - a }'; }
-one() { # one WORKLOAD IMPL -> seconds on stdout
-  local w="$1" impl="$2" t
+# The daemon's CPU time so far (user + system, all threads), in seconds; 0 for the kernel.
+daemon_cpu() {
+  if [ "$CUR" = stratafs ] && [ -r "/proc/$STRATAFS_PID/stat" ]; then
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / hz }' "/proc/$STRATAFS_PID/stat"
+  else
+    echo 0
+  fi
+}
+# timed CMD...: runs CMD; sets T (wall seconds) and C (CPU seconds: CMD and its children,
+# plus the daemon's, so the kernel overlayfs's work in system calls is counted too).
+timed() {
+  local a b d0 d1 cpu TIMEFORMAT='%U %S'
+  d0=$(daemon_cpu)
+  a=$(now)
+  cpu=$({ time "$@" >/dev/null 2>&1; } 2>&1)
+  b=$(now)
+  d1=$(daemon_cpu)
+  T=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.4f", b - a }')
+  C=$(awk -v c="$cpu" -v d0="$d0" -v d1="$d1" 'BEGIN { split(c, x, " "); printf "%.3f", x[1] + x[2] + d1 - d0 }')
+}
+one() { # one WORKLOAD IMPL -> "wall cpu" on stdout
+  local w="$1" impl="$2" T=NaN C=NaN
   warm_lower
-  mount_impl "$impl" >/dev/null || { echo NaN; return; }
+  mount_impl "$impl" >/dev/null || { echo "NaN NaN"; return; }
   case "$w" in
-    walk_warm) walk; t=$(timed walk) ;;
-    ls_lR) t=$(timed sh -c "ls -lR '$MNT' >/dev/null") ;;
-    untar) mkdir "$MNT/x"; t=$(timed tar xf "$DATA/small.tar" -C "$MNT/x") ;;
-    read_all) t=$(timed sh -c "tar cf - -C '$MNT' tree | cat >/dev/null") ;;
-    read_again) tar cf - -C "$MNT" tree | cat >/dev/null; t=$(timed sh -c "tar cf - -C '$MNT' tree | cat >/dev/null") ;;
-    seqread) t=$(timed dd if="$MNT/big" of=/dev/null bs=1M status=none) ;;
-    seqread2) dd if="$MNT/big" of=/dev/null bs=1M status=none; t=$(timed dd if="$MNT/big" of=/dev/null bs=1M status=none) ;;
-    randread) dd if="$MNT/big" of=/dev/null bs=1M status=none; t=$(timed randread "$MNT/big") ;;
+    walk_warm) walk; timed walk ;;
+    ls_lR) timed ls -lR "$MNT" ;;
+    untar) mkdir "$MNT/x"; timed tar xf "$DATA/small.tar" -C "$MNT/x" ;;
+    read_all) timed sh -c "tar cf - -C '$MNT' tree | cat" ;;
+    read_again) tar cf - -C "$MNT" tree | cat >/dev/null; timed sh -c "tar cf - -C '$MNT' tree | cat" ;;
+    seqread) timed dd if="$MNT/big" of=/dev/null bs=1M ;;
+    seqread2) dd if="$MNT/big" of=/dev/null bs=1M status=none; timed dd if="$MNT/big" of=/dev/null bs=1M ;;
+    randread) dd if="$MNT/big" of=/dev/null bs=1M status=none; timed randread "$MNT/big" ;;
   esac
   umount_impl
-  echo "$t"
+  echo "$T $C"
 }
+minimum() { tr ' ' '\n' | grep -v '^$' | sort -g | head -1; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.4f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 say "A/B: OLD=$AB_OLD NEW=$AB_NEW, $RUNS runs each, interleaved (kernel, OLD, NEW, ...); load: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '| workload | kernel | OLD | NEW | NEW/OLD | OLD/kernel | NEW/kernel | NEW runs |\n|---|---|---|---|---|---|---|---|\n'
+say "wall: medians of wall-clock seconds; cpu: medians of CPU seconds (workload + daemon), steadier when the machine is loaded"
+printf '| workload | kernel wall | OLD wall | NEW wall | NEW/OLD wall | kernel cpu | OLD cpu | NEW cpu | NEW/OLD cpu | OLD/kernel cpu | NEW/kernel cpu |\n|---|---|---|---|---|---|---|---|---|---|---|\n'
 for w in $WORKLOADS; do
-  K="" O="" N=""
+  K="" O="" N="" KC="" OC="" NC=""
   for ((r = 0; r < RUNS; r++)); do
-    K="$K $(one "$w" kernel)"
-    O="$O $(one "$w" "$AB_OLD")"
-    N="$N $(one "$w" "$AB_NEW")"
+    read -r t c < <(one "$w" kernel); K="$K $t"; KC="$KC $c"
+    read -r t c < <(one "$w" "$AB_OLD"); O="$O $t"; OC="$OC $c"
+    read -r t c < <(one "$w" "$AB_NEW"); N="$N $t"; NC="$NC $c"
   done
-  k=$(echo "$K" | median) o=$(echo "$O" | median) n=$(echo "$N" | median)
-  awk -v w="$w" -v k="$k" -v o="$o" -v n="$n" -v runs="$N" 'BEGIN {
-    printf "| %s | %.3f | %.3f | %.3f | %.2f | %.2f× | %.2f× | %s |\n", w, k, o, n, n / o, o / k, n / k, runs }'
+  echo "$w wall: kernel$K; OLD$O; NEW$N; cpu: kernel$KC; OLD$OC; NEW$NC" >>"$DIR/ab-runs.txt"
+  awk -v w="$w" -v k="$(echo "$K" | median)" -v o="$(echo "$O" | median)" -v n="$(echo "$N" | median)" \
+    -v kc="$(echo "$KC" | median)" -v oc="$(echo "$OC" | median)" -v nc="$(echo "$NC" | median)" 'BEGIN {
+    printf "| %s | %.3f | %.3f | %.3f | %.2f | %.3f | %.3f | %.3f | %.2f | %.2f× | %.2f× |\n", w, k, o, n, n / o, kc, oc, nc, nc / oc, oc / kc, nc / kc }'
 done
 say "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

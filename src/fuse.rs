@@ -60,6 +60,8 @@ pub struct FuseAdapter {
     open_locks: Vec<Mutex<()>>,
     /// Requests answered, by kind (stats.rs; read through `user.stratafs.stats` on the root).
     stats: Stats,
+    /// The session's notifier, set by the mount code once the session exists.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl FuseAdapter {
@@ -72,6 +74,53 @@ impl FuseAdapter {
             handle_backing: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
             stats: Stats::default(),
+            notifier: Arc::default(),
+        }
+    }
+
+    /// Where the mount code puts the session's notifier once the session exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// The open flags of a directory stream. The kernel may keep listings (FOPEN_CACHE_DIR)
+    /// and across opens (FOPEN_KEEP_CACHE) when every change of names goes through this
+    /// mount, i.e. with the default timeout (with `timeout=`, branches may change behind
+    /// its back, and the kernel would not see those). Why that is safe:
+    /// - the kernel starts a stream from its cached listing only if the directory's change
+    ///   counter (bumped by the kernel for every create/link/unlink/rename it makes) and
+    ///   mtime equal those of when the cache was begun;
+    /// - a stream already past offset 0 reads on in the cache, or appends what the daemon
+    ///   sends it to the cache: [`FuseAdapter::names_changed`] drops the cached listing
+    ///   (notify inval_inode, before the change is answered, while the kernel holds the
+    ///   directory locked against readers), and a dropped page of a cached listing makes
+    ///   the kernel start it over; the daemon rebuilds a stream's listing after any change
+    ///   (UnionFs::readdir), and cookie offsets (readdir.rs) let a stream go on in a later
+    ///   listing, in the cache or from the daemon, without skipping or repeating a name;
+    /// - a READDIRPLUS reply never leaves out a name that exists (see `readdirplus`).
+    fn dir_flags(&self) -> FopenFlags {
+        if self.ttl == DEFAULT_TTL {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
+    /// After a request that changed (or tried to change) names in the directories `dirs`,
+    /// before it is answered: open streams' listings are out of date, and the kernel's
+    /// cached listings of `dirs` are dropped.
+    fn names_changed(&self, dirs: &[INodeNo]) {
+        self.fs.names_changed();
+        let Some(n) = self.notifier.get() else {
+            return;
+        };
+        for (i, d) in dirs.iter().enumerate() {
+            if dirs[..i].contains(d) {
+                continue;
+            }
+            if let Err(e) = n.inval_inode(*d, 0, 0) {
+                debug!("inval_inode {:#x}: {e}", d.0);
+            }
         }
     }
 
@@ -360,12 +409,7 @@ impl Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.stats.count(Op::Opendir);
         match self.fs.opendir(ino.0) {
-            // No FOPEN_CACHE_DIR: the kernel fills its listing cache from whichever open
-            // stream reads next, and a stream that starts reading at an offset past what
-            // the cache holds gets a listing made later than the cached part; with names
-            // created meanwhile the two do not line up and names went missing from
-            // listings (tests/stress.rs found it). Each stream's listing is one snapshot.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.dir_flags()),
             Err(e) => reply.error(errno("opendir", e)),
         }
     }
@@ -383,8 +427,9 @@ impl Filesystem for FuseAdapter {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdir", e)),
         };
-        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+        let start = crate::readdir::position_after(&listing, offset);
+        for e in listing.get(start..).unwrap_or_default() {
+            if reply.add(INodeNo(e.ino), e.off, file_type(e.kind), &e.name) {
                 break;
             }
         }
@@ -404,19 +449,29 @@ impl Filesystem for FuseAdapter {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
-        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+        let start = crate::readdir::position_after(&listing, offset);
+        let mut added = false;
+        for e in listing.get(start..).unwrap_or_default() {
             let attr = match self.fs.readdirplus_entry(ino.0, e) {
                 Ok(a) => a,
                 // Gone since the listing was made: skip it, as a fresh listing would.
-                Err(err) => {
+                Err(err) if err.errno == libc::ENOENT => {
                     debug!("readdirplus: skipping {:?}: {err}", e.name);
                     continue;
                 }
+                // Any other failure must not drop the name silently (the kernel may keep
+                // this reply as the directory's listing): end the reply before it, so the
+                // next request starts at it, or fail this one.
+                Err(err) if added => {
+                    debug!("readdirplus: stopping at {:?}: {err}", e.name);
+                    break;
+                }
+                Err(err) => return reply.error(errno("readdirplus", err)),
             };
             let counted = !(e.name == "." || e.name == "..");
             if reply.add(
                 INodeNo(attr.ino),
-                i as u64 + 1,
+                e.off,
                 &e.name,
                 &self.ttl,
                 &fuse_attr(&attr),
@@ -428,6 +483,7 @@ impl Filesystem for FuseAdapter {
                 }
                 break;
             }
+            added = true;
         }
         reply.ok();
     }
@@ -554,6 +610,7 @@ impl Filesystem for FuseAdapter {
             NewKind::Node { rdev: rdev as u64 },
             caller(req),
         );
+        self.names_changed(&[parent]);
         self.reply_new("mknod", r, reply);
     }
 
@@ -575,6 +632,7 @@ impl Filesystem for FuseAdapter {
             NewKind::Dir,
             caller(req),
         );
+        self.names_changed(&[parent]);
         self.reply_new("mkdir", r, reply);
     }
 
@@ -596,6 +654,7 @@ impl Filesystem for FuseAdapter {
             NewKind::Symlink(target.as_os_str().as_bytes()),
             caller(req),
         );
+        self.names_changed(&[parent]);
         self.reply_new("symlink", r, reply);
     }
 
@@ -608,7 +667,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         self.stats.count(Op::Link);
-        match self.fs.link(ino.0, newparent.0, newname) {
+        let r = self.fs.link(ino.0, newparent.0, newname);
+        self.names_changed(&[newparent]);
+        match r {
             Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
             Err(e) => reply.error(errno("link", e)),
         }
@@ -616,7 +677,9 @@ impl Filesystem for FuseAdapter {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.stats.count(Op::Unlink);
-        match self.fs.remove(parent.0, name, false) {
+        let r = self.fs.remove(parent.0, name, false);
+        self.names_changed(&[parent]);
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("unlink", e)),
         }
@@ -624,7 +687,9 @@ impl Filesystem for FuseAdapter {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.stats.count(Op::Rmdir);
-        match self.fs.remove(parent.0, name, true) {
+        let r = self.fs.remove(parent.0, name, true);
+        self.names_changed(&[parent]);
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rmdir", e)),
         }
@@ -641,10 +706,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.stats.count(Op::Rename);
-        match self
+        let r = self
             .fs
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        self.names_changed(&[parent, newparent]);
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rename", e)),
         }
@@ -661,14 +727,16 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         self.stats.count(Op::Create);
-        match self.fs.create_entry(
+        let r = self.fs.create_entry(
             parent.0,
             name,
             mode | libc::S_IFREG,
             umask,
             NewKind::File { flags },
             caller(req),
-        ) {
+        );
+        self.names_changed(&[parent]);
+        match r {
             Ok((a, Some(fh))) => match self.backing_for(fh, a.ino, |fd| reply.open_backing(fd)) {
                 Some(bk) => {
                     self.fs.set_passthrough(fh);

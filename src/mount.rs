@@ -88,6 +88,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         .map(std::time::Duration::from_secs_f64)
         .unwrap_or(DEFAULT_TTL);
     let adapter = FuseAdapter::new(fs, ttl);
+    let notifier_slot = adapter.notifier_slot();
     let mnt = cfg.mountpoint.display().to_string();
     let fcfg = fuser_config(cfg);
     // Mount ourselves so /proc/mounts says `fuse.stratafs` (fuser's own mount always says
@@ -115,6 +116,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         Err(e) => return Err(Error::io(e, format!("mount {mnt}"))),
     };
     let mut session = session;
+    let _ = notifier_slot.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     let mountpoint = cfg.mountpoint.clone();
     std::thread::Builder::new()
