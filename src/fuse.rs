@@ -124,13 +124,20 @@ impl FuseAdapter {
         }
     }
 
-    /// The open flags for a handle the daemon serves. With passthrough in use, a file's
-    /// page cache may be stale after passthrough writes, so it is not kept across opens.
-    fn served_flags(&self) -> FopenFlags {
-        if self.passthrough.load(Ordering::Relaxed) {
-            FopenFlags::empty()
-        } else {
+    /// The open flags for handle `fh`, which the daemon serves. Without passthrough a file's
+    /// data only changes through this daemon, so the page cache stays valid from one open
+    /// to the next. With passthrough in use, writes through a passthrough handle go around
+    /// the page cache, so it is kept only for files that cannot have had any
+    /// (`UnionFs::keeps_page_cache`: lower files not copied up), and only with the default
+    /// timeout (with `timeout=`, a lower layer may be changed behind the mount's back and
+    /// a new open should see it).
+    fn served_flags(&self, fh: u64) -> FopenFlags {
+        if !self.passthrough.load(Ordering::Relaxed)
+            || (self.ttl == DEFAULT_TTL && self.fs.keeps_page_cache(fh))
+        {
             FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
         }
     }
 
@@ -364,9 +371,7 @@ impl Filesystem for FuseAdapter {
                     self.handle_backing.insert(fh, b.clone());
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
                 }
-                // Without passthrough the file's data only changes through this daemon, so
-                // the page cache stays valid from one open to the next.
-                None => reply.opened(FileHandle(fh), self.served_flags()),
+                None => reply.opened(FileHandle(fh), self.served_flags(fh)),
             },
             Err(e) => reply.error(errno("open", e)),
         }
@@ -756,7 +761,7 @@ impl Filesystem for FuseAdapter {
                     &fuse_attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    self.served_flags(),
+                    self.served_flags(fh),
                 ),
             },
             Ok((_, None)) => reply.error(Errno::EIO),
