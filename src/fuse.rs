@@ -39,6 +39,12 @@ use crate::sys::ops::SetTime;
 /// long to show (`timeout=` lowers it).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 
+/// Set on every file open: close(2) sends no FLUSH. Nothing here needs one (writes are
+/// written through when they arrive, no POSIX locks are kept here, and `flush` never
+/// fails); with the writeback cache the kernel ignores it and still writes back and sends
+/// FLUSH at close.
+const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
 /// A real file's (st_dev, st_ino).
 type RealId = (u64, u64);
 
@@ -369,9 +375,9 @@ impl Filesystem for FuseAdapter {
                     // thread) as soon as it has the reply, and a backing id recorded after
                     // that release would stay registered, holding the file, until unmount.
                     self.handle_backing.insert(fh, b.clone());
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+                    reply.opened_passthrough(FileHandle(fh), NO_FLUSH, &b);
                 }
-                None => reply.opened(FileHandle(fh), self.served_flags(fh)),
+                None => reply.opened(FileHandle(fh), self.served_flags(fh) | NO_FLUSH),
             },
             Err(e) => reply.error(errno("open", e)),
         }
@@ -752,7 +758,7 @@ impl Filesystem for FuseAdapter {
                         &fuse_attr(&a),
                         Generation(0),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        NO_FLUSH,
                         &bk,
                     );
                 }
@@ -761,7 +767,7 @@ impl Filesystem for FuseAdapter {
                     &fuse_attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    self.served_flags(fh),
+                    self.served_flags(fh) | NO_FLUSH,
                 ),
             },
             Ok((_, None)) => reply.error(Errno::EIO),

@@ -243,3 +243,37 @@ fn a_stream_opened_after_a_change_lists_every_name_while_others_fill_the_cache()
         drop(a);
     }
 }
+
+/// Files are opened with FOPEN_NOFLUSH: close(2) costs no FLUSH round trip, for created,
+/// written, lower and copied-up files alike, and data and errors are not lost by it.
+#[test]
+fn closing_files_sends_no_flush() {
+    let s = Scratch::new("req-noflush");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::write(l.join("low"), b"lower\n").unwrap();
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    reset(&m);
+    for i in 0..10 {
+        fs::write(m.join(format!("f{i}")), format!("data {i}\n")).unwrap();
+    }
+    assert_eq!(fs::read(m.join("low")).unwrap(), b"lower\n");
+    {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("low"))
+            .unwrap();
+        f.write_all(b"appended\n").unwrap();
+    }
+    for i in 0..10 {
+        assert_eq!(
+            fs::read(m.join(format!("f{i}"))).unwrap(),
+            format!("data {i}\n").as_bytes()
+        );
+    }
+    assert_eq!(fs::read(m.join("low")).unwrap(), b"lower\nappended\n");
+    let c = stats(&m);
+    assert_eq!(c["flush"], 0, "{c:?}");
+    assert!(c["release"] >= 22, "{c:?}");
+    assert_eq!(fs::read(u.join("low")).unwrap(), b"lower\nappended\n");
+}
