@@ -463,10 +463,12 @@ impl Filesystem for FuseAdapter {
         let start = crate::readdir::position_after(&listing, offset);
         let mut added = false;
         for e in listing.get(start..).unwrap_or_default() {
+            let counted = !(e.name == "." || e.name == "..");
             let attr = match self.fs.readdirplus_entry(ino.0, e) {
                 Ok(a) => a,
-                // Gone since the listing was made: skip it, as a fresh listing would.
-                Err(err) if err.errno == libc::ENOENT => {
+                // Gone since the listing was made: skip it, as a fresh listing would (and
+                // `.` or `..` without attributes: as before, not worth failing a listing).
+                Err(err) if err.errno == libc::ENOENT || !counted => {
                     debug!("readdirplus: skipping {:?}: {err}", e.name);
                     continue;
                 }
@@ -479,7 +481,6 @@ impl Filesystem for FuseAdapter {
                 }
                 Err(err) => return reply.error(errno("readdirplus", err)),
             };
-            let counted = !(e.name == "." || e.name == "..");
             if reply.add(
                 INodeNo(attr.ino),
                 e.off,
