@@ -400,6 +400,28 @@ impl UnionFs {
         Some((fd, (st.st_dev, st.st_ino)))
     }
 
+    /// Whether the kernel may keep the page cache it has of this handle's file from earlier
+    /// opens (FOPEN_KEEP_CACHE) although passthrough is in use: true for a lower file not
+    /// copied up. Its data has been the lower file's, which nothing changes through the
+    /// mount, for as long as the node has existed; once it is copied up, later opens get
+    /// no KEEP_CACHE, so the kernel drops the cache then (writes may have gone to the
+    /// upper copy by passthrough, around the page cache). A writer that copies it up while
+    /// a reader has it open is served by the daemon too (see `passthrough_source`), so its
+    /// writes go through the same page cache and the reader sees them, as in the kernel.
+    pub fn keeps_page_cache(&self, fh: u64) -> bool {
+        let Ok(h) = self.handle(fh) else {
+            return false;
+        };
+        if wants_write(h.flags) || h.data_only {
+            return false;
+        }
+        let Ok(node) = self.node(h.ino) else {
+            return false;
+        };
+        let loc = node.loc.read();
+        !loc.in_upper() && loc.pinned.is_none()
+    }
+
     /// Records that the kernel does this handle's I/O itself.
     pub fn set_passthrough(&self, fh: u64) {
         if let Ok(h) = self.handle(fh) {

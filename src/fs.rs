@@ -52,11 +52,12 @@ impl Caller {
     };
 }
 
-/// An open directory stream: its listing, built at the first read and on each rewind.
+/// An open directory stream: its listing, built at the first read, on each rewind and when
+/// names changed through the mount since (with the [`UnionFs::names_gen`] it was built at).
 #[derive(Debug, Default)]
 pub struct DirStream {
     pub ino: u64,
-    pub listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
+    pub listing: Mutex<Option<(u64, Arc<Vec<DirEntry>>)>>,
 }
 
 /// A real object to act on: `dir` plus `name` (empty: `dir` itself).
@@ -133,6 +134,9 @@ pub struct UnionFs {
     /// Inodes with writable passthrough handles, and how many (see `file.rs`,
     /// `UnionFs::times_change_unseen`).
     pub(crate) passthrough_writers: DashMap<u64, u32>,
+    /// Bumped after every change of names made through the mount (any directory): a
+    /// stream's listing older than this is rebuilt before it is read on (readdir.rs).
+    names_gen: AtomicU64,
 }
 
 impl UnionFs {
@@ -187,6 +191,7 @@ impl UnionFs {
             next_fh: AtomicU64::new(1),
             read_only: AtomicBool::new(read_only),
             switching: Mutex::new(()),
+            names_gen: AtomicU64::new(0),
         })
     }
 
@@ -455,7 +460,17 @@ impl UnionFs {
         Ok(fh)
     }
 
-    /// The listing of stream `fh`, (re)built when read from offset 0.
+    /// Some names changed through the mount (or a change was tried): listings of open
+    /// streams built before are out of date. Called once the change is done, before it
+    /// is answered.
+    pub fn names_changed(&self) {
+        self.names_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The listing of stream `fh`: (re)built when read from offset 0 and when names
+    /// changed through the mount since it was built, so a stream never goes on from a
+    /// listing older than the last change (the kernel's listing cache appends what a
+    /// stream reads; readdir.rs's cookies make the new listing go on at the same place).
     pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
         let stream = self
             .dirs
@@ -466,23 +481,29 @@ impl UnionFs {
             return err(libc::EBADF);
         }
         let mut listing = stream.listing.lock();
-        if offset == 0 || listing.is_none() {
-            let node = self.node(ino)?;
-            let loc = node.loc();
-            let parent_ino = if ino == ROOT_INO {
-                ROOT_INO
-            } else {
-                loc.parent
-            };
-            *listing = Some(Arc::new(readdir::list_with(
-                &self.layers,
-                &loc,
-                ino,
-                parent_ino,
-                &self.read_levels,
-            )?));
+        // Read before listing: a change that ends after this makes the listing old.
+        let gen = self.names_gen.load(Ordering::Acquire);
+        if let Some((made, l)) = &*listing {
+            if offset != 0 && *made == gen {
+                return Ok(l.clone());
+            }
         }
-        listing.clone().ok_or_else(|| Error::errno(libc::EIO))
+        let node = self.node(ino)?;
+        let loc = node.loc();
+        let parent_ino = if ino == ROOT_INO {
+            ROOT_INO
+        } else {
+            loc.parent
+        };
+        let l = Arc::new(readdir::list_with(
+            &self.layers,
+            &loc,
+            ino,
+            parent_ino,
+            &self.read_levels,
+        )?);
+        *listing = Some((gen, l.clone()));
+        Ok(l)
     }
 
     /// Attributes for a READDIRPLUS entry: a lookup (counted) except for `.` and `..`,

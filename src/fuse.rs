@@ -30,6 +30,7 @@ use crate::dir::NewKind;
 use crate::error::Error;
 use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
+use crate::stats::{Op, Stats, STATS_XATTR};
 use crate::sys::ops::SetTime;
 
 /// How long the kernel may cache entries, attributes and negative lookups. Every change
@@ -37,6 +38,12 @@ use crate::sys::ops::SetTime;
 /// cache for it, so only changes made to the branches behind the mount's back wait this
 /// long to show (`timeout=` lowers it).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
+
+/// Set on every file open: close(2) sends no FLUSH. Nothing here needs one (writes are
+/// written through when they arrive, no POSIX locks are kept here, and `flush` never
+/// fails); with the writeback cache the kernel ignores it and still writes back and sends
+/// FLUSH at close.
+const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
 /// A real file's (st_dev, st_ino).
 type RealId = (u64, u64);
@@ -60,6 +67,8 @@ pub struct FuseAdapter {
     /// of a lower file racing with a copy-up could be served here while the writer got
     /// passthrough.
     open_locks: Vec<Mutex<()>>,
+    /// Requests answered, by kind (stats.rs; read through `user.stratafs.stats` on the root).
+    stats: Stats,
     /// Sends cache invalidations to the kernel; set by `mount.rs` once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
 }
@@ -74,6 +83,7 @@ impl FuseAdapter {
             handle_backing: DashMap::new(),
             plus_at_name: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            stats: Stats::default(),
             notifier: Arc::new(OnceLock::new()),
         }
     }
@@ -102,8 +112,54 @@ impl FuseAdapter {
         }
     }
 
-    /// The open flags for a handle the daemon serves. With passthrough in use, a file's
-    /// page cache may be stale after passthrough writes, so it is not kept across opens.
+    /// The open flags of a directory stream. The kernel may keep listings (FOPEN_CACHE_DIR)
+    /// and across opens (FOPEN_KEEP_CACHE) when every change of names goes through this
+    /// mount, i.e. with the default timeout (with `timeout=`, branches may change behind
+    /// its back, and the kernel would not see those). Why that is safe:
+    /// - the kernel starts a stream from its cached listing only if the directory's change
+    ///   counter (bumped by the kernel for every create/link/unlink/rename it makes) and
+    ///   mtime equal those of when the cache was begun;
+    /// - a stream already past offset 0 reads on in the cache, or appends what the daemon
+    ///   sends it to the cache: [`FuseAdapter::names_changed`] drops the cached listing
+    ///   (notify inval_inode, before the change is answered, while the kernel holds the
+    ///   directory locked against readers), and a dropped page of a cached listing makes
+    ///   the kernel start it over; the daemon rebuilds a stream's listing after any change
+    ///   (UnionFs::readdir), and cookie offsets (readdir.rs) let a stream go on in a later
+    ///   listing, in the cache or from the daemon, without skipping or repeating a name;
+    /// - a READDIRPLUS reply never leaves out a name that exists (see `readdirplus`).
+    fn dir_flags(&self) -> FopenFlags {
+        if self.ttl == DEFAULT_TTL {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
+    /// After a request that changed (or tried to change) names in the directories `dirs`,
+    /// before it is answered: open streams' listings are out of date, and the kernel's
+    /// cached listings of `dirs` are dropped.
+    fn names_changed(&self, dirs: &[INodeNo]) {
+        self.fs.names_changed();
+        let Some(n) = self.notifier.get() else {
+            return;
+        };
+        for (i, d) in dirs.iter().enumerate() {
+            if dirs[..i].contains(d) {
+                continue;
+            }
+            if let Err(e) = n.inval_inode(*d, 0, 0) {
+                debug!("inval_inode {:#x}: {e}", d.0);
+            }
+        }
+    }
+
+    /// The open flags for handle `fh`, which the daemon serves. Without passthrough a file's
+    /// data only changes through this daemon, so the page cache stays valid from one open
+    /// to the next. With passthrough in use, writes through a passthrough handle go around
+    /// the page cache, so it is kept only for files that cannot have had any
+    /// (`UnionFs::keeps_page_cache`: lower files not copied up), and only with the default
+    /// timeout (with `timeout=`, a lower layer may be changed behind the mount's back and
+    /// a new open should see it).
     ///
     /// A handle whose writes must reach the daemon from the writer (a file with setuid or
     /// setgid bits opened for write, on a mount with the writeback cache) gets direct I/O.
@@ -113,10 +169,14 @@ impl FuseAdapter {
         let strict = self.fs.layers.atime.atime == crate::atime::Atime::Strict;
         if self.fs.direct_io(fh) {
             FopenFlags::FOPEN_DIRECT_IO
-        } else if strict || self.passthrough.load(Ordering::Relaxed) {
+        } else if strict {
             FopenFlags::empty()
-        } else {
+        } else if !self.passthrough.load(Ordering::Relaxed)
+            || (self.ttl == DEFAULT_TTL && self.fs.keeps_page_cache(fh))
+        {
             FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
         }
     }
 
@@ -263,6 +323,7 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: Vec<u8>) {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.stats.count(Op::Init);
         // Each capability on its own, so one the kernel lacks does not cost the others.
         use fuser::InitFlags as F;
         for (flag, why) in [
@@ -325,6 +386,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stats.count(Op::Lookup);
         match self.fs.lookup(parent.0, name) {
             Ok(a) => self.reply_entry(&a, reply),
             // A negative entry (node id 0) lets the kernel cache "no such name" too.
@@ -338,6 +400,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.stats.count(Op::Forget);
         self.fs.forget(ino.0, nlookup);
     }
 
@@ -345,6 +408,7 @@ impl Filesystem for FuseAdapter {
     // private, so it cannot be overridden).
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stats.count(Op::Getattr);
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.attr_ttl(&a), &fuse_attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
@@ -352,6 +416,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.stats.count(Op::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno("readlink", e)),
@@ -359,6 +424,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.count(Op::Open);
         let _one_at_a_time = self.open_locks[(ino.0 % 64) as usize].lock();
         let fh = match self.fs.open(ino.0, flags.0) {
             Ok(fh) => fh,
@@ -371,11 +437,11 @@ impl Filesystem for FuseAdapter {
                 // thread) as soon as it has the reply, and a backing id recorded after
                 // that release would stay registered, holding the file, until unmount.
                 self.handle_backing.insert(fh, b.clone());
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+                reply.opened_passthrough(FileHandle(fh), NO_FLUSH, &b);
             }
             // Without passthrough the file's data only changes through this daemon, so
             // the page cache stays valid from one open to the next.
-            None => reply.opened(FileHandle(fh), self.served_flags(fh)),
+            None => reply.opened(FileHandle(fh), self.served_flags(fh) | NO_FLUSH),
         }
         // Attributes cached before this open (with the long TTL) may be wrong now: the
         // lower's after a copy-up, or about to change unseen (mmap stores).
@@ -395,6 +461,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.stats.count(Op::Read);
         match self.fs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno("read", e)),
@@ -411,6 +478,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Release);
         // Attributes answered while the handle was a passthrough writer had a zero TTL,
         // so nothing the kernel holds needs dropping now.
         self.fs.release(fh.0);
@@ -419,13 +487,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.count(Op::Opendir);
         match self.fs.opendir(ino.0) {
-            // No FOPEN_CACHE_DIR: the kernel fills its listing cache from whichever open
-            // stream reads next, and a stream that starts reading at an offset past what
-            // the cache holds gets a listing made later than the cached part; with names
-            // created meanwhile the two do not line up and names went missing from
-            // listings (tests/stress.rs found it). Each stream's listing is one snapshot.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.dir_flags()),
             Err(e) => reply.error(errno("opendir", e)),
         }
     }
@@ -438,12 +502,14 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.stats.count(Op::Readdir);
         let listing = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdir", e)),
         };
-        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+        let start = crate::readdir::position_after(&listing, offset);
+        for e in listing.get(start..).unwrap_or_default() {
+            if reply.add(INodeNo(e.ino), e.off, file_type(e.kind), &e.name) {
                 break;
             }
         }
@@ -458,21 +524,32 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stats.count(Op::Readdirplus);
         let listing = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
-        let mut first = true;
-        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+        let start = crate::readdir::position_after(&listing, offset);
+        let mut added = false;
+        for e in listing.get(start..).unwrap_or_default() {
+            let counted = !(e.name == "." || e.name == "..");
             let attr = match self.fs.readdirplus_entry(ino.0, e) {
                 Ok(a) => a,
-                // Gone since the listing was made: skip it, as a fresh listing would.
-                Err(err) => {
+                // Gone since the listing was made: skip it, as a fresh listing would (and
+                // `.` or `..` without attributes: as before, not worth failing a listing).
+                Err(err) if err.errno == libc::ENOENT || !counted => {
                     debug!("readdirplus: skipping {:?}: {err}", e.name);
                     continue;
                 }
+                // Any other failure must not drop the name silently (the kernel may keep
+                // this reply as the directory's listing): end the reply before it, so the
+                // next request starts at it, or fail this one.
+                Err(err) if added => {
+                    debug!("readdirplus: stopping at {:?}: {err}", e.name);
+                    break;
+                }
+                Err(err) => return reply.error(errno("readdirplus", err)),
             };
-            let counted = !(e.name == "." || e.name == "..");
             // A name node's entry would show its node id as d_ino (fuser takes d_ino and
             // the node id from one field): end the reply before it, so that the kernel
             // asks on from there with a plain READDIR (READDIRPLUS_AUTO: after offset 0
@@ -483,10 +560,10 @@ impl Filesystem for FuseAdapter {
             // replies are no longer ended early (each would cost a request and help no
             // more).
             let name_node = attr.node != attr.ino;
-            if name_node && first {
+            if name_node && !added {
                 self.plus_at_name.insert(fh.0, ());
             }
-            if name_node && !first && !self.plus_at_name.contains_key(&fh.0) {
+            if name_node && added && !self.plus_at_name.contains_key(&fh.0) {
                 if counted {
                     self.fs.forget(attr.node, 1);
                 }
@@ -495,7 +572,7 @@ impl Filesystem for FuseAdapter {
             let ttl = self.attr_ttl(&attr);
             if reply.add(
                 INodeNo(attr.node),
-                i as u64 + 1,
+                e.off,
                 &e.name,
                 &ttl,
                 &entry_attr(&attr),
@@ -507,7 +584,7 @@ impl Filesystem for FuseAdapter {
                 }
                 break;
             }
-            first = false;
+            added = true;
         }
         reply.ok();
     }
@@ -520,12 +597,14 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Releasedir);
         self.fs.releasedir(fh.0);
         self.plus_at_name.remove(&fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.stats.count(Op::Statfs);
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -535,6 +614,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino == INodeNo::ROOT && name == STATS_XATTR {
+            return reply_xattr(reply, size, self.stats.render().into_bytes());
+        }
+        self.stats.count(Op::Getxattr);
+        if name == "security.capability" {
+            self.stats.count(Op::GetxattrCapability);
+        }
         match self.fs.getxattr(ino.0, name) {
             Ok(v) => reply_xattr(reply, size, v),
             Err(e) => reply.error(errno("getxattr", e)),
@@ -542,6 +628,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stats.count(Op::Listxattr);
         match self.fs.listxattr(ino.0) {
             Ok(v) => reply_xattr(reply, size, v),
             Err(e) => reply.error(errno("listxattr", e)),
@@ -549,6 +636,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.stats.count(Op::Access);
         match self.fs.access(ino.0, mask.bits(), caller(req)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("access", e)),
@@ -564,6 +652,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.stats.count(Op::Lseek);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno("lseek", e)),
@@ -588,6 +677,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.stats.count(Op::Setattr);
         let s = SetAttr {
             mode,
             uid,
@@ -614,6 +704,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Mknod);
         let r = self.fs.create_entry(
             parent.0,
             name,
@@ -622,6 +713,7 @@ impl Filesystem for FuseAdapter {
             NewKind::Node { rdev: rdev as u64 },
             caller(req),
         );
+        self.names_changed(&[parent]);
         self.reply_new("mknod", r, reply);
     }
 
@@ -634,6 +726,7 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Mkdir);
         let r = self.fs.create_entry(
             parent.0,
             name,
@@ -642,6 +735,7 @@ impl Filesystem for FuseAdapter {
             NewKind::Dir,
             caller(req),
         );
+        self.names_changed(&[parent]);
         self.reply_new("mkdir", r, reply);
     }
 
@@ -653,6 +747,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Symlink);
         use std::os::unix::ffi::OsStrExt;
         let r = self.fs.create_entry(
             parent.0,
@@ -662,6 +757,7 @@ impl Filesystem for FuseAdapter {
             NewKind::Symlink(target.as_os_str().as_bytes()),
             caller(req),
         );
+        self.names_changed(&[parent]);
         self.reply_new("symlink", r, reply);
     }
 
@@ -673,21 +769,30 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.fs.link(ino.0, newparent.0, newname) {
+        self.stats.count(Op::Link);
+        let r = self.fs.link(ino.0, newparent.0, newname);
+        self.names_changed(&[newparent]);
+        match r {
             Ok(a) => self.reply_entry(&a, reply),
             Err(e) => reply.error(errno("link", e)),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.remove(parent.0, name, false) {
+        self.stats.count(Op::Unlink);
+        let r = self.fs.remove(parent.0, name, false);
+        self.names_changed(&[parent]);
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("unlink", e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.remove(parent.0, name, true) {
+        self.stats.count(Op::Rmdir);
+        let r = self.fs.remove(parent.0, name, true);
+        self.names_changed(&[parent]);
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rmdir", e)),
         }
@@ -703,10 +808,12 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self
+        self.stats.count(Op::Rename);
+        let r = self
             .fs
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        self.names_changed(&[parent, newparent]);
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rename", e)),
         }
@@ -722,14 +829,17 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create_entry(
+        self.stats.count(Op::Create);
+        let r = self.fs.create_entry(
             parent.0,
             name,
             mode | libc::S_IFREG,
             umask,
             NewKind::File { flags },
             caller(req),
-        ) {
+        );
+        self.names_changed(&[parent]);
+        match r {
             // A new file is an object node (its id is the number it shows).
             Ok((a, Some(fh))) => match self.backing_for(fh, a.node, |fd| reply.open_backing(fd)) {
                 Some(bk) => {
@@ -741,7 +851,7 @@ impl Filesystem for FuseAdapter {
                         &entry_attr(&a),
                         Generation(0),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        NO_FLUSH,
                         &bk,
                     );
                     // The reply's attributes carry the entry's (long) TTL; see `open`.
@@ -754,7 +864,7 @@ impl Filesystem for FuseAdapter {
                     &entry_attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    self.served_flags(fh),
+                    self.served_flags(fh) | NO_FLUSH,
                 ),
             },
             Ok((_, None)) => reply.error(Errno::EIO),
@@ -774,6 +884,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.stats.count(Op::Write);
         // A delayed write from the page cache (mmap'ed pages written back) is nobody's
         // write(2): it drops no bits, as on the kernel overlayfs.
         let by = (!write_flags.contains(WriteFlags::FUSE_WRITE_CACHE)).then(|| caller(req));
@@ -794,6 +905,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Flush);
         reply.ok();
     }
 
@@ -805,6 +917,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fsync);
         match self.fs.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsync", e)),
@@ -819,6 +932,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fsyncdir);
         match self.fs.fsyncdir(ino.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsyncdir", e)),
@@ -835,6 +949,16 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if ino == INodeNo::ROOT && name == STATS_XATTR {
+            // Diagnostics only: whoever may reach the mount may clear them.
+            return if value == b"reset" || value == b"reset\n" {
+                self.stats.reset();
+                reply.ok()
+            } else {
+                reply.error(Errno::EINVAL)
+            };
+        }
+        self.stats.count(Op::Setxattr);
         match self.fs.setxattr_as(ino.0, name, value, flags, caller(req)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("setxattr", e)),
@@ -842,6 +966,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.count(Op::Removexattr);
         match self.fs.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("removexattr", e)),
@@ -858,6 +983,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fallocate);
         match self
             .fs
             .fallocate_as(fh.0, offset, length, mode, Some(caller(req)))
@@ -883,6 +1009,7 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.stats.count(Op::CopyFileRange);
         match self.fs.copy_file_range_as(
             fh_in.0,
             offset_in,

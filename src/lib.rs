@@ -27,6 +27,7 @@ pub mod options;
 pub mod override_stat;
 pub mod readdir;
 pub mod remount;
+pub mod stats;
 pub mod sys;
 pub mod tools;
 pub mod whiteout;

@@ -1,10 +1,17 @@
 //! Merged directory listings (the kernel's `readdir.c`).
 //!
-//! A listing is built once per open directory stream (and again on a rewind to offset 0):
-//! every real directory of the merged one is read top first; the first layer to show a
-//! name wins; whiteouts hide the name in the layers below; markers are never listed.
-//! Entry `i` of the listing has offset `i + 1`, so an offset stays valid for as long as the
-//! stream is open (telldir/seekdir), whatever happens to the directory meanwhile.
+//! A listing is built per open directory stream (again on a rewind to offset 0, and when a
+//! name changed through the mount since it was built): every real directory of the merged
+//! one is read top first; the first layer to show a name wins; whiteouts hide the name in
+//! the layers below; markers are never listed.
+//!
+//! Offsets are cookies derived from the name (`.` is 1, `..` is 2, every other name a hash
+//! of it; the listing is sorted by cookie), as ext4's hashed directories do: "go on after
+//! offset X" means "the entries whose cookie is above X" in *any* listing of the directory,
+//! not only in the one that handed X out. So a stream can go on from a later listing than
+//! the one it started with (names that did not change are listed exactly once), the
+//! kernel's listing cache (FOPEN_CACHE_DIR), which a stream may start reading and leave
+//! part-way, lines up with the daemon's listings, and telldir/seekdir offsets stay valid.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -23,6 +30,40 @@ pub struct DirEntry {
     pub name: OsString,
     pub kind: Kind,
     pub ino: u64,
+    /// The offset that follows this entry: its cookie.
+    pub off: u64,
+}
+
+/// The cookie of a name other than `.` and `..`: a hash in 3..i64::MAX (the kernel's
+/// offsets are signed), the same for the life of the process.
+fn cookie(name: &OsStr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    3 + h.finish() % (i64::MAX as u64 - 3)
+}
+
+/// Gives the names after `.` and `..` their cookies and sorts them by cookie. A name whose
+/// cookie an earlier one already took (a 63-bit hash collision) gets the next free value,
+/// so the offsets of one listing are unique and increasing.
+fn assign_cookies(out: &mut [DirEntry]) {
+    let Some(names) = out.get_mut(2..) else {
+        return;
+    };
+    for e in names.iter_mut() {
+        e.off = cookie(&e.name);
+    }
+    names.sort_unstable_by(|a, b| a.off.cmp(&b.off).then_with(|| a.name.cmp(&b.name)));
+    for i in 1..names.len() {
+        if names[i].off <= names[i - 1].off {
+            names[i].off = names[i - 1].off + 1;
+        }
+    }
+}
+
+/// Where a stream asked to go on after offset `after` starts in `listing`.
+pub fn position_after(listing: &[DirEntry], after: u64) -> usize {
+    listing.partition_point(|e| e.off <= after)
 }
 
 /// Lists the merged directory `dir` (whose own number is `ino`, its parent's `parent_ino`).
@@ -46,11 +87,13 @@ pub fn list_with(
             name: ".".into(),
             kind: Kind::Dir,
             ino,
+            off: 1,
         },
         DirEntry {
             name: "..".into(),
             kind: Kind::Dir,
             ino: parent_ino,
+            off: 2,
         },
     ];
     let mut seen: HashSet<OsString> = HashSet::new();
@@ -125,9 +168,72 @@ pub fn list_with(
                 name: e.name,
                 kind,
                 ino,
+                off: 0,
             });
         }
         seen.extend(hidden_here);
     }
+    assign_cookies(&mut out);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(names: &[String]) -> Vec<DirEntry> {
+        let entry = |name: &str, off| DirEntry {
+            name: name.into(),
+            kind: Kind::File,
+            ino: 0,
+            off,
+        };
+        let mut v = vec![entry(".", 1), entry("..", 2)];
+        v.extend(names.iter().map(|n| entry(n, 0)));
+        assign_cookies(&mut v);
+        v
+    }
+
+    #[test]
+    fn offsets_are_unique_increasing_and_signed() {
+        let names: Vec<String> = (0..5000).map(|i| format!("f{i}")).collect();
+        let l = listing(&names);
+        assert_eq!((l[0].off, l[1].off), (1, 2));
+        for w in l.windows(2) {
+            assert!(w[0].off < w[1].off, "{:?} then {:?}", w[0], w[1]);
+        }
+        assert!(l.iter().all(|e| e.off <= i64::MAX as u64));
+    }
+
+    #[test]
+    fn a_later_listing_goes_on_where_an_earlier_one_stopped() {
+        // A stream read part of one listing; names were created and removed meanwhile; a
+        // later listing asked to go on after the last offset handed out gives every
+        // unchanged name not yet seen, and no name twice.
+        let before: Vec<String> = (0..200).map(|i| format!("old{i}")).collect();
+        let first = listing(&before);
+        for cut in [0, 1, 2, 3, 50, 101, 201] {
+            let seen_part = &first[..cut];
+            let stopped = seen_part.last().map(|e| e.off).unwrap_or(0);
+            let mut after: Vec<String> = (0..200).map(|i| format!("new{i}")).collect();
+            after.extend(before.iter().filter(|n| !n.ends_with('7')).cloned());
+            let second = listing(&after);
+            let rest = &second[position_after(&second, stopped)..];
+            let mut seen: Vec<&OsStr> = seen_part
+                .iter()
+                .chain(rest)
+                .map(|e| e.name.as_os_str())
+                .collect();
+            let total = seen.len();
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), total, "a name was listed twice (cut {cut})");
+            for n in before.iter().filter(|n| !n.ends_with('7')) {
+                assert!(
+                    seen.contains(&OsStr::new(n)),
+                    "{n} went missing (cut {cut})"
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,279 @@
+//! The daemon's request counters (src/stats.rs), read through `user.stratafs.stats` on the
+//! mount root, and the round trips they show the kernel's caches saving.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::{Scratch, Stack, Strata};
+
+/// The counters of the mount at `m`, by request kind.
+fn stats(m: &Path) -> BTreeMap<String, u64> {
+    let out = Command::new("getfattr")
+        .args([
+            "--absolute-names",
+            "--only-values",
+            "-n",
+            "user.stratafs.stats",
+        ])
+        .arg(m)
+        .output()
+        .expect("getfattr");
+    assert!(
+        out.status.success(),
+        "reading the counters: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn reset(m: &Path) {
+    let st = Command::new("setfattr")
+        .args(["-n", "user.stratafs.stats", "-v", "reset"])
+        .arg(m)
+        .status()
+        .expect("setfattr");
+    assert!(st.success(), "resetting the counters");
+}
+
+#[test]
+fn counters_count_requests_by_kind() {
+    let s = Scratch::new("req-count");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::write(l.join("low"), b"lower\n").unwrap();
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    reset(&m);
+    let zero = stats(&m);
+    // Reading them is not counted (getfattr's own stat of the root may be).
+    assert!(
+        zero.get("total").is_some_and(|n| *n <= 2) && zero.get("getxattr") == Some(&0),
+        "{zero:?}"
+    );
+    fs::create_dir(m.join("d")).unwrap();
+    for i in 0..10 {
+        fs::write(m.join(format!("d/f{i}")), b"x").unwrap();
+    }
+    let c = stats(&m);
+    assert_eq!(c.get("mkdir"), Some(&1));
+    assert_eq!(c.get("create"), Some(&10));
+    assert_eq!(c.get("release"), Some(&10));
+    let sum: u64 = c
+        .iter()
+        .filter(|(k, _)| *k != "total" && *k != "getxattr_security.capability")
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(c.get("total"), Some(&sum));
+    reset(&m);
+    assert_eq!(stats(&m).get("create"), Some(&0));
+    // The name is not a real xattr of the root: not listed, not in the upper.
+    let listed = Command::new("getfattr")
+        .args(["--absolute-names", "-d", "-m", "-"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("stratafs"));
+    assert!(Command::new("getfattr")
+        .args(["-n", "user.stratafs.stats"])
+        .arg(&u)
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap());
+}
+
+fn names(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The kernel keeps directory listings (FOPEN_CACHE_DIR): listing an unchanged directory
+/// again costs no READDIR, and a change through the mount shows in the next listing.
+#[test]
+fn listing_an_unchanged_directory_again_is_served_by_the_kernel() {
+    let s = Scratch::new("req-rdc");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::create_dir(l.join("d")).unwrap();
+    for i in 0..100 {
+        fs::write(l.join(format!("d/low{i}")), b"x").unwrap();
+    }
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    let d = m.join("d");
+    let first = names(&d);
+    assert_eq!(first.len(), 100);
+    reset(&m);
+    assert_eq!(names(&d), first);
+    let c = stats(&m);
+    let listed = c["readdir"] + c["readdirplus"];
+    assert_eq!(listed, 0, "second listing of an unchanged directory: {c:?}");
+    // Changes through the mount show at once (and cost one listing again).
+    fs::write(d.join("new"), b"n").unwrap();
+    fs::remove_file(d.join("low7")).unwrap();
+    fs::rename(d.join("low8"), d.join("renamed")).unwrap();
+    let mut want = first.clone();
+    want.retain(|n| n != "low7" && n != "low8");
+    want.push("new".into());
+    want.push("renamed".into());
+    want.sort();
+    assert_eq!(names(&d), want);
+    assert_eq!(names(&d), want);
+}
+
+/// A stream that read part of a (kernel-cached) listing and goes on after names changed
+/// lists every name that did not change exactly once; a stream opened after the change
+/// lists exactly the names there are. (POSIX leaves open only the changed names.)
+#[test]
+fn a_stream_read_across_changes_lists_unchanged_names_once() {
+    let s = Scratch::new("req-rdc-stream");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::create_dir(l.join("d")).unwrap();
+    let n = 4000;
+    for i in 0..n {
+        fs::write(l.join(format!("d/low-name-{i:05}")), b"").unwrap();
+    }
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    let d = m.join("d");
+    for round in 0..6 {
+        let before = names(&d); // fills the kernel's cache (rounds > 0: after changes)
+        let mut stream = fs::read_dir(&d).unwrap();
+        let mut seen: Vec<String> = stream
+            .by_ref()
+            .take(10)
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        // Changes meanwhile: some removed, some renamed, some created.
+        let mut changed: Vec<String> = Vec::new();
+        let mut want: std::collections::BTreeSet<String> = before.iter().cloned().collect();
+        for (k, name) in before.iter().enumerate() {
+            if k % 97 == round {
+                let new = format!("{name}-r{round}");
+                fs::rename(d.join(name), d.join(&new)).unwrap();
+                want.remove(name);
+                want.insert(new.clone());
+                changed.push(name.clone());
+                changed.push(new);
+            } else if k % 89 == round + 1 {
+                fs::remove_file(d.join(name)).unwrap();
+                want.remove(name);
+                changed.push(name.clone());
+            }
+        }
+        for k in 0..150 {
+            let new = format!("new-{round}-{k}");
+            fs::write(d.join(&new), b"").unwrap();
+            want.insert(new.clone());
+            changed.push(new);
+        }
+        seen.extend(stream.map(|e| e.unwrap().file_name().into_string().unwrap()));
+        let now = names(&d);
+        for name in now.iter().filter(|n| !changed.contains(n)) {
+            let times = seen.iter().filter(|s| *s == name).count();
+            assert_eq!(
+                times, 1,
+                "round {round}: unchanged {name} listed {times} times"
+            );
+        }
+        let mut dup = seen.clone();
+        dup.sort();
+        dup.dedup();
+        assert_eq!(dup.len(), seen.len(), "round {round}: a name listed twice");
+        // A stream opened now lists exactly what there is.
+        assert_eq!(now, want.into_iter().collect::<Vec<_>>(), "round {round}");
+    }
+}
+
+/// The kernel appends to a directory's cached listing whatever any stream reads at the
+/// offset where the cache ends, and a stream already past offset 0 may go on in a cached
+/// listing without any check. So: A begins the cache (one page) before names are created;
+/// D opens after the creation and reads one page; B reads everything (completing the
+/// cache); D goes on. D opened after the names were created and must list all of them.
+/// (With the cache on and nothing dropping it at the creation, D went on in a cache whose
+/// first part predates the creation: names went missing.)
+#[test]
+fn a_stream_opened_after_a_change_lists_every_name_while_others_fill_the_cache() {
+    let s = Scratch::new("req-rdc-fill");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::create_dir(l.join("d")).unwrap();
+    for i in 0..4000 {
+        fs::write(l.join(format!("d/old-{i:05}")), b"").unwrap();
+    }
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    let d = m.join("d");
+    let mut want: Vec<String> = (0..4000).map(|i| format!("old-{i:05}")).collect();
+    for round in 0..4 {
+        let mut a = fs::read_dir(&d).unwrap();
+        a.next().unwrap().unwrap(); // one getdents: the first page of the listing
+        for k in 0..300 {
+            let n = format!("new-{round}-{k}");
+            fs::write(d.join(&n), b"").unwrap();
+            want.push(n);
+        }
+        want.sort();
+        let mut dstream = fs::read_dir(&d).unwrap();
+        let mut seen: Vec<String> = vec![dstream
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name()
+            .into_string()
+            .unwrap()];
+        let b = names(&d);
+        assert_eq!(b, want, "round {round}: stream B");
+        seen.extend(dstream.map(|e| e.unwrap().file_name().into_string().unwrap()));
+        seen.sort();
+        let missing: Vec<_> = want.iter().filter(|n| !seen.contains(n)).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: stream D misses {} names, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        assert_eq!(seen, want, "round {round}: stream D");
+        drop(a);
+    }
+}
+
+/// Files are opened with FOPEN_NOFLUSH: close(2) costs no FLUSH round trip, for created,
+/// written, lower and copied-up files alike, and data and errors are not lost by it.
+#[test]
+fn closing_files_sends_no_flush() {
+    let s = Scratch::new("req-noflush");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::write(l.join("low"), b"lower\n").unwrap();
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    reset(&m);
+    for i in 0..10 {
+        fs::write(m.join(format!("f{i}")), format!("data {i}\n")).unwrap();
+    }
+    assert_eq!(fs::read(m.join("low")).unwrap(), b"lower\n");
+    {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("low"))
+            .unwrap();
+        f.write_all(b"appended\n").unwrap();
+    }
+    for i in 0..10 {
+        assert_eq!(
+            fs::read(m.join(format!("f{i}"))).unwrap(),
+            format!("data {i}\n").as_bytes()
+        );
+    }
+    assert_eq!(fs::read(m.join("low")).unwrap(), b"lower\nappended\n");
+    let c = stats(&m);
+    assert_eq!(c["flush"], 0, "{c:?}");
+    assert!(c["release"] >= 22, "{c:?}");
+    assert_eq!(fs::read(u.join("low")).unwrap(), b"lower\nappended\n");
+}
