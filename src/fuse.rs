@@ -127,8 +127,13 @@ impl FuseAdapter {
     ///   (UnionFs::readdir), and cookie offsets (readdir.rs) let a stream go on in a later
     ///   listing, in the cache or from the daemon, without skipping or repeating a name;
     /// - a READDIRPLUS reply never leaves out a name that exists (see `readdirplus`).
+    ///
+    /// With `strictatime` (and not `nodiratime`) every listing must reach the branch, where
+    /// the directory's atime is updated, so listings are not cached then.
     fn dir_flags(&self) -> FopenFlags {
-        if self.ttl == DEFAULT_TTL {
+        let p = self.fs.layers.atime;
+        let strict_dirs = p.atime == crate::atime::Atime::Strict && !p.nodiratime;
+        if self.ttl == DEFAULT_TTL && !strict_dirs {
             FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
         } else {
             FopenFlags::empty()
