@@ -1,6 +1,9 @@
 //! Mounting: the fuser configuration for a [`Config`], the session, signal handling and
 //! unmount. `run` returns when the filesystem is unmounted (by `umount`, `fusermount3 -u`,
-//! or SIGTERM/SIGINT/SIGHUP, which unmount), so the process can exit 0.
+//! or SIGTERM/SIGINT/SIGHUP, which unmount), so the process can exit 0. "Unmounted" is the
+//! kernel's view: the session ends when the last mount of the superblock goes, in every
+//! mount namespace; a signal ends the daemon even while a copy elsewhere holds it
+//! ([`end_on_signal`]).
 
 use std::sync::Arc;
 
@@ -121,24 +124,22 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     let _ = notifier.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     let mountpoint = cfg.mountpoint.clone();
+    let fstype = format!("fuse.{}", cfg.subtype.as_deref().unwrap_or("stratafs"));
+    // Our superblock's device number, to tell our mount from a later one on the same path.
+    let dev = crate::control::MountEntry::all()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == mountpoint && m.fstype == fstype)
+        .map(|m| m.dev);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = sys::wait_exit_signal() {
-                info!("signal {sig}: unmounting");
-                let r = if own_mount {
-                    sys::umount_detach(&mountpoint)
-                } else {
-                    unmounter.unmount()
-                };
-                if let Err(e) = r {
-                    warn!("unmount after signal {sig}: {e}");
-                }
+                end_on_signal(sig, &mountpoint, dev.as_deref(), own_mount, &mut unmounter);
             }
         })
         .map_err(|e| Error::io(e, "signal thread"))?;
     // The control channel (remount,ro|rw): listening before the mount is reported live.
-    let fstype = format!("fuse.{}", cfg.subtype.as_deref().unwrap_or("stratafs"));
     if let Err(e) = crate::control::start_server(fs, cfg, &fstype) {
         warn!("no control channel (remount will not work): {e}");
     }
@@ -153,4 +154,55 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     session
         .run()
         .map_err(|e| Error::io(e, format!("serving {mnt}")))
+}
+
+/// How long a signal leaves the session to end by itself before the process exits.
+const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// SIGTERM/SIGINT/SIGHUP: unmount our mount if it is still on `mountpoint` in this mount
+/// namespace (never a later mount on the same path), then end the daemon.
+///
+/// The session ends when the kernel drops the FUSE connection, which it does when the last
+/// mount of the superblock goes, in every mount namespace: a process that copied the mount
+/// table (`unshare -m`, a container runtime before its pivot_root) or a lazy unmount with
+/// files still open keeps the connection, and the daemon keeps serving them. Asked to stop,
+/// the daemon waits [`SIGNAL_GRACE`] for the session to end and then exits, as libfuse
+/// daemons do on these signals: the kernel aborts the connection and the remaining copies
+/// answer ENOTCONN. Exiting loses nothing acknowledged: the daemon keeps no write-back state
+/// (every reply comes after the upper was changed; fsync and syncfs replies after the data
+/// is on disk unless `volatile`).
+fn end_on_signal(
+    sig: i32,
+    mountpoint: &std::path::Path,
+    dev: Option<&str>,
+    own_mount: bool,
+    unmounter: &mut fuser::SessionUnmounter,
+) {
+    let ours = match (dev, crate::control::MountEntry::fuse_at(mountpoint)) {
+        (Some(d), Some(m)) => m.dev == d,
+        (None, Some(_)) => true,
+        (_, None) => false,
+    };
+    if ours {
+        info!("signal {sig}: unmounting");
+        let r = if own_mount {
+            sys::umount_detach(mountpoint)
+        } else {
+            unmounter.unmount()
+        };
+        if let Err(e) = r {
+            warn!("unmount after signal {sig}: {e}");
+        }
+    } else {
+        info!(
+            "signal {sig}: {} is not mounted here any more",
+            mountpoint.display()
+        );
+    }
+    std::thread::sleep(SIGNAL_GRACE);
+    warn!(
+        "signal {sig}: the session did not end within {SIGNAL_GRACE:?} (the mount is still held \
+         elsewhere: another mount namespace or open files of a lazy unmount): exiting"
+    );
+    std::process::exit(0);
 }

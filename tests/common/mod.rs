@@ -123,6 +123,8 @@ impl<'a> Stack<'a> {
 pub struct Strata {
     pub mnt: PathBuf,
     child: Option<Child>,
+    /// `MAJ:MIN` of the mount's superblock (mountinfo field 3), once live.
+    dev: Option<String>,
 }
 
 impl Strata {
@@ -158,6 +160,7 @@ impl Strata {
         let mut m = Strata {
             mnt: mnt.to_path_buf(),
             child: Some(child),
+            dev: None,
         };
         m.wait_live();
         m
@@ -168,6 +171,7 @@ impl Strata {
         while start.elapsed() < Duration::from_secs(15) {
             // fuse.stratafs, or fuse.stratafs-… with a test's own subtype=.
             if mount_type(&self.mnt).is_some_and(|t| t.starts_with("fuse.stratafs")) {
+                self.dev = mount_dev(&self.mnt);
                 return;
             }
             if let Some(c) = self.child.as_mut() {
@@ -204,7 +208,7 @@ impl Strata {
     pub fn unmount(mut self) -> Option<std::process::ExitStatus> {
         umount(&self.mnt);
         let mut c = self.child.take()?;
-        let st = wait_exit(&mut c);
+        let st = wait_exit(&mut c, self.dev.as_deref());
         if !st.is_some_and(|s| s.success()) {
             let mut err = String::new();
             if let Some(mut e) = c.stderr.take() {
@@ -217,20 +221,122 @@ impl Strata {
         }
         st
     }
+    /// The superblock's `MAJ:MIN`, as mountinfo lists it.
+    pub fn dev(&self) -> Option<&str> {
+        self.dev.as_deref()
+    }
+
+    /// Waits up to `d` for the daemon to exit; its status, or None if it still runs.
+    pub fn wait_exit_within(&mut self, d: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            if start.elapsed() >= d {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
-/// Waits up to 10 s for `c` to exit, then kills it.
-fn wait_exit(c: &mut Child) -> Option<std::process::ExitStatus> {
+/// The `MAJ:MIN` of the mount at `mnt` (the last one there) in our mount namespace.
+pub fn mount_dev(mnt: &Path) -> Option<String> {
+    let want = fs::canonicalize(mnt).ok()?;
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let point = f.get(4)?.replace("\\040", " ");
+        (Path::new(&point) == want).then(|| f.get(2).map(|s| s.to_string()))?
+    })
+}
+
+/// Processes of other mount namespaces (one per namespace) that hold a mount of the
+/// superblock `dev`, as "pid P (comm)": a process that ran `unshare -m` (or a container
+/// runtime before its pivot_root) while the mount existed has its own copy, which keeps the
+/// FUSE connection, and so the daemon, alive after our `umount`.
+pub fn namespaces_holding(dev: &str) -> Vec<String> {
+    let ours = fs::read_link("/proc/self/ns/mnt").ok();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(ns) = fs::read_link(e.path().join("ns/mnt")) else {
+            continue;
+        };
+        if Some(&ns) == ours.as_ref() || !seen.insert(ns.clone()) {
+            continue;
+        }
+        let info = fs::read_to_string(e.path().join("mountinfo")).unwrap_or_default();
+        if info.lines().any(|l| l.split(' ').nth(2) == Some(dev)) {
+            let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            out.push(format!("pid {pid} ({}) in {}", comm.trim(), ns.display()));
+        }
+    }
+    out
+}
+
+/// Each thread of `pid`: name, wait channel and kernel stack (root may read them).
+pub fn task_states(pid: u32) -> String {
+    let mut out = String::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let rd = |f: &str| fs::read_to_string(t.path().join(f)).unwrap_or_default();
+        out.push_str(&format!(
+            "  task {} ({}) wchan={}\n{}",
+            t.file_name().to_string_lossy(),
+            rd("comm").trim(),
+            rd("wchan"),
+            rd("stack")
+        ));
+    }
+    out
+}
+
+/// Waits up to 10 s for `c` to exit after the umount, then kills it. The session of a FUSE
+/// daemon ends when the last mount of its superblock goes, in every mount namespace: when
+/// another process's namespace still holds a copy of the mount (found 2 s in through the
+/// superblock's `dev`), the daemon is rightly still serving it, and it is asked to stop
+/// with SIGTERM instead (which must still end it with status 0).
+fn wait_exit(c: &mut Child, dev: Option<&str>) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
+    let mut asked = false;
     while start.elapsed() < Duration::from_secs(10) {
         if let Ok(Some(s)) = c.try_wait() {
             return Some(s);
         }
+        if !asked && start.elapsed() >= Duration::from_secs(2) {
+            asked = true;
+            let holders = dev.map(namespaces_holding).unwrap_or_default();
+            if !holders.is_empty() {
+                eprintln!(
+                    "stratafs (pid {}) still serving 2 s after the umount: other mount namespaces \
+                     hold its mount ({}); ending it with SIGTERM",
+                    c.id(),
+                    holders.join(", ")
+                );
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status();
+            }
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!(
-        "stratafs (pid {}) still running 10 s after the unmount: killed",
-        c.id()
+        "stratafs (pid {}) still running 10 s after the unmount: killed; its threads:\n{}",
+        c.id(),
+        task_states(c.id())
     );
     let _ = c.kill();
     c.wait().ok()
@@ -240,7 +346,7 @@ impl Drop for Strata {
     fn drop(&mut self) {
         umount(&self.mnt);
         if let Some(mut c) = self.child.take() {
-            wait_exit(&mut c);
+            wait_exit(&mut c, self.dev.as_deref());
         }
     }
 }
