@@ -257,8 +257,8 @@ pub const OPTIONS: &[OptionDoc] = &[
     ),
     doc(
         "clone_fd",
-        "clone_fd, max_idle_threads=N",
-        "libfuse thread tuning (fuse-overlayfs ignores them too): accepted and logged",
+        "clone_fd, max_idle_threads=N, max_read=N, nonempty",
+        "libfuse tuning and fuse2 leftovers (fuse-overlayfs ignores them too): accepted and logged",
     ),
     doc(
         "timeout",
@@ -757,7 +757,8 @@ impl Parser {
             | "users" | "owner" | "group" | "_netdev" | "nofail" | "defaults" | "context"
             | "fscontext" | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export"
             | "xino" | "redirect_dir" | "uuid" | "fast_ino" | "large_read" | "big_writes"
-            | "kernel_cache" | "auto_cache" | "noforget" | "clone_fd" | "max_idle_threads" => {
+            | "kernel_cache" | "auto_cache" | "noforget" | "clone_fd" | "max_idle_threads"
+            | "max_read" | "nonempty" => {
                 cfg.ignored.push(text(item));
             }
             k if k.starts_with("x-") || k == "comment" => cfg.ignored.push(text(item)),
@@ -1545,10 +1546,18 @@ mod tests {
         assert_eq!(cfg(&["-s", "-o", "lowerdir=/a", "/m"]).threads, Some(1));
         let c = cfg(&[
             "-o",
-            "lowerdir=/a,clone_fd,max_idle_threads=3,plugins=",
+            "lowerdir=/a,clone_fd,max_idle_threads=3,plugins=,max_read=65536,nonempty",
             "/m",
         ]);
-        assert_eq!(c.ignored, ["clone_fd", "max_idle_threads=3"]);
+        assert_eq!(
+            c.ignored,
+            [
+                "clone_fd",
+                "max_idle_threads=3",
+                "max_read=65536",
+                "nonempty"
+            ]
+        );
         assert!(err(&["-o", "lowerdir=/a,threaded=2", "/m"]).contains("threaded"));
         assert!(err(&["-o", "lowerdir=/a,plugins=/x.so", "/m"]).contains("plugins"));
     }
