@@ -251,6 +251,16 @@ pub const OPTIONS: &[OptionDoc] = &[
     ),
     doc("max_threads", "max_threads=N", "same as threads=N"),
     doc(
+        "threaded",
+        "threaded=0|1, -s",
+        "fuse-overlayfs: threaded=0 and -s serve with one thread; threaded=1 the default",
+    ),
+    doc(
+        "clone_fd",
+        "clone_fd, max_idle_threads=N, max_read=N, nonempty",
+        "libfuse tuning and fuse2 leftovers (fuse-overlayfs ignores them too): accepted and logged",
+    ),
+    doc(
         "timeout",
         "timeout=SECS",
         "kernel entry/attribute cache lifetime",
@@ -709,6 +719,15 @@ impl Parser {
                     })?;
                 cfg.threads = Some(n);
             }
+            // fuse-overlayfs's switch between libfuse's one-thread and multi-thread loops
+            // (its default is one thread; stratafs's default stays one thread per CPU).
+            "threaded" => match value {
+                Some(b"0") => cfg.threads = Some(1),
+                Some(b"1") => {}
+                _ => return Err(bad("option threaded= takes 0 or 1")),
+            },
+            // No plugins: what fuse-overlayfs does with an empty list too.
+            "plugins" if value.is_none_or(|v| v.is_empty()) => {}
             "timeout" => {
                 let v = text(&need(value)?);
                 let t: f64 = v
@@ -738,7 +757,8 @@ impl Parser {
             | "users" | "owner" | "group" | "_netdev" | "nofail" | "defaults" | "context"
             | "fscontext" | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export"
             | "xino" | "redirect_dir" | "uuid" | "fast_ino" | "large_read" | "big_writes"
-            | "kernel_cache" | "auto_cache" | "noforget" => {
+            | "kernel_cache" | "auto_cache" | "noforget" | "clone_fd" | "max_idle_threads"
+            | "max_read" | "nonempty" => {
                 cfg.ignored.push(text(item));
             }
             k if k.starts_with("x-") || k == "comment" => cfg.ignored.push(text(item)),
@@ -1102,6 +1122,8 @@ where
                 p.cfg.debug = true;
                 p.cfg.foreground = true;
             }
+            // libfuse's (and fuse-overlayfs's) single-threaded switch.
+            b"-s" => p.cfg.threads = Some(1),
             b"--" => only_positional = true,
             b"-o" => {
                 let v = it.next().ok_or_else(|| bad("option -o needs a value"))?;
@@ -1511,6 +1533,33 @@ mod tests {
         assert_eq!(c.log_file, Some(p("/tmp/l")));
         assert_eq!(cfg(&["-olowerdir=/a,threads=2", "/m"]).threads, Some(2));
         assert!(cfg(&["-d", "-o", "lowerdir=/a", "/m"]).foreground);
+    }
+
+    /// fuse-overlayfs's thread switches and the libfuse tuning its --help lists.
+    #[test]
+    fn fuse_overlayfs_thread_options() {
+        assert_eq!(
+            cfg(&["-o", "lowerdir=/a,threaded=0", "/m"]).threads,
+            Some(1)
+        );
+        assert_eq!(cfg(&["-o", "lowerdir=/a,threaded=1", "/m"]).threads, None);
+        assert_eq!(cfg(&["-s", "-o", "lowerdir=/a", "/m"]).threads, Some(1));
+        let c = cfg(&[
+            "-o",
+            "lowerdir=/a,clone_fd,max_idle_threads=3,plugins=,max_read=65536,nonempty",
+            "/m",
+        ]);
+        assert_eq!(
+            c.ignored,
+            [
+                "clone_fd",
+                "max_idle_threads=3",
+                "max_read=65536",
+                "nonempty"
+            ]
+        );
+        assert!(err(&["-o", "lowerdir=/a,threaded=2", "/m"]).contains("threaded"));
+        assert!(err(&["-o", "lowerdir=/a,plugins=/x.so", "/m"]).contains("plugins"));
     }
 
     #[test]
