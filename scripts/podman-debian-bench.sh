@@ -52,7 +52,7 @@ bench_once() { # DRIVER RUN
 }
 
 section "Benchmark: podman workloads, rootful, $runs runs, drivers ${bench_drivers[*]}"
-say "packages: $PD_APT_BIG; mount programs: stratafs $bin, fuse-overlayfs $(/usr/bin/fuse-overlayfs --version 2>&1 | head -n 1)"
+say "packages: $PD_APT_BIG; mount programs: stratafs $bin, fuse-overlayfs $(/usr/bin/fuse-overlayfs --version 2>&1 | grep -m1 "^fuse-overlayfs:")"
 pd_write_build_context "$scratch/bench-build" localhost/pd-apt git
 # The .debs, once, outside the timing (native driver; the storage is thrown away).
 pd_set_podman rootful native "$scratch/b0-fill"
