@@ -142,3 +142,56 @@ remove_scratch() {
   done </proc/mounts
   rm -rf --one-file-system "$dir"
 }
+
+# ---- The Debian mirror apt uses (for debootstrap and for apt inside test images) ----
+# debian_codename: the host's release codename (VERSION_CODENAME of /etc/os-release), or bookworm.
+debian_codename() {
+  local c=
+  [ -r /etc/os-release ] && c=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")
+  printf '%s\n' "${c:-bookworm}"
+}
+
+# apt_debian_sources [CODENAME]: the host's enabled `deb` entries for CODENAME and its -updates
+# and -security suites, one "URI SUITE COMPONENT..." line each, read from
+# /etc/apt/sources.list, /etc/apt/sources.list.d/*.list and deb822 *.sources files (files
+# with other suffixes, e.g. *.disabled, are not read by apt either). Options in [...] and
+# Signed-By are dropped: a Debian image trusts the Debian archive keys itself.
+apt_debian_sources() {
+  local codename=${1:-$(debian_codename)} f
+  {
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [ -r "$f" ] || continue
+      sed -e 's/#.*//' -e 's/\[[^]]*\]//g' "$f" | awk '$1 == "deb" && NF >= 4 { $1 = ""; sub(/^ /, ""); print }'
+    done
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -r "$f" ] || continue
+      # One stanza per blank-line-separated paragraph; print "URI SUITE COMPONENTS" for each
+      # URI x suite of an enabled stanza whose Types include deb.
+      awk 'function flush(   i, j, nu, ns, u, s) {
+             if (types ~ /(^| )deb( |$)/ && tolower(enabled) != "no") {
+               nu = split(uris, u, " "); ns = split(suites, s, " ")
+               for (i = 1; i <= nu; i++) for (j = 1; j <= ns; j++) print u[i], s[j], comps
+             }
+             types = uris = suites = comps = ""; enabled = "yes"
+           }
+           BEGIN { enabled = "yes" }
+           /^[ \t]*#/ { next }
+           /^[ \t]*$/ { flush(); next }
+           { line = $0; key = tolower(line); sub(/:.*/, "", key); val = line; sub(/^[^:]*:[ \t]*/, "", val)
+             if (key == "types") types = val; else if (key == "uris") uris = val
+             else if (key == "suites") suites = val; else if (key == "components") comps = val
+             else if (key == "enabled") enabled = val }
+           END { flush() }' "$f"
+    done
+  } | awk -v c="$codename" '$2 == c || $2 == c "-updates" || $2 == c "-security" || $2 == c "/updates"' |
+    awk '!seen[$0]++'
+}
+
+# apt_debian_mirror [CODENAME]: the URI of the host's entry for CODENAME itself (what
+# debootstrap needs); fails if apt has none.
+apt_debian_mirror() {
+  local codename=${1:-$(debian_codename)} uri
+  uri=$(apt_debian_sources "$codename" | awk -v c="$codename" '$2 == c { print $1; exit }')
+  [ -n "$uri" ] || return 1
+  printf '%s\n' "${uri%/}"
+}

@@ -9,6 +9,10 @@
 #   STRATAFS_PJDFSTEST=1   same as --pjdfstest          STRATAFS_FSX=1   same as --fsx
 #   STRATAFS_PODMAN=0      skip the podman stage (scripts/podman.sh: rootful and rootless
 #                          podman with stratafs as mount_program; on by default)
+#   STRATAFS_PODMAN_DEBIAN=0  skip the real-client stage (scripts/podman-debian.sh: apt-get,
+#                          a 12-step podman build, --user, rootful and rootless, on a Debian
+#                          image, compared with podman's native overlay; on by default;
+#                          STRATAFS_PODMAN_DEBIAN_TIMEOUT seconds, default 900)
 #   STRATAFS_TEST_TIMEOUT  seconds allowed to `cargo test` (default 1200)
 #   STRATAFS_CRASH_LOOPS   SIGKILL rounds of tests/crash_loop.rs (default 10; --crash-loops=50
 #                          for the full run); STRATAFS_CRASH_SEED repeats a run
@@ -20,7 +24,7 @@
 #
 # Exit status: 0 only if every test that ran passed and no stratafs mount was left behind.
 # The last line is "summary: N passed, N failed, N skipped", counting cargo's tests plus one
-# entry per extra stage (pjdfstest, fsx, podman, the left-over-mount check).
+# entry per extra stage (pjdfstest, fsx, podman, podman-deb, the left-over-mount check).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,6 +37,7 @@ cd "$repo"
 run_pjdfstest_stage=${STRATAFS_PJDFSTEST:-1}
 run_fsx_stage=${STRATAFS_FSX:-1}
 run_podman_stage=${STRATAFS_PODMAN:-1}
+run_podman_debian_stage=${STRATAFS_PODMAN_DEBIAN:-1}
 PJDFSTEST_VERSION=0.2.2 # the version ../shared/testdata/pjdfstest-overlay.toml was calibrated with
 FSX_VERSION=0.2.0
 
@@ -42,7 +47,7 @@ for arg in "$@"; do
     --fsx) run_fsx_stage=1 ;;
     --all) run_pjdfstest_stage=1 run_fsx_stage=1 ;;
     --crash-loops=*) export STRATAFS_CRASH_LOOPS="${arg#*=}" ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $arg (try --help)" ;;
   esac
 done
@@ -54,9 +59,10 @@ section "Dependencies"
 # pkg-config: linking Rust binaries; fuse-overlayfs, unionfs-fuse, squashfs-tools: the
 # comparison and differential tests of later stages; podman buildah runc uidmap catatonit
 # busybox-static: the podman stage and tests/rootless.rs (newuidmap, a static image);
-# e2fsprogs: the full-ext4-upper test.
+# debootstrap, python3-minimal: the Debian image and the export comparison of the
+# podman-deb stage; e2fsprogs: the full-ext4-upper test.
 ensure_packages fuse3 attr acl gcc libc6-dev pkg-config fuse-overlayfs unionfs-fuse squashfs-tools squashfuse \
-  podman buildah runc uidmap catatonit busybox-static e2fsprogs
+  podman buildah runc uidmap catatonit busybox-static debootstrap python3-minimal e2fsprogs
 require_cargo
 ensure_fuse_device
 cargo --version
@@ -247,6 +253,36 @@ if [ "$run_podman_stage" = 1 ]; then
 else
   say "off (STRATAFS_PODMAN=0)"
   stage_result podman skip "switched off by STRATAFS_PODMAN=0"
+fi
+
+# ---- podman on a real Debian image against the native overlay driver (scripts/podman-debian.sh),
+# STRATAFS_PODMAN_DEBIAN=0 skips ----
+run_podman_debian() {
+  local log="$logs/podman-debian.log" rc t0 summary
+  t0=$(date +%s)
+  set +e
+  STRATAFS_BIN="$bin" timeout --kill-after=30 "${STRATAFS_PODMAN_DEBIAN_TIMEOUT:-900}" \
+    "$repo/scripts/podman-debian.sh" >"$log" 2>&1
+  rc=$?
+  set -e
+  # The failures with the differences under them, and the notes (the tarball, /dev/fuse).
+  grep -E -A12 '^(FAIL|SKIP): ' "$log" | grep -E '^(FAIL|SKIP|    )' || true
+  grep -E '^(NOTE: |ok: Debian minbase tarball)' "$log" || true
+  summary=$(grep '^podman-debian: ' "$log" | tail -n 1 || true)
+  case "$rc" in
+    0) stage_result podman-deb pass "$summary, rootful and rootless, stratafs against native overlay in $(($(date +%s) - t0)) s" ;;
+    77) stage_result podman-deb skip "$(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
+    124 | 137) stage_result podman-deb fail "stopped after ${STRATAFS_PODMAN_DEBIAN_TIMEOUT:-900} s, ${summary:-no summary} (full log: $log)" ;;
+    *) stage_result podman-deb fail "exit status $rc, ${summary:-no summary} in $(($(date +%s) - t0)) s (full log: $log)" ;;
+  esac
+}
+
+section "podman on Debian"
+if [ "$run_podman_debian_stage" = 1 ]; then
+  run_podman_debian
+else
+  say "off (STRATAFS_PODMAN_DEBIAN=0)"
+  stage_result podman-deb skip "switched off by STRATAFS_PODMAN_DEBIAN=0"
 fi
 
 section "Left-over mounts after the tests"
