@@ -39,8 +39,13 @@ pub struct IdMap {
 
 impl IdMap {
     /// Parses `D:S:N[:D:S:N…]`.
+    ///
+    /// A leading `:` is allowed: podman 4.3 passes `uidmapping=:0:200000:65536` for
+    /// `--uidmap` (its list of ranges joined with a `:` in front), and fuse-overlayfs 1.10
+    /// reads it as `0:200000:65536`.
     pub fn parse(s: &str) -> std::result::Result<IdMap, String> {
-        let nums: Vec<u32> = s
+        let body = s.strip_prefix(':').unwrap_or(s);
+        let nums: Vec<u32> = body
             .split(':')
             .map(|x| {
                 x.trim()
@@ -180,6 +185,16 @@ mod tests {
         assert!(IdMap::parse("0:x:1").is_err());
         assert!(IdMap::parse("0:1000:0").is_err());
         assert!(IdMap::parse("4294967295:0:2").is_err());
+        assert!(IdMap::parse("::0:1:1").is_err());
+    }
+
+    /// podman 4.3's `--uidmap` form, with a `:` in front.
+    #[test]
+    fn a_leading_colon_is_podmans_form() {
+        assert_eq!(
+            IdMap::parse(":0:200000:65536").unwrap(),
+            IdMap::parse("0:200000:65536").unwrap()
+        );
     }
 
     #[test]

@@ -352,6 +352,13 @@ fn overlapping_ranges_match_fuse_overlayfs() {
     same_as_fuse_overlayfs("uidmapping=0:1000:10:5:2000:10,gidmapping=0:1000:10:5:2000:10");
 }
 
+/// The form podman 4.3 passes to a mount program for `--uidmap` (a `:` in front of the
+/// ranges); stratafs refused it before ("\"\" is not an id").
+#[test]
+fn podmans_leading_colon_matches_fuse_overlayfs() {
+    same_as_fuse_overlayfs("uidmapping=:0:200000:65536,gidmapping=:0:200000:65536");
+}
+
 #[test]
 fn uid_only_mapping_matches_fuse_overlayfs() {
     // fuse-overlayfs's own test-readonly.sh: a 0:0 file shows as uid 1000.
