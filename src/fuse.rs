@@ -132,8 +132,12 @@ impl FuseAdapter {
     ///   (UnionFs::readdir), and cookie offsets (readdir.rs) let a stream go on in a later
     ///   listing, in the cache or from the daemon, without skipping or repeating a name;
     /// - a READDIRPLUS reply never leaves out a name that exists (see `readdirplus`).
+    ///
+    /// Not with `strictatime`: every listing must reach the branch, where it updates the
+    /// directory's atime (as `served_flags` does for file reads).
     fn dir_flags(&self) -> FopenFlags {
-        if self.ttl == DEFAULT_TTL {
+        let strict = self.fs.layers.atime.atime == crate::atime::Atime::Strict;
+        if self.ttl == DEFAULT_TTL && !strict {
             FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
         } else {
             FopenFlags::empty()
