@@ -77,7 +77,12 @@ pub fn prepare_staging(workdir: BorrowedFd<'_>) -> Result<OwnedFd> {
     sys::open_dir_path(workdir, c"work").map_err(|e| Error::io(e, "workdir: opening work/"))
 }
 
-/// Copies every xattr but the overlay-private ones from `src` to `dst`.
+/// File capabilities. A chown(2) removes them (the VFS's `cap_inode_killpriv`, whoever
+/// calls), while the kernel overlayfs sets the copy's owner without that: so they are
+/// copied after the owner (`copy_caps`), not with the other xattrs.
+const CAPS: &[u8] = b"security.capability";
+
+/// Copies every xattr but the overlay-private ones and [`CAPS`] from `src` to `dst`.
 pub fn copy_xattrs(
     src: BorrowedFd<'_>,
     sname: &CStr,
@@ -89,7 +94,7 @@ pub fn copy_xattrs(
         Err(_) => return Ok(()),
     };
     for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if whiteout::is_private_xattr(name) {
+        if whiteout::is_private_xattr(name) || name == CAPS {
             continue;
         }
         let Ok(cname) = CString::new(name) else {
@@ -110,6 +115,26 @@ pub fn copy_xattrs(
                     String::from_utf8_lossy(name)
                 ),
             }
+        }
+    }
+    Ok(())
+}
+
+/// Copies `src`'s file capabilities to `dst`, after its owner is set (see [`CAPS`]).
+pub fn copy_caps(
+    src: BorrowedFd<'_>,
+    sname: &CStr,
+    dst: BorrowedFd<'_>,
+    dname: &CStr,
+) -> Result<()> {
+    let caps = c"security.capability";
+    if let Ok(Some(value)) = xattr::get(src, sname, caps) {
+        match xattr::set(dst, dname, caps, &value, 0) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
+                return Err(Error::io(e, "copy-up capabilities"))
+            }
+            Err(e) => log::debug!("copy-up: security.capability not copied: {e}"),
         }
     }
     Ok(())
@@ -442,7 +467,8 @@ impl UnionFs {
             }
             (None, None) => {}
         }
-        copy_meta(dir, name, &meta)
+        copy_meta(dir, name, &meta)?;
+        copy_caps(src.dir.as_fd(), &src.name, dir, name)
     }
 
     /// Copy-up of a node whose name is gone: to an anonymous file in the workdir (an

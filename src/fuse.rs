@@ -61,6 +61,10 @@ pub struct FuseAdapter {
     /// Directory streams for which the kernel asked READDIRPLUS from a name node's entry
     /// (see `readdirplus`): ending replies before those entries no longer helps there.
     plus_at_name: DashMap<u64, ()>,
+    /// Directories the kernel may hold a cached listing of: listed (READDIR or READDIRPLUS
+    /// answered) since their cached listing was last dropped. Only these need the drop
+    /// when their names change (see `names_changed`).
+    listed: DashMap<u64, ()>,
     /// Opens of one inode (striped by number) take their handle and decide between
     /// passthrough and daemon-served I/O one at a time: the kernel refuses (EIO) an open
     /// whose I/O mode differs from another open handle's, and without this a read-only open
@@ -82,6 +86,7 @@ impl FuseAdapter {
             backings: Mutex::new(HashMap::new()),
             handle_backing: DashMap::new(),
             plus_at_name: DashMap::new(),
+            listed: DashMap::new(),
             open_locks: (0..64).map(|_| Mutex::new(())).collect(),
             stats: Stats::default(),
             notifier: Arc::new(OnceLock::new()),
@@ -143,15 +148,26 @@ impl FuseAdapter {
     /// After a request that changed (or tried to change) names in the directories `dirs`,
     /// before it is answered: open streams' listings are out of date, and the kernel's
     /// cached listings of `dirs` are dropped.
+    ///
+    /// Only where the kernel may hold one: a directory listed since its last drop (see
+    /// `listed`). The kernel fills its cached listing only from READDIR/READDIRPLUS replies,
+    /// and it holds the directory locked shared while it reads one and exclusive while it
+    /// creates, removes or renames a name in it, so a listing cannot be filled between this
+    /// check and the change. The drop (notify inval_inode) also throws away the
+    /// directory's cached attributes, mode included, so skipping it where nothing is cached
+    /// spares the GETATTR the kernel's next permission check of the directory would make
+    /// (one per created file in an untar; the kernel itself invalidates only the times and
+    /// size of a directory it changed).
     fn names_changed(&self, dirs: &[INodeNo]) {
         self.fs.names_changed();
         let Some(n) = self.notifier.get() else {
             return;
         };
         for (i, d) in dirs.iter().enumerate() {
-            if dirs[..i].contains(d) {
+            if dirs[..i].contains(d) || self.listed.remove(&d.0).is_none() {
                 continue;
             }
+            self.stats.count(Op::NotifyInvalListing);
             if let Err(e) = n.inval_inode(*d, 0, 0) {
                 debug!("inval_inode {:#x}: {e}", d.0);
             }
@@ -508,6 +524,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         self.stats.count(Op::Readdir);
+        self.listed.insert(ino.0, ());
         let listing = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdir", e)),
@@ -530,6 +547,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.stats.count(Op::Readdirplus);
+        self.listed.insert(ino.0, ());
         let listing = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),

@@ -15,7 +15,9 @@ pub const STATS_XATTR: &str = "user.stratafs.stats";
 
 /// The request kinds counted: every request the adapter handles, plus `getxattr` of
 /// `security.capability` on its own (the kernel's kill-suid check asks for it on writes and
-/// setattr; it is counted in `getxattr` too).
+/// setattr; it is counted in `getxattr` too), and one kind of message the daemon sends: the
+/// drops of a directory's cached listing (notify inval_inode from `names_changed` in
+/// fuse.rs; not a request, not in `total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Init,
@@ -53,10 +55,11 @@ pub enum Op {
     Removexattr,
     Fallocate,
     CopyFileRange,
+    NotifyInvalListing,
 }
 
 impl Op {
-    pub const ALL: [Op; 35] = [
+    pub const ALL: [Op; 36] = [
         Op::Init,
         Op::Lookup,
         Op::Forget,
@@ -92,6 +95,7 @@ impl Op {
         Op::Removexattr,
         Op::Fallocate,
         Op::CopyFileRange,
+        Op::NotifyInvalListing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +135,7 @@ impl Op {
             Op::Removexattr => "removexattr",
             Op::Fallocate => "fallocate",
             Op::CopyFileRange => "copy_file_range",
+            Op::NotifyInvalListing => "notify_inval_listing",
         }
     }
 }
@@ -166,13 +171,14 @@ impl Stats {
 
     /// One `name count` line per kind (every kind, so the text has the same length from
     /// one read to the next: a size query followed by a read cannot get ERANGE), then
-    /// `total` (the sum, not counting the capability line twice).
+    /// `total` (the sum of the requests: not counting the capability line twice, nor the
+    /// notifications).
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut total = 0;
         for op in Op::ALL {
             let n = self.get(op);
-            if op != Op::GetxattrCapability {
+            if op != Op::GetxattrCapability && op != Op::NotifyInvalListing {
                 total += n;
             }
             out.push_str(&format!("{:<28} {:>16}\n", op.name(), n));

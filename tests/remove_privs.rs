@@ -1,7 +1,10 @@
 //! Setuid and setgid bits dropped by changes, stratafs against the kernel overlayfs on the
 //! same layers: write, truncate (ftruncate and `open(O_TRUNC)`), fallocate, chown by the
 //! owner, `setfacl -m u::rwx,g::rwx,o::rx` (xfstests generic/375) and a write through a
-//! shared mapping (which drops nothing), on files of mode
+//! shared mapping (which drops nothing), and a write through a handle opened before
+//! the bits were set (chmod while open: the kernel drops them at the write; a daemon that
+//! took over the killing, FUSE_HANDLE_KILLPRIV(_V2), would not see a passthrough write), on
+//! files of mode
 //! 04755, 02755, 02766, 02777, 06777 and 0755 owned by nobody with group 0 (nobody is
 //! outside it) and group nobody, each done by nobody (uid/gid 65534, no supplementary
 //! groups: no CAP_FSETID) and by root (CAP_FSETID keeps what the kernel keeps).
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use common::{copy_tree, Kernel, Scratch, Stack, Strata};
 
 const MODES: &str = "4755 2755 2766 2777 6777 0755";
-const OPS: &str = "write trunc otrunc falloc chown acl mmap";
+const OPS: &str = "write trunc otrunc falloc chown acl mmap late";
 
 /// `$1`: the lower directory to fill.
 const MAKE_LOWER: &str = r#"set -e
@@ -35,6 +38,8 @@ L=$1
 for who in nobody root; do for op in OPS; do for m in MODES; do for g in 0 65534; do
   f=$L/$who-$op-$m-g$g; echo data > $f; chown 65534:$g $f; chmod $m $f
 done; done; done; done
+# Opened for write before the mode is set (see RUN_OPS).
+chmod 0666 $L/*-late-*
 # Programs of root's that nobody may write: after a write, running one must not give
 # root's uid or gid any more.
 for m in 4777 2777; do cp /usr/bin/id $L/exec-$m; chown 0:0 $L/exec-$m; chmod $m $L/exec-$m; done
@@ -43,6 +48,7 @@ for m in 4777 2777; do cp /usr/bin/id $L/exec-$m; chown 0:0 $L/exec-$m; chmod $m
 /// `$1`: the mount. Each operation on its own file; then `name mode uid:gid size` of all.
 const RUN_OPS: &str = r#"M=$1
 MMAP="import mmap,os,sys; fd=os.open(sys.argv[1],os.O_RDWR); m=mmap.mmap(fd,4,mmap.MAP_SHARED); m[0:1]=b'X'; m.flush()"
+LATE="import os,sys; fd=os.open(sys.argv[1],os.O_WRONLY|os.O_APPEND); os.write(fd,b'a'); os.chmod(sys.argv[1],int(sys.argv[2],8)); os.write(fd,b'b'); os.close(fd)"
 run() { who=$1; shift
   if [ $who = nobody ]; then setpriv --reuid=65534 --regid=65534 --clear-groups -- sh -c "$*"
   else sh -c "$*"; fi 2>/dev/null || echo "failed: $*"; }
@@ -55,6 +61,7 @@ for who in nobody root; do for m in MODES; do for g in 0 65534; do
   run $who "chown 65534:65534 $M/$who-chown-$s"
   run $who "setfacl -m u::rwx,g::rwx,o::rx $M/$who-acl-$s"
   MMAP_OP
+  run $who "/usr/bin/python3 -c \"$LATE\" $M/$who-late-$s $m"
 done; done; done
 for f in exec-4777 exec-2777; do
   printf '%s: ' $f-ids
@@ -139,6 +146,8 @@ fn compare(kernel: &str, ours: &str) {
         ("nobody-acl-2755-g65534", "2775"),
         ("nobody-mmap-4755-g0", "4755"),
         ("nobody-mmap-2755-g0", "2755"),
+        ("nobody-late-4755-g65534", "755"),
+        ("nobody-late-6777-g65534", "777"),
     ] {
         let line = o
             .iter()

@@ -68,7 +68,12 @@ fn counters_count_requests_by_kind() {
     assert_eq!(c.get("release"), Some(&10));
     let sum: u64 = c
         .iter()
-        .filter(|(k, _)| *k != "total" && *k != "getxattr_security.capability")
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "total" | "getxattr_security.capability" | "notify_inval_listing"
+            )
+        })
         .map(|(_, v)| v)
         .sum();
     assert_eq!(c.get("total"), Some(&sum));
@@ -276,4 +281,42 @@ fn closing_files_sends_no_flush() {
     assert_eq!(c["flush"], 0, "{c:?}");
     assert!(c["release"] >= 22, "{c:?}");
     assert_eq!(fs::read(u.join("low")).unwrap(), b"lower\nappended\n");
+}
+
+/// A change of names drops the kernel's cached listing of the directory (a notification,
+/// which also drops the directory's cached attributes) only where the kernel may have one:
+/// the directory was listed since the last drop. Creating files in a directory nobody
+/// lists (an untar) sends none; on main it sent one per created entry.
+#[test]
+fn only_a_listed_directory_has_its_cached_listing_dropped() {
+    let s = Scratch::new("req-inval");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::create_dir(l.join("d")).unwrap();
+    fs::write(l.join("d/low"), b"lower\n").unwrap();
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    let d = m.join("d");
+    let drops = |m: &Path| stats(m).get("notify_inval_listing").copied();
+    reset(&m);
+    for i in 0..10 {
+        fs::write(d.join(format!("f{i}")), b"x").unwrap();
+    }
+    fs::create_dir(d.join("sub")).unwrap();
+    fs::remove_file(d.join("f0")).unwrap();
+    assert_eq!(drops(&m), Some(0), "no listing, no drop");
+    assert_eq!(names(&d).len(), 11);
+    fs::write(d.join("after"), b"x").unwrap();
+    assert_eq!(drops(&m), Some(1), "listed: the next change drops it");
+    fs::write(d.join("after2"), b"x").unwrap();
+    fs::rename(d.join("after2"), d.join("after3")).unwrap();
+    assert_eq!(drops(&m), Some(1), "not listed again since");
+    // And what the kernel lists is right throughout.
+    let mut want: Vec<String> = (1..10).map(|i| format!("f{i}")).collect();
+    want.extend(["after", "after3", "low", "sub"].map(String::from));
+    want.sort();
+    let mut got = names(&d);
+    got.sort();
+    assert_eq!(got, want);
+    fs::remove_file(d.join("after")).unwrap();
+    assert_eq!(drops(&m), Some(2));
+    assert!(!names(&d).contains(&"after".to_string()));
 }
