@@ -217,14 +217,23 @@ run_driver() {
     fail "$label: podman run --user 65534:65534 of the committed image"; tail_of "$out"
   fi
   if [ "$mode" = rootful ]; then
-    # With --uidmap the container's 0 is the host's 200000: the image must still show its
-    # files as the container's root, and a file root makes must be root's.
+    # With --uidmap the container's 0 is the host's 200000. A file the container's root makes
+    # must be root's with every driver. The image's own files: the native driver shows them
+    # as the container's root; podman 4.3 hands a mount program a copy of the layers already
+    # shifted to 200000 *and* `uidmapping=:0:200000:65536` (on-disk 0 shown as 200000), so
+    # the shifted owners are outside the mapping and show as the overflow id 65534 inside.
+    # fuse-overlayfs 1.10 shows exactly that too (this stage run with
+    # STRATAFS_BIN=/usr/bin/fuse-overlayfs printed the same owners), and uidmapping= means
+    # what it means there: so for a mount program the owners are checked against that.
+    if [ "$driver" = native ]; then want="0:0 0:0 0:0 0:0 "; else want="65534:65534 65534:65534 0:0 65534:65534 "; fi
     if "${pm[@]}" run --rm --uidmap 0:200000:65536 --gidmap 0:200000:65536 --network none "${PD_RUNARGS[@]}" localhost/pd-apt \
       sh -c 'touch /tmp/new && stat -c %u:%g /etc/passwd /usr/bin/jq /tmp/new /root' >"$out" 2>"$out.err" &&
-      [ "$(tr '\n' ' ' <"$out")" = "0:0 0:0 0:0 0:0 " ]; then
-      ok "$label: run --uidmap 0:200000:65536: image files and a new file owned by the container's root"
+      [ "$(tr '\n' ' ' <"$out")" = "$want" ]; then
+      ok "$label: run --uidmap 0:200000:65536: owners of /etc/passwd /usr/bin/jq /tmp/new /root are $want(a new file is root's)"
+      [ "$driver" = native ] ||
+        say "NOTE: $label: with --uidmap the image's files show as 65534 inside, as with fuse-overlayfs 1.10 (podman 4.3 passes a pre-shifted copy and a mapping); the native driver shows 0:0"
     else
-      fail "$label: run --uidmap 0:200000:65536: owners of /etc/passwd /usr/bin/jq /tmp/new /root: $(tr '\n' ' ' <"$out") (want 0:0 each)"
+      fail "$label: run --uidmap 0:200000:65536: owners of /etc/passwd /usr/bin/jq /tmp/new /root: $(tr '\n' ' ' <"$out") (want $want)"
       tail_of "$out.err" 3
     fi
   fi
