@@ -9,6 +9,8 @@
 #   STRATAFS_PJDFSTEST=1   same as --pjdfstest          STRATAFS_FSX=1   same as --fsx
 #   STRATAFS_PODMAN=0      skip the podman stage (scripts/podman.sh: rootful and rootless
 #                          podman with stratafs as mount_program; on by default)
+#   STRATAFS_GLUSTER=0     skip the GlusterFS stage (scripts/gluster.sh: layers on a one-brick
+#                          GlusterFS volume in a private network namespace; on by default)
 #   STRATAFS_TEST_TIMEOUT  seconds allowed to `cargo test` (default 1200)
 #   STRATAFS_CRASH_LOOPS   SIGKILL rounds of tests/crash_loop.rs (default 10; --crash-loops=50
 #                          for the full run); STRATAFS_CRASH_SEED repeats a run
@@ -20,7 +22,7 @@
 #
 # Exit status: 0 only if every test that ran passed and no stratafs mount was left behind.
 # The last line is "summary: N passed, N failed, N skipped", counting cargo's tests plus one
-# entry per extra stage (pjdfstest, fsx, podman, the left-over-mount check).
+# entry per extra stage (pjdfstest, fsx, podman, gluster, the left-over-mount check).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,6 +35,7 @@ cd "$repo"
 run_pjdfstest_stage=${STRATAFS_PJDFSTEST:-1}
 run_fsx_stage=${STRATAFS_FSX:-1}
 run_podman_stage=${STRATAFS_PODMAN:-1}
+run_gluster_stage=${STRATAFS_GLUSTER:-1}
 PJDFSTEST_VERSION=0.2.2 # the version ../shared/testdata/pjdfstest-overlay.toml was calibrated with
 FSX_VERSION=0.2.0
 
@@ -42,7 +45,7 @@ for arg in "$@"; do
     --fsx) run_fsx_stage=1 ;;
     --all) run_pjdfstest_stage=1 run_fsx_stage=1 ;;
     --crash-loops=*) export STRATAFS_CRASH_LOOPS="${arg#*=}" ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $arg (try --help)" ;;
   esac
 done
@@ -247,6 +250,34 @@ if [ "$run_podman_stage" = 1 ]; then
 else
   say "off (STRATAFS_PODMAN=0)"
   stage_result podman skip "switched off by STRATAFS_PODMAN=0"
+fi
+
+# ---- Layers on GlusterFS (scripts/gluster.sh), STRATAFS_GLUSTER=0 skips ----
+run_gluster() {
+  local log="$logs/gluster.log" rc t0 summary
+  t0=$(date +%s)
+  set +e
+  STRATAFS_BIN="$bin" timeout --kill-after=30 240 "$repo/scripts/gluster.sh" >"$log" 2>&1
+  rc=$?
+  set -e
+  grep -E '^(FAIL|SKIP|time): ' "$log" || true
+  summary=$(grep '^gluster: ' "$log" | tail -n 1 || true)
+  case "$rc" in
+    0) stage_result gluster pass "$summary (layers, merged view, writes, two mounts, brick faults) in $(($(date +%s) - t0)) s" ;;
+    77) stage_result gluster skip "$(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
+    *)
+      tail -n 40 "$log"
+      stage_result gluster fail "exit status $rc, ${summary:-no summary} (full log: $log)"
+      ;;
+  esac
+}
+
+section "GlusterFS"
+if [ "$run_gluster_stage" = 1 ]; then
+  run_gluster
+else
+  say "off (STRATAFS_GLUSTER=0)"
+  stage_result gluster skip "switched off by STRATAFS_GLUSTER=0"
 fi
 
 section "Left-over mounts after the tests"
