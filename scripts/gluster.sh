@@ -23,7 +23,8 @@
 #
 # Environment: STRATAFS_BIN=PATH  the binary to test (default target/release/stratafs);
 # STRATAFS_GLUSTER_STEPS="view writes two fault"  which parts run after the layers (all);
-# STRATAFS_GLUSTER_FAULT_OPTS=OPTS  extra stratafs options for the fault part.
+# STRATAFS_GLUSTER_FAULT_OPTS=OPTS  extra stratafs options for the fault part (default
+# threads=8; set it empty to see the default thread count stall on a frozen brick).
 #
 # Output: one "ok: ..." or "FAIL: ..." line per check, "time: ..." lines, a last
 # "gluster: N passed, N failed" line. Exit status 0 when everything passed, 1 on any failure,
@@ -51,7 +52,7 @@ outer() {
     case "$arg" in
       --keep) keep=1 ;;
       --no-fault) fault=0 ;;
-      -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown argument: $arg (try --help)" ;;
     esac
   done
@@ -514,7 +515,11 @@ EOF
 fault() {
   local glowers=$1 bpid t0 rc out walker i took first_fail="" n_ok=0 hung=0
   mkdir -p "$S/f"/{u,w}
-  sfs_mount "lowerdir=$glowers,upperdir=$S/f/u,workdir=$S/f/w${STRATAFS_GLUSTER_FAULT_OPTS:+,$STRATAFS_GLUSTER_FAULT_OPTS}" "$S/f/m" ||
+  # threads=8: every request waiting for a stalled lower holds one daemon thread; with the
+  # default (one per CPU) two of them on a 2-CPU machine leave none for the upper, whose
+  # reads then wait for the ping-timeout too (README, "Layers on GlusterFS").
+  local fopts=${STRATAFS_GLUSTER_FAULT_OPTS-threads=8}
+  sfs_mount "lowerdir=$glowers,upperdir=$S/f/u,workdir=$S/f/w${fopts:+,$fopts}" "$S/f/m" ||
     { fail "mount for the fault test"; return; }
   snapshot "$S/f/m" >"$S/fault.before"
   echo 'in the upper' >"$S/f/m/upper-file"
