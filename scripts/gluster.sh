@@ -45,7 +45,7 @@ BOUND=$((PING + 12))
 # ======================================================================================
 # Outer part: set-up, the namespace, clean-up.
 # ======================================================================================
-keep=0 fault=1
+keep=0 fault=1 body=
 outer() {
   local arg
   for arg in "$@"; do
@@ -74,7 +74,13 @@ outer() {
   chmod 0755 "$scratch"
   ns=sfs-gfs-$$
   cleanup() {
-    local rc=$?
+    local rc=$? i
+    # Interrupted: ending unshare's first process kills the whole pid namespace (SIGKILL
+    # through --kill-child); wait until it is gone before removing anything.
+    if [ -n "$body" ] && kill -0 "$body" 2>/dev/null; then
+      kill -KILL "$body" 2>/dev/null # unshare ignores TERM while it waits
+      for ((i = 0; i < 50; i++)); do kill -0 "$body" 2>/dev/null || break; sleep 0.1; done
+    fi
     # Every process of the test lived in its own pid namespace (glusterd, the brick, the
     # glusterfs clients, stratafs): it ended with the namespace's first process, and the
     # mounts with the mount namespace.
@@ -95,8 +101,12 @@ outer() {
   # The body runs as process 1 of a pid namespace of its own: it reaps the daemons GlusterFS
   # forks off (a killed brick must not linger as a zombie that glusterd takes for a running
   # brick), and everything started in it dies with it (--kill-child: also on a timeout).
+  # In the background, so that a signal to this script runs the trap at once (bash runs traps
+  # only between commands); the trap ends the body through --kill-child.
   ip netns exec "$ns" unshare --pid --fork --kill-child --mount-proc env STRATAFS_GLUSTER_INNER=1 SCRATCH="$scratch" BIN="$bin" FAULT="$fault" \
-    bash "$repo/scripts/gluster.sh"
+    bash "$repo/scripts/gluster.sh" &
+  body=$!
+  wait "$body"
 }
 
 # ======================================================================================
