@@ -21,7 +21,8 @@
 # is killed during a walk (requests fail within a bound, the upper still serves, and the
 # mount works again after `gluster volume start gv0 force`).
 #
-# Environment: STRATAFS_BIN=PATH  the binary to test (default target/release/stratafs);
+# Environment: STRATAFS_BIN=PATH  the binary to test (default target/release/stratafs; any
+# FUSE mount program taking -f -o lowerdir=,upperdir=,workdir=, e.g. fuse-overlayfs);
 # STRATAFS_GLUSTER_STEPS="view writes two fault"  which parts run after the layers (all);
 # STRATAFS_GLUSTER_FAULT_OPTS=OPTS  extra stratafs options for the fault part (default
 # threads=8; set it empty to see the default thread count stall on a frozen brick).
@@ -52,7 +53,7 @@ outer() {
     case "$arg" in
       --keep) keep=1 ;;
       --no-fault) fault=0 ;;
-      -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      -h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown argument: $arg (try --help)" ;;
     esac
   done
@@ -161,7 +162,8 @@ sfs_mount() {
   "$BIN" -f -o "$opts" "$mnt" >"$mnt.log" 2>&1 </dev/null &
   SFS_PID[$mnt]=$!
   for ((i = 0; i < 150; i++)); do
-    findmnt -rn --mountpoint "$mnt" -t fuse.stratafs >/dev/null 2>&1 && return 0
+    # fuse.stratafs, or another FUSE mount program given as STRATAFS_BIN (to calibrate)
+    case "$(findmnt -rn -o FSTYPE --mountpoint "$mnt" 2>/dev/null)" in fuse.*) return 0 ;; esac
     kill -0 "${SFS_PID[$mnt]}" 2>/dev/null || break
     sleep 0.1
   done
