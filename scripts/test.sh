@@ -13,6 +13,8 @@
 #                          a 12-step podman build, --user, rootful and rootless, on a Debian
 #                          image, compared with podman's native overlay; on by default;
 #                          STRATAFS_PODMAN_DEBIAN_TIMEOUT seconds, default 900)
+#   STRATAFS_GLUSTER=0     skip the GlusterFS stage (scripts/gluster.sh: layers on a one-brick
+#                          GlusterFS volume in a private network namespace; on by default)
 #   STRATAFS_TEST_TIMEOUT  seconds allowed to `cargo test` (default 1200)
 #   STRATAFS_CRASH_LOOPS   SIGKILL rounds of tests/crash_loop.rs (default 10; --crash-loops=50
 #                          for the full run); STRATAFS_CRASH_SEED repeats a run
@@ -24,7 +26,7 @@
 #
 # Exit status: 0 only if every test that ran passed and no stratafs mount was left behind.
 # The last line is "summary: N passed, N failed, N skipped", counting cargo's tests plus one
-# entry per extra stage (pjdfstest, fsx, podman, podman-deb, the left-over-mount check).
+# entry per extra stage (pjdfstest, fsx, podman, podman-deb, gluster, the left-over-mount check).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +40,7 @@ run_pjdfstest_stage=${STRATAFS_PJDFSTEST:-1}
 run_fsx_stage=${STRATAFS_FSX:-1}
 run_podman_stage=${STRATAFS_PODMAN:-1}
 run_podman_debian_stage=${STRATAFS_PODMAN_DEBIAN:-1}
+run_gluster_stage=${STRATAFS_GLUSTER:-1}
 PJDFSTEST_VERSION=0.2.2 # the version ../shared/testdata/pjdfstest-overlay.toml was calibrated with
 FSX_VERSION=0.2.0
 
@@ -47,7 +50,7 @@ for arg in "$@"; do
     --fsx) run_fsx_stage=1 ;;
     --all) run_pjdfstest_stage=1 run_fsx_stage=1 ;;
     --crash-loops=*) export STRATAFS_CRASH_LOOPS="${arg#*=}" ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $arg (try --help)" ;;
   esac
 done
@@ -283,6 +286,34 @@ if [ "$run_podman_debian_stage" = 1 ]; then
 else
   say "off (STRATAFS_PODMAN_DEBIAN=0)"
   stage_result podman-deb skip "switched off by STRATAFS_PODMAN_DEBIAN=0"
+fi
+
+# ---- Layers on GlusterFS (scripts/gluster.sh), STRATAFS_GLUSTER=0 skips ----
+run_gluster() {
+  local log="$logs/gluster.log" rc t0 summary
+  t0=$(date +%s)
+  set +e
+  STRATAFS_BIN="$bin" timeout --kill-after=30 240 "$repo/scripts/gluster.sh" >"$log" 2>&1
+  rc=$?
+  set -e
+  grep -E '^(FAIL|SKIP|time): ' "$log" || true
+  summary=$(grep '^gluster: ' "$log" | tail -n 1 || true)
+  case "$rc" in
+    0) stage_result gluster pass "$summary (layers, merged view, writes, two mounts, brick faults) in $(($(date +%s) - t0)) s" ;;
+    77) stage_result gluster skip "$(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
+    *)
+      tail -n 40 "$log"
+      stage_result gluster fail "exit status $rc, ${summary:-no summary} (full log: $log)"
+      ;;
+  esac
+}
+
+section "GlusterFS"
+if [ "$run_gluster_stage" = 1 ]; then
+  run_gluster
+else
+  say "off (STRATAFS_GLUSTER=0)"
+  stage_result gluster skip "switched off by STRATAFS_GLUSTER=0"
 fi
 
 section "Left-over mounts after the tests"
