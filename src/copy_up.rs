@@ -82,7 +82,8 @@ pub fn prepare_staging(workdir: BorrowedFd<'_>) -> Result<OwnedFd> {
 /// copied after the owner (`copy_caps`), not with the other xattrs.
 const CAPS: &[u8] = b"security.capability";
 
-/// Copies every xattr but the overlay-private ones and [`CAPS`] from `src` to `dst`.
+/// Copies every xattr but the overlay-private ones and [`CAPS`] from `src` to `dst`; a
+/// caller that copies a whole entry calls [`copy_caps`] after its owner is set.
 pub fn copy_xattrs(
     src: BorrowedFd<'_>,
     sname: &CStr,

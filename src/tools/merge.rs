@@ -24,7 +24,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
-use crate::copy_up::{copy_data, copy_meta, copy_times, copy_xattrs, remove_tree};
+use crate::copy_up::{copy_caps, copy_data, copy_meta, copy_times, copy_xattrs, remove_tree};
 use crate::error::{Error, Result};
 use crate::sys::{self, ops, xattr, Stat};
 use crate::tools::layer::{self, Class, LowerDirs};
@@ -190,6 +190,7 @@ impl Merger {
         // chown first: it drops file capabilities (security.capability), set after it.
         copy_meta(s, &t, st)?;
         copy_xattrs(udir, name, s, &t)?;
+        copy_caps(udir, name, s, &t)?;
         copy_times(s, &t, st)?;
         if st.st_nlink > 1 {
             let fd = sys::openat(s, &t, libc::O_PATH, 0).map_err(e)?;
@@ -220,6 +221,7 @@ impl Merger {
         }
         copy_meta(ldir, lname, st)?;
         copy_xattrs(udir, uname, ldir, lname)?;
+        copy_caps(udir, uname, ldir, lname)?;
         copy_times(ldir, lname, st)
     }
 
