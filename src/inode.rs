@@ -181,7 +181,7 @@ pub struct InodeTable {
 }
 
 /// After this many removals the table checks whether it should give memory back.
-const SHRINK_EVERY: u64 = 4096;
+const SHRINK_EVERY: u64 = 1024;
 
 impl InodeTable {
     pub fn new(root: Loc) -> InodeTable {
