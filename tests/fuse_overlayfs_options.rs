@@ -33,18 +33,6 @@ use common::{mount_type, Scratch};
 
 const FO: &str = "fuse-overlayfs";
 
-fn have_fuse_overlayfs() -> bool {
-    let ok = Command::new(FO)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: fuse-overlayfs is not installed");
-    }
-    ok
-}
-
 /// One implementation's copy of the layers: DIR/{l1,l2,u,w,m}.
 struct Side {
     dir: PathBuf,
@@ -132,27 +120,7 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if mount_type(&self.mnt).is_some() {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        common::unmount_and_reap(&self.mnt, self.child.take());
     }
 }
 
@@ -424,7 +392,7 @@ fn same(opts: &str, flags: &[&str], dir_nlink: bool) -> [Outcome; 2] {
 
 #[test]
 fn several_lowers_with_an_upper() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     let [a, _] = same("lowerdir=l1:l2,upperdir=u,workdir=w", &[], false);
@@ -436,7 +404,7 @@ fn several_lowers_with_an_upper() {
 /// `lowerdir=` alone: a read-only union of the lowers in both.
 #[test]
 fn lowerdir_only_is_read_only() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     let [a, b] = same("lowerdir=l1:l2", &[], false);
@@ -450,7 +418,7 @@ fn lowerdir_only_is_read_only() {
 /// `static_nlink`: every directory shows one link, in both.
 #[test]
 fn static_nlink() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     let [_, b] = same(
@@ -466,7 +434,7 @@ fn static_nlink() {
 /// bits decide), in both; without it the same entry lets nobody read.
 #[test]
 fn noacl() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     const ACL: &str = r#"
@@ -555,7 +523,7 @@ n 'echo x >> acld/f'
 /// `noxattrs=1`: every xattr call fails in both; the rest of the script is unchanged.
 #[test]
 fn noxattrs() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     let opts = "lowerdir=l1:l2,upperdir=u,workdir=w,noxattrs=1";
@@ -649,7 +617,7 @@ fn count_syscalls(side: &Side, opts: &str, names: &str) -> (String, u64) {
 /// on each daemon.
 #[test]
 fn volatile_and_fsync() {
-    if !have_fuse_overlayfs() || Command::new("strace").arg("-V").output().is_err() {
+    if !common::have_fuse_overlayfs() || Command::new("strace").arg("-V").output().is_err() {
         return;
     }
     for (extra, syncs) in [
@@ -677,7 +645,7 @@ fn volatile_and_fsync() {
 
 #[test]
 fn tuning_options_change_nothing_visible() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     for extra in [
@@ -711,7 +679,7 @@ fn tuning_options_change_nothing_visible() {
 /// thread too, stratafs's (on purpose: per-inode locks) one per CPU.
 #[test]
 fn threaded_0_serves_with_one_thread() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     let s = Scratch::new("fopts-thr");
@@ -749,7 +717,7 @@ fn threaded_0_serves_with_one_thread() {
 /// in the kernel's format, which reads back the same (the stored view below).
 #[test]
 fn podman_command_lines() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     for extra in [
@@ -777,7 +745,7 @@ fn podman_command_lines() {
 /// Both show `default_permissions,allow_other` as root.
 #[test]
 fn mount_flags_follow_the_kernel_not_fuse_overlayfs() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     let s = Scratch::new("fopts-flags");
@@ -808,7 +776,7 @@ fn mount_flags_follow_the_kernel_not_fuse_overlayfs() {
 /// README), so it accepts both values and the raw rename(2) succeeds.
 #[test]
 fn redirect_dir_differs_on_purpose() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     let s = Scratch::new("fopts-redir");
@@ -841,7 +809,7 @@ fn redirect_dir_differs_on_purpose() {
 ///   drops the bit on copy-up; the kernel and stratafs keep the bit and give its group.
 #[test]
 fn hard_links_and_setgid_follow_the_kernel() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     const OPS: &str = "truncate -s 1 h1; mkdir sgid/sub; echo s > sgid/f";
@@ -901,7 +869,7 @@ fn hard_links_and_setgid_follow_the_kernel() {
 /// `plugins=`) are accepted above.
 #[test]
 fn unknown_options_refused_with_one_line() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     let s = Scratch::new("fopts-unknown");

@@ -30,18 +30,6 @@ use common::{mount_type, Scratch, Stack, Strata};
 /// fuse-overlayfs's man page example.
 const MAN: &str = "uidmapping=0:1000:1:1:110000:65536,gidmapping=0:1000:1:1:110000:65536";
 
-fn have_fuse_overlayfs() -> bool {
-    let ok = Command::new("fuse-overlayfs")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: fuse-overlayfs is not installed");
-    }
-    ok
-}
-
 /// fuse-overlayfs in the foreground; unmounted and reaped on drop.
 struct FuseOverlayfs {
     mnt: PathBuf,
@@ -84,27 +72,7 @@ impl FuseOverlayfs {
 
 impl Drop for FuseOverlayfs {
     fn drop(&mut self) {
-        if mount_type(&self.mnt).is_some() {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        common::unmount_and_reap(&self.mnt, self.child.take());
     }
 }
 
@@ -315,7 +283,7 @@ fn differences(
 }
 
 fn same_as_fuse_overlayfs(opts: &str) {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     let s = Scratch::new("idmap-fo");
@@ -460,7 +428,7 @@ fn setgid_directory_group_is_the_stored_one() {
 /// chown and new entries write on-disk ids into it, as fuse-overlayfs does.
 #[test]
 fn overrides_hold_on_disk_ids_as_in_fuse_overlayfs() {
-    if !have_fuse_overlayfs() {
+    if !common::have_fuse_overlayfs() {
         return;
     }
     const NAME: &str = "security.fuseoverlayfs.override_stat";

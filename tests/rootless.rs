@@ -295,27 +295,7 @@ impl FuseOverlayfs {
 
 impl Drop for FuseOverlayfs {
     fn drop(&mut self) {
-        if mount_type(&self.mnt).is_some() {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        common::unmount_and_reap(&self.mnt, self.child.take());
     }
 }
 

@@ -72,6 +72,45 @@ pub fn mount_type(mnt: &Path) -> Option<String> {
     })
 }
 
+/// Whether fuse-overlayfs (the Debian package) runs here; prints a SKIP line when not.
+pub fn have_fuse_overlayfs() -> bool {
+    let ok = Command::new("fuse-overlayfs")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIP: fuse-overlayfs is not installed");
+    }
+    ok
+}
+
+/// What a guard of a foreground FUSE daemon does on drop: unmounts `mnt` (lazily when it is
+/// busy), then reaps `child`, killing it if it has not exited within 10 s.
+pub fn unmount_and_reap(mnt: &Path, child: Option<Child>) {
+    if mount_type(mnt).is_some() {
+        let ok = Command::new("umount")
+            .arg(mnt)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(mnt).status();
+        }
+    }
+    if let Some(mut c) = child {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 fn umount(mnt: &Path) {
     if mount_type(mnt).is_none() {
         return;
