@@ -132,6 +132,17 @@ stop_stratafs() {
 }
 
 # Remove a scratch directory, but never through a live mount.
+# unmount_below DIR: unmounts every mount below DIR, deepest first (lazily when busy).
+unmount_below() {
+  local mp
+  while IFS= read -r mp; do
+    [ -n "$mp" ] && { umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true; }
+  done < <(awk '{print $2}' /proc/mounts | while read -r m; do
+    m=$(printf '%b' "$m")
+    case "$m" in "$1"/*) printf '%s\n' "$m" ;; esac
+  done | tac)
+}
+
 remove_scratch() {
   local dir="$1" src mp rest
   [ -n "$dir" ] && [ -d "$dir" ] || return 0

@@ -77,19 +77,14 @@ scratch=$(mktemp -d /tmp/sfs-pd.XXXXXX)
 chmod 0755 "$scratch"
 fuse_mode_restore=
 cleanup() {
-  local rc=$? f mp
+  local rc=$? f
   # The rootless pause processes keep the user namespaces: end them by their recorded pids.
   while IFS= read -r f; do
     [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null
   done < <(find "$scratch" -name pause.pid 2>/dev/null)
   if [ "$keep" = 0 ]; then
     # Mounts under the scratch dir are ours (containers still mounted after a failure).
-    while IFS= read -r mp; do
-      [ -n "$mp" ] && { umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true; }
-    done < <(awk '{print $2}' /proc/mounts | while read -r m; do
-      m=$(printf '%b' "$m")
-      case "$m" in "$scratch"/*) printf '%s\n' "$m" ;; esac
-    done | tac)
+    unmount_below "$scratch"
     remove_scratch "$scratch" || note "left $scratch behind"
   else
     say "kept $scratch"

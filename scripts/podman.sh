@@ -69,17 +69,12 @@ chmod 0755 "$scratch"
 fuse_mode_restore=
 pause_pids=()
 cleanup() {
-  local rc=$? p mp
+  local rc=$? p
   # The rootless pause process keeps the user namespace: end it by its recorded pid.
   for p in "${pause_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   if [ "$keep" = 0 ]; then
     # Mounts under the scratch dir are ours (containers still mounted after a failure).
-    while IFS= read -r mp; do
-      [ -n "$mp" ] && { umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true; }
-    done < <(awk '{print $2}' /proc/mounts | while read -r m; do
-      m=$(printf '%b' "$m")
-      case "$m" in "$scratch"/*) printf '%s\n' "$m" ;; esac
-    done | tac)
+    unmount_below "$scratch"
     remove_scratch "$scratch" || note "left $scratch behind"
   else
     say "kept $scratch"
