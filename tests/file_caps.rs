@@ -10,9 +10,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use common::{copy_tree, Kernel, Scratch, Stack, Strata};
+use common::Scratch;
 
 const OPS: &str = "chmod touch xattr chown_same chown_other write trunc none";
 
@@ -34,20 +33,7 @@ for op in OPS; do echo "$op: $(getfattr --absolute-names --only-values -e hex -n
 "#;
 
 fn sh(script: &str, arg: &Path) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script.replace("OPS", OPS))
-        .arg("sh")
-        .arg(arg)
-        .stdin(Stdio::null())
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::sh_script(&script.replace("OPS", OPS), arg)
 }
 
 #[test]
@@ -55,25 +41,7 @@ fn capabilities_survive_metadata_copy_up_and_go_on_write_as_in_the_kernel_overla
     let s = Scratch::new("caps");
     let l = s.dir("lower");
     sh(MAKE_LOWER, &l);
-    let run = |kernel: bool| -> String {
-        let tag = if kernel { "k" } else { "s" };
-        let l2 = s.path(&format!("{tag}-lower"));
-        copy_tree(&l, &l2);
-        let (u, w, m) = (
-            s.dir(&format!("{tag}-u")),
-            s.dir(&format!("{tag}-w")),
-            s.dir(&format!("{tag}-m")),
-        );
-        let stack = Stack::one(&l2, &u, &w);
-        if kernel {
-            let _k = Kernel::mount(&stack, "", &m);
-            sh(RUN_OPS, &m)
-        } else {
-            let _s = Strata::mount(&stack, "", &m);
-            sh(RUN_OPS, &m)
-        }
-    };
-    let (k, o) = (run(true), run(false));
+    let (k, o) = common::kernel_and_strata(&s, &l, "", |m| sh(RUN_OPS, m));
     assert_eq!(k, o, "kernel:\n{k}\nstratafs:\n{o}");
     // The cases stated outright (against a kernel that would change its mind).
     let caps = |name: &str| {

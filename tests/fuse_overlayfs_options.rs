@@ -23,7 +23,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,24 +195,6 @@ struct Seen {
     xattrs: Result<Vec<String>, String>,
 }
 
-fn kind(ft: fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "dir"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_char_device() {
-        "chr"
-    } else if ft.is_block_device() {
-        "blk"
-    } else {
-        "socket"
-    }
-}
-
 fn xattr_names(p: &Path) -> Result<Vec<String>, String> {
     let out = Command::new("getfattr")
         .args(["-h", "-d", "-m", "-", "--absolute-names"])
@@ -249,7 +231,7 @@ fn view(root: &Path, dir_nlink: bool) -> BTreeMap<String, Seen> {
         out.insert(
             rel,
             Seen {
-                kind: kind(ft),
+                kind: common::kind_of(ft),
                 mode: md.mode() & 0o7777,
                 uid: md.uid(),
                 gid: md.gid(),

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{mount_type, Scratch, Stack, Strata};
+use common::{mount_type, sh_script as sh, Scratch, Stack, Strata};
 
 /// fuse-overlayfs's man page example.
 const MAN: &str = "uidmapping=0:1000:1:1:110000:65536,gidmapping=0:1000:1:1:110000:65536";
@@ -74,23 +74,6 @@ impl Drop for FuseOverlayfs {
     fn drop(&mut self) {
         common::unmount_and_reap(&self.mnt, self.child.take());
     }
-}
-
-fn sh(script: &str, arg: &Path) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg("sh")
-        .arg(arg)
-        .stdin(Stdio::null())
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "script failed:\n{script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The ids the lower files are owned by: inside, at the edges of and outside the ranges

@@ -9,28 +9,12 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 
 use common::{Kernel, Scratch, Stack, Strata};
 
 fn stat_count(m: &Path, op: &str) -> u64 {
-    let out = Command::new("getfattr")
-        .args([
-            "--absolute-names",
-            "--only-values",
-            "-n",
-            "user.stratafs.stats",
-        ])
-        .arg(m)
-        .output()
-        .expect("getfattr");
-    assert!(out.status.success(), "reading the counters");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next()? == op).then(|| w.next()?.parse().ok())?
-        })
+    *common::stratafs_stats(m)
+        .get(op)
         .unwrap_or_else(|| panic!("no counter {op}"))
 }
 

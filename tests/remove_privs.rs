@@ -23,11 +23,10 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{copy_tree, Kernel, Scratch, Stack, Strata};
+use common::{copy_tree, sh_script as sh, Scratch};
 
 const MODES: &str = "4755 2755 2766 2777 6777 0755";
 const OPS: &str = "write trunc otrunc falloc chown acl mmap late";
@@ -88,23 +87,6 @@ fn script_with(s: &str, mmap: bool) -> String {
     s.replace("MODES", MODES)
         .replace("OPS", OPS)
         .replace("MMAP_OP", op)
-}
-
-fn sh(script: &str, arg: &Path) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg("sh")
-        .arg(arg)
-        .stdin(Stdio::null())
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn lower(s: &Scratch) -> std::path::PathBuf {
@@ -170,25 +152,10 @@ fn compare(kernel: &str, ours: &str) {
 fn as_root_with_passthrough_bits_drop_as_in_the_kernel_overlayfs() {
     let s = Scratch::new("privs");
     let l = lower(&s);
-    let run = |kernel: bool| -> String {
-        let tag = if kernel { "k" } else { "s" };
-        let l2 = s.path(&format!("{tag}-lower"));
-        copy_tree(&l, &l2);
-        let (u, w, m) = (
-            s.dir(&format!("{tag}-u")),
-            s.dir(&format!("{tag}-w")),
-            s.dir(&format!("{tag}-m")),
-        );
-        let stack = Stack::one(&l2, &u, &w);
-        if kernel {
-            let _k = Kernel::mount(&stack, "", &m);
-            sh(&script(RUN_OPS), &m)
-        } else {
-            let _s = Strata::mount(&stack, "allow_other,default_permissions", &m);
-            sh(&script(RUN_OPS), &m)
-        }
-    };
-    compare(&run(true), &run(false));
+    let (k, o) = common::kernel_and_strata(&s, &l, "allow_other,default_permissions", |m| {
+        sh(&script(RUN_OPS), m)
+    });
+    compare(&k, &o);
 }
 
 /// The same inside a user namespace (ids 0..65535 mapped to themselves): stratafs gets no

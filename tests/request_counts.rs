@@ -12,28 +12,7 @@ use common::{Scratch, Stack, Strata};
 
 /// The counters of the mount at `m`, by request kind.
 fn stats(m: &Path) -> BTreeMap<String, u64> {
-    let out = Command::new("getfattr")
-        .args([
-            "--absolute-names",
-            "--only-values",
-            "-n",
-            "user.stratafs.stats",
-        ])
-        .arg(m)
-        .output()
-        .expect("getfattr");
-    assert!(
-        out.status.success(),
-        "reading the counters: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            Some((w.next()?.to_string(), w.next()?.parse().ok()?))
-        })
-        .collect()
+    common::stratafs_stats(m)
 }
 
 fn reset(m: &Path) {

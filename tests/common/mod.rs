@@ -580,6 +580,81 @@ pub fn assert_same(what: &str, a: &BTreeMap<Vec<u8>, Entry>, b: &BTreeMap<Vec<u8
 }
 
 /// `cp -a` of a layer (keeps devices, xattrs, owners, times, hard links).
+/// Runs `script` with `sh -c`, `$1` = `arg`; its standard output (a failure panics with the
+/// script's standard error).
+pub fn sh_script(script: &str, arg: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(arg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "script failed:\n{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The same operations on the kernel overlayfs and on stratafs (mount options
+/// `strata_opts`), each over its own copy of `lower` with its own upper: `ops` runs with the
+/// mount point and returns what it saw. Returns (kernel, stratafs).
+pub fn kernel_and_strata(
+    s: &Scratch,
+    lower: &Path,
+    strata_opts: &str,
+    ops: impl Fn(&Path) -> String,
+) -> (String, String) {
+    let run = |kernel: bool| -> String {
+        let tag = if kernel { "k" } else { "s" };
+        let l2 = s.path(&format!("{tag}-lower"));
+        copy_tree(lower, &l2);
+        let (u, w, m) = (
+            s.dir(&format!("{tag}-u")),
+            s.dir(&format!("{tag}-w")),
+            s.dir(&format!("{tag}-m")),
+        );
+        let stack = Stack::one(&l2, &u, &w);
+        if kernel {
+            let _k = Kernel::mount(&stack, "", &m);
+            ops(&m)
+        } else {
+            let _s = Strata::mount(&stack, strata_opts, &m);
+            ops(&m)
+        }
+    };
+    (run(true), run(false))
+}
+
+/// The daemon's request counters of the mount at `m` (`user.stratafs.stats`), by kind.
+pub fn stratafs_stats(m: &Path) -> BTreeMap<String, u64> {
+    let out = Command::new("getfattr")
+        .args([
+            "--absolute-names",
+            "--only-values",
+            "-n",
+            "user.stratafs.stats",
+        ])
+        .arg(m)
+        .output()
+        .expect("getfattr");
+    assert!(
+        out.status.success(),
+        "reading the counters: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 pub fn copy_tree(from: &Path, to: &Path) {
     let st = Command::new("cp")
         .arg("-a")
