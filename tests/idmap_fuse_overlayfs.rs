@@ -23,9 +23,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{mount_type, sh_script as sh, Scratch, Stack, Strata};
+use common::{sh_script as sh, Scratch, Stack, Strata};
 
 /// fuse-overlayfs's man page example.
 const MAN: &str = "uidmapping=0:1000:1:1:110000:65536,gidmapping=0:1000:1:1:110000:65536";
@@ -57,15 +56,7 @@ impl FuseOverlayfs {
             mnt: mnt.to_path_buf(),
             child: Some(child),
         };
-        let start = Instant::now();
-        while mount_type(mnt).as_deref() != Some("fuse.fuse-overlayfs") {
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "fuse-overlayfs did not mount {}",
-                mnt.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_for_mount(mnt, "fuse.fuse-overlayfs");
         m
     }
 }

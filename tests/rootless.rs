@@ -22,9 +22,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
 
-use common::{assert_same, bin, mount_type, snapshot, Entry, Scratch, Stack, Strata};
+use common::{assert_same, bin, snapshot, Entry, Scratch, Stack, Strata};
 
 const USER: &str = "stratafs-podman";
 
@@ -280,15 +279,7 @@ impl FuseOverlayfs {
             mnt: mnt.to_path_buf(),
             child: Some(child),
         };
-        let start = Instant::now();
-        while mount_type(mnt).as_deref() != Some("fuse.fuse-overlayfs") {
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "fuse-overlayfs did not mount {}",
-                mnt.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_for_mount(mnt, "fuse.fuse-overlayfs");
         m
     }
 }

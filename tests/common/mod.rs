@@ -72,6 +72,19 @@ pub fn mount_type(mnt: &Path) -> Option<String> {
     })
 }
 
+/// Waits up to 15 s for a mount of type `fstype` at `mnt` (panics after that).
+pub fn wait_for_mount(mnt: &Path, fstype: &str) {
+    let start = Instant::now();
+    while mount_type(mnt).as_deref() != Some(fstype) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{fstype} did not mount {}",
+            mnt.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether fuse-overlayfs (the Debian package) runs here; prints a SKIP line when not.
 pub fn have_fuse_overlayfs() -> bool {
     let ok = Command::new("fuse-overlayfs")
