@@ -19,12 +19,15 @@
 # said: untar (tar xf, as root: owners, modes and times restored), find cold (the first walk
 # of the mount: find -printf '%p %s %m %u %T@'), find warm (the same walk again), ls -lR warm
 # (after the walks), read all (tar cf - of the lower files piped to cat), read twice (the same
-# again). Printed: per workload the count of each request kind, and per created/read file.
+# again), rm -rf (of the lower tree, fresh mount), append (one byte appended to each lower file
+# of the tree: a copy-up each, fresh mount). Printed: per workload the count of each request
+# kind, and per created/read file.
 #
 # A/B (second form): workloads walk_warm, ls_lR, untar, read_all, read_again, seqread (dd of the
 # 256 MiB lower file, 1 MiB blocks, host page cache warm), seqread2 (the same file read a
 # second time on the same mount), randread (32,768 4 KiB preads at random offsets of it, after
-# one sequential read), on the kernel overlayfs, OLD and NEW, taking turns (kernel, OLD, NEW,
+# one sequential read), rm_rf and append (as above; not in the default set: --only), on the
+# kernel overlayfs, OLD and NEW, taking turns (kernel, OLD, NEW,
 # kernel, ...), fresh mount each; medians of --runs (default 5) of the wall-clock time and of
 # the CPU time (the workload's and the daemon's: steadier than wall time on a loaded machine),
 # the ratios NEW/OLD and each to the kernel; every run's figures go to DIR/ab-runs.txt.
@@ -44,7 +47,7 @@ while [ $# -gt 0 ]; do
     --ab) AB_OLD="$2"; AB_NEW="$3"; shift 3 ;;
     --runs) RUNS="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
-    -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -110,6 +113,8 @@ stats_reset() { setfattr -n user.stratafs.stats -v reset "$MNT"; }
 stats_read() { getfattr --absolute-names --only-values -n user.stratafs.stats "$MNT"; }
 
 walk() { find "$MNT" -printf '%p %s %m %u %T@\n' >/dev/null; }
+# append_all: one byte appended to each lower file of the tree (a copy-up each).
+append_all() { find "$MNT/tree" -type f -exec sh -c 'for f; do printf x >>"$f" || exit 1; done' _ {} +; }
 randread() {
   python3 - "$1" <<'EOF'
 import os, random, sys
@@ -150,7 +155,13 @@ if [ -z "$AB_OLD" ]; then
   stats_reset; tar cf - -C "$MNT" tree | cat >/dev/null; record read_all
   stats_reset; tar cf - -C "$MNT" tree | cat >/dev/null; record read_again
   umount_impl
-  per() { case "$1" in untar) echo "$ntar" ;; *) echo "$nlow" ;; esac; }
+  mount_impl "$BIN" || die "mount failed"
+  stats_reset; rm -rf "$MNT/tree"; record rm_rf
+  umount_impl
+  mount_impl "$BIN" || die "mount failed"
+  stats_reset; append_all; record append
+  umount_impl
+  per() { case "$1" in untar) echo "$ntar" ;; append) echo "$NFILES" ;; *) echo "$nlow" ;; esac; }
   say "FUSE requests counted by the daemon ($BIN; $NFILES-file trees: untar creates $ntar entries, the walks and reads see $nlow lower entries)"
   printf '%-30s' "request"
   for w in "${WLS[@]}"; do printf ' %18s' "$w"; done
@@ -209,6 +220,8 @@ one() { # one WORKLOAD IMPL -> "wall cpu" on stdout
     seqread) timed dd if="$MNT/big" of=/dev/null bs=1M ;;
     seqread2) dd if="$MNT/big" of=/dev/null bs=1M status=none; timed dd if="$MNT/big" of=/dev/null bs=1M ;;
     randread) dd if="$MNT/big" of=/dev/null bs=1M status=none; timed randread "$MNT/big" ;;
+    rm_rf) timed rm -rf "$MNT/tree" ;;
+    append) timed append_all ;;
   esac
   umount_impl
   echo "$T $C"
