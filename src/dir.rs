@@ -1,10 +1,12 @@
 //! Namespace changes (the kernel's `dir.c`): create, mkdir, mknod, symlink, link, unlink,
 //! rmdir, rename.
 //!
-//! New entries are built complete in the staging directory (`workdir/work`: owner, mode,
-//! opaque marker) and renamed into the upper in one step; over a whiteout the rename
-//! replaces it (non-directories) or swaps with it (`RENAME_EXCHANGE`, directories), so a
-//! crash never leaves a half-made entry or a resurrected lower one.
+//! New entries are made in place in the upper directory when nothing is in the way there,
+//! as the kernel overlayfs makes them; after a crash such an entry may exist with the
+//! daemon's owner or empty, as on any filesystem. Over a whiteout the entry is built
+//! complete in the staging directory (`workdir/work`: owner, mode, opaque marker) and
+//! renamed over in one step: the rename replaces the whiteout (non-directories) or swaps
+//! with it (`RENAME_EXCHANGE`, directories), so a crash never resurrects a lower entry.
 //!
 //! Removing a name that a lower layer also has leaves a whiteout (a 0/0 character device,
 //! the kernel's format). A directory made where lower content was deleted is marked
@@ -26,7 +28,7 @@ use crate::file::FileHandle;
 use crate::fs::{Caller, UnionFs};
 use crate::inode::{Kind, Loc, Node};
 use crate::layers::{ROOT_INO, UPPER};
-use crate::lookup::{self, marker};
+use crate::lookup::{self, marker, Slot};
 use crate::readdir;
 use crate::sys::{self, ops, xattr};
 use crate::whiteout;
@@ -117,7 +119,8 @@ impl UnionFs {
     }
 
     /// Moves the staged `work/tmp` to `dir/name`, replacing (or, for a directory, swapping
-    /// out) a whiteout there.
+    /// out) a whiteout there. Tried as a rename that replaces nothing first: only where
+    /// that finds the name taken is it looked at.
     fn place(
         &self,
         work: BorrowedFd<'_>,
@@ -126,21 +129,34 @@ impl UnionFs {
         name: &CStr,
         is_dir: bool,
     ) -> Result<()> {
-        let r = match upper_at(dir, name)? {
-            UpperAt::Entry => return err(libc::EEXIST),
-            UpperAt::Nothing => ops::renameat2(work, tmp, dir, name, libc::RENAME_NOREPLACE),
-            UpperAt::Whiteout if is_dir => {
-                ops::renameat2(work, tmp, dir, name, libc::RENAME_EXCHANGE).map(|()| {
-                    let _ = ops::unlinkat(work, tmp, 0);
-                })
-            }
-            UpperAt::Whiteout => ops::renameat2(work, tmp, dir, name, 0),
+        let r = match ops::renameat2(work, tmp, dir, name, libc::RENAME_NOREPLACE) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match upper_at(dir, name)? {
+                UpperAt::Entry | UpperAt::Nothing => return err(libc::EEXIST),
+                UpperAt::Whiteout if is_dir => {
+                    ops::renameat2(work, tmp, dir, name, libc::RENAME_EXCHANGE).map(|()| {
+                        let _ = ops::unlinkat(work, tmp, 0);
+                    })
+                }
+                UpperAt::Whiteout => ops::renameat2(work, tmp, dir, name, 0),
+            },
+            r => r,
         };
         r.map_err(|e| Error::io(e, "place new entry"))
     }
 
     /// Creates a new entry `name` in `parent` owned by `caller`; returns its attributes
     /// (counted as a lookup) and, for files, an open handle.
+    ///
+    /// Where it is made follows the kernel overlayfs (`ovl_create_or_link`): in place, in
+    /// the upper directory, when nothing is in the way there; built complete in the
+    /// staging directory and renamed over when a whiteout must be replaced, so that the
+    /// whiteout is never gone while the new entry is incomplete (a directory made there is
+    /// opaque, as the kernel makes it). With `xattr_permissions` every new entry is staged
+    /// (owner and mode live in an xattr that must be there before the name shows).
+    ///
+    /// The reply is built from what the create made (its stat, the parent's place), not
+    /// by resolving the name again through the layers: a new upper entry has no overlay
+    /// markers, and shows its own number.
     pub fn create_entry(
         &self,
         parent: u64,
@@ -154,10 +170,10 @@ impl UnionFs {
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
         let work = self.staging()?;
-        let ploc = pnode.loc();
-        if lookup::lookup(&self.layers, &ploc, name)?.is_some() {
-            return err(libc::EEXIST);
-        }
+        let upper_whiteout = match lookup::probe_create(&self.layers, &pnode.loc(), name)? {
+            Slot::Taken => return err(libc::EEXIST),
+            Slot::Free { upper_whiteout } => upper_whiteout,
+        };
         if let NewKind::Node { rdev: 0 } = kind {
             if mode & libc::S_IFMT == libc::S_IFCHR {
                 // A 0/0 character device is a whiteout; the kernel overlayfs refuses it too.
@@ -165,6 +181,7 @@ impl UnionFs {
             }
         }
         let updir = self.upper_dir_of(&pnode)?;
+        let ploc = pnode.loc();
         // The owner is the caller's ids as stored (mapped, the overflow id where no range
         // covers them); under a setgid directory the group is the directory's own, as
         // stored, whatever it shows as.
@@ -176,10 +193,9 @@ impl UnionFs {
         }
         let is_dir = matches!(kind, NewKind::Dir);
         // The umask, or the parent's default ACL, as the upper filesystem would apply them
-        // had the entry been created in place.
+        // had the entry been created by the caller.
         let parent_default = if self.acl {
-            let real = self.real(&pnode)?;
-            xattr::get(real.dir.as_fd(), &real.name, acl::DEFAULT_XATTR)
+            xattr::get(updir.as_fd(), c".", acl::DEFAULT_XATTR)
                 .ok()
                 .flatten()
                 .and_then(|v| acl::Acl::parse(&v))
@@ -191,39 +207,63 @@ impl UnionFs {
         if is_dir && sgid_parent {
             perm |= libc::S_ISGID;
         }
-        let w = work.as_fd();
+        let staged = upper_whiteout || self.override_level.is_some();
         let tmp = tmp_name();
+        // Where the entry is made: `work/tmp`, or its final place.
+        let (d, n): (BorrowedFd<'_>, &CStr) = if staged {
+            (work.as_fd(), &tmp)
+        } else {
+            (updir.as_fd(), &cname)
+        };
         let mut file: Option<OwnedFd> = None;
-        let built: Result<()> = (|| {
+        // Set once the entry exists (so a failure removes only what this call made).
+        let mut made = false;
+        let built: Result<sys::Stat> = (|| {
+            // Made with the permission bits only: setuid/setgid come with the chmod, after
+            // the owner (a crash in between leaves an entry of the daemon's, never a
+            // setuid one).
+            let first_mode = perm & 0o777;
             match &kind {
-                NewKind::Dir => ops::mkdirat(w, &tmp, 0o700).map_err(|e| Error::io(e, "mkdir"))?,
+                NewKind::Dir => {
+                    ops::mkdirat(d, n, first_mode).map_err(|e| Error::io(e, "mkdir"))?
+                }
                 NewKind::Node { rdev } => {
-                    ops::mknodat(w, &tmp, (mode & libc::S_IFMT) | 0o600, *rdev)
+                    ops::mknodat(d, n, (mode & libc::S_IFMT) | first_mode, *rdev)
                         .map_err(|e| Error::io(e, "mknod"))?
                 }
                 NewKind::Symlink(target) => {
                     let t = CString::new(*target).map_err(|_| Error::errno(libc::EINVAL))?;
-                    ops::symlinkat(&t, w, &tmp).map_err(|e| Error::io(e, "symlink"))?
+                    ops::symlinkat(&t, d, n).map_err(|e| Error::io(e, "symlink"))?
                 }
                 NewKind::File { flags } => {
                     let f = sys::openat(
-                        w,
-                        &tmp,
+                        d,
+                        n,
                         (self.real_open_flags(*flags) & !libc::O_TRUNC)
                             | libc::O_CREAT
                             | libc::O_EXCL,
-                        0o600,
+                        first_mode,
                     )
                     .map_err(|e| Error::io(e, "create"))?;
                     file = Some(f);
                 }
             }
+            made = true;
+            let mut st = match &file {
+                Some(f) => sys::fstat(f.as_fd()),
+                None => sys::fstatat(d, n),
+            }
+            .map_err(|e| Error::io(e, "stat new entry"))?;
+            // Each change below moves the ctime: the entry is stat'ed again after one.
+            let mut changed = false;
             // With xattr_permissions the owner and mode live in the override; the real
             // entry stays the daemon's, owner-accessible, never setuid/setgid.
-            let overridden = self.override_new_entry(w, &tmp, owner_uid, owner_gid, perm)?;
-            if !overridden {
-                ops::fchownat(w, &tmp, owner_uid, owner_gid)
+            let overridden = self.override_new_entry(d, n, owner_uid, owner_gid, perm)?;
+            changed |= overridden;
+            if !overridden && (st.st_uid, st.st_gid) != (owner_uid, owner_gid) {
+                ops::fchownat(d, n, owner_uid, owner_gid)
                     .map_err(|e| Error::io(e, "chown new entry"))?;
+                changed = true;
             }
             if !matches!(kind, NewKind::Symlink(_)) {
                 let real_perm = if overridden {
@@ -231,31 +271,66 @@ impl UnionFs {
                 } else {
                     perm
                 };
-                ops::fchmodat(w, &tmp, real_perm).map_err(|e| Error::io(e, "chmod new entry"))?;
+                if st.st_mode & 0o7777 != real_perm {
+                    ops::fchmodat(d, n, real_perm).map_err(|e| Error::io(e, "chmod new entry"))?;
+                    changed = true;
+                }
                 for (attr, acl) in [
                     (acl::ACCESS_XATTR, &inherited.access),
                     (acl::DEFAULT_XATTR, &inherited.default),
                 ] {
                     if let Some(a) = acl {
-                        xattr::set(w, &tmp, attr, &a.to_bytes(), 0)
+                        xattr::set(d, n, attr, &a.to_bytes(), 0)
                             .map_err(|e| Error::io(e, "inherit ACL"))?;
+                        changed = true;
                     }
                 }
             }
-            if matches!(kind, NewKind::Dir)
-                && (upper_at(updir.as_fd(), &cname)? == UpperAt::Whiteout
-                    || lower_has_any(&ploc, name, &cname))
-            {
+            if is_dir && upper_whiteout {
                 let opaque = self.layers.marker("opaque");
-                xattr::set(w, &tmp, &opaque, b"y", 0).map_err(|e| Error::io(e, "set opaque"))?;
+                xattr::set(d, n, &opaque, b"y", 0).map_err(|e| Error::io(e, "set opaque"))?;
             }
-            self.place(w, &tmp, updir.as_fd(), &cname, matches!(kind, NewKind::Dir))
+            if staged {
+                self.place(d, n, updir.as_fd(), &cname, is_dir)?;
+                changed = true; // a rename may move the ctime too
+            }
+            if changed {
+                st = match &file {
+                    Some(f) => sys::fstat(f.as_fd()),
+                    None => sys::fstatat(updir.as_fd(), &cname),
+                }
+                .map_err(|e| Error::io(e, "stat new entry"))?;
+            }
+            Ok(st)
         })();
-        if let Err(e) = built {
-            let _ = remove_tree(w, &tmp);
-            return Err(e);
-        }
-        let attr = self.lookup(parent, name)?;
+        let st = match built {
+            Ok(st) => st,
+            Err(e) => {
+                if staged {
+                    let _ = remove_tree(work.as_fd(), &tmp);
+                } else if made {
+                    // Made in place but not complete (e.g. no space for an ACL): gone
+                    // again, as if the create had failed before it.
+                    let _ = remove_tree(updir.as_fd(), &cname);
+                }
+                return Err(e);
+            }
+        };
+        let dirs = if is_dir {
+            let fd = sys::open_dir_path(updir.as_fd(), &cname)
+                .map_err(|e| Error::io(e, "open new directory"))?;
+            vec![(UPPER, Arc::new(fd))]
+        } else {
+            Vec::new()
+        };
+        let found = lookup::Found {
+            top: UPPER,
+            ino: self.layers.ino(st.st_dev, st.st_ino),
+            st,
+            dirs,
+            data: None,
+        };
+        let attr = self.enter(parent, &ploc, name, found)?;
         let fh = match (file, kind) {
             (Some(fd), NewKind::File { flags }) => {
                 let fh = self.add_handle(attr.node, fd, flags, false);

@@ -357,8 +357,21 @@ impl UnionFs {
             return Ok(attr);
         }
         let ploc = pnode.loc();
-        let mut found =
+        let found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        self.enter(parent, &ploc, name, found)
+    }
+
+    /// Makes `found` (what `parent`/`name` resolves to, `ploc` being the parent's place) a
+    /// node and counts one kernel reference on it: by lookup, and by the creates, which
+    /// know what they made without resolving it again.
+    pub(crate) fn enter(
+        &self,
+        parent: u64,
+        ploc: &Loc,
+        name: &OsStr,
+        mut found: lookup::Found,
+    ) -> Result<Attr> {
         let key = self.identify(parent, name, &mut found);
         let merged = found.merged();
         let mut st = found.st;

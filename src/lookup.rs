@@ -155,6 +155,38 @@ fn candidates(
 
 /// Resolves `name` in the merged directory `parent`. `Ok(None)`: no such entry.
 pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Found>> {
+    resolve(layers, parent, name, &mut false)
+}
+
+/// What a name that a create is about to take holds (the kernel's check of its negative
+/// dentry, `ovl_dentry_is_whiteout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The merged view shows something there.
+    Taken,
+    /// Nothing shows; `upper_whiteout`: a whiteout in the upper directory hides a lower
+    /// entry, so the new entry must replace it in one step (and a directory be opaque).
+    Free { upper_whiteout: bool },
+}
+
+/// Probes `name` in `parent` for a create: one resolution, which also tells whether it
+/// ended at a whiteout in the upper.
+pub fn probe_create(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Slot> {
+    let mut upper_whiteout = false;
+    Ok(match resolve(layers, parent, name, &mut upper_whiteout)? {
+        Some(_) => Slot::Taken,
+        None => Slot::Free { upper_whiteout },
+    })
+}
+
+/// `lookup`, also setting `upper_whiteout` when the search ended at a whiteout (device
+/// format) in the upper layer.
+fn resolve(
+    layers: &Layers,
+    parent: &Loc,
+    name: &OsStr,
+    upper_whiteout: &mut bool,
+) -> Result<Option<Found>> {
     if whiteout::is_marker_name(name) {
         return Ok(None);
     }
@@ -172,12 +204,17 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
         if places.is_empty() {
             break;
         }
-        for (layer, dir, n) in places {
+        let last = places.len().saturating_sub(1);
+        for (k, (layer, dir, n)) in places.into_iter().enumerate() {
             after = Some(layer);
             let st = match sys::fstatat(dir.as_fd(), &n) {
                 Ok(st) => st,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-                    if whiteout::has_aufs_whiteout(dir.as_fd(), OsStr::from_bytes(n.as_bytes())) {
+                    // An aufs whiteout only hides what is below it: in the last place
+                    // searched there is nothing below (the search ends here either way).
+                    if k < last
+                        && whiteout::has_aufs_whiteout(dir.as_fd(), OsStr::from_bytes(n.as_bytes()))
+                    {
                         break 'layers;
                     }
                     continue;
@@ -185,6 +222,9 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
                 Err(e) => return Err(Error::io(e, "lookup")),
             };
             if whiteout::is_whiteout_stat(&st) {
+                if layer == UPPER && found.is_none() {
+                    *upper_whiteout = true;
+                }
                 break 'layers;
             }
             if is_reg(&st)
