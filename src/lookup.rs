@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::inode::Loc;
 use crate::layers::{LayerId, Layers, UPPER};
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, Opaque};
+use crate::whiteout::{self, Markers, Opaque};
 
 /// The result of resolving one name.
 #[derive(Debug)]
@@ -227,10 +227,16 @@ fn resolve(
                 }
                 break 'layers;
             }
+            // Markers of a non-directory, read once: the upper's origin, a regular file's
+            // metacopy and redirect, an empty file's whiteout.
+            let own = (!is_dir(&st) && (layer == UPPER || is_reg(&st)))
+                .then(|| Markers::of(dir.as_fd(), &n));
             if is_reg(&st)
                 && st.st_size == 0
+                && own
+                    .as_ref()
+                    .is_some_and(|m| m.has(dir.as_fd(), &n, "whiteout"))
                 && whiteout::dir_opaque(dir.as_fd()) == Opaque::XattrWhiteouts
-                && whiteout::is_xattr_whiteout(dir.as_fd(), &n, &st)
             {
                 break 'layers;
             }
@@ -241,11 +247,12 @@ fn resolve(
                             sys::open_dir_path(dir.as_fd(), &n)
                                 .map_err(|e| Error::io(e, "lookup dir"))?,
                         );
-                        let opaque = whiteout::dir_opaque(fd.as_fd()) == Opaque::Yes;
+                        let mk = Markers::of(fd.as_fd(), c".");
+                        let opaque = mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
                         if layer == UPPER {
-                            want_origin = marker(fd.as_fd(), c".", "origin").is_some();
+                            want_origin = mk.has(fd.as_fd(), c".", "origin");
                         }
-                        let redirect = marker(fd.as_fd(), c".", "redirect");
+                        let redirect = mk.get(fd.as_fd(), c".", "redirect");
                         found = Some(Found {
                             top: layer,
                             st,
@@ -265,12 +272,14 @@ fn resolve(
                         // the marker, so they share the number, and linking or unlinking
                         // one must not renumber the file under the kernel's feet); the
                         // origin's does, below.
+                        let none = Markers::none();
+                        let mk = own.as_ref().unwrap_or(&none);
                         if layer == UPPER {
-                            want_origin = marker(dir.as_fd(), &n, "origin").is_some();
+                            want_origin = mk.has(dir.as_fd(), &n, "origin");
                         }
-                        metacopy = is_reg(&st) && marker(dir.as_fd(), &n, "metacopy").is_some();
+                        metacopy = is_reg(&st) && mk.has(dir.as_fd(), &n, "metacopy");
                         let redirect = if metacopy {
-                            marker(dir.as_fd(), &n, "redirect")
+                            mk.get(dir.as_fd(), &n, "redirect")
                         } else {
                             None
                         };
@@ -301,8 +310,9 @@ fn resolve(
                         sys::open_dir_path(dir.as_fd(), &n)
                             .map_err(|e| Error::io(e, "lookup dir"))?,
                     );
-                    let opaque = whiteout::dir_opaque(fd.as_fd()) == Opaque::Yes;
-                    let redirect = marker(fd.as_fd(), c".", "redirect");
+                    let mk = Markers::of(fd.as_fd(), c".");
+                    let opaque = mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
+                    let redirect = mk.get(fd.as_fd(), c".", "redirect");
                     f.dirs.push((layer, fd));
                     if opaque {
                         break 'layers;
@@ -330,7 +340,10 @@ fn resolve(
                             let fd = sys::openat(dir.as_fd(), &n, libc::O_PATH, 0)
                                 .map_err(|e| Error::io(e, "metacopy data"))?;
                             // A lower that is itself metacopy points further down.
-                            if marker(dir.as_fd(), &n, "metacopy").is_none() {
+                            let lower_mc = own
+                                .as_ref()
+                                .is_some_and(|m| m.has(dir.as_fd(), &n, "metacopy"));
+                            if !lower_mc {
                                 f.data = Some(Arc::new(fd));
                             }
                         }

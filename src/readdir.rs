@@ -158,7 +158,10 @@ pub fn list_with(
             }
             let mut ino = layers.ino(dev, e.ino);
             // A copied-up entry keeps its origin's number: ask lookup, which knows how.
-            if merged && *layer == UPPER && lookup::marker(fd.as_fd(), &cname, "origin").is_some() {
+            if merged
+                && *layer == UPPER
+                && whiteout::Markers::of(fd.as_fd(), &cname).has(fd.as_fd(), &cname, "origin")
+            {
                 if let Ok(Some(f)) = lookup::lookup(layers, dir, OsStr::new(&e.name)) {
                     ino = f.ino;
                 }

@@ -86,16 +86,72 @@ pub fn marker(dir: BorrowedFd<'_>, name: &std::ffi::CStr, suffix: &str) -> Optio
 
 /// The opaque state of the real directory `dir` (an fd of the directory itself).
 pub fn dir_opaque(dir: BorrowedFd<'_>) -> Opaque {
-    match marker(dir, c".", "opaque").as_deref() {
-        Some(b"y") => return Opaque::Yes,
-        Some(b"x") => return Opaque::XattrWhiteouts,
-        _ => {}
+    Markers::of(dir, c".").dir_opaque(dir)
+}
+
+/// The overlay markers one object carries, read with one `listxattr` (instead of one
+/// `getxattr` per marker and namespace: an object without markers, the common case, then
+/// costs one call whatever is asked of it).
+pub struct Markers {
+    /// The object's xattr names, NUL-separated (empty if it has none or can't have any).
+    names: Vec<u8>,
+}
+
+impl Markers {
+    /// No markers (an object that was not asked).
+    pub fn none() -> Markers {
+        Markers { names: Vec::new() }
     }
-    let opq = CString::new(AUFS_OPAQUE).unwrap_or_default();
-    if sys::fstatat(dir, &opq).is_ok() {
-        return Opaque::Yes;
+
+    /// The markers of `dir/name` (`"."`: `dir` itself).
+    pub fn of(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Markers {
+        Markers {
+            names: xattr::list(dir, name).unwrap_or_default(),
+        }
     }
-    Opaque::No
+
+    /// The full names of marker `suffix` the object carries, in `READ_PREFIXES` order.
+    fn names_of<'a>(&'a self, suffix: &'a str) -> impl Iterator<Item = CString> + 'a {
+        READ_PREFIXES.iter().filter_map(move |p| {
+            let mut attr = p.to_bytes().to_vec();
+            attr.extend_from_slice(suffix.as_bytes());
+            self.names
+                .split(|&b| b == 0)
+                .any(|n| n == attr.as_slice())
+                .then(|| CString::new(attr).ok())
+                .flatten()
+        })
+    }
+
+    /// Does the object carry marker `suffix` (in any namespace)? As [`marker`]`.is_some()`
+    /// for a marker with a value.
+    pub fn has(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr, suffix: &str) -> bool {
+        self.get(dir, name, suffix).is_some()
+    }
+
+    /// The value of marker `suffix` of `dir/name` (the object this was read from), as
+    /// [`marker`] reads it.
+    pub fn get(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr, suffix: &str) -> Option<Vec<u8>> {
+        if self.names.is_empty() {
+            return None;
+        }
+        self.names_of(suffix)
+            .find_map(|attr| xattr::get(dir, name, &attr).ok().flatten())
+    }
+
+    /// The opaque state of the directory these markers were read from (`dir` itself).
+    pub fn dir_opaque(&self, dir: BorrowedFd<'_>) -> Opaque {
+        match self.get(dir, c".", "opaque").as_deref() {
+            Some(b"y") => return Opaque::Yes,
+            Some(b"x") => return Opaque::XattrWhiteouts,
+            _ => {}
+        }
+        let opq = CString::new(AUFS_OPAQUE).unwrap_or_default();
+        if sys::fstatat(dir, &opq).is_ok() {
+            return Opaque::Yes;
+        }
+        Opaque::No
+    }
 }
 
 /// A zero-size regular file carrying `overlay.whiteout` (only meaningful inside a
@@ -182,6 +238,44 @@ mod tests {
         assert_eq!(aufs_target(OsStr::new("foo")), None);
         assert!(is_marker_name(OsStr::new(".wh..wh..opq")));
         assert!(aufs_name(OsStr::new(&"a".repeat(252))).is_none());
+    }
+
+    /// One listxattr answers what one getxattr per marker and namespace answered.
+    #[test]
+    fn markers_read_as_marker_reads_them() {
+        use std::os::fd::AsFd;
+        let base = std::env::temp_dir().join(format!("sfs-markers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("d")).unwrap();
+        std::fs::write(base.join("f"), b"").unwrap();
+        std::fs::write(base.join("plain"), b"x").unwrap();
+        let dir = sys::open_host_dir(&base).unwrap();
+        let d = dir.as_fd();
+        let set =
+            |n: &std::ffi::CStr, a: &std::ffi::CStr, v: &[u8]| xattr::set(d, n, a, v, 0).is_ok();
+        if !set(c"d", c"user.overlay.opaque", b"y") {
+            return; // no user xattrs on this filesystem: nothing to compare
+        }
+        assert!(set(c"f", c"user.fuseoverlayfs.redirect", b"/a/b"));
+        assert!(set(c"f", c"user.overlay.overlay.metacopy", b"")); // escaped: not a marker
+        assert!(set(c"f", c"user.other", b"1"));
+        for name in [c"d", c"f", c"plain"] {
+            let m = Markers::of(d, name);
+            for suffix in ["opaque", "redirect", "metacopy", "origin", "whiteout"] {
+                assert_eq!(
+                    m.get(d, name, suffix),
+                    marker(d, name, suffix),
+                    "{name:?} {suffix}"
+                );
+            }
+        }
+        assert_eq!(
+            Markers::of(d, c"f").get(d, c"f", "redirect").as_deref(),
+            Some(&b"/a/b"[..])
+        );
+        let sub = sys::open_dir_path(d, c"d").unwrap();
+        assert_eq!(dir_opaque(sub.as_fd()), Opaque::Yes);
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
