@@ -45,8 +45,11 @@ pub enum CopyUp {
 
 /// A fresh temporary name in the staging directory.
 pub fn tmp_name() -> CString {
+    // The process id, read once (std::process::id() is a getpid(2) per call).
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    CString::new(format!("#sfs.{}.{n:x}", std::process::id())).unwrap_or_default()
+    let pid = PID.get_or_init(std::process::id);
+    CString::new(format!("#sfs.{pid}.{n:x}")).unwrap_or_default()
 }
 
 /// Removes `dir/name` and, for a directory, everything below it, never following a
@@ -83,19 +86,25 @@ pub fn prepare_staging(workdir: BorrowedFd<'_>) -> Result<OwnedFd> {
 const CAPS: &[u8] = b"security.capability";
 
 /// Copies every xattr but the overlay-private ones and [`CAPS`] from `src` to `dst`; a
-/// caller that copies a whole entry calls [`copy_caps`] after its owner is set.
+/// caller that copies a whole entry calls [`copy_caps`] after its owner is set, if this
+/// says the source may have capabilities (it listed them, or its list could not be read).
 pub fn copy_xattrs(
     src: BorrowedFd<'_>,
     sname: &CStr,
     dst: BorrowedFd<'_>,
     dname: &CStr,
-) -> Result<()> {
+) -> Result<bool> {
     let list = match xattr::list(src, sname) {
         Ok(l) => l,
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(true),
     };
+    let mut caps = false;
     for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if whiteout::is_private_xattr(name) || name == CAPS {
+        if name == CAPS {
+            caps = true;
+            continue;
+        }
+        if whiteout::is_private_xattr(name) {
             continue;
         }
         let Ok(cname) = CString::new(name) else {
@@ -118,7 +127,7 @@ pub fn copy_xattrs(
             }
         }
     }
-    Ok(())
+    Ok(caps)
 }
 
 /// Copies `src`'s file capabilities to `dst`, after its owner is set (see [`CAPS`]).
@@ -141,13 +150,50 @@ pub fn copy_caps(
     Ok(())
 }
 
+/// Pairs of filesystems (source st_dev, destination st_dev) between which a reflink
+/// (bit 1) or `copy_file_range` (bit 2) was refused for good (EXDEV, EOPNOTSUPP, ENOSYS):
+/// not tried again for the life of the daemon (a tmpfs upper over disk lowers refuses both
+/// for every copy-up).
+static REFUSED: parking_lot::Mutex<Vec<((u64, u64), u8)>> = parking_lot::Mutex::new(Vec::new());
+const NO_REFLINK: u8 = 1;
+const NO_COPY_RANGE: u8 = 2;
+
+fn refused(devs: Option<(u64, u64)>, what: u8) -> bool {
+    devs.is_some_and(|d| REFUSED.lock().iter().any(|(p, w)| *p == d && w & what != 0))
+}
+
+fn remember_refused(devs: Option<(u64, u64)>, what: u8, e: &std::io::Error) {
+    let Some(d) = devs else { return };
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+    ) {
+        return;
+    }
+    let mut r = REFUSED.lock();
+    match r.iter_mut().find(|(p, _)| *p == d) {
+        Some((_, w)) => *w |= what,
+        None => r.push((d, what)),
+    }
+}
+
 /// Copies the data of `src` to `dst` (both open), keeping holes; then sets the size.
-pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<()> {
+/// `devs`: (source, destination) st_dev where known, so that a way of copying their
+/// filesystems refuse is not tried for every file.
+pub fn copy_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    size: u64,
+    devs: Option<(u64, u64)>,
+) -> Result<()> {
     if size == 0 {
         return Ok(());
     }
-    if ops::ficlone(dst, src).is_ok() {
-        return Ok(());
+    if !refused(devs, NO_REFLINK) {
+        match ops::ficlone(dst, src) {
+            Ok(()) => return Ok(()),
+            Err(e) => remember_refused(devs, NO_REFLINK, &e),
+        }
     }
     // copy_file_range, else sendfile (across filesystems, e.g. a tmpfs upper over disk
     // lowers, where copy_file_range says EXDEV), else read and write.
@@ -163,7 +209,11 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<
         )
     };
     let mut off: u64 = 0;
-    let mut how = How::CopyFileRange;
+    let mut how = if refused(devs, NO_COPY_RANGE) {
+        How::Sendfile
+    } else {
+        How::CopyFileRange
+    };
     while off < size {
         let start = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
             Ok(s) => s as u64,
@@ -181,6 +231,7 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<
                 How::CopyFileRange => match ops::copy_file_range(src, pos, dst, pos, want) {
                     Ok(n) => n,
                     Err(e) if fallback(&e) => {
+                        remember_refused(devs, NO_COPY_RANGE, &e);
                         how = How::Sendfile;
                         continue;
                     }
@@ -367,7 +418,7 @@ impl UnionFs {
         let out = real
             .open(libc::O_WRONLY)
             .map_err(|e| Error::io(e, "open upper"))?;
-        copy_data(src.as_fd(), out.as_fd(), st.st_size as u64)?;
+        copy_data(src.as_fd(), out.as_fd(), st.st_size as u64, None)?;
         if !self.volatile {
             ops::fsync(out.as_fd(), false).map_err(|e| Error::io(e, "copy-up fsync"))?;
         }
@@ -417,7 +468,12 @@ impl UnionFs {
                     let mc = self.layers.marker("metacopy");
                     xattr::set(w, tmp, &mc, b"", 0).map_err(|e| Error::io(e, "set metacopy"))?;
                 } else if want != CopyUp::Empty {
-                    copy_file_data(src, st, out.as_fd())?;
+                    copy_file_data(
+                        src,
+                        st,
+                        out.as_fd(),
+                        self.layers.upper.as_ref().map(|u| u.dev),
+                    )?;
                     if !self.volatile {
                         ops::fsync(out.as_fd(), false)
                             .map_err(|e| Error::io(e, "copy-up fsync"))?;
@@ -440,7 +496,7 @@ impl UnionFs {
         dir: BorrowedFd<'_>,
         name: &CStr,
     ) -> Result<()> {
-        copy_xattrs(src.dir.as_fd(), &src.name, dir, name)?;
+        let caps = copy_xattrs(src.dir.as_fd(), &src.name, dir, name)?;
         let mut meta = *st;
         match (self.override_level, self.read_level(src.loc.top)) {
             (Some(level), _) => {
@@ -469,7 +525,10 @@ impl UnionFs {
             (None, None) => {}
         }
         copy_meta(dir, name, &meta)?;
-        copy_caps(src.dir.as_fd(), &src.name, dir, name)
+        if caps {
+            copy_caps(src.dir.as_fd(), &src.name, dir, name)?;
+        }
+        Ok(())
     }
 
     /// Copy-up of a node whose name is gone: to an anonymous file in the workdir (an
@@ -490,7 +549,12 @@ impl UnionFs {
             Kind::File => {
                 let out = anonymous_file(w)?;
                 if want != CopyUp::Empty {
-                    copy_file_data(&src, &st, out.as_fd())?;
+                    copy_file_data(
+                        &src,
+                        &st,
+                        out.as_fd(),
+                        self.layers.upper.as_ref().map(|u| u.dev),
+                    )?;
                 }
                 out
             }
@@ -521,14 +585,24 @@ impl UnionFs {
     }
 }
 
-/// The data of regular file `src` (its metacopy data file, if any) into `out`.
-fn copy_file_data(src: &crate::fs::Real, st: &Stat, out: BorrowedFd<'_>) -> Result<()> {
+/// The data of regular file `src` (its metacopy data file, if any) into `out`, a file on
+/// the filesystem `out_dev` (where known).
+fn copy_file_data(
+    src: &crate::fs::Real,
+    st: &Stat,
+    out: BorrowedFd<'_>,
+    out_dev: Option<u64>,
+) -> Result<()> {
     let data_fd = match &src.loc.data {
         Some(d) => sys::reopen(d.as_fd(), libc::O_RDONLY),
         None => src.open(libc::O_RDONLY),
     }
     .map_err(|e| Error::io(e, "copy-up open lower"))?;
-    copy_data(data_fd.as_fd(), out, st.st_size as u64)
+    // The data file of a metacopy may be on another layer: only `src`'s own is known.
+    let devs = out_dev
+        .filter(|_| src.loc.data.is_none())
+        .map(|d| (st.st_dev, d));
+    copy_data(data_fd.as_fd(), out, st.st_size as u64, devs)
 }
 
 /// A symlink, device, fifo or socket like `src` at `w/tmp`.

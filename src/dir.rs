@@ -439,7 +439,9 @@ impl UnionFs {
         }
         let updir = self.upper_dir_of(&pnode)?;
         let ploc = pnode.loc();
-        let needs_whiteout = lower_positive(&ploc, name, &cname);
+        // Found in a lower layer: the merged view shows it from there, so it takes a
+        // whiteout (no need to probe the lowers again).
+        let needs_whiteout = found.top != UPPER || lower_positive(&ploc, name, &cname);
         let node = self.inodes.find(&key).filter(|_| !dir);
         let was_pinned = node.as_ref().map(|n| n.loc.read().pinned.clone());
         if let Some(node) = &node {

@@ -177,7 +177,7 @@ impl Merger {
                     Some(fd) => fd,
                     None => sys::openat(udir, name, libc::O_RDONLY, 0).map_err(e)?,
                 };
-                copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64, None)?;
                 ops::fsync(dst.as_fd(), false).map_err(e)?;
             }
             libc::S_IFLNK => {
