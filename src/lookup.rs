@@ -164,8 +164,9 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
 pub enum Slot {
     /// The merged view shows something there.
     Taken,
-    /// Nothing shows; `upper_whiteout`: a whiteout in the upper directory hides a lower
-    /// entry, so the new entry must replace it in one step (and a directory be opaque).
+    /// Nothing shows; `upper_whiteout`: a whiteout in the upper directory (either format)
+    /// hides a lower entry, so the new entry must replace it in one step (and a directory
+    /// be opaque).
     Free { upper_whiteout: bool },
 }
 
@@ -179,8 +180,8 @@ pub fn probe_create(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Slot>
     })
 }
 
-/// `lookup`, also setting `upper_whiteout` when the search ended at a whiteout (device
-/// format) in the upper layer.
+/// `lookup`, also setting `upper_whiteout` when the search ended at a whiteout in the
+/// upper layer.
 fn resolve(
     layers: &Layers,
     parent: &Loc,
@@ -215,6 +216,11 @@ fn resolve(
                     if k < last
                         && whiteout::has_aufs_whiteout(dir.as_fd(), OsStr::from_bytes(n.as_bytes()))
                     {
+                        // (An upper in the aufs format: a new entry there must still hide
+                        // what the `.wh.` name hid.)
+                        if layer == UPPER && found.is_none() {
+                            *upper_whiteout = true;
+                        }
                         break 'layers;
                     }
                     continue;

@@ -149,3 +149,32 @@ fn the_upper_written_by_creates_matches_the_kernel_overlayfs() {
         &views[1],
     );
 }
+
+/// An upper with an aufs whiteout (`.wh.NAME`, e.g. a layer of that format given as upper):
+/// a directory made at NAME must still hide the lower directory, as one made over a
+/// device whiteout does.
+#[test]
+fn a_directory_made_over_an_aufs_whiteout_in_the_upper_hides_the_lower_one() {
+    let s = Scratch::new("inplace-aufs");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::create_dir(l.join("d")).unwrap();
+    fs::write(l.join("d/x"), b"lower\n").unwrap();
+    fs::write(l.join("f"), b"lower\n").unwrap();
+    fs::write(u.join(".wh.d"), b"").unwrap();
+    fs::write(u.join(".wh.f"), b"").unwrap();
+    {
+        let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+        assert!(!m.join("d").exists() && !m.join("f").exists());
+        fs::create_dir(m.join("d")).unwrap();
+        fs::write(m.join("f"), b"new\n").unwrap();
+    }
+    // Mounted again: the entries are looked up from the branches, not remembered.
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    let listed: Vec<_> = fs::read_dir(m.join("d")).unwrap().collect();
+    assert!(
+        listed.is_empty(),
+        "the lower directory shows through: {listed:?}"
+    );
+    assert!(fs::symlink_metadata(m.join("d/x")).is_err());
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"new\n");
+}
