@@ -152,7 +152,8 @@ impl UnionFs {
     /// staging directory and renamed over when a whiteout must be replaced, so that the
     /// whiteout is never gone while the new entry is incomplete (a directory made there is
     /// opaque, as the kernel makes it). With `xattr_permissions` every new entry is staged
-    /// (owner and mode live in an xattr that must be there before the name shows).
+    /// (owner and mode live in an xattr that must be there before the name shows), and
+    /// under `noacl` one below a default ACL (which it must not inherit).
     ///
     /// The reply is built from what the create made (its stat, the parent's place), not
     /// by resolving the name again through the layers: a new upper entry has no overlay
@@ -194,20 +195,23 @@ impl UnionFs {
         let is_dir = matches!(kind, NewKind::Dir);
         // The umask, or the parent's default ACL, as the upper filesystem would apply them
         // had the entry been created by the caller.
-        let parent_default = if self.acl {
-            xattr::get(updir.as_fd(), c".", acl::DEFAULT_XATTR)
-                .ok()
-                .flatten()
-                .and_then(|v| acl::Acl::parse(&v))
-        } else {
-            None
-        };
+        let stored_default = xattr::get(updir.as_fd(), c".", acl::DEFAULT_XATTR)
+            .ok()
+            .flatten();
+        let parent_default = stored_default
+            .as_deref()
+            .filter(|_| self.acl)
+            .and_then(acl::Acl::parse);
         let inherited = acl::inherit(parent_default.as_ref(), mode & 0o7777, umask, is_dir);
         let mut perm = inherited.mode;
         if is_dir && sgid_parent {
             perm |= libc::S_ISGID;
         }
-        let staged = upper_whiteout || self.override_level.is_some();
+        // Staged also under `noacl` below a default ACL: made in place, the entry would
+        // inherit it from the upper's filesystem.
+        let staged = upper_whiteout
+            || self.override_level.is_some()
+            || (!self.acl && stored_default.is_some());
         let tmp = tmp_name();
         // Where the entry is made: `work/tmp`, or its final place.
         let (d, n): (BorrowedFd<'_>, &CStr) = if staged {
