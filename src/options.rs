@@ -1511,6 +1511,26 @@ mod tests {
     }
 
     #[test]
+    fn udba_options() {
+        use crate::udba::Udba;
+        assert_eq!(cfg(&["-o", "lowerdir=/a", "/m"]).udba, Udba::None);
+        for (v, want) in [
+            ("none", Udba::None),
+            ("reval", Udba::Reval),
+            ("notify", Udba::Notify),
+        ] {
+            assert_eq!(
+                cfg(&["-o", &format!("lowerdir=/a,udba={v}"), "/m"]).udba,
+                want
+            );
+        }
+        let c = cfg(&["-o", "lowerdir=/a,udba=notify,udba_max_watches=7", "/m"]);
+        assert_eq!(c.udba_max_watches, Some(7));
+        assert!(err(&["-o", "lowerdir=/a,udba=always", "/m"]).contains("udba=always"));
+        assert!(err(&["-o", "lowerdir=/a,udba_max_watches=x", "/m"]).contains("udba_max_watches"));
+    }
+
+    #[test]
     fn fuse_overlayfs_xattr_and_cache_options() {
         use crate::override_stat::Level;
         let c = cfg(&["-o", "lowerdir=/a", "/m"]);

@@ -362,9 +362,37 @@ fn everything(st: &State, b: &mut Batch) {
 
 impl Observer for Watches {
     fn located(&self, node: &Arc<Node>) {
-        let loc = node.loc();
         let id = node.id;
+        // Copied out first (the location lock is a leaf): a file needs its name only.
+        let (parent, name, dirs) = {
+            let l = node.loc.read();
+            let dirs = if node.is_dir() {
+                l.dirs.clone()
+            } else {
+                Vec::new()
+            };
+            (l.parent, l.name.clone(), dirs)
+        };
         let mut st = self.state.write();
+        if !node.is_dir() {
+            // The common case, a file looked up again where it was: nothing to do.
+            if let Some(k) = st.nodes.get_mut(&id) {
+                if k.parent == parent && k.name == name {
+                    if !std::ptr::eq(k.node.as_ptr(), Arc::as_ptr(node)) {
+                        k.node = Arc::downgrade(node);
+                    }
+                    return;
+                }
+            }
+        }
+        let loc = crate::inode::Loc {
+            parent,
+            name,
+            top: 0,
+            dirs,
+            data: None,
+            pinned: None,
+        };
         let (old_key, old_watches) = match st.nodes.get_mut(&id) {
             Some(k) => {
                 let old = (k.parent, std::mem::replace(&mut k.name, loc.name.clone()));
