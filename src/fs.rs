@@ -512,6 +512,15 @@ impl UnionFs {
             }
         }
         let node = self.node(ino)?;
+        if self.udba == crate::udba::Udba::Reval && ino != ROOT_INO {
+            // Checked on access: the directory may be listed with no lookup of its name
+            // (a working directory), so its real directories are resolved again here.
+            let (p, n) = {
+                let l = node.loc.read();
+                (l.parent, l.name.clone())
+            };
+            self.reresolve(p, &n, ino);
+        }
         let loc = node.loc();
         let parent_ino = if ino == ROOT_INO {
             ROOT_INO

@@ -41,7 +41,7 @@
 //! and attribute the kernel may cache for a known node is dropped (negative entries
 //! directly in the mount root cannot be named and stay until their timeout).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -93,11 +93,12 @@ pub struct Batch {
     pub names_changed: bool,
     /// Directory nodes whose real directories may have changed: (parent, name, node).
     pub reresolve: Vec<(u64, OsString, u64)>,
+    seen: HashSet<Inval>,
 }
 
 impl Batch {
     fn push(&mut self, i: Inval) {
-        if !self.invals.contains(&i) {
+        if self.seen.insert(i.clone()) {
             self.invals.push(i);
         }
     }
@@ -335,11 +336,11 @@ fn shown_names(st: &State, d: u64, n: &OsStr) -> Vec<OsString> {
 /// Name `n` in directory node `d` appeared, went, moved or changed attributes.
 fn child_changed(st: &State, d: u64, n: OsString, b: &mut Batch) {
     if let Some(&c) = st.names.get(&(d, n.clone())) {
-        b.push(Inval::Inode {
-            ino: c,
-            pages: false,
-        });
-        if st.nodes.get(&c).is_some_and(|k| k.is_dir) {
+        // A directory's merge may have changed (a real part appeared or went): its cached
+        // listing goes too.
+        let dir = st.nodes.get(&c).is_some_and(|k| k.is_dir);
+        b.push(Inval::Inode { ino: c, pages: dir });
+        if dir {
             b.reresolve.push((d, n.clone(), c));
         }
     }
@@ -501,7 +502,9 @@ impl UnionFs {
         }
     }
 
-    fn reresolve(&self, parent: u64, name: &OsStr, id: u64) {
+    /// Resolves directory node `id` (`name` in `parent`) across the branches again and
+    /// takes its new real directories, if the name still leads to the same directory.
+    pub(crate) fn reresolve(&self, parent: u64, name: &OsStr, id: u64) {
         let (Some(p), Some(n)) = (self.inodes.get(parent), self.inodes.get(id)) else {
             return;
         };

@@ -324,11 +324,18 @@ fn change_and_watch(l: &Path, u: &Path, m: &Path, t: &mut Times) {
     t.until("md: merged directory, lower part", Instant::now(), || {
         listing(&m.join("md")) == ["newlower", "up"]
     });
+    // Also to a directory held open (as a working directory is): listed through its fd,
+    // with no lookup of its name.
+    let held = fs::File::open(m.join("ud2")).unwrap();
+    let by_fd = Path::new("/proc/self/fd").join(std::os::fd::AsRawFd::as_raw_fd(&held).to_string());
     fs::create_dir(l.join("ud2")).unwrap();
     fs::write(l.join("ud2/low"), b"l").unwrap();
     t.until("ud2: lower part appears", Instant::now(), || {
-        listing(&m.join("ud2")) == ["low", "up"] && reads(&m.join("ud2/low"), b"l")
+        listing(&by_fd) == ["low", "up"]
+            && listing(&m.join("ud2")) == ["low", "up"]
+            && reads(&m.join("ud2/low"), b"l")
     });
+    drop(held);
 }
 
 const MISSING: &[&str] = &[
