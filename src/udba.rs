@@ -219,8 +219,12 @@ impl Watches {
         }
     }
 
-    /// Turns events into what they call for (see the module docs).
-    pub fn translate(&self, events: &[Event]) -> Batch {
+    /// Turns events into what they call for (see the module docs). `writeback`: the
+    /// kernel keeps files' size and mtime itself (the writeback cache: it never takes them
+    /// from an attribute reply for an inode it holds), so a content change also drops the
+    /// name's entry: the kernel then lets go of the inode unless it is open, and the next
+    /// lookup makes a new one with the attributes as they are.
+    pub fn translate(&self, events: &[Event], writeback: bool) -> Batch {
         use libc::{
             IN_ATTRIB, IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_IGNORED, IN_MOVED_FROM,
             IN_MOVED_TO, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_UNMOUNT,
@@ -273,6 +277,9 @@ impl Watches {
                             ino: c,
                             pages: true,
                         });
+                        if writeback {
+                            b.push(Inval::Entry(d, e.name.clone()));
+                        }
                     }
                     continue;
                 }
@@ -552,7 +559,7 @@ pub fn spawn(fs: Arc<UnionFs>, send: impl Fn(&Inval) + Send + 'static) -> std::i
                         return;
                     }
                 };
-                let batch = w.translate(&events);
+                let batch = w.translate(&events, fs.writeback_cache.load(Ordering::Relaxed));
                 fs.direct_changes(&batch);
                 for i in &batch.invals {
                     send(i);
@@ -616,7 +623,7 @@ mod tests {
         fs::write(u.join("d/f"), b"longer").unwrap();
         let mut buf = vec![0u8; 4096];
         let ev = wt.inotify.read_events(&mut buf).unwrap();
-        let b = wt.translate(&ev);
+        let b = wt.translate(&ev, false);
         assert!(b.names_changed);
         assert!(
             b.invals.contains(&Inval::Entry(d.node, "new".into())),
@@ -633,7 +640,7 @@ mod tests {
         }) {
             b
         } else {
-            wt.translate(&wt.inotify.read_events(&mut buf).unwrap())
+            wt.translate(&wt.inotify.read_events(&mut buf).unwrap(), false)
         };
         assert!(
             b2.invals.contains(&Inval::Inode {

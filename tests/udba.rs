@@ -517,3 +517,96 @@ fn out_of_watches_degrades_to_reval_with_one_warning() {
     assert_same("past the cap vs a fresh mount", &live, &snapshot(&m));
     drop(fresh);
 }
+
+/// `udba=notify` in a user namespace (rootless podman's case): inotify needs no privilege,
+/// so direct changes show there too.
+#[test]
+fn notify_works_in_a_user_namespace() {
+    use std::os::unix::fs::MetadataExt;
+    use std::process::{Command, Stdio};
+    const USER: &str = "stratafs-podman";
+    let exists = Command::new("id")
+        .arg(USER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !exists {
+        let st = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", USER])
+            .status()
+            .expect("useradd");
+        assert!(st.success(), "useradd {USER} failed");
+    }
+    // /dev/fuse usable by the user for the test (restored after).
+    struct Mode(u32);
+    impl Drop for Mode {
+        fn drop(&mut self) {
+            if self.0 & 0o666 != 0o666 {
+                let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.0));
+            }
+        }
+    }
+    let mode = Mode(fs::metadata("/dev/fuse").unwrap().mode() & 0o7777);
+    if mode.0 & 0o666 != 0o666 {
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let s = Scratch::new("udba-userns");
+    let (l, u) = (s.dir("l"), s.dir("u"));
+    s.dir("w");
+    s.dir("m");
+    fs::write(l.join("lf"), b"short").unwrap();
+    fs::write(u.join("ugone"), b"u").unwrap();
+    let bin = s.path("stratafs");
+    fs::copy(common::bin(), &bin).unwrap();
+    let st = Command::new("chown")
+        .args(["-R", USER])
+        .arg(&s.0)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::set_permissions(&s.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = r#"
+D=$1
+"$D/stratafs" -o "lowerdir=$D/l,upperdir=$D/u,workdir=$D/w,udba=notify" "$D/m" || exit 1
+cat "$D/m/lf" "$D/m/ugone" > /dev/null; ls "$D/m" > /dev/null; [ ! -e "$D/m/ladded" ] || exit 1
+wait_for() { # NAME TEST...
+    n=$1; shift; i=0
+    until "$@"; do i=$((i+1)); [ $i -lt 400 ] || { echo "STALE $n"; return; }; sleep 0.005; done
+    echo "ok $n"
+}
+echo added > "$D/l/ladded"
+wait_for create test -e "$D/m/ladded"
+rm "$D/u/ugone"
+wait_for remove test ! -e "$D/m/ugone"
+echo "much longer content" > "$D/l/lf"
+wait_for modify sh -c "[ \"\$(stat -c %s '$D/m/lf')\" = 20 ]"
+fusermount3 -u "$D/m" || umount "$D/m"
+"#;
+    let out = Command::new("runuser")
+        .args(["-u", USER, "--", "timeout", "-k", "10", "60", "unshare"])
+        .args([
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&s.0)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for w in ["create", "remove", "modify"] {
+        assert!(text.contains(&format!("ok {w}")), "{w} not seen:\n{text}");
+    }
+    drop(mode);
+}
