@@ -34,6 +34,10 @@
 //! table of our own. What inotify cannot see, neither can `notify`: changes made by another
 //! machine to a network or FUSE branch (NFS, GlusterFS); use `reval` there.
 //!
+//! A real directory removed directly is seen through its parent's watch (its own watch
+//! reports the removal only once the daemon lets go of its fd): the merged directory is
+//! then resolved again, and keeps the watches of the parts it still has.
+//!
 //! Assumptions: an event arrives after the change is visible on the branch (inotify queues
 //! it after the operation), so a lookup after the invalidation sees the change. Changes
 //! made through the mount raise events too (the daemon writes the upper): they cost a
@@ -650,9 +654,41 @@ mod tests {
             "{b2:?}"
         );
 
+        // An overflowed queue drops everything known.
+        let overflow = Event {
+            wd: -1,
+            mask: libc::IN_Q_OVERFLOW,
+            name: OsString::new(),
+        };
+        let b = wt.translate(&[overflow], false);
+        for i in [
+            Inval::Entry(ROOT_INO, "d".into()),
+            Inval::Entry(d.node, "f".into()),
+            Inval::Inode {
+                ino: f.node,
+                pages: true,
+            },
+        ] {
+            assert!(b.invals.contains(&i), "{i:?} in {b:?}");
+        }
+
+        // d's lower part removed directly: the root's lower watch reports it (d's own
+        // watch reports nothing while the daemon holds the directory's fd), d is resolved
+        // again and keeps only its upper part and watch, and the kernel drops its entry.
+        fs::remove_dir_all(l.join("d")).unwrap();
+        let mut lost = Batch::default();
+        while !lost.invals.contains(&Inval::Entry(ROOT_INO, "d".into())) {
+            lost = wt.translate(&wt.inotify.read_events(&mut buf).unwrap(), false);
+        }
+        assert!(lost.reresolve.iter().any(|r| r.2 == d.node), "{lost:?}");
+        ufs.direct_changes(&lost);
+        assert_eq!(wt.count(), 3, "d's lower watch is gone");
+        assert!(ufs.udba_covers_dir(d.node));
+        assert_eq!(ufs.node(d.node).unwrap().loc().dirs.len(), 1);
+
         ufs.forget(f.node, 1);
         ufs.forget(d.node, 1);
-        assert_eq!(wt.count(), 2, "d's two watches released");
+        assert_eq!(wt.count(), 2, "d's other watch released");
         drop(ufs);
         let _ = fs::remove_dir_all(&base);
     }
