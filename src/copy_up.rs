@@ -390,6 +390,7 @@ impl UnionFs {
         let impure = self.layers.marker("impure");
         let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
         let _ = copy_times(upper_parent.as_fd(), c".", &pst);
+        let gained_dir = dirfd.is_some();
         {
             let mut l = node.loc.write();
             l.top = UPPER;
@@ -397,6 +398,10 @@ impl UnionFs {
                 l.dirs.insert(0, (UPPER, fd));
             }
             l.data = data_fd;
+        }
+        if gained_dir {
+            // udba=notify watches the new upper part too.
+            self.inodes.located(node.id);
         }
         if !meta_only {
             self.switch_handles_to_upper(node.id);

@@ -137,6 +137,11 @@ pub struct UnionFs {
     /// Bumped after every change of names made through the mount (any directory): a
     /// stream's listing older than this is rebuilt before it is read on (readdir.rs).
     names_gen: AtomicU64,
+    /// `udba=`: what is done about direct changes to the branches (udba.rs).
+    pub udba: crate::udba::Udba,
+    /// `udba=notify`: the watches on the real directories of the directory nodes (None
+    /// when inotify is not available: every directory is then checked on access).
+    pub(crate) watches: Option<Arc<crate::udba::Watches>>,
 }
 
 impl UnionFs {
@@ -169,7 +174,19 @@ impl UnionFs {
                 std::os::fd::AsFd::as_fd(&**w),
             )?));
         }
-        Ok(UnionFs {
+        let watches = match cfg.udba {
+            crate::udba::Udba::Notify => match crate::udba::Watches::new(cfg.udba_max_watches) {
+                Ok(w) => Some(Arc::new(w)),
+                Err(e) => {
+                    log::warn!(
+                        "udba=notify: no inotify instance ({e}): every directory is checked on access, as with udba=reval"
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        let fs = UnionFs {
             inodes: InodeTable::new(root),
             volatile: cfg.volatile,
             metacopy: cfg.metacopy,
@@ -192,7 +209,13 @@ impl UnionFs {
             read_only: AtomicBool::new(read_only),
             switching: Mutex::new(()),
             names_gen: AtomicU64::new(0),
-        })
+            udba: cfg.udba,
+            watches,
+        };
+        if let Some(w) = &fs.watches {
+            fs.inodes.set_observer(w.clone());
+        }
+        Ok(fs)
     }
 
     /// Is the mount read-only now?
@@ -502,6 +525,15 @@ impl UnionFs {
             }
         }
         let node = self.node(ino)?;
+        if self.udba == crate::udba::Udba::Reval && ino != ROOT_INO {
+            // Checked on access: the directory may be listed with no lookup of its name
+            // (a working directory), so its real directories are resolved again here.
+            let (p, n) = {
+                let l = node.loc.read();
+                (l.parent, l.name.clone())
+            };
+            self.reresolve(p, &n, ino);
+        }
         let loc = node.loc();
         let parent_ino = if ino == ROOT_INO {
             ROOT_INO

@@ -134,11 +134,12 @@ impl FuseAdapter {
     /// - a READDIRPLUS reply never leaves out a name that exists (see `readdirplus`).
     ///
     /// With `strictatime` (and not `nodiratime`) every listing must reach the branch, where
-    /// the directory's atime is updated, so listings are not cached then.
-    fn dir_flags(&self) -> FopenFlags {
+    /// the directory's atime is updated, so listings are not cached then; nor with
+    /// `udba=reval`, nor under `udba=notify` for a directory not watched (udba.rs).
+    fn dir_flags(&self, ino: INodeNo) -> FopenFlags {
         let p = self.fs.layers.atime;
         let strict_dirs = p.atime == crate::atime::Atime::Strict && !p.nodiratime;
-        if self.ttl == DEFAULT_TTL && !strict_dirs {
+        if self.ttl == DEFAULT_TTL && !strict_dirs && self.fs.udba_covers_dir(ino.0) {
             FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
         } else {
             FopenFlags::empty()
@@ -185,12 +186,18 @@ impl FuseAdapter {
     /// A handle whose writes must reach the daemon from the writer (a file with setuid or
     /// setgid bits opened for write, on a mount with the writeback cache) gets direct I/O.
     /// With `strictatime` every read must reach the branch (where the atime is updated),
-    /// so the page cache is not kept across opens either.
-    fn served_flags(&self, fh: u64) -> FopenFlags {
+    /// so the page cache is not kept across opens either; nor with `udba=reval`, nor under
+    /// `udba=notify` for a file whose directory is not watched (udba.rs).
+    fn served_flags(&self, fh: u64, ino: u64) -> FopenFlags {
         let strict = self.fs.layers.atime.atime == crate::atime::Atime::Strict;
+        let udba_keeps = match self.fs.udba {
+            crate::udba::Udba::None => true,
+            crate::udba::Udba::Reval => false,
+            crate::udba::Udba::Notify => self.fs.udba_covers_attrs(ino),
+        };
         if self.fs.direct_io(fh) {
             FopenFlags::FOPEN_DIRECT_IO
-        } else if strict {
+        } else if strict || !udba_keeps {
             FopenFlags::empty()
         } else if !self.passthrough.load(Ordering::Relaxed)
             || (self.ttl == DEFAULT_TTL && self.fs.keeps_page_cache(fh))
@@ -235,6 +242,20 @@ impl FuseAdapter {
                 None
             }
         }
+    }
+}
+
+/// Sends one invalidation asked for by `udba=notify` (udba.rs) to the kernel. ENOENT (the
+/// kernel holds nothing for it) is no error.
+pub fn send_inval(n: &Notifier, i: &crate::udba::Inval) {
+    use crate::udba::Inval;
+    let r = match i {
+        Inval::Entry(parent, name) => n.inval_entry(INodeNo(*parent), name),
+        // Offset -1: the attributes only; 0: and every page (a directory's cached listing).
+        Inval::Inode { ino, pages } => n.inval_inode(INodeNo(*ino), if *pages { 0 } else { -1 }, 0),
+    };
+    if let Err(e) = r {
+        debug!("udba: {i:?}: {e}");
     }
 }
 
@@ -309,26 +330,51 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 impl FuseAdapter {
-    fn reply_new(&self, op: &str, r: crate::Result<(Attr, Option<u64>)>, reply: ReplyEntry) {
+    fn reply_new(
+        &self,
+        op: &str,
+        parent: INodeNo,
+        r: crate::Result<(Attr, Option<u64>)>,
+        reply: ReplyEntry,
+    ) {
         match r {
-            Ok((a, _)) => self.reply_entry(&a, reply),
+            Ok((a, _)) => self.reply_entry(parent, &a, reply),
             Err(e) => reply.error(errno(op, e)),
         }
     }
 
     /// The attribute TTL for `a`: zero for a name node (its GETATTR replies carry the
-    /// number shown, which its entry replies cannot) and while its times can change unseen
-    /// (see `UnionFs::times_change_unseen`), so every stat asks; the mount's TTL otherwise.
+    /// number shown, which its entry replies cannot), while its times can change unseen
+    /// (see `UnionFs::times_change_unseen`) and under `udba=notify` when a direct change
+    /// to it would not be seen (udba.rs), so every stat asks; the mount's TTL otherwise.
     fn attr_ttl(&self, a: &Attr) -> Duration {
-        if a.node != a.ino || self.fs.times_change_unseen(a.node) {
+        if a.node != a.ino
+            || self.fs.times_change_unseen(a.node)
+            || !self.fs.udba_covers_attrs(a.node)
+        {
             Duration::ZERO
         } else {
             self.ttl
         }
     }
 
-    fn reply_entry(&self, a: &Attr, reply: ReplyEntry) {
-        reply.entry_with_ttls(&self.attr_ttl(a), &self.ttl, &entry_attr(a), Generation(0))
+    /// The TTL of an entry (positive or negative) in directory `parent`: zero under
+    /// `udba=notify` for a directory not watched, the mount's otherwise.
+    fn entry_ttl(&self, parent: INodeNo) -> Duration {
+        if self.fs.udba_covers_dir(parent.0) {
+            self.ttl
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn reply_entry(&self, parent: INodeNo, a: &Attr, reply: ReplyEntry) {
+        reply.entry_with_ttls(
+            &self.attr_ttl(a),
+            &self.entry_ttl(parent),
+            &entry_attr(a),
+            Generation(0),
+        )
     }
 }
 
@@ -370,6 +416,13 @@ impl Filesystem for FuseAdapter {
                 Err(_) => info!("init: kernel lacks {flag:?} ({why}); going on without"),
             }
         }
+        // udba=reval|notify: a read of an open file whose attributes are found changed
+        // (size or mtime; after their TTL, or an invalidation) drops its pages.
+        if self.fs.udba != crate::udba::Udba::None
+            && config.add_capabilities(F::FUSE_AUTO_INVAL_DATA).is_err()
+        {
+            info!("init: kernel lacks FUSE_AUTO_INVAL_DATA; open files may read old pages after a direct change");
+        }
         // Fast data path, one of two (the kernel refuses both together):
         // - passthrough: the kernel reads and writes upper files itself. Registering a
         //   backing file needs CAP_SYS_ADMIN in the initial user namespace, so it is only
@@ -409,12 +462,12 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.stats.count(Op::Lookup);
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => self.reply_entry(&a, reply),
+            Ok(a) => self.reply_entry(parent, &a, reply),
             // A negative entry (node id 0) lets the kernel cache "no such name" too.
-            Err(e) if e.errno == libc::ENOENT && !self.ttl.is_zero() => {
+            Err(e) if e.errno == libc::ENOENT && !self.entry_ttl(parent).is_zero() => {
                 let mut neg = fuse_attr(&Attr::negative());
                 neg.ino = INodeNo(0);
-                reply.entry(&self.ttl, &neg, Generation(0))
+                reply.entry(&self.entry_ttl(parent), &neg, Generation(0))
             }
             Err(e) => reply.error(errno("lookup", e)),
         }
@@ -462,7 +515,7 @@ impl Filesystem for FuseAdapter {
             }
             // Without passthrough the file's data only changes through this daemon, so
             // the page cache stays valid from one open to the next.
-            None => reply.opened(FileHandle(fh), self.served_flags(fh) | NO_FLUSH),
+            None => reply.opened(FileHandle(fh), self.served_flags(fh, ino.0) | NO_FLUSH),
         }
         // Attributes cached before this open (with the long TTL) may be wrong now: the
         // lower's after a copy-up, or about to change unseen (mmap stores).
@@ -510,7 +563,7 @@ impl Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.stats.count(Op::Opendir);
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.dir_flags()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.dir_flags(ino)),
             Err(e) => reply.error(errno("opendir", e)),
         }
     }
@@ -592,7 +645,12 @@ impl Filesystem for FuseAdapter {
                 }
                 break;
             }
-            let ttl = self.attr_ttl(&attr);
+            // One TTL for the entry and its attributes.
+            let ttl = if self.fs.udba_covers_dir(ino.0) {
+                self.attr_ttl(&attr)
+            } else {
+                Duration::ZERO
+            };
             if reply.add(
                 INodeNo(attr.node),
                 e.off,
@@ -737,7 +795,7 @@ impl Filesystem for FuseAdapter {
             caller(req),
         );
         self.names_changed(&[parent]);
-        self.reply_new("mknod", r, reply);
+        self.reply_new("mknod", parent, r, reply);
     }
 
     fn mkdir(
@@ -759,7 +817,7 @@ impl Filesystem for FuseAdapter {
             caller(req),
         );
         self.names_changed(&[parent]);
-        self.reply_new("mkdir", r, reply);
+        self.reply_new("mkdir", parent, r, reply);
     }
 
     fn symlink(
@@ -781,7 +839,7 @@ impl Filesystem for FuseAdapter {
             caller(req),
         );
         self.names_changed(&[parent]);
-        self.reply_new("symlink", r, reply);
+        self.reply_new("symlink", parent, r, reply);
     }
 
     fn link(
@@ -796,7 +854,7 @@ impl Filesystem for FuseAdapter {
         let r = self.fs.link(ino.0, newparent.0, newname);
         self.names_changed(&[newparent]);
         match r {
-            Ok(a) => self.reply_entry(&a, reply),
+            Ok(a) => self.reply_entry(newparent, &a, reply),
             Err(e) => reply.error(errno("link", e)),
         }
     }
@@ -870,7 +928,7 @@ impl Filesystem for FuseAdapter {
                     // Before the reply (see `open`).
                     self.handle_backing.insert(fh, bk.clone());
                     reply.created_passthrough(
-                        &self.ttl,
+                        &self.entry_ttl(parent),
                         &entry_attr(&a),
                         Generation(0),
                         FileHandle(fh),
@@ -883,11 +941,11 @@ impl Filesystem for FuseAdapter {
                     }
                 }
                 None => reply.created(
-                    &self.ttl,
+                    &self.entry_ttl(parent),
                     &entry_attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    self.served_flags(fh) | NO_FLUSH,
+                    self.served_flags(fh, a.node) | NO_FLUSH,
                 ),
             },
             Ok((_, None)) => reply.error(Errno::EIO),

@@ -40,7 +40,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -169,6 +169,16 @@ impl Node {
     }
 }
 
+/// Told where the table's nodes are (udba.rs watches the real directories of directory
+/// nodes). Called with no table lock held, after the change: `located` when a node is
+/// created, looked up again (its location refreshed) or moved, `removed` when the last
+/// reference went. Calls for one node may race (a lookup reviving an id while its old node
+/// is being removed); the observer tells nodes apart by their `Arc`.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    fn located(&self, node: &Arc<Node>);
+    fn removed(&self, node: &Arc<Node>);
+}
+
 /// All live nodes by node id, and name nodes by name.
 #[derive(Debug)]
 pub struct InodeTable {
@@ -178,6 +188,7 @@ pub struct InodeTable {
     next_name_id: AtomicU64,
     /// Nodes removed since the table last checked whether to shrink.
     removed: AtomicU64,
+    observer: OnceLock<Arc<dyn Observer>>,
 }
 
 /// After this many removals the table checks whether it should give memory back.
@@ -190,6 +201,7 @@ impl InodeTable {
             names: DashMap::new(),
             next_name_id: AtomicU64::new(1),
             removed: AtomicU64::new(0),
+            observer: OnceLock::new(),
         };
         t.nodes.insert(
             ROOT_INO,
@@ -204,6 +216,27 @@ impl InodeTable {
             }),
         );
         t
+    }
+
+    /// Sets the table's [`Observer`] (once; it is told about the root at once).
+    pub fn set_observer(&self, o: Arc<dyn Observer>) {
+        if self.observer.set(o).is_ok() {
+            self.located(ROOT_INO);
+        }
+    }
+
+    /// Tells the observer that `ino`'s location changed in place (copy-up gave a directory
+    /// its upper part).
+    pub fn located(&self, ino: u64) {
+        if let (Some(o), Some(n)) = (self.observer.get(), self.get(ino)) {
+            o.located(&n);
+        }
+    }
+
+    fn tell_located(&self, node: &Arc<Node>) {
+        if let Some(o) = self.observer.get() {
+            o.located(node);
+        }
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
@@ -247,6 +280,7 @@ impl InodeTable {
                 let (node, old_parent) = self.count_or_create(id, kind, loc, Some(key));
                 drop(guard);
                 self.settle_parent(id, parent, old_parent);
+                self.tell_located(&node);
                 node
             }
         }
@@ -262,6 +296,7 @@ impl InodeTable {
         let new_parent = loc.parent;
         let (node, old_parent) = self.count_or_create(id, kind, loc, name_key);
         self.settle_parent(id, new_parent, old_parent);
+        self.tell_located(&node);
         node
     }
 
@@ -339,6 +374,7 @@ impl InodeTable {
             self.add_ref(parent);
             self.forget(old, 1);
         }
+        self.tell_located(&node);
     }
 
     /// One more kernel reference to a node already in the table (lookup of "." / "..").
@@ -377,6 +413,9 @@ impl InodeTable {
                     }
                     ino = node.loc.read().parent;
                     n = 1;
+                    if let Some(o) = self.observer.get() {
+                        o.removed(&node);
+                    }
                     self.note_removal();
                 }
                 None => return,

@@ -88,10 +88,15 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     // Signals are taken by one thread with sigwait; block them before any thread starts.
     sys::block_exit_signals();
     let fs = Arc::new(UnionFs::new(cfg)?);
+    // udba=reval: nothing cached unless timeout= says otherwise (udba.rs).
     let ttl = cfg
         .timeout
         .map(std::time::Duration::from_secs_f64)
-        .unwrap_or(DEFAULT_TTL);
+        .unwrap_or(if cfg.udba == crate::udba::Udba::Reval {
+            std::time::Duration::ZERO
+        } else {
+            DEFAULT_TTL
+        });
     let adapter = FuseAdapter::new(fs.clone(), ttl);
     let notifier = adapter.notifier_slot();
     let mnt = cfg.mountpoint.display().to_string();
@@ -122,6 +127,14 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     };
     let mut session = session;
     let _ = notifier.set(session.notifier());
+    // udba=notify: the thread that turns direct changes into invalidations.
+    let slot = notifier.clone();
+    crate::udba::spawn(fs.clone(), move |i| {
+        if let Some(n) = slot.get() {
+            crate::fuse::send_inval(n, i);
+        }
+    })
+    .map_err(|e| Error::io(e, "udba thread"))?;
     let mut unmounter = session.unmount_callable();
     let mountpoint = cfg.mountpoint.clone();
     let fstype = format!("fuse.{}", cfg.subtype.as_deref().unwrap_or("stratafs"));

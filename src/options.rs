@@ -87,6 +87,10 @@ pub struct Config {
     pub static_nlink: bool,
     /// `timeout=`: entry/attr cache lifetime in seconds, if given.
     pub timeout: Option<f64>,
+    /// `udba=none|reval|notify`: what is done about direct changes to the branches (udba.rs).
+    pub udba: crate::udba::Udba,
+    /// `udba_max_watches=N`: at most N inotify watches with `udba=notify`.
+    pub udba_max_watches: Option<usize>,
     pub log_file: Option<PathBuf>,
     /// Options accepted but without effect, kept for one log line at startup.
     pub ignored: Vec<String>,
@@ -264,6 +268,16 @@ pub const OPTIONS: &[OptionDoc] = &[
         "timeout",
         "timeout=SECS",
         "kernel entry/attribute cache lifetime",
+    ),
+    doc(
+        "udba",
+        "udba=none|reval|notify",
+        "changes made directly to the branches: not checked (default), checked on access, or watched (inotify)",
+    ),
+    doc(
+        "udba_max_watches",
+        "udba_max_watches=N",
+        "udba=notify: at most N watches; directories beyond are checked on access",
     ),
     doc(
         "volatile",
@@ -736,6 +750,22 @@ impl Parser {
                     .filter(|t: &f64| t.is_finite() && *t >= 0.0)
                     .ok_or_else(|| bad(format!("option timeout={v}: expected seconds")))?;
                 cfg.timeout = Some(t);
+            }
+            "udba" => {
+                let v = need(value)?;
+                cfg.udba = crate::udba::Udba::parse(&v).ok_or_else(|| {
+                    bad(format!(
+                        "option udba={}: expected none, reval or notify",
+                        text(&v)
+                    ))
+                })?;
+            }
+            "udba_max_watches" => {
+                let v = text(&need(value)?);
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| bad(format!("option udba_max_watches={v}: expected a number")))?;
+                cfg.udba_max_watches = Some(n);
             }
             "verity" => {
                 let v = text(&need(value)?);
@@ -1478,6 +1508,26 @@ mod tests {
         ] {
             assert_eq!(cfg(&["-o", o, "/m"]).ids.view(5, 6), (7, 0), "{o}");
         }
+    }
+
+    #[test]
+    fn udba_options() {
+        use crate::udba::Udba;
+        assert_eq!(cfg(&["-o", "lowerdir=/a", "/m"]).udba, Udba::None);
+        for (v, want) in [
+            ("none", Udba::None),
+            ("reval", Udba::Reval),
+            ("notify", Udba::Notify),
+        ] {
+            assert_eq!(
+                cfg(&["-o", &format!("lowerdir=/a,udba={v}"), "/m"]).udba,
+                want
+            );
+        }
+        let c = cfg(&["-o", "lowerdir=/a,udba=notify,udba_max_watches=7", "/m"]);
+        assert_eq!(c.udba_max_watches, Some(7));
+        assert!(err(&["-o", "lowerdir=/a,udba=always", "/m"]).contains("udba=always"));
+        assert!(err(&["-o", "lowerdir=/a,udba_max_watches=x", "/m"]).contains("udba_max_watches"));
     }
 
     #[test]

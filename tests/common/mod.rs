@@ -181,6 +181,11 @@ pub struct Strata {
 
 impl Strata {
     pub fn mount(stack: &Stack<'_>, extra: &str, mnt: &Path) -> Strata {
+        Strata::mount_logged(stack, extra, mnt, None)
+    }
+
+    /// [`Strata::mount`], the daemon logging to `log` if given.
+    pub fn mount_logged(stack: &Stack<'_>, extra: &str, mnt: &Path, log: Option<&Path>) -> Strata {
         let mut opts = stack.options();
         if !extra.is_empty() {
             opts.push(',');
@@ -189,7 +194,9 @@ impl Strata {
         let mut cmd = Command::new(bin());
         // STRATAFS_TEST_LOG=DIR: each daemon logs to DIR/<mount point name>.log (with
         // RUST_LOG=debug, every failed request with its errno).
-        if let Some(dir) = std::env::var_os("STRATAFS_TEST_LOG") {
+        if let Some(file) = log {
+            cmd.arg(format!("--log-file={}", file.display()));
+        } else if let Some(dir) = std::env::var_os("STRATAFS_TEST_LOG") {
             let name = mnt
                 .file_name()
                 .unwrap_or_default()
