@@ -94,6 +94,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         .unwrap_or(DEFAULT_TTL);
     let adapter = FuseAdapter::new(fs.clone(), ttl);
     let notifier = adapter.notifier_slot();
+    let invalidator = adapter.invalidator();
     let mnt = cfg.mountpoint.display().to_string();
     let fcfg = fuser_config(cfg);
     // Mount ourselves so /proc/mounts says `fuse.stratafs` (fuser's own mount always says
@@ -140,7 +141,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         })
         .map_err(|e| Error::io(e, "signal thread"))?;
     // The control channel (remount,ro|rw): listening before the mount is reported live.
-    if let Err(e) = crate::control::start_server(fs, cfg, &fstype) {
+    if let Err(e) = crate::control::start_server(fs, cfg, &fstype, invalidator) {
         warn!("no control channel (remount will not work): {e}");
     }
     for i in &cfg.ignored {
