@@ -174,8 +174,8 @@ pub const OPTIONS: &[OptionDoc] = &[
     doc("ro", "ro", "read-only mount (also without an upper branch)"),
     doc(
         "remount",
-        "remount,ro|rw",
-        "make a live mount read-only or writable again (also via mount -o remount)",
+        "remount,ro|rw|OP",
+        "make a live mount read-only or writable again, or change its branches with aufs's add:/append:/prepend:/del:/mod:/lowerdir+= (also via mount -o remount; see stratafs branch)",
     ),
     doc(
         "rw",

@@ -454,3 +454,60 @@ fn remount_through_mount_8() {
     mount8("remount,ro".into());
     assert!(fs::write(m.join("x"), "x").is_err());
 }
+
+/// Changes while another process walks and reads the tree: no request fails but with
+/// ENOENT (a name that just went), the daemon serves on, and the end state equals a fresh
+/// mount.
+#[test]
+fn changes_under_a_concurrent_walk() {
+    let s = Scratch::new("branches-walk");
+    let l = layers(&s);
+    for i in 0..30 {
+        let d = l.n.join(format!("many/d{i}"));
+        fs::create_dir_all(&d).unwrap();
+        for j in 0..20 {
+            fs::write(d.join(format!("f{j}")), format!("{i} {j}\n")).unwrap();
+        }
+    }
+    let m = s.dir("m");
+    let sm = Strata::mount(&stack(&[&l.l1, &l.l2], &l), "", &m);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let walker = {
+        let (m, stop) = (m.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut walks = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let o = Command::new("sh")
+                    .arg("-c")
+                    .arg("find . -type f -exec cat {} + >/dev/null 2>/tmp/walk-err.$$; grep -v 'No such file' /tmp/walk-err.$$; rm -f /tmp/walk-err.$$")
+                    .current_dir(&m)
+                    .output()
+                    .unwrap();
+                let err = String::from_utf8_lossy(&o.stdout).into_owned();
+                assert!(err.trim().is_empty(), "walk errors: {err}");
+                walks += 1;
+            }
+            walks
+        })
+    };
+    let n = l.n.display().to_string();
+    for i in 0..10 {
+        let op = match i % 3 {
+            0 => format!("add:1:{n}"),
+            1 => format!("append:{n}"),
+            _ => format!("add:2:{n}=ro"),
+        };
+        branch_ok(&m, &[&op]);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        branch_ok(&m, &[&format!("del!:{n}")]);
+    }
+    branch_ok(&m, &[&format!("add:2:{n}")]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let walks = walker.join().unwrap();
+    assert!(walks > 0);
+    let seen = snapshot(&m);
+    assert!(sm.unmount().is_some_and(|s| s.success()), "clean exit");
+    let fm = s.dir("fresh");
+    let _f = Strata::mount(&stack(&[&l.l1, &l.n, &l.l2], &l), "", &fm);
+    assert_same("after the changes vs fresh", &seen, &snapshot(&fm));
+}
