@@ -315,13 +315,7 @@ pub struct Env {
 /// `MAJ:MIN` → a `dev_t` (glibc's encoding).
 fn parse_dev(s: &str) -> Option<u64> {
     let (a, b) = s.split_once(':')?;
-    let (maj, min): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
-    Some(
-        ((maj & 0xfffff000) << 32)
-            | ((maj & 0xfff) << 8)
-            | ((min & 0xffffff00) << 12)
-            | (min & 0xff),
-    )
+    Some(sys::makedev(a.parse().ok()?, b.parse().ok()?))
 }
 
 fn serve_one(fs: &UnionFs, cfg: &mut Config, env: &Env, mut s: UnixStream, owner: u32) {

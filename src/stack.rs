@@ -198,11 +198,13 @@ impl UnionFs {
                 continue;
             }
             for link in ["cwd", "root"] {
-                use std::os::unix::fs::MetadataExt;
-                let Ok(md) = std::fs::metadata(p.path().join(link)) else {
+                let Ok(path) = CString::new(p.path().join(link).as_os_str().as_bytes()) else {
                     continue;
                 };
-                if md.dev() == dev && lives_in(md.ino()) {
+                let Ok((d, ino)) = sys::statx_cached(&path) else {
+                    continue;
+                };
+                if d == dev && lives_in(ino) {
                     return Some(format!(
                         "the {} directory of process {}",
                         if link == "cwd" { "working" } else { "root" },
