@@ -262,8 +262,7 @@ impl UnionFs {
         let loc = node.loc();
         let noatime = self
             .layers
-            .get(loc.top)
-            .map(|l| l.noatime_opens)
+            .with(loc.top, |l| l.noatime_opens)
             .unwrap_or(false);
         if let Some(p) = &loc.pinned {
             return Ok(Real {
@@ -407,7 +406,7 @@ impl UnionFs {
         &self,
         layer: crate::layers::LayerId,
     ) -> Option<crate::override_stat::Level> {
-        self.layers.get(layer).ok().and_then(|l| l.read_level)
+        self.layers.with(layer, |l| l.read_level).flatten()
     }
 
     /// With `xattr_permissions` (or a lower marked at its root), shows the owner/mode

@@ -449,6 +449,15 @@ impl Layers {
         l.ok_or_else(|| Error::new(libc::ESTALE, format!("no layer {id} in the stack")))
     }
 
+    /// `f` of the branch with this id (the upper, or a lower in the current stack), with no
+    /// reference counted: for per-request reads of a layer's flags.
+    pub fn with<R>(&self, id: LayerId, f: impl FnOnce(&Layer) -> R) -> Option<R> {
+        if id == UPPER {
+            return self.upper.as_deref().map(f);
+        }
+        self.stack.read().lower(id).map(|l| f(l))
+    }
+
     /// All branch roots, top first: the root directory's realization.
     pub fn roots(&self) -> Vec<(LayerId, Arc<OwnedFd>)> {
         let stack = self.stack();
