@@ -511,3 +511,62 @@ fn changes_under_a_concurrent_walk() {
     let _f = Strata::mount(&stack(&[&l.l1, &l.n, &l.l2], &l), "", &fm);
     assert_same("after the changes vs fresh", &seen, &snapshot(&fm));
 }
+
+/// Without an upper, index 0 is the top branch; the view equals a fresh read-only mount
+/// and a fresh kernel overlayfs of the new lowers.
+#[test]
+fn read_only_mount_adds_at_index_0() {
+    let s = Scratch::new("branches-ro");
+    let l = layers(&s);
+    let (m, fm, km) = (s.dir("m"), s.dir("fresh"), s.dir("km"));
+    fn only(lowers: Vec<&Path>) -> Stack<'_> {
+        Stack {
+            lowers,
+            upper: None,
+        }
+    }
+    let sm = Strata::mount(&only(vec![&l.l1, &l.l2]), "", &m);
+    let _ = snapshot(&m);
+    let _ = probe(&m);
+    let out = branch_ok(&m, &[&format!("add:0:{}", l.n.display())]);
+    assert_eq!(out.trim(), format!("added {} at 0 (ro+wh)", l.n.display()));
+    let (seen, probed) = (snapshot(&m), probe(&m));
+    drop(sm);
+    {
+        let _f = Strata::mount(&only(vec![&l.n, &l.l1, &l.l2]), "", &fm);
+        assert_same("ro: changed vs fresh", &seen, &snapshot(&fm));
+        assert_eq!(probed, probe(&fm));
+    }
+    let _k = Kernel::mount(&only(vec![&l.n, &l.l1, &l.l2]), "", &km);
+    assert_same("ro: changed vs kernel", &seen, &snapshot(&km));
+    assert_eq!(probed, probe(&km));
+}
+
+/// A process whose working directory exists only in a branch removed with `del!:` goes on
+/// listing and reading there (the directory keeps what it had), and the daemon serves on.
+#[test]
+fn a_cwd_in_a_removed_branch_keeps_working() {
+    let s = Scratch::new("branches-cwd");
+    let l = layers(&s);
+    let m = s.dir("m");
+    let sm = Strata::mount(&stack(&[&l.l1, &l.n, &l.l2], &l), "", &m);
+    let flag = s.path("flag");
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("i=0; while [ ! -e \"$1\" ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; ls; cat f")
+        .arg("sh")
+        .arg(&flag)
+        .current_dir(m.join("sub/deep"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = branch(&m, &[&format!("del:{}", l.n.display())]);
+    assert!(text(&o).contains("working directory"), "{}", text(&o));
+    branch_ok(&m, &[&format!("del!:{}", l.n.display())]);
+    assert!(!m.join("sub").exists());
+    fs::write(&flag, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out), "f\ndeep\n");
+    assert!(sm.unmount().is_some_and(|s| s.success()), "clean exit");
+}
