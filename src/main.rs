@@ -22,6 +22,10 @@ fn main() -> ExitCode {
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
+        if rest.iter().any(|a| a == "-h" || a == "--help") {
+            println!("{}", stratafs::remount::BRANCH_USAGE);
+            return ExitCode::SUCCESS;
+        }
         return match stratafs::remount::branch_command(&rest) {
             Ok(lines) => {
                 for l in lines {
