@@ -367,7 +367,9 @@ pub fn handle(fs: &UnionFs, cfg: &mut Config, req: &Request, env: &Env) -> Reply
             };
             fs.change_branches(cfg, &ops, env.dev).map(|c| {
                 if let Some(i) = &env.inval {
+                    let t = std::time::Instant::now();
                     i.apply(&c.inval);
+                    info!("branches: kernel caches dropped in {:?}", t.elapsed());
                 }
                 cfg.lowerdirs = c.lowerdirs;
                 c.lines

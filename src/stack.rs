@@ -18,10 +18,11 @@
 //!      is): its open files, attributes and data keep working, and its name leads to
 //!      whatever the new stack has there;
 //! 4. returns what the kernel must drop ([`Inval`]): every directory the kernel holds
-//!    (attributes and cached listing) and, in each, every name any of its real
-//!    directories has in the old or the new stack (whiteouts included), which covers the
-//!    negative entries of names a new branch adds. The adapter sends those before the
-//!    change is answered (`fuse::Invalidator`).
+//!    whose real directories changed (attributes and cached listing) and, in each, every
+//!    name a real directory that came, went or changed mode has (whiteouts included),
+//!    which covers the negative entries of names a new branch adds; a directory that
+//!    merges the same real directories as before is left alone, and so are its files.
+//!    The adapter sends those before the change is answered (`fuse::Invalidator`).
 //!
 //! **In use.** A branch is in use while the daemon has an open file or directory handle
 //! on a node whose entry lives in it (its `top` is that branch), or a process's working
@@ -41,7 +42,7 @@ use std::sync::Arc;
 use crate::branch::{self, Current, Op, Planned};
 use crate::error::{Error, Result};
 use crate::inode::{Loc, Node};
-use crate::layers::{Layer, LayerId, ROOT_INO};
+use crate::layers::{Layer, LayerId, Stack, ROOT_INO};
 use crate::lookup;
 use crate::options::Config;
 use crate::sys;
@@ -91,6 +92,25 @@ fn raw_names(dirs: &[(LayerId, Arc<OwnedFd>)], out: &mut HashSet<OsString>) {
             }
         }
     }
+}
+
+/// The real directories of `a` that `b` does not have (by layer and directory), or whose
+/// layer changed mode.
+fn changed(
+    a: &[(LayerId, Arc<OwnedFd>)],
+    b: &[(LayerId, Arc<OwnedFd>)],
+    mode_changed: &dyn Fn(LayerId) -> bool,
+) -> Vec<(LayerId, Arc<OwnedFd>)> {
+    let key = |fd: &OwnedFd| sys::fstat(fd.as_fd()).map(|st| (st.st_dev, st.st_ino)).ok();
+    a.iter()
+        .filter(|(id, fd)| {
+            mode_changed(*id)
+                || !b
+                    .iter()
+                    .any(|(j, g)| j == id && key(g).is_some() && key(g) == key(fd))
+        })
+        .cloned()
+        .collect()
 }
 
 impl UnionFs {
@@ -163,10 +183,19 @@ impl UnionFs {
         }
         let lowerdirs = lowers.iter().map(|l| l.path.clone()).collect();
         let inval = {
+            let t = std::time::Instant::now();
             let _w = self.restack.write();
+            let old = self.layers.stack();
             let gen = self.layers.set_lowers(lowers);
-            log::info!("branches: stack generation {gen}: {:?}", plan.lines);
-            self.reresolve()
+            let inval = self.reresolve(&old);
+            log::info!(
+                "branches: stack generation {gen}: {:?}; {} nodes re-resolved in {:?}, {} names to drop",
+                plan.lines,
+                self.inodes.len(),
+                t.elapsed(),
+                inval.names.len()
+            );
+            inval
         };
         self.names_changed();
         Ok(Changed {
@@ -216,8 +245,27 @@ impl UnionFs {
         None
     }
 
-    /// Re-resolves every node under the stack just swapped in (caller holds `restack`).
-    fn reresolve(&self) -> Inval {
+    /// Re-resolves every node under the stack just swapped in, `old` the one before
+    /// (caller holds `restack`). A directory that merges the same layers in the same modes
+    /// as before is *quiet*: its names resolve as before (a name's resolution depends only
+    /// on its parent's real directories and their modes), so its non-directory children
+    /// are not looked up again and nothing of it is dropped from the kernel. (Its child
+    /// directories are, as an absolute redirect reaches into the stack itself; so are
+    /// metacopy files, whose data may be found through one.)
+    fn reresolve(&self, old_stack: &Stack) -> Inval {
+        let new_stack = self.layers.stack();
+        let same_dirs = |a: &Loc, b: &Loc| {
+            a.dirs.len() == b.dirs.len()
+                && a.dirs.iter().zip(&b.dirs).all(|((x, _), (y, _))| {
+                    x == y
+                        && old_stack.lower(*x).map(|l| l.mode)
+                            == new_stack.lower(*x).map(|l| l.mode)
+                })
+        };
+        let mode_changed = |id: LayerId| {
+            old_stack.lower(id).map(|l| l.mode) != new_stack.lower(id).map(|l| l.mode)
+        };
+        let mut quiet: HashSet<u64> = HashSet::new();
         let nodes = self.inodes.all();
         let by_id: HashMap<u64, &Arc<Node>> = nodes.iter().map(|n| (n.id, n)).collect();
         // Parents before children.
@@ -275,13 +323,24 @@ impl UnionFs {
                             ..old.clone()
                         })
                 };
-                let mut names = HashSet::new();
-                raw_names(&old.dirs, &mut names);
-                if let Some(n) = &new {
-                    raw_names(&n.dirs, &mut names);
+                if new.as_ref().is_some_and(|n| same_dirs(&old, n)) {
+                    quiet.insert(node.id);
+                } else {
+                    // Only names in a real directory that came, went or changed mode can
+                    // resolve differently (the others meet the same entries in the same
+                    // order): those are dropped, positive or negative.
+                    let empty = Vec::new();
+                    let new_dirs = new.as_ref().map(|n| &n.dirs).unwrap_or(&empty);
+                    let mut names = HashSet::new();
+                    raw_names(&changed(&old.dirs, new_dirs, &mode_changed), &mut names);
+                    raw_names(&changed(new_dirs, &old.dirs, &mode_changed), &mut names);
+                    inval.dirs.push(node.id);
+                    inval.names.extend(names.into_iter().map(|n| (node.id, n)));
+                    if node.id != ROOT_INO {
+                        // Its own entry, also where its parent is quiet (a redirect).
+                        inval.names.push((old.parent, old.name.clone()));
+                    }
                 }
-                inval.dirs.push(node.id);
-                inval.names.extend(names.into_iter().map(|n| (node.id, n)));
                 match new {
                     Some(l) => *node.loc.write() = l,
                     None => {
@@ -291,7 +350,7 @@ impl UnionFs {
                 old_dirs.insert(node.id, old);
                 continue;
             }
-            if old.pinned.is_some() {
+            if old.pinned.is_some() || (quiet.contains(&old.parent) && old.data.is_none()) {
                 continue;
             }
             let Some(old_parent) = old_dirs.get(&old.parent) else {
