@@ -149,7 +149,20 @@ impl UnionFs {
     ) -> Result<Changed> {
         let _one = self.changing.lock();
         let cur = self.branch_current(cfg);
-        let plan = branch::plan(&cur, ops, &canon).map_err(|e| Error::new(libc::EINVAL, e))?;
+        // A directory of this mount itself would make every lookup in it a request to
+        // this daemon while it serves one.
+        let canon_outside = |p: &Path| {
+            let c = canon(p)?;
+            let dev = std::os::unix::fs::MetadataExt::dev(
+                &std::fs::metadata(&c).map_err(|e| format!("{}: {e}", p.display()))?,
+            );
+            if Some(dev) == mount_dev {
+                return Err(format!("{}: is inside this mount", p.display()));
+            }
+            Ok(c)
+        };
+        let plan =
+            branch::plan(&cur, ops, &canon_outside).map_err(|e| Error::new(libc::EINVAL, e))?;
         let stack = self.layers.stack();
         for (id, force) in &plan.removed {
             if *force {

@@ -390,6 +390,7 @@ fn invalid_requests_change_nothing() {
         (format!("append:{}", d(&l.l1)), "already a branch"),
         (format!("mod:{}=ro", d(&l.n)), "not a branch"),
         ("frob:/x".to_string(), "unknown operation"),
+        (format!("append:{}/d", d(&m)), "inside this mount"),
     ];
     for (op, why) in &cases {
         // After a valid operation (but for the last lower): the whole request is refused.
