@@ -20,8 +20,9 @@
 //!
 //! Refused, with one line and no change: a DIR that is not a directory, is already a
 //! branch, or overlaps one (inside another branch, the upper or the workdir, or holding
-//! one; on the mount itself, which `stack.rs` checks); an index out of range; the upper or workdir as an operand; removing the last
-//! lower; a DIR that is not a branch for `del:`/`mod:`.
+//! one; on the mount itself, which `stack.rs` checks); an index out of range; the upper
+//! or workdir as an operand; removing the last lower; a DIR that is not a branch for
+//! `del:`/`mod:`.
 
 use std::path::{Path, PathBuf};
 
