@@ -66,6 +66,8 @@ fn layers(s: &Scratch) -> Layers {
     fs::write(l2.join("gone"), "l2 gone\n").unwrap();
     fs::create_dir_all(l2.join("d")).unwrap();
     fs::write(l2.join("d/x2"), "x2\n").unwrap();
+    fs::create_dir_all(l2.join("d/deeper")).unwrap();
+    fs::write(l2.join("d/deeper/h"), "h\n").unwrap();
     fs::create_dir_all(l2.join("e")).unwrap();
     fs::write(l2.join("e/y"), "y\n").unwrap();
     for t in [&n, &n_plain] {
@@ -73,6 +75,8 @@ fn layers(s: &Scratch) -> Layers {
         fs::write(t.join("c"), "new c\n").unwrap();
         fs::create_dir_all(t.join("d")).unwrap();
         fs::write(t.join("d/xn"), "xn\n").unwrap();
+        fs::create_dir_all(t.join("d/deeper")).unwrap();
+        fs::write(t.join("d/deeper/g"), "g\n").unwrap();
         fs::create_dir_all(t.join("e")).unwrap();
         fs::write(t.join("e/z"), "z\n").unwrap();
         fs::create_dir_all(t.join("sub/deep")).unwrap();
@@ -102,8 +106,10 @@ fn layers(s: &Scratch) -> Layers {
 }
 
 /// Names looked up one by one (positive and negative entries the kernel caches).
-const PROBES: [&str; 11] = [
+const PROBES: [&str; 13] = [
     "a",
+    "d/deeper/g",
+    "d/deeper/h",
     "b",
     "c",
     "gone",
