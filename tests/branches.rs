@@ -17,6 +17,20 @@ use std::process::{Command, Output, Stdio};
 
 use common::{assert_same, bin, copy_tree, sh_as, snapshot, Kernel, Scratch, Stack, Strata};
 
+/// A foreground mount is in mountinfo a moment before its control socket listens.
+fn live(m: Strata) -> Strata {
+    let dev = common::mount_dev(&m.mnt).expect("mounted");
+    let name = format!("@stratafs/{dev}");
+    for _ in 0..500 {
+        let unix = fs::read_to_string("/proc/net/unix").unwrap_or_default();
+        if unix.lines().any(|l| l.ends_with(&name)) {
+            return m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no control socket {name}");
+}
+
 fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("spawn")
 }
@@ -159,7 +173,7 @@ fn change_and_compare(tag: &str, before: &[&str], changes: &[(&[&str], &[&str])]
     let mut views = Vec::new();
     {
         let refs: Vec<&Path> = before.iter().map(|p| p.as_path()).collect();
-        let sm = Strata::mount(&stack(&refs, &l), "", &m);
+        let sm = live(Strata::mount(&stack(&refs, &l), "", &m));
         fs::write(m.join("written"), "through the mount\n").unwrap();
         let _ = snapshot(&m);
         let _ = probe(&m);
@@ -277,7 +291,7 @@ fn open_files_survive_and_busy_branches_are_refused() {
     let s = Scratch::new("branches-busy");
     let l = layers(&s);
     let m = s.dir("m");
-    let sm = Strata::mount(&stack(&[&l.l1, &l.n, &l.l2], &l), "", &m);
+    let sm = live(Strata::mount(&stack(&[&l.l1, &l.n, &l.l2], &l), "", &m));
     let _ = snapshot(&m);
     let ndel = format!("del:{}", l.n.display());
     // An open file whose entry lives in the branch.
@@ -346,7 +360,7 @@ fn only_root_may_change_branches() {
     let s = Scratch::new("branches-perm");
     let l = layers(&s);
     let m = s.dir("m");
-    let _sm = Strata::mount(&stack(&[&l.l1, &l.l2], &l), "", &m);
+    let _sm = live(Strata::mount(&stack(&[&l.l1, &l.l2], &l), "", &m));
     let before = snapshot(&m);
     for op in [
         format!("add:1:{}", l.n.display()),
@@ -380,7 +394,7 @@ fn invalid_requests_change_nothing() {
     let s = Scratch::new("branches-bad");
     let l = layers(&s);
     let m = s.dir("m");
-    let _sm = Strata::mount(&stack(&[&l.l1], &l), "", &m);
+    let _sm = live(Strata::mount(&stack(&[&l.l1], &l), "", &m));
     let before = snapshot(&m);
     let d = |p: &Path| p.display().to_string();
     let cases = [
@@ -434,7 +448,11 @@ fn remount_through_mount_8() {
         }
     }
     let _rm = Rm(helper);
-    let _sm = Strata::mount(&stack(&[&l.l1, &l.l2], &l), &format!("subtype={name}"), &m);
+    let _sm = live(Strata::mount(
+        &stack(&[&l.l1, &l.l2], &l),
+        &format!("subtype={name}"),
+        &m,
+    ));
     let _ = snapshot(&m);
     let ino_a = fs::metadata(m.join("a")).unwrap().ino();
     let mount8 = |opts: String| {
@@ -477,7 +495,7 @@ fn changes_under_a_concurrent_walk() {
         }
     }
     let m = s.dir("m");
-    let sm = Strata::mount(&stack(&[&l.l1, &l.l2], &l), "", &m);
+    let sm = live(Strata::mount(&stack(&[&l.l1, &l.l2], &l), "", &m));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let walker = {
         let (m, stop) = (m.clone(), stop.clone());
@@ -532,7 +550,7 @@ fn read_only_mount_adds_at_index_0() {
             upper: None,
         }
     }
-    let sm = Strata::mount(&only(vec![&l.l1, &l.l2]), "", &m);
+    let sm = live(Strata::mount(&only(vec![&l.l1, &l.l2]), "", &m));
     let _ = snapshot(&m);
     let _ = probe(&m);
     let out = branch_ok(&m, &[&format!("add:0:{}", l.n.display())]);
@@ -556,7 +574,7 @@ fn a_cwd_in_a_removed_branch_keeps_working() {
     let s = Scratch::new("branches-cwd");
     let l = layers(&s);
     let m = s.dir("m");
-    let sm = Strata::mount(&stack(&[&l.l1, &l.n, &l.l2], &l), "", &m);
+    let sm = live(Strata::mount(&stack(&[&l.l1, &l.n, &l.l2], &l), "", &m));
     let flag = s.path("flag");
     let child = Command::new("sh")
         .arg("-c")
