@@ -124,7 +124,7 @@ impl UnionFs {
                 if h.data_only {
                     // A metacopy file's handle is on the data; the metadata is the node's.
                 } else {
-                    if self.shows_overrides {
+                    if self.shows_overrides() {
                         let layer = self.node(ino).map(|n| n.loc.read().top).unwrap_or(0);
                         self.show_override(&mut st, layer, h.fd().as_fd(), c"");
                     }
@@ -183,6 +183,7 @@ impl UnionFs {
             Some(u) => u.root.clone(),
             None => self
                 .layers
+                .stack()
                 .lowers
                 .first()
                 .map(|l| l.root.clone())

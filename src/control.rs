@@ -1,7 +1,7 @@
 //! The control channel between the `stratafs` command and the daemon serving a mount: one
-//! request, one reply, over a unix stream socket. `remount,ro|rw` uses it today; aufs-style
-//! branch operations (`add:`, `del:`, `mod:`, …) are meant to be further [`Request`]
-//! kinds on the same channel.
+//! request, one reply, over a unix stream socket: `remount,ro|rw`, and aufs-style branch
+//! operations (`add:`, `del:`, `mod:`, …: `branch.rs`, `stack.rs`) from `remount` or
+//! `stratafs branch`.
 //!
 //! **Address.** An abstract unix socket named `stratafs/MAJ:MIN`, the device number of the
 //! mount's FUSE superblock (field 3 of /proc/self/mountinfo; the `st_dev` of the mount root).
@@ -49,6 +49,8 @@ const MAX_LINE: usize = 64 * 1024;
 pub enum Request {
     /// `ro` / `rw`: switch the mount read-only (flushing the upper first) or writable.
     SetReadOnly(bool),
+    /// `branch OP…`: aufs branch operations (`branch.rs`), all or none.
+    Branch(Vec<String>),
     /// `check OPT…`: a remount's mount-time options (`lowerdir=`, `volatile`, … as mount(8)
     /// takes them from fstab) must all describe the running mount; changes nothing.
     Check(Vec<String>),
@@ -61,6 +63,9 @@ impl Request {
             Request::SetReadOnly(false) => vec![b"rw".to_vec()],
             Request::Check(opts) => std::iter::once(b"check".to_vec())
                 .chain(opts.iter().map(|o| o.as_bytes().to_vec()))
+                .collect(),
+            Request::Branch(ops) => std::iter::once(b"branch".to_vec())
+                .chain(ops.iter().map(|o| o.as_bytes().to_vec()))
                 .collect(),
         }
     }
@@ -93,6 +98,11 @@ impl Request {
             [b"rw"] => Ok(Request::SetReadOnly(false)),
             [b"check", ref opts @ ..] => Ok(Request::Check(
                 opts.iter()
+                    .map(|o| String::from_utf8_lossy(o).into_owned())
+                    .collect(),
+            )),
+            [b"branch", ref ops @ ..] => Ok(Request::Branch(
+                ops.iter()
                     .map(|o| String::from_utf8_lossy(o).into_owned())
                     .collect(),
             )),
@@ -253,9 +263,14 @@ fn address(dev: &str) -> std::io::Result<SocketAddr> {
 
 /// The daemon's end: listens on the mount's address and answers requests on its own
 /// thread, one connection at a time (requests are rare and short).
-pub fn start_server(fs: Arc<UnionFs>, cfg: &Config, fstype: &str) -> Result<()> {
+pub fn start_server(
+    fs: Arc<UnionFs>,
+    cfg: &Config,
+    fstype: &str,
+    inval: crate::fuse::Invalidator,
+) -> Result<()> {
     let mountpoint = cfg.mountpoint.as_path();
-    let cfg = cfg.clone();
+    let mut cfg = cfg.clone();
     let entry = MountEntry::all()
         .into_iter()
         .rev()
@@ -271,12 +286,16 @@ pub fn start_server(fs: Arc<UnionFs>, cfg: &Config, fstype: &str) -> Result<()> 
         .map_err(|e| Error::io(e, format!("control socket stratafs/{}", entry.dev)))?;
     let owner = sys::geteuid();
     info!("control socket @stratafs/{} (owner uid {owner})", entry.dev);
+    let env = Env {
+        inval: Some(inval),
+        dev: parse_dev(&entry.dev),
+    };
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
-                    Ok(s) => serve_one(&fs, &cfg, s, owner),
+                    Ok(s) => serve_one(&fs, &mut cfg, &env, s, owner),
                     Err(e) => warn!("control: accept: {e}"),
                 }
             }
@@ -285,7 +304,21 @@ pub fn start_server(fs: Arc<UnionFs>, cfg: &Config, fstype: &str) -> Result<()> 
     Ok(())
 }
 
-fn serve_one(fs: &UnionFs, cfg: &Config, mut s: UnixStream, owner: u32) {
+/// What a request may need of the daemon beyond the filesystem.
+pub struct Env {
+    /// Drops kernel caches after a branch change (none without a session: tests).
+    pub inval: Option<crate::fuse::Invalidator>,
+    /// The mount's device number (its superblock's, as `st_dev` shows it).
+    pub dev: Option<u64>,
+}
+
+/// `MAJ:MIN` → a `dev_t` (glibc's encoding).
+fn parse_dev(s: &str) -> Option<u64> {
+    let (a, b) = s.split_once(':')?;
+    Some(sys::makedev(a.parse().ok()?, b.parse().ok()?))
+}
+
+fn serve_one(fs: &UnionFs, cfg: &mut Config, env: &Env, mut s: UnixStream, owner: u32) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
     // Read the request first, whoever sent it: closing with it unread would reset the
@@ -302,7 +335,7 @@ fn serve_one(fs: &UnionFs, cfg: &Config, mut s: UnixStream, owner: u32) {
             match Request::decode(line.trim_end_matches('\n')) {
                 Ok(req) => {
                     info!("control: uid {} pid {}: {req:?}", c.uid, c.pid);
-                    handle(fs, cfg, &req)
+                    handle(fs, cfg, &req, env)
                 }
                 Err(e) => Reply::err(&e),
             }
@@ -318,9 +351,30 @@ fn serve_one(fs: &UnionFs, cfg: &Config, mut s: UnixStream, owner: u32) {
     let _ = s.write_all(reply.encode().as_bytes());
 }
 
-/// Carries out one request in the daemon.
-pub fn handle(fs: &UnionFs, cfg: &Config, req: &Request) -> Reply {
+/// Carries out one request in the daemon. A branch change's kernel invalidations are
+/// all sent before this returns, so before the reply.
+pub fn handle(fs: &UnionFs, cfg: &mut Config, req: &Request, env: &Env) -> Reply {
     let r = match req {
+        Request::Branch(words) => {
+            let ops = match words
+                .iter()
+                .map(|w| crate::branch::parse(w))
+                .collect::<std::result::Result<Vec<_>, _>>()
+            {
+                Ok(ops) if !ops.is_empty() => ops,
+                Ok(_) => return Reply::err(&Error::new(libc::EINVAL, "no branch operation")),
+                Err(e) => return Reply::err(&Error::new(libc::EINVAL, e)),
+            };
+            fs.change_branches(cfg, &ops, env.dev).map(|c| {
+                if let Some(i) = &env.inval {
+                    let t = std::time::Instant::now();
+                    i.apply(&c.inval);
+                    info!("branches: kernel caches dropped in {:?}", t.elapsed());
+                }
+                cfg.lowerdirs = c.lowerdirs;
+                c.lines
+            })
+        }
         Request::Check(opts) => {
             return match crate::options::remount_unchanged(cfg, opts) {
                 Ok(()) => Reply::ok(Vec::new()),
@@ -466,6 +520,7 @@ mod tests {
             Request::SetReadOnly(false),
             Request::Check(vec!["lowerdir=/a b:/c".into(), "volatile".into()]),
             Request::Check(vec![]),
+            Request::Branch(vec!["add:1:/a b=rr".into(), "del!:/c".into()]),
         ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }

@@ -389,7 +389,7 @@ impl UnionFs {
         // read-only handle too, as the kernel would then force every later open of the
         // inode, writers included, onto passthrough. Where another handle already is
         // passthrough (the bits were set while it was open) the kernel allows nothing else.
-        let mode = if self.shows_overrides {
+        let mode = if self.shows_overrides() {
             self.getattr(h.ino, Some(fh)).ok()?.perm as u32
         } else {
             st.st_mode

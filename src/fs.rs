@@ -124,11 +124,9 @@ pub struct UnionFs {
     pub no_writeback: bool,
     /// `xattr_permissions=1|2`: owner and mode overrides in an xattr (override_stat.rs).
     pub override_level: Option<crate::override_stat::Level>,
-    /// Where overrides are shown, by layer id: every layer with `xattr_permissions`, else
-    /// the lowers whose root carries one (as fuse-overlayfs).
-    pub(crate) read_levels: Vec<Option<crate::override_stat::Level>>,
-    /// Some layer shows overrides (`read_levels` is not all `None`).
-    pub(crate) shows_overrides: bool,
+    /// Some layer shows overrides (`Layer::read_level`: every layer with
+    /// `xattr_permissions`, else the lowers whose root carries one, as fuse-overlayfs).
+    pub(crate) shows_overrides: AtomicBool,
     /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
     pub noxattrs: bool,
     /// Inodes with writable passthrough handles, and how many (see `file.rs`,
@@ -142,6 +140,13 @@ pub struct UnionFs {
     /// `udba=notify`: the watches on the real directories of the directory nodes (None
     /// when inotify is not available: every directory is then checked on access).
     pub(crate) watches: Option<Arc<crate::udba::Watches>>,
+    /// Held (shared) from reading a parent's location to remembering the node a lookup
+    /// found, and (exclusive) by a branch change while it swaps the stack and re-resolves
+    /// the nodes (`stack.rs`): no node is remembered with a location resolved in the old
+    /// stack after the change has re-resolved it.
+    pub(crate) restack: parking_lot::RwLock<()>,
+    /// Serializes branch changes.
+    pub(crate) changing: Mutex<()>,
 }
 
 impl UnionFs {
@@ -157,17 +162,8 @@ impl UnionFs {
             pinned: None,
         };
         let read_only = !cfg.writable();
-        let mut read_levels = vec![cfg.xattr_permissions];
-        for l in &layers.lowers {
-            let detected = crate::override_stat::detect(std::os::fd::AsFd::as_fd(&*l.root));
-            if cfg.xattr_permissions.is_none() && detected.is_some() {
-                log::info!(
-                    "lowerdir {}: its root carries an owner override; showing its overrides",
-                    l.path.display()
-                );
-            }
-            read_levels.push(cfg.xattr_permissions.or(detected));
-        }
+        let shows_overrides = cfg.xattr_permissions.is_some()
+            || layers.stack().lowers.iter().any(|l| l.read_level.is_some());
         let work = OnceLock::new();
         if let (Some(w), false) = (&layers.work, read_only) {
             let _ = work.set(Arc::new(crate::copy_up::prepare_staging(
@@ -194,8 +190,7 @@ impl UnionFs {
             acl: !cfg.noacl && !cfg.noxattrs,
             no_writeback: cfg.no_writeback,
             override_level: cfg.xattr_permissions,
-            shows_overrides: read_levels.iter().any(Option::is_some),
-            read_levels,
+            shows_overrides: AtomicBool::new(shows_overrides),
             noxattrs: cfg.noxattrs,
             static_nlink: cfg.static_nlink,
             work,
@@ -211,11 +206,18 @@ impl UnionFs {
             names_gen: AtomicU64::new(0),
             udba: cfg.udba,
             watches,
+            restack: parking_lot::RwLock::new(()),
+            changing: Mutex::new(()),
         };
         if let Some(w) = &fs.watches {
             fs.inodes.set_observer(w.clone());
         }
         Ok(fs)
+    }
+
+    /// Does some layer show owner/mode overrides?
+    pub(crate) fn shows_overrides(&self) -> bool {
+        self.shows_overrides.load(Ordering::Relaxed)
     }
 
     /// Is the mount read-only now?
@@ -283,8 +285,7 @@ impl UnionFs {
         let loc = node.loc();
         let noatime = self
             .layers
-            .get(loc.top)
-            .map(|l| l.noatime_opens)
+            .with(loc.top, |l| l.noatime_opens)
             .unwrap_or(false);
         if let Some(p) = &loc.pinned {
             return Ok(Real {
@@ -379,6 +380,8 @@ impl UnionFs {
             self.inodes.count_lookup(ino);
             return Ok(attr);
         }
+        // Until the node is remembered: a branch change waits (see `restack`).
+        let _stack = self.restack.read();
         let ploc = pnode.loc();
         let found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
@@ -439,7 +442,7 @@ impl UnionFs {
         &self,
         layer: crate::layers::LayerId,
     ) -> Option<crate::override_stat::Level> {
-        self.read_levels.get(layer).copied().flatten()
+        self.layers.with(layer, |l| l.read_level).flatten()
     }
 
     /// With `xattr_permissions` (or a lower marked at its root), shows the owner/mode
@@ -545,7 +548,7 @@ impl UnionFs {
             &loc,
             ino,
             parent_ino,
-            &self.read_levels,
+            self.shows_overrides(),
         )?);
         *listing = Some((gen, l.clone()));
         Ok(l)

@@ -77,6 +77,48 @@ pub struct FuseAdapter {
     notifier: Arc<OnceLock<Notifier>>,
 }
 
+/// Sends cache invalidations for changes the kernel did not see go through a request (a
+/// branch change, `stack.rs`; a branch changed behind the mount's back). Each call returns
+/// once the kernel has dropped the entry; call it with no daemon lock held (the kernel may
+/// wait for a request on the same directory, which a daemon thread must be free to answer).
+#[derive(Clone)]
+pub struct Invalidator(Arc<OnceLock<Notifier>>);
+
+impl Invalidator {
+    /// Drops the kernel's dentry `name` in `parent` (positive or negative); ENOENT (no
+    /// such entry cached) is not an error.
+    pub fn entry(&self, parent: u64, name: &std::ffi::OsStr) {
+        if let Some(n) = self.0.get() {
+            if let Err(e) = n.inval_entry(INodeNo(parent), name) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    debug!("inval_entry {parent:#x} {name:?}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Drops the kernel's cached attributes and pages (a directory's cached listing) of `ino`.
+    pub fn inode(&self, ino: u64) {
+        if let Some(n) = self.0.get() {
+            if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    debug!("inval_inode {ino:#x}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Everything a branch change lists.
+    pub fn apply(&self, inval: &crate::stack::Inval) {
+        for (dir, name) in &inval.names {
+            self.entry(*dir, name);
+        }
+        for d in &inval.dirs {
+            self.inode(*d);
+        }
+    }
+}
+
 impl FuseAdapter {
     pub fn new(fs: Arc<UnionFs>, ttl: Duration) -> Self {
         FuseAdapter {
@@ -96,6 +138,11 @@ impl FuseAdapter {
     /// The slot `mount.rs` fills with the session's notifier.
     pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
+    }
+
+    /// Drops kernel caches from outside a request (branch changes, udba).
+    pub fn invalidator(&self) -> Invalidator {
+        Invalidator(self.notifier.clone())
     }
 
     /// Drops the kernel's cached attributes of `ino` (not its pages: offset -1).

@@ -247,6 +247,11 @@ impl InodeTable {
         self.nodes.len()
     }
 
+    /// Every live node (a copy of the table's values: no shard stays locked).
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.nodes.iter().map(|e| e.value().clone()).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }

@@ -1,8 +1,13 @@
 //! The branches of a mount (the kernel's `super.c`): each is opened once as an `O_PATH`
 //! directory fd, and every later access is an `*at` call relative to one of them.
 //!
-//! Layer ids: [`UPPER`] (0) is the writable upper's slot, lowers are `1..=n` with 1 the
-//! highest (the kernel's leftmost `lowerdir`). Lower layers are never written.
+//! Layer ids: [`UPPER`] (0) is the writable upper's slot; every lower gets the next id
+//! when it is opened (`1..=n` at mount time, 1 the highest, the kernel's leftmost
+//! `lowerdir`) and keeps it while it is in the stack. Ids are never reused, and an id is
+//! not a position: branches added at run time (`branch.rs`) get new ids wherever they go,
+//! so a node's `Loc` naming a layer that left the stack can never be taken for another
+//! one. The order is the [`Stack`]'s, a snapshot swapped whole by a branch change and
+//! taken once per resolution. Lower layers are never written.
 //!
 //! ## Private mounts, and access times
 //! As the kernel overlayfs does with its private layer mounts, each branch is reached
@@ -38,7 +43,7 @@
 //! the node ids of name nodes, see `inode.rs`.)
 
 use std::ffi::CStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,7 +55,7 @@ use crate::error::{Error, Result};
 use crate::options::Config;
 use crate::sys;
 
-/// Index of a branch: [`UPPER`] or a lower `1..=n`.
+/// Identity of a branch: [`UPPER`] or a lower's id (stable, never reused; not a position).
 pub type LayerId = usize;
 
 /// The upper's slot.
@@ -63,11 +68,47 @@ const FSIDX_SHIFT: u32 = 56;
 const REAL_INO_MASK: u64 = (1 << FSIDX_SHIFT) - 1;
 const OVERFLOW_BASE: u64 = 0xff << FSIDX_SHIFT;
 
+/// How a branch takes part in the union (aufs's branch permissions, `branch.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The writable upper.
+    Rw,
+    /// `ro+wh`: read-only, its whiteouts and opaque markers are honoured. Every lower of a
+    /// mount made from options is one (the kernel overlayfs honours them on every lower).
+    RoWh,
+    /// `ro`: read-only with no whiteouts: whiteouts and opaque markers on it are ignored
+    /// (they hide nothing and are not listed), as aufs looks up no whiteouts on `ro`.
+    Ro,
+    /// `rr`: like `ro`, and promised never to change (a squashfs, an ISO image): nothing
+    /// needs to watch or revalidate it (udba).
+    Rr,
+}
+
+impl Mode {
+    /// Do whiteouts and opaque markers on this branch hide what is below?
+    pub fn honours_whiteouts(self) -> bool {
+        matches!(self, Mode::Rw | Mode::RoWh)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Rw => "rw",
+            Mode::RoWh => "ro+wh",
+            Mode::Ro => "ro",
+            Mode::Rr => "rr",
+        }
+    }
+}
+
 /// One branch.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Layer {
     pub id: LayerId,
     pub path: PathBuf,
+    pub mode: Mode,
+    /// Owner/mode overrides shown from this branch (`xattr_permissions`, or detected on a
+    /// lower's root), see `override_stat.rs`.
+    pub read_level: Option<crate::override_stat::Level>,
     /// `O_PATH` fd of the branch root.
     pub root: Arc<OwnedFd>,
     pub dev: u64,
@@ -80,16 +121,48 @@ pub struct Layer {
     pub daemon_atime: Option<Policy>,
 }
 
+/// The lowers in order, highest first: one generation of the stack. Swapped whole.
+#[derive(Debug)]
+pub struct Stack {
+    /// Bumped by every change of the stack.
+    pub gen: u64,
+    pub lowers: Vec<Arc<Layer>>,
+}
+
+impl Stack {
+    /// The lower with this id, if it is in this stack.
+    pub fn lower(&self, id: LayerId) -> Option<&Arc<Layer>> {
+        self.lowers.iter().find(|l| l.id == id)
+    }
+
+    /// Where layer `id` sits, counting the upper's slot as 0 (and lowers from 1, top
+    /// first); `None` for a layer not in this stack.
+    pub fn pos(&self, id: LayerId) -> Option<usize> {
+        if id == UPPER {
+            return Some(0);
+        }
+        self.lowers.iter().position(|l| l.id == id).map(|p| p + 1)
+    }
+
+    /// Are whiteouts and opaque markers on layer `id` honoured? (A layer that left the
+    /// stack keeps the default: honoured.)
+    pub fn whiteouts(&self, id: LayerId) -> bool {
+        self.lower(id).is_none_or(|l| l.mode.honours_whiteouts())
+    }
+}
+
 /// Every branch of the mount, the workdir, and the inode-number map.
 #[derive(Debug)]
 pub struct Layers {
-    pub upper: Option<Layer>,
+    pub upper: Option<Arc<Layer>>,
     /// `O_PATH` fd of the workdir (only with an upper).
     pub work: Option<Arc<OwnedFd>>,
     /// The in-use locks on the upper and the workdir, held for the life of the mount.
     _in_use: Vec<OwnedFd>,
-    /// Lowers, highest first; `lowers[i].id == i + 1`.
-    pub lowers: Vec<Layer>,
+    /// The lowers, highest first: the current [`Stack`] (see the module docs).
+    stack: parking_lot::RwLock<Arc<Stack>>,
+    /// The id the next lower opened gets.
+    next_id: std::sync::atomic::AtomicUsize,
     /// The access-time policy the mount options ask for.
     pub atime: Policy,
     /// `"trusted.overlay."` or, with `userxattr`, `"user.overlay."`: the prefix we write.
@@ -100,7 +173,7 @@ pub struct Layers {
     next_overflow: AtomicU64,
 }
 
-fn open_layer(id: LayerId, opt: &str, path: &std::path::Path) -> Result<Layer> {
+fn open_layer(id: LayerId, opt: &str, path: &std::path::Path, mode: Mode) -> Result<Layer> {
     let root =
         sys::open_host_dir(path).map_err(|e| Error::io(e, format!("{opt} {}", path.display())))?;
     let st =
@@ -108,6 +181,8 @@ fn open_layer(id: LayerId, opt: &str, path: &std::path::Path) -> Result<Layer> {
     Ok(Layer {
         id,
         path: path.to_path_buf(),
+        mode,
+        read_level: None,
         root: Arc::new(root),
         dev: st.st_dev,
         noatime_opens: false,
@@ -237,11 +312,24 @@ fn privatize_upper(
     Ok((u, w))
 }
 
+/// The overrides a lower shows: `xattr_permissions`, else whatever its root is marked with
+/// (as fuse-overlayfs).
+fn lower_read_level(cfg: &Config, l: &Layer) -> Option<crate::override_stat::Level> {
+    let detected = crate::override_stat::detect(l.root.as_fd());
+    if cfg.xattr_permissions.is_none() && detected.is_some() {
+        log::info!(
+            "lowerdir {}: its root carries an owner override; showing its overrides",
+            l.path.display()
+        );
+    }
+    cfg.xattr_permissions.or(detected)
+}
+
 impl Layers {
     /// Opens every branch named by the configuration.
     pub fn open(cfg: &Config) -> Result<Layers> {
         let upper = match &cfg.upperdir {
-            Some(p) => Some(open_layer(UPPER, "upperdir", p)?),
+            Some(p) => Some(open_layer(UPPER, "upperdir", p, Mode::Rw)?),
             None => None,
         };
         let work = match (&upper, &cfg.workdir) {
@@ -260,10 +348,12 @@ impl Layers {
         }
         let mut lowers = Vec::with_capacity(cfg.lowerdirs.len());
         for (i, p) in cfg.lowerdirs.iter().enumerate() {
-            let mut l = open_layer(i + 1, "lowerdir", p)?;
+            let mut l = open_layer(i + 1, "lowerdir", p, Mode::RoWh)?;
             privatize_lower(&mut l);
-            lowers.push(l);
+            l.read_level = lower_read_level(cfg, &l);
+            lowers.push(Arc::new(l));
         }
+        let n_lowers = lowers.len();
         let (mut upper, mut work) = (upper, work);
         if let (Some(u), Some(w), Some(wp)) = (upper.as_mut(), work.as_mut(), cfg.workdir.as_ref())
         {
@@ -291,11 +381,15 @@ impl Layers {
                 }
             }
         }
+        if let Some(u) = upper.as_mut() {
+            u.read_level = cfg.xattr_permissions;
+        }
         let layers = Layers {
-            upper,
+            upper: upper.map(Arc::new),
             work,
             _in_use: in_use,
-            lowers,
+            stack: parking_lot::RwLock::new(Arc::new(Stack { gen: 0, lowers })),
+            next_id: std::sync::atomic::AtomicUsize::new(n_lowers + 1),
             atime: Policy::from_config(cfg),
             // Unprivileged processes cannot set trusted.* xattrs: in a user namespace write
             // the kernel's `userxattr` form, as the kernel overlayfs requires there.
@@ -313,31 +407,63 @@ impl Layers {
         if let Some(u) = &layers.upper {
             layers.fs_index(u.dev);
         }
-        for l in &layers.lowers {
+        for l in &layers.stack().lowers {
             layers.fs_index(l.dev);
         }
         Ok(layers)
     }
 
-    /// The branch with this id. Ids come from lookups, so a bad one is a bug: EIO.
-    pub fn get(&self, id: LayerId) -> Result<&Layer> {
-        let l = if id == UPPER {
-            self.upper.as_ref()
-        } else {
-            self.lowers.get(id - 1)
-        };
-        l.ok_or_else(|| Error::new(libc::EIO, format!("no layer {id}")))
+    /// The current stack of lowers (a snapshot: a branch change swaps in another).
+    pub fn stack(&self) -> Arc<Stack> {
+        self.stack.read().clone()
     }
 
-    pub fn root(&self, id: LayerId) -> Result<BorrowedFd<'_>> {
-        Ok(self.get(id)?.root.as_fd())
+    /// Makes `lowers` the stack (`stack.rs`, under its lock); returns the new generation.
+    pub fn set_lowers(&self, lowers: Vec<Arc<Layer>>) -> u64 {
+        let mut s = self.stack.write();
+        let gen = s.gen + 1;
+        *s = Arc::new(Stack { gen, lowers });
+        gen
+    }
+
+    /// Opens a directory as a new lower (not yet in the stack) with the next id, through a
+    /// private read-only mount as at mount time. Its filesystem gets the next free
+    /// inode-number index (a fresh mount would index it in branch order instead).
+    pub fn open_lower(&self, cfg: &Config, path: &Path, mode: Mode) -> Result<Layer> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut l = open_layer(id, "branch", path, mode)?;
+        privatize_lower(&mut l);
+        l.read_level = lower_read_level(cfg, &l);
+        self.fs_index(l.dev);
+        Ok(l)
+    }
+
+    /// The branch with this id, if it is the upper or in the current stack. Ids come from
+    /// lookups, so a missing one is a layer removed meanwhile (or a bug): ESTALE.
+    pub fn get(&self, id: LayerId) -> Result<Arc<Layer>> {
+        let l = if id == UPPER {
+            self.upper.clone()
+        } else {
+            self.stack().lower(id).cloned()
+        };
+        l.ok_or_else(|| Error::new(libc::ESTALE, format!("no layer {id} in the stack")))
+    }
+
+    /// `f` of the branch with this id (the upper, or a lower in the current stack), with no
+    /// reference counted: for per-request reads of a layer's flags.
+    pub fn with<R>(&self, id: LayerId, f: impl FnOnce(&Layer) -> R) -> Option<R> {
+        if id == UPPER {
+            return self.upper.as_deref().map(f);
+        }
+        self.stack.read().lower(id).map(|l| f(l))
     }
 
     /// All branch roots, top first: the root directory's realization.
     pub fn roots(&self) -> Vec<(LayerId, Arc<OwnedFd>)> {
+        let stack = self.stack();
         self.upper
             .iter()
-            .chain(self.lowers.iter())
+            .chain(stack.lowers.iter())
             .map(|l| (l.id, l.root.clone()))
             .collect()
     }

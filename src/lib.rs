@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod atime;
 pub mod attr;
+pub mod branch;
 pub mod control;
 pub mod copy_up;
 pub mod cred;
@@ -27,6 +28,7 @@ pub mod options;
 pub mod override_stat;
 pub mod readdir;
 pub mod remount;
+pub mod stack;
 pub mod stats;
 pub mod sys;
 pub mod tools;

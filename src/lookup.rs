@@ -9,6 +9,8 @@
 //! - a directory carrying `overlay.redirect` continues the search below at the redirected
 //!   name (relative) or path from the layer roots (absolute), as the kernel's
 //!   `redirect_dir` format says;
+//! - on a branch whose whiteouts are not honoured (`ro`, `rr`: `layers::Mode`), a
+//!   whiteout is as if absent and an opaque marker does not stop the merge;
 //! - a file carrying `overlay.metacopy` holds only metadata: its data comes from the next
 //!   regular file found below (or at its `overlay.redirect` path);
 //! - an upper entry carrying `overlay.origin` was copied up: it keeps the inode number of
@@ -21,7 +23,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::inode::Loc;
-use crate::layers::{LayerId, Layers, UPPER};
+use crate::layers::{LayerId, Layers, Stack, UPPER};
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, Markers, Opaque};
 
@@ -113,12 +115,19 @@ fn parse_redirect(v: &[u8]) -> Option<Target> {
 
 /// The candidate (layer, directory fd, name) places below `after` for `target`.
 fn candidates(
-    layers: &Layers,
+    stack: &Stack,
     parent: &Loc,
     target: &Target,
     after: Option<LayerId>,
 ) -> Vec<(LayerId, Arc<OwnedFd>, CString)> {
-    let below = |l: LayerId| after.is_none_or(|a| l > a);
+    // By position in the stack (ids are not positions); a layer no longer in the stack
+    // is below nothing.
+    let after_pos = after.map(|a| stack.pos(a));
+    let below = |l: LayerId| match after_pos {
+        None => true,
+        Some(None) => false,
+        Some(Some(a)) => stack.pos(l).is_some_and(|p| p > a),
+    };
     match target {
         Target::Name(n) => parent
             .dirs
@@ -132,7 +141,7 @@ fn candidates(
                 None => return Vec::new(),
             };
             let mut out = Vec::new();
-            for layer in layers.lowers.iter().filter(|l| below(l.id)) {
+            for layer in stack.lowers.iter().filter(|l| below(l.id)) {
                 let mut fd = layer.root.clone();
                 let mut ok = true;
                 for c in dirs {
@@ -199,21 +208,24 @@ fn resolve(
     let mut metacopy = false;
     let mut target = Target::Name(cname);
     let mut after: Option<LayerId> = None;
+    let stack = layers.stack();
 
     'layers: loop {
-        let places = candidates(layers, parent, &target, after);
+        let places = candidates(&stack, parent, &target, after);
         if places.is_empty() {
             break;
         }
         let last = places.len().saturating_sub(1);
         for (k, (layer, dir, n)) in places.into_iter().enumerate() {
             after = Some(layer);
+            let honours = stack.whiteouts(layer);
             let st = match sys::fstatat(dir.as_fd(), &n) {
                 Ok(st) => st,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
                     // An aufs whiteout only hides what is below it: in the last place
                     // searched there is nothing below (the search ends here either way).
                     if k < last
+                        && honours
                         && whiteout::has_aufs_whiteout(dir.as_fd(), OsStr::from_bytes(n.as_bytes()))
                     {
                         // (An upper in the aufs format: a new entry there must still hide
@@ -228,6 +240,9 @@ fn resolve(
                 Err(e) => return Err(Error::io(e, "lookup")),
             };
             if whiteout::is_whiteout_stat(&st) {
+                if !honours {
+                    continue;
+                }
                 if layer == UPPER && found.is_none() {
                     *upper_whiteout = true;
                 }
@@ -244,7 +259,10 @@ fn resolve(
                     .is_some_and(|m| m.has(dir.as_fd(), &n, "whiteout"))
                 && whiteout::dir_opaque(dir.as_fd()) == Opaque::XattrWhiteouts
             {
-                break 'layers;
+                if honours {
+                    break 'layers;
+                }
+                continue;
             }
             match &mut found {
                 None => {
@@ -254,7 +272,7 @@ fn resolve(
                                 .map_err(|e| Error::io(e, "lookup dir"))?,
                         );
                         let mk = Markers::of(fd.as_fd(), c".");
-                        let opaque = mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
+                        let opaque = honours && mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
                         if layer == UPPER {
                             want_origin = mk.has(fd.as_fd(), c".", "origin");
                         }
@@ -317,7 +335,7 @@ fn resolve(
                             .map_err(|e| Error::io(e, "lookup dir"))?,
                     );
                     let mk = Markers::of(fd.as_fd(), c".");
-                    let opaque = mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
+                    let opaque = honours && mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
                     let redirect = mk.get(fd.as_fd(), c".", "redirect");
                     f.dirs.push((layer, fd));
                     if opaque {

@@ -16,6 +16,30 @@ fn main() -> ExitCode {
     if let Some(code) = stratafs::tools::cli::dispatch(&args) {
         return ExitCode::from(code);
     }
+    // `stratafs branch MNT OP…`: aufs branch operations on a live mount (remount.rs).
+    if args.get(1).is_some_and(|a| a == "branch") {
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        if rest.iter().any(|a| a == "-h" || a == "--help") {
+            println!("{}", stratafs::remount::BRANCH_USAGE);
+            return ExitCode::SUCCESS;
+        }
+        return match stratafs::remount::branch_command(&rest) {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) if e == stratafs::remount::BRANCH_USAGE => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+            Err(e) => fail(e),
+        };
+    }
     let mut cfg = match options::parse_args(&args) {
         Ok(Command::Mount(cfg)) => cfg,
         Ok(Command::Remount(r)) => {

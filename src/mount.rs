@@ -99,6 +99,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         });
     let adapter = FuseAdapter::new(fs.clone(), ttl);
     let notifier = adapter.notifier_slot();
+    let invalidator = adapter.invalidator();
     let mnt = cfg.mountpoint.display().to_string();
     let fcfg = fuser_config(cfg);
     // Mount ourselves so /proc/mounts says `fuse.stratafs` (fuser's own mount always says
@@ -153,7 +154,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         })
         .map_err(|e| Error::io(e, "signal thread"))?;
     // The control channel (remount,ro|rw): listening before the mount is reported live.
-    if let Err(e) = crate::control::start_server(fs, cfg, &fstype) {
+    if let Err(e) = crate::control::start_server(fs, cfg, &fstype, invalidator) {
         warn!("no control channel (remount will not work): {e}");
     }
     for i in &cfg.ignored {

@@ -178,8 +178,8 @@ pub const OPTIONS: &[OptionDoc] = &[
     doc("ro", "ro", "read-only mount (also without an upper branch)"),
     doc(
         "remount",
-        "remount,ro|rw",
-        "make a live mount read-only or writable again (also via mount -o remount)",
+        "remount,ro|rw|OP",
+        "make a live mount read-only or writable again, or change its branches with aufs's add:/append:/prepend:/del:/mod:/lowerdir+= (also via mount -o remount; see stratafs branch)",
     ),
     doc(
         "rw",
@@ -386,6 +386,7 @@ pub fn help_text() -> String {
          \x20      stratafs [-o cow] /upper=RW:/lower1=RO:/lower2 MOUNTPOINT [-o OPTS]\n\
          \x20      stratafs MOUNTPOINT -o br=/upper=rw:/lower1=ro[,OPTS]\n\
          \x20      mount -t fuse.stratafs -o lowerdir=...,upperdir=...,workdir=... stratafs MOUNTPOINT\n\
+         \x20      stratafs branch [--force] MOUNTPOINT OP...   (add:I:DIR[=MODE] append: prepend: del: mod:)\n\
          Returns once the mount is live (or failed); the daemon stays until umount.\n\
          With br=/dirs=/a branch list and no workdir=, the workdir is UPPER.stratafs-work.\n\
          Unknown options are refused.\n\noptions:\n",

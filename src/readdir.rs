@@ -69,19 +69,23 @@ pub fn position_after(listing: &[DirEntry], after: u64) -> usize {
 /// Lists the merged directory `dir` (whose own number is `ino`, its parent's `parent_ino`).
 /// `.` and `..` come first.
 pub fn list(layers: &Layers, dir: &Loc, ino: u64, parent_ino: u64) -> Result<Vec<DirEntry>> {
-    list_with(layers, dir, ino, parent_ino, &[])
+    list_with(layers, dir, ino, parent_ino, false)
 }
 
-/// [`list`], with the entry types an owner override shows (`overrides`: the level read in
-/// each layer, by id): a regular file carrying a device, pipe or socket type is listed as
-/// one, as lookup shows it.
+/// [`list`], with the entry types an owner override shows (`overrides`: each layer's
+/// `read_level`): a regular file carrying a device, pipe or socket type is listed as one,
+/// as lookup shows it.
+///
+/// On a branch whose whiteouts are not honoured (`ro`, `rr`: `layers::Mode`) a whiteout
+/// hides nothing below, and is not listed either.
 pub fn list_with(
     layers: &Layers,
     dir: &Loc,
     ino: u64,
     parent_ino: u64,
-    overrides: &[Option<crate::override_stat::Level>],
+    overrides: bool,
 ) -> Result<Vec<DirEntry>> {
+    let stack = layers.stack();
     let mut out = vec![
         DirEntry {
             name: ".".into(),
@@ -99,7 +103,17 @@ pub fn list_with(
     let mut seen: HashSet<OsString> = HashSet::new();
     let merged = dir.dirs.len() > 1;
     for (layer, fd) in &dir.dirs {
-        let noatime = layers.get(*layer).map(|l| l.noatime_opens).unwrap_or(false);
+        let this = if *layer == UPPER {
+            layers.upper.clone()
+        } else {
+            stack.lower(*layer).cloned()
+        };
+        let noatime = this.as_ref().is_some_and(|l| l.noatime_opens);
+        let level = this
+            .as_ref()
+            .and_then(|l| l.read_level)
+            .filter(|_| overrides);
+        let honours = stack.whiteouts(*layer);
         let real = sys::openat_noatime(
             fd.as_fd(),
             c".",
@@ -120,7 +134,7 @@ pub fn list_with(
         let mut hidden_here: Vec<OsString> = Vec::new();
         for e in raw {
             if whiteout::is_marker_name(&e.name) {
-                if let Some(t) = whiteout::aufs_target(&e.name) {
+                if let (Some(t), true) = (whiteout::aufs_target(&e.name), honours) {
                     hidden_here.push(t.to_os_string());
                 }
                 continue;
@@ -143,14 +157,16 @@ pub fn list_with(
                 if whiteout::is_whiteout_stat(&st)
                     || (xwh && whiteout::is_xattr_whiteout(fd.as_fd(), &cname, &st))
                 {
-                    hidden_here.push(e.name.clone());
+                    if honours {
+                        hidden_here.push(e.name.clone());
+                    }
                     continue;
                 }
                 kind = Some(Kind::from_mode(st.st_mode));
             }
             let mut kind = kind.unwrap_or(Kind::File);
-            if let (Some(Some(level)), Kind::File) = (overrides.get(*layer), kind) {
-                if let Some(k) = crate::override_stat::read(*level, fd.as_fd(), &cname)
+            if let (Some(level), Kind::File) = (level, kind) {
+                if let Some(k) = crate::override_stat::read(level, fd.as_fd(), &cname)
                     .and_then(|o| o.special_kind())
                 {
                     kind = k;

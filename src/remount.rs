@@ -3,7 +3,9 @@
 //! merged with the change: mount.fuse3 runs `stratafs SOURCE MNT -o
 //! ro,relatime,remount,user_id=0,group_id=0,default_permissions,allow_other,dev,suid`.
 //!
-//! A remount changes read-only/read-write and nothing else. Every other option must
+//! A remount changes read-only/read-write, and the branches with aufs's operations
+//! (`add:`, `append:`, `prepend:`, `del:`, `mod:`, `lowerdir+=`: `branch.rs`), which go to
+//! the daemon as one `Request::Branch` before any ro/rw change. Every other option must
 //! describe the mount as it is (per-mount flags and superblock options from mountinfo);
 //! one that would change it is refused with one line, before anything is touched. When
 //! the set is mount(8)'s full one (it carries `user_id=`), a flag the mount has but the set
@@ -43,20 +45,37 @@ fn has(set: &[String], o: &str) -> bool {
     set.iter().any(|x| x == o)
 }
 
+/// What a remount asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// The mount is to be read-only.
+    pub read_only: bool,
+    /// Mount-time options for the daemon to check (`Request::Check`).
+    pub check: Vec<String>,
+    /// Branch operations, in order (`Request::Branch`).
+    pub branch: Vec<String>,
+}
+
 /// Checks the kernel-level options against the mount as it is; returns whether it is to be
-/// read-only, and the mount-time options left for the daemon to check (`Request::Check`).
-pub fn plan(m: &MountEntry, options: &[String]) -> Result<(bool, Vec<String>), String> {
+/// read-only, the mount-time options left for the daemon to check, and the branch
+/// operations.
+pub fn plan(m: &MountEntry, options: &[String]) -> Result<Planned, String> {
     let (mo, so) = (&m.mount_opts, &m.super_opts);
     let cur_ro = has(mo, "ro") || has(so, "ro");
     let full = options.iter().any(|o| o.starts_with("user_id="));
     let mut want_ro = None;
     let mut rest = Vec::new();
+    let mut branch = Vec::new();
     let change = |o: &str| {
         Err(format!(
             "option {o} would change the mount: a stratafs remount changes only ro/rw"
         ))
     };
     for o in options {
+        if crate::branch::is_op(o) {
+            branch.push(o.clone());
+            continue;
+        }
         let (key, value) = match o.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (o.as_str(), None),
@@ -107,7 +126,11 @@ pub fn plan(m: &MountEntry, options: &[String]) -> Result<(bool, Vec<String>), S
             }
         }
     }
-    Ok((want_ro.unwrap_or(cur_ro), rest))
+    Ok(Planned {
+        read_only: want_ro.unwrap_or(cur_ro),
+        check: rest,
+        branch,
+    })
 }
 
 /// The mount's flags as they are, with `read_only` as wanted.
@@ -147,19 +170,75 @@ pub fn run(args: &RemountArgs) -> Result<Vec<String>, String> {
     let mnt = mount_path(&args.mountpoint)?;
     let fail = |msg: String| format!("remount {}: {msg}", mnt.display());
     let m = MountEntry::fuse_at(&mnt).ok_or_else(|| fail("not a FUSE mount point".into()))?;
-    let (want_ro, rest) = plan(&m, &args.options).map_err(fail)?;
+    let p = plan(&m, &args.options).map_err(fail)?;
+    let (want_ro, rest) = (p.read_only, p.check);
     let cur_ro = has(&m.mount_opts, "ro") || has(&m.super_opts, "ro");
     // Reach the daemon, and have it check the mount-time options, before changing anything.
     drop(Client::connect(&m).map_err(fail)?);
     if !rest.is_empty() {
         call(&m, &Request::Check(rest)).map_err(fail)?;
     }
+    let mut lines = Vec::new();
+    if !p.branch.is_empty() {
+        lines = call(&m, &Request::Branch(p.branch)).map_err(fail)?;
+        if want_ro == cur_ro {
+            return Ok(lines);
+        }
+    }
+    let more = ro_rw(&m, &mnt, want_ro, cur_ro).map_err(fail)?;
+    lines.extend(more);
+    Ok(lines)
+}
+
+/// `stratafs branch [--force] MNT OP...`: the branch operations without mount(8); one
+/// line per operation on success. `--force` makes every `del:` a `del!:`.
+pub fn branch_command(args: &[String]) -> Result<Vec<String>, String> {
+    let mut force = false;
+    let mut words = Vec::new();
+    for a in args {
+        match a.as_str() {
+            "--force" | "-f" => force = true,
+            _ => words.push(a.clone()),
+        }
+    }
+    let Some((mnt, ops)) = words.split_first() else {
+        return Err(BRANCH_USAGE.into());
+    };
+    if ops.is_empty() {
+        return Err(BRANCH_USAGE.into());
+    }
+    let ops: Vec<String> = ops
+        .iter()
+        .map(|o| match (force, o.strip_prefix("del:")) {
+            (true, Some(d)) => format!("del!:{d}"),
+            _ => o.clone(),
+        })
+        .collect();
+    for o in &ops {
+        crate::branch::parse(o)?;
+    }
+    let mnt = mount_path(Path::new(mnt))?;
+    let fail = |msg: String| format!("branch {}: {msg}", mnt.display());
+    let m = MountEntry::fuse_at(&mnt).ok_or_else(|| fail("not a FUSE mount point".into()))?;
+    call(&m, &Request::Branch(ops)).map_err(fail)
+}
+
+/// Usage of `stratafs branch`.
+pub const BRANCH_USAGE: &str = "usage: stratafs branch [--force] MOUNTPOINT OP...
+  OP: add:INDEX:DIR[=MODE] | append:DIR[=MODE] | prepend:DIR[=MODE] | del:DIR | del!:DIR |
+      mod:DIR=MODE | lowerdir+=DIR     MODE: ro+wh (default) | ro | rr
+  Changes the branches of a live mount (as mount -o remount,OP does); one line per
+  operation. --force: remove branches even while in use (del: as del!:).";
+
+/// The ro/rw part of a remount.
+fn ro_rw(m: &MountEntry, mnt: &Path, want_ro: bool, cur_ro: bool) -> Result<Vec<String>, String> {
+    let fail = |s: String| s;
     if want_ro {
-        let vfs = match sys::remount(&mnt, flags(&m, true)) {
+        let vfs = match sys::remount(mnt, flags(m, true)) {
             Ok(()) => true,
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 // Not ours to remount: flush the mount's dirty pages into the daemon.
-                let fd = sys::open_host_dir(&mnt)
+                let fd = sys::open_host_dir(mnt)
                     .and_then(|p| sys::reopen(p.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY));
                 if let Ok(fd) = fd {
                     let _ = sys::syncfs(fd.as_fd());
@@ -171,20 +250,20 @@ pub fn run(args: &RemountArgs) -> Result<Vec<String>, String> {
             }
             Err(e) => return Err(fail(format!("mount(2): {e}"))),
         };
-        match call(&m, &Request::SetReadOnly(true)) {
+        match call(m, &Request::SetReadOnly(true)) {
             Ok(lines) => Ok(lines),
             Err(e) => {
                 if vfs && !cur_ro {
-                    let _ = sys::remount(&mnt, flags(&m, false));
+                    let _ = sys::remount(mnt, flags(m, false));
                 }
                 Err(fail(e))
             }
         }
     } else {
-        let lines = call(&m, &Request::SetReadOnly(false)).map_err(fail)?;
+        let lines = call(m, &Request::SetReadOnly(false)).map_err(fail)?;
         if cur_ro {
-            if let Err(e) = sys::remount(&mnt, flags(&m, false)) {
-                let _ = call(&m, &Request::SetReadOnly(true));
+            if let Err(e) = sys::remount(mnt, flags(m, false)) {
+                let _ = call(m, &Request::SetReadOnly(true));
                 return Err(fail(format!("mount(2): {e}")));
             }
         }
@@ -212,7 +291,7 @@ mod tests {
         let so = "rw,user_id=0,group_id=0,default_permissions,allow_other";
         let m = entry("rw,relatime", so);
         let full = "relatime,user_id=0,group_id=0,default_permissions,allow_other,dev,suid";
-        let ro = |o: &str| plan(&m, &opts(o)).map(|(ro, _)| ro);
+        let ro = |o: &str| plan(&m, &opts(o)).map(|p| p.read_only);
         assert_eq!(ro(&format!("ro,{full}")), Ok(true));
         assert_eq!(ro(&format!("rw,{full}")), Ok(false));
         assert_eq!(ro("ro"), Ok(true));
@@ -220,19 +299,30 @@ mod tests {
         // fstab's mount-time options go to the daemon.
         assert_eq!(
             plan(&m, &opts("ro,lowerdir=/l,volatile,dev,suid")),
+            Ok(Planned {
+                read_only: true,
+                check: vec!["lowerdir=/l".to_string(), "volatile".to_string()],
+                branch: vec![],
+            })
+        );
+        // Branch operations go to the daemon as they are, in order.
+        assert_eq!(
+            plan(
+                &m,
+                &opts(&format!("add:1:/a=rr,rw,{full},del:/b,lowerdir+=/c"))
+            )
+            .map(|p| (p.read_only, p.branch)),
             Ok((
-                true,
-                vec!["lowerdir=/l".to_string(), "volatile".to_string()]
+                false,
+                vec!["add:1:/a=rr".into(), "del:/b".into(), "lowerdir+=/c".into()]
             ))
         );
         let m = entry("ro,nosuid,nodev,noexec,noatime", &so.replace("rw,", "ro,"));
         let full =
             "nosuid,nodev,noexec,noatime,user_id=0,group_id=0,default_permissions,allow_other";
-        assert_eq!(plan(&m, &opts(&format!("rw,{full}"))), Ok((false, vec![])));
-        assert_eq!(
-            plan(&m, &opts("x-systemd.automount,nofail,ro")),
-            Ok((true, vec![]))
-        );
+        let simple = |o: &str| plan(&m, &opts(o)).map(|p| (p.read_only, p.check));
+        assert_eq!(simple(&format!("rw,{full}")), Ok((false, vec![])));
+        assert_eq!(simple("x-systemd.automount,nofail,ro"), Ok((true, vec![])));
     }
 
     #[test]

@@ -524,6 +524,8 @@ impl UnionFs {
         }
         // Not during a copy-up of the node (which adds its upper part to the location).
         let _g = n.copy_lock.lock();
+        // Not during a branch change either (which re-resolves every node itself).
+        let _stack = self.restack.read();
         {
             let cur = n.loc.read();
             if cur.parent != parent || cur.name != name {

@@ -263,3 +263,140 @@ fn live_cd_squashfuse_lower() {
     }
     live_cd("squashfuse", true);
 }
+
+/// A module (a second squashfs image) activated at run time on the running live system, as
+/// Slax/Porteus do with aufs: `stratafs branch MNT add:1:MODULE=rr` (right below the tmpfs
+/// upper), its files visible at once, a running process's open file from the old stack
+/// intact, then deactivated again (`del:`) and its image unmounted.
+#[test]
+fn live_cd_module_activated_at_runtime() {
+    if !is_root() || !have("mksquashfs") {
+        eprintln!("skipped: needs root and mksquashfs");
+        return;
+    }
+    let live = Live::new("module");
+    let src = live.p("src");
+    build_tree(&src);
+    let image = live.p("live.squashfs");
+    sh(Command::new(SCRIPT).arg("build").arg(&src).arg(&image));
+    sh(Command::new("chown").arg("-R").arg("0:0").arg(&src));
+    // The module: a new tree, and a replacement of one of the image's files.
+    let msrc = live.p("module-src");
+    std::fs::create_dir_all(msrc.join("opt/module/bin")).unwrap();
+    std::fs::create_dir_all(msrc.join("usr/bin")).unwrap();
+    std::fs::write(
+        msrc.join("opt/module/bin/mtool"),
+        "#!/bin/sh\necho module\n",
+    )
+    .unwrap();
+    std::fs::write(msrc.join("usr/bin/tool"), "#!/bin/sh\necho module tool\n").unwrap();
+    std::fs::write(msrc.join("etc-module.conf"), "on\n").unwrap();
+    let module = live.p("module.squashfs");
+    sh(Command::new(SCRIPT).arg("build").arg(&msrc).arg(&module));
+    sh(Command::new("chown").arg("-R").arg("0:0").arg(&msrc));
+    let expected = live.p("expected");
+    sh(Command::new("cp").arg("-a").arg(&src).arg(&expected));
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "cp -a {}/. {}",
+        msrc.display(),
+        expected.display()
+    )));
+    let m = live.p("m");
+    let o = Command::new(SCRIPT)
+        .arg("start")
+        .env("STRATAFS", BIN)
+        .arg(&image)
+        .arg(&m)
+        .arg(live.p("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "start: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(listing(&m), listing(&src));
+    // A running process holding the image's usr/bin/tool open (and its cwd in /etc).
+    let flag = live.p("flag");
+    let reader = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<\"$1\"; i=0; while [ ! -e \"$2\" ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done; cat <&3")
+        .arg("sh")
+        .arg(m.join("usr/bin/tool"))
+        .arg(&flag)
+        .current_dir(m.join("etc"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed if the test fails before it ends (it holds the mount).
+    struct Reap(Option<std::process::Child>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut reader = Reap(Some(reader));
+    let fd3 = PathBuf::from(format!("/proc/{}/fd/3", reader.0.as_ref().unwrap().id()));
+    let end = Instant::now() + Duration::from_secs(5);
+    while !fd3.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Activate: the module mounted, then added right below the upper.
+    let mmnt = live.p("module-mnt");
+    std::fs::create_dir_all(&mmnt).unwrap();
+    sh(Command::new("mount")
+        .args(["-t", "squashfs", "-o", "ro,loop"])
+        .arg(&module)
+        .arg(&mmnt));
+    let out = sh(Command::new(BIN)
+        .arg("branch")
+        .arg(&m)
+        .arg(format!("add:1:{}=rr", mmnt.display())));
+    assert_eq!(out.trim(), format!("added {} at 1 (rr)", mmnt.display()));
+    assert_eq!(listing(&m), listing(&expected), "the module's files show");
+    assert_eq!(
+        std::fs::read_to_string(m.join("usr/bin/tool")).unwrap(),
+        "#!/bin/sh\necho module tool\n"
+    );
+    assert_eq!(
+        sh(Command::new("sh").arg(m.join("opt/module/bin/mtool"))).trim(),
+        "module"
+    );
+    std::fs::write(&flag, "").unwrap();
+    let got = reader.0.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "#!/bin/sh\necho tool\n",
+        "the process's open file from the old stack reads on unchanged"
+    );
+    // Deactivate, and the image can go.
+    let out = sh(Command::new(BIN)
+        .arg("branch")
+        .arg(&m)
+        .arg(format!("del:{}", mmnt.display())));
+    assert_eq!(out.trim(), format!("removed {}", mmnt.display()));
+    assert_eq!(
+        listing(&m),
+        listing(&src),
+        "the module is gone from the view"
+    );
+    sh(Command::new("umount").arg(&mmnt));
+    assert_eq!(
+        std::fs::read_to_string(m.join("usr/bin/tool")).unwrap(),
+        "#!/bin/sh\necho tool\n"
+    );
+    sh(Command::new(SCRIPT)
+        .arg("stop")
+        .arg(&m)
+        .arg(live.p("state")));
+    assert!(
+        mounts_under(&live.root).is_empty(),
+        "stop unmounts everything"
+    );
+    assert_eq!(daemons(&live.tag), 0, "no daemon left after stop");
+}

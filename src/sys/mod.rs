@@ -145,6 +145,37 @@ pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// glibc's `dev_t` encoding of a device number.
+pub fn makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xfffff000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffffff00) << 12)
+        | (minor & 0xff)
+}
+
+/// (st_dev, st_ino) of what `path` leads to (following links, as /proc/PID/cwd's), from
+/// the kernel's inode as it is: `AT_STATX_DONT_SYNC`, so a FUSE filesystem is never asked
+/// (a hung mount elsewhere cannot block the caller).
+pub fn statx_cached(path: &CStr) -> io::Result<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: st points to writable memory of the right size; path is NUL-terminated.
+    cvt(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_INO,
+            st.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: statx succeeded and filled the struct.
+    let st = unsafe { st.assume_init() };
+    Ok((
+        makedev(u64::from(st.stx_dev_major), u64::from(st.stx_dev_minor)),
+        st.stx_ino,
+    ))
+}
+
 /// `fstat` on any fd, `O_PATH` included.
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     fstatat(fd, c"")
