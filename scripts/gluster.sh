@@ -23,7 +23,7 @@
 #
 # Environment: STRATAFS_BIN=PATH  the binary to test (default target/release/stratafs; any
 # FUSE mount program taking -f -o lowerdir=,upperdir=,workdir=, e.g. fuse-overlayfs);
-# STRATAFS_GLUSTER_STEPS="view writes two fault"  which parts run after the layers (all);
+# STRATAFS_GLUSTER_STEPS="view writes upper two fault"  which parts run after the layers (all);
 # STRATAFS_GLUSTER_FAULT_OPTS=OPTS  extra stratafs options for the fault part (default
 # threads=8; set it empty to see the default thread count stall on a frozen brick).
 #
@@ -53,7 +53,7 @@ outer() {
     case "$arg" in
       --keep) keep=1 ;;
       --no-fault) fault=0 ;;
-      -h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      -h | --help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown argument: $arg (try --help)" ;;
     esac
   done
@@ -125,7 +125,7 @@ check() { # DESCRIPTION COMMAND...
 now() { date +%s.%N; }
 quiet() { "$@" >/dev/null 2>&1; }
 # step NAME: whether STRATAFS_GLUSTER_STEPS (default: all) names this part.
-step() { case " ${STRATAFS_GLUSTER_STEPS:-view writes two fault} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+step() { case " ${STRATAFS_GLUSTER_STEPS:-view writes upper two fault} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 gl() { gluster --mode=script "$@"; }
 
@@ -434,10 +434,24 @@ inner() {
   fi
   }
 
+  # ---- 5a. The upper on the volume too ----
+  if step upper; then
+    section "The upper on GlusterFS too (a per-host directory on the volume)"
+    upper_on_gluster "$glowers" "$llowers"
+  fi
+
   # ---- 5. Two mounts ----
   if step two; then
     section "Two stratafs mounts, each in its own mount namespace, over the same GlusterFS lowers"
     two_mounts "$glowers"
+  fi
+
+  # ---- Debugging: hold the set-up until $S/hold is removed (enter it with
+  # nsenter -t "$(cat $S/hold)" -m -n -p) ----
+  if step hold; then
+    echo $$ >"$S/hold"
+    say "holding: rm $S/hold to go on; nsenter -t $$ -m -n -p bash to look around"
+    while [ -e "$S/hold" ]; do sleep 1; done
   fi
 
   # ---- 6. Fault ----
@@ -472,6 +486,87 @@ write_ops() {
   mknod new/fifo p
   touch -h -d '2021-06-01 12:00:00' kinds/file kinds/sparse tree/d05/f05 opaque-me opaque-me/fresh tree/d03 \
     tree/d03/only tree/d07/f03 tree/new-link new new/dir new/dir/file new/fifo
+}
+
+# Upper and workdir on the volume (hosts/h1/u, hosts/h1/w): GlusterFS's client has no RENAME2
+# (every renameat2 flag is EINVAL) and no O_TMPFILE; stratafs falls back (src/util.rs).
+upper_on_gluster() {
+  local glowers=$1 llowers=$2 H=$S/gv/hosts/h1 U=$S/ug rc out
+  mkdir -p "$H"/{u,w} "$U"/{lu,lw}
+  fix_times "$H"
+  fix_times "$U"
+  # Reference: the same writes with a local upper over the local lowers.
+  if sfs_mount "lowerdir=$llowers,upperdir=$U/lu,workdir=$U/lw" "$U/lm"; then
+    (cd "$U/lm" && write_ops) >"$U/lm.ops" 2>&1 || fail "the write script with a local upper: $(tail -n 3 "$U/lm.ops")"
+    nameless_copy_up "$U/lm" >/dev/null 2>&1
+    snapshot "$U/lm" >"$S/upper.local"
+    sfs_umount "$U/lm"
+  else
+    fail "mounting the local reference"; return
+  fi
+  sfs_mount "lowerdir=$glowers,upperdir=$H/u,workdir=$H/w" "$U/gm" || { fail "mounting with the upper on the volume"; return; }
+  if (cd "$U/gm" && write_ops) >"$U/gm.ops" 2>&1; then
+    pass "the write script with the upper on GlusterFS (copy-up, whiteouts, opaque dirs, redirects, links)"
+  else
+    fail "the write script with the upper on GlusterFS: $(tail -n 3 "$U/gm.ops")"
+  fi
+  check "the whiteouts on the volume are 0/0 character devices (tree/d02: $(stat -c '%F %t:%T' "$H/u/tree/d02" 2>&1))" \
+    test "$(stat -c %F:%t:%T "$H/u/tree/d02" 2>&1)" = "character special file:0:0"
+  check "the brick stores them as 0/0 character devices too" \
+    test "$(stat -c %F:%t:%T "$S/bricks/b1/hosts/h1/u/tree/d02" 2>&1)" = "character special file:0:0"
+  check "the opaque marker is on the volume (trusted.overlay.opaque=y on opaque-me)" \
+    test "$(getfattr -h --only-values -n trusted.overlay.opaque "$H/u/opaque-me" 2>/dev/null)" = y
+  check "the redirect is on the volume (trusted.overlay.redirect on tree/d04-moved: $(getfattr -h --only-values -n trusted.overlay.redirect "$H/u/tree/d04-moved" 2>/dev/null))" \
+    test "$(getfattr -h --only-values -n trusted.overlay.redirect "$H/u/tree/d04-moved" 2>/dev/null)" = /tree/d04
+  # Copy-up of a file whose name is gone: no O_TMPFILE on GlusterFS, so a named staging
+  # file, unlinked at once (the local reference did the same).
+  out=$(nameless_copy_up "$U/gm" 2>&1)
+  check "copy-up of an open file whose name is gone, staged on the volume ($out)" test "$out" = "0o600 08/40"
+  # (That copy's staging name goes when the kernel forgets the file, after its last close.)
+  for ((rc = 0; rc < 20; rc++)); do [ -z "$(ls -A "$H/w/work")" ] && break; sleep 0.1; done
+  check "nothing is left in the workdir on the volume ($(ls -A "$H/w/work" | wc -l) entries in work/)" \
+    test -z "$(ls -A "$H/w/work")"
+  snapshot "$U/gm" >"$S/upper.gluster"
+  same "upper on GlusterFS: the view == stratafs with a local upper" "$S/upper.local" "$S/upper.gluster"
+  sfs_umount "$U/gm"
+  # Another host: a fresh mount namespace with its own GlusterFS client mount of the volume.
+  STRATAFS_GLUSTER_LIB=1 timeout 60 unshare -m --propagation private bash -c '
+    . "$0/scripts/gluster.sh"
+    S=$1 BIN=$2
+    mkdir -p "$S/gv-b" && mount -t glusterfs -o acl "$3:/gv0" "$S/gv-b" || exit 1
+    G=$S/gv-b/layers
+    sfs_mount "lowerdir=$G/l0:$G/l1:$G/l2:$G/l3,upperdir=$S/gv-b/hosts/h1/u,workdir=$S/gv-b/hosts/h1/w" "$S/ug/bm" || exit 2
+    grep -q " $S/gv " /proc/self/mounts && ! grep -q " $S/ug/gm " /proc/self/mounts || exit 3
+    snapshot "$S/ug/bm" >"$S/upper.other-host"
+    sfs_umount "$S/ug/bm"
+    umount "$S/gv-b"' "$repo" "$S" "$BIN" "$ADDR" >"$U/b.out" 2>&1
+  rc=$?
+  check "a fresh mount from another mount namespace (its own GlusterFS client) mounts that upper (exit $rc)" test "$rc" = 0
+  [ "$rc" = 0 ] || sed 's/^/  | /' "$U/b.out"
+  same "the other namespace's fresh mount shows the same view" "$S/upper.gluster" "$S/upper.other-host"
+  # The kernel reads that upper the same way (a copy on local disk: the kernel overlayfs
+  # takes no FUSE upper).
+  cp -a --preserve=all "$H/u" "$U/ucopy" && mkdir -p "$U/kw"
+  if kmount "lowerdir=$llowers,upperdir=$U/ucopy,workdir=$U/kw,redirect_dir=on,metacopy=on" "$U/km"; then
+    snapshot "$U/km" >"$S/upper.kernel"
+    umount "$U/km"
+    same "the kernel overlayfs reads a copy of the GlusterFS upper the same way" "$S/upper.gluster" "$S/upper.kernel"
+  else
+    fail "the kernel refuses a copy of the upper written on GlusterFS"
+  fi
+}
+
+# nameless_copy_up MNT: open a lower file, remove its name, chmod it through the open fd
+# (a copy-up with no name to copy to); prints the mode and data it then has.
+nameless_copy_up() {
+  python3 - "$1/tree/d08/f40" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.unlink(sys.argv[1])
+os.fchmod(fd, 0o600)
+print(oct(os.fstat(fd).st_mode & 0o7777), os.pread(fd, 100, 0).decode().strip())
+os.close(fd)
+PY
 }
 
 two_mounts() {

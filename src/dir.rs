@@ -29,6 +29,7 @@ use crate::layers::{ROOT_INO, UPPER};
 use crate::lookup::{self, marker};
 use crate::readdir;
 use crate::sys::{self, ops, xattr};
+use crate::util;
 use crate::whiteout;
 
 /// What the upper directory holds at a name.
@@ -128,12 +129,10 @@ impl UnionFs {
     ) -> Result<()> {
         let r = match upper_at(dir, name)? {
             UpperAt::Entry => return err(libc::EEXIST),
-            UpperAt::Nothing => ops::renameat2(work, tmp, dir, name, libc::RENAME_NOREPLACE),
-            UpperAt::Whiteout if is_dir => {
-                ops::renameat2(work, tmp, dir, name, libc::RENAME_EXCHANGE).map(|()| {
-                    let _ = ops::unlinkat(work, tmp, 0);
-                })
-            }
+            UpperAt::Nothing => util::rename_noreplace(work, tmp, dir, name),
+            UpperAt::Whiteout if is_dir => util::exchange_staged(work, tmp, dir, name).map(|()| {
+                let _ = ops::unlinkat(work, tmp, 0);
+            }),
             UpperAt::Whiteout => ops::renameat2(work, tmp, dir, name, 0),
         };
         r.map_err(|e| Error::io(e, "place new entry"))
@@ -357,6 +356,7 @@ impl UnionFs {
                 dirs: found.dirs,
                 data: None,
                 pinned: None,
+                staged: None,
             };
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
@@ -400,8 +400,12 @@ impl UnionFs {
                 // Swap a fresh whiteout in: one atomic step.
                 let wh = tmp_name();
                 make_whiteout(w, &wh)?;
-                let flags = if dir { libc::RENAME_EXCHANGE } else { 0 };
-                if let Err(e) = ops::renameat2(w, &wh, updir.as_fd(), cname, flags) {
+                let r = if dir {
+                    util::exchange_staged(w, &wh, updir.as_fd(), cname)
+                } else {
+                    ops::renameat2(w, &wh, updir.as_fd(), cname, 0)
+                };
+                if let Err(e) = r {
                     let _ = ops::unlinkat(w, &wh, 0);
                     return Err(Error::io(e, "whiteout over upper entry"));
                 }
@@ -411,7 +415,7 @@ impl UnionFs {
             } else if dir {
                 // It may still hold whiteouts: move it out of sight, then empty it.
                 let t = tmp_name();
-                ops::renameat2(updir.as_fd(), cname, w, &t, libc::RENAME_NOREPLACE)
+                util::rename_noreplace(updir.as_fd(), cname, w, &t)
                     .map_err(|e| Error::io(e, "rmdir"))?;
                 remove_tree(w, &t).map_err(|e| Error::io(e, "rmdir cleanup"))?;
             } else {
@@ -538,6 +542,7 @@ impl UnionFs {
                             dirs: d.dirs.clone(),
                             data: None,
                             pinned: None,
+                            staged: None,
                         };
                         if readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2 {
                             return err(libc::ENOTEMPTY);
@@ -612,7 +617,7 @@ impl UnionFs {
             match upper_at(newupdir.as_fd(), &cnew)? {
                 UpperAt::Entry if dst.as_ref().is_some_and(|d| d.is_dir() && d.top == UPPER) => {
                     let t = tmp_name();
-                    ops::renameat2(newupdir.as_fd(), &cnew, w, &t, libc::RENAME_NOREPLACE)
+                    util::rename_noreplace(newupdir.as_fd(), &cnew, w, &t)
                         .map_err(|e| Error::io(e, "rename: clear target"))?;
                     moved_away = Some(t);
                 }
@@ -646,7 +651,7 @@ impl UnionFs {
             };
             if let Err(e) = r {
                 if let Some(t) = &moved_away {
-                    let _ = ops::renameat2(w, t, newupdir.as_fd(), &cnew, libc::RENAME_NOREPLACE);
+                    let _ = util::rename_noreplace(w, t, newupdir.as_fd(), &cnew);
                 }
                 return Err(Error::io(e, "rename"));
             }

@@ -150,6 +150,7 @@ impl UnionFs {
             dirs: layers.roots(),
             data: None,
             pinned: None,
+            staged: None,
         };
         let read_only = !cfg.writable();
         let mut read_levels = vec![cfg.xattr_permissions];
@@ -383,6 +384,7 @@ impl UnionFs {
             dirs: found.dirs,
             data: found.data,
             pinned: None,
+            staged: None,
         };
         let node = self.inodes.remember(key, kind, loc);
         if node.kind != kind {

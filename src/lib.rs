@@ -30,6 +30,7 @@ pub mod remount;
 pub mod stats;
 pub mod sys;
 pub mod tools;
+pub mod util;
 pub mod whiteout;
 
 pub use error::{Error, Result};
