@@ -24,8 +24,8 @@
 # Environment: STRATAFS_BIN=PATH  the binary to test (default target/release/stratafs; any
 # FUSE mount program taking -f -o lowerdir=,upperdir=,workdir=, e.g. fuse-overlayfs);
 # STRATAFS_GLUSTER_STEPS="view writes upper two fault"  which parts run after the layers (all);
-# STRATAFS_GLUSTER_FAULT_OPTS=OPTS  extra stratafs options for the fault part (default
-# threads=8; set it empty to see the default thread count stall on a frozen brick).
+# STRATAFS_GLUSTER_FAULT_OPTS=OPTS  extra stratafs options for the fault part (none by
+# default; threads=2 shows one thread per CPU stall on a frozen brick).
 #
 # Output: one "ok: ..." or "FAIL: ..." line per check, "time: ..." lines, a last
 # "gluster: N passed, N failed" line. Exit status 0 when everything passed, 1 on any failure,
@@ -458,6 +458,10 @@ inner() {
   if [ "${FAULT:-1}" = 1 ] && step fault; then
     section "The brick dies during a walk"
     fault "$glowers"
+    section "A layer added later; the brick stops and dies during a large copy-up and with files open"
+    fault_copy_up "$glowers"
+    section "The upper on GlusterFS: the brick dies during a copy-up; fsynced data survives"
+    fault_upper "$glowers"
   fi
 }
 
@@ -622,10 +626,11 @@ EOF
 fault() {
   local glowers=$1 bpid t0 rc out walker i took first_fail="" n_ok=0 hung=0
   mkdir -p "$S/f"/{u,w}
-  # threads=8: every request waiting for a stalled lower holds one daemon thread; with the
-  # default (one per CPU) two of them on a 2-CPU machine leave none for the upper, whose
-  # reads then wait for the ping-timeout too (README, "Layers on GlusterFS").
-  local fopts=${STRATAFS_GLUSTER_FAULT_OPTS-threads=8}
+  # The default thread count: every request waiting for a stalled lower holds one daemon
+  # thread; one per CPU (2 here) let the walk and one reader stop the upper too, so a mount
+  # with a FUSE branch starts at least 16 (STRATAFS_GLUSTER_FAULT_OPTS=threads=2 shows the
+  # stall).
+  local fopts=${STRATAFS_GLUSTER_FAULT_OPTS:-}
   sfs_mount "lowerdir=$glowers,upperdir=$S/f/u,workdir=$S/f/w${fopts:+,$fopts}" "$S/f/m" ||
     { fail "mount for the fault test"; return; }
   snapshot "$S/f/m" >"$S/fault.before"
@@ -688,6 +693,177 @@ fault() {
   snapshot "$S/f/m" 2>/dev/null | grep -v -e '^\./upper-file ' >"$S/fault.after"
   same "after the restart the whole view reads as before the fault" "$S/fault.before" "$S/fault.after"
   sfs_umount "$S/f/m"
+}
+
+# wait_staging DIR: until a staging file in DIR (a workdir's work/) holds 32 MiB or more, at
+# most 10 s; prints its size.
+wait_staging() {
+  local i sz=0
+  for ((i = 0; i < 200; i++)); do
+    sz=$(find "$1" -maxdepth 1 -type f -printf '%s\n' 2>/dev/null | sort -n | tail -n 1)
+    [ "${sz:-0}" -ge 33554432 ] && break
+    sleep 0.05
+  done
+  echo "${sz:-0}"
+}
+# uncache FILE: drops FILE's pages from the page cache (posix_fadvise DONTNEED), this file's only.
+uncache() { dd if="$1" iflag=nocache count=0 status=none; }
+# recovered MNT FILE WANT: waits (30 s at most) until MNT/FILE reads WANT.
+recovered() {
+  local i
+  for ((i = 0; i < 60; i++)); do
+    [ "$(timeout 5 cat "$1/$2" 2>/dev/null)" = "$3" ] && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
+BIG_MB=256
+# A large lower file in a layer added to the volume after the other mounts; a copy-up of it
+# (an append) is stopped (SIGSTOP of the brick) and then killed (SIGKILL) midway. The mount
+# uses the default thread count.
+fault_copy_up() {
+  local glowers=$1 B=$S/gv/layers/lbig C=$S/c bpid t0 rc took out sz sha round i fdread
+  mkdir -p "$B" "$C"/{u,w}
+  t0=$(now)
+  # (Made on local disk and copied: cp's large writes, not a pipe's small ones.)
+  yes 0123456789abcdef | head -c "$((BIG_MB << 20))" >"$S/big.bin"
+  cp "$S/big.bin" "$B/big.bin"
+  echo added >"$B/new-layer-file"
+  # Files to hold open across a fault: larger than what GlusterFS's quick-read keeps from
+  # the lookup (64 KiB), so a read must reach the brick.
+  for i in 1 2; do head -c 4M /dev/urandom >"$S/open$i.bin"; cp "$S/open$i.bin" "$B/"; uncache "$B/open$i.bin"; done
+  say "time: writing the $BIG_MB MiB lower file onto the volume: $(elapsed "$t0") s"
+  sha=$(sha256sum <"$S/big.bin" | cut -c1-64)
+  rm -f "$S/big.bin"
+  sfs_mount "lowerdir=$B:$glowers,upperdir=$C/u,workdir=$C/w${STRATAFS_GLUSTER_FAULT_OPTS:+,$STRATAFS_GLUSTER_FAULT_OPTS}" "$C/m" ||
+    { fail "mount with the added layer"; return; }
+  check "a layer added to the volume after the first mounts is used by a new mount (new-layer-file, and the old layers below it)" \
+    test "$(cat "$C/m/new-layer-file" 2>&1):$(cat "$C/m/tree/d00/f00" 2>&1)" = "added:00/00"
+  echo 'in the upper' >"$C/m/upper-file"
+  local n=0
+  for round in stop kill; do
+    n=$((n + 1))
+    # Nothing of big.bin in the page cache, so the copy-up must read from the brick.
+    uncache "$B/big.bin"
+    # A file opened before the fault and not read yet (its first read must reach the brick).
+    exec 7<"$C/m/open$n.bin"
+    exec 8<"$B/open$n.bin" # the same file through the volume's own mount, to compare
+    rm -f "$C/cu.out"
+    ( t=$(now); timeout $((BOUND + 30)) sh -c "echo x >>'$C/m/big.bin'" 2>"$C/cu.err"; echo "$? $(elapsed "$t")" >"$C/cu.out" ) &
+    local cu=$!
+    sz=$(wait_staging "$C/w/work")
+    bpid=$(brick_pid)
+    if [ "$round" = stop ]; then kill -STOP "$bpid"; else kill -KILL "$bpid"; fi
+    t0=$(now)
+    say "$round: brick pid $bpid (SIG${round^^}) with $((sz >> 20)) MiB of $BIG_MB staged"
+    ( t=$(now); out=$(timeout $((BOUND + 30)) dd bs=1M count=1 status=none <&7 2>&1 >/dev/null); echo "$?|$(elapsed "$t")|$out" >"$C/fd.out" ) &
+    fdread=$!
+    sleep 0.3
+    out=$(timeout 5 stat -c %s "$C/m/upper-file" 2>&1); rc=$?
+    took=$(elapsed "$t0")
+    check "$round: the daemon serves the local upper meanwhile (stat of upper-file ${took} s after the fault, exit $rc)" \
+      bash -c "[ '$rc' = 0 ] && awk 'BEGIN { exit !($took <= 2) }'"
+    wait "$cu"
+    read -r rc took <"$C/cu.out"
+    say "time: $round: the interrupted copy-up (append to big.bin) ended after $took s, exit $rc: $(head -c 200 "$C/cu.err")"
+    check "$round: the copy-up fails with EIO/ENOTCONN within $BOUND s" \
+      bash -c "[ '$rc' != 0 ] && [ '$rc' != 124 ] && grep -q -e 'Input/output error' -e 'not connected' '$C/cu.err' && awk 'BEGIN { exit !($took <= $BOUND) }'"
+    check "$round: no partial copy-up in the upper (no big.bin there)" test ! -e "$C/u/big.bin"
+    wait "$fdread"
+    IFS='|' read -r rc took out <"$C/fd.out"
+    say "time: $round: the first read of a file opened before the fault: after $took s, exit $rc: $out"
+    case "$out" in *'Input/output error'* | *'not connected'*) ;; *) rc="$rc (not EIO/ENOTCONN)" ;; esac
+    check "$round: that read fails with EIO/ENOTCONN within $BOUND s" \
+      bash -c "[ '$rc' = 1 ] && awk 'BEGIN { exit !($took <= $BOUND) }'"
+    say "$round: staging leftovers in the workdir: $(ls -A "$C/w/work" | wc -l)"
+    if [ "$round" = stop ]; then kill -CONT "$bpid"; else gl volume start gv0 force >/dev/null; fi
+    t0=$(now)
+    recovered "$C/m" "tree/d08/f3$n" "08/3$n"
+    rc=$?
+    say "time: $round: the lower read again $(elapsed "$t0") s after the brick was back"
+    check "$round: after the brick is back the mount reads the lower again, without a remount" test "$rc" = 0
+    t0=$(now)
+    for ((i = 0; i < 40; i++)); do
+      # (pread: a failed dd would still have moved the offset)
+      timeout 20 python3 -c 'import os, sys; sys.stdout.buffer.write(os.pread(7, 1 << 20, 2 << 20))' >"$C/fd.data" 2>"$C/fd.err" && break
+      sleep 0.25
+    done
+    say "time: $round: the descriptor opened before the fault read again after $(elapsed "$t0") s more ($i failed tries)"
+    out=$(sha256sum <"$C/fd.data" | cut -c1-16)
+    check "$round: the file opened before the fault reads through the same descriptor ($(head -c 150 "$C/fd.err"))" \
+      test "$out" = "$(dd if="$S/open$n.bin" bs=1M skip=2 count=1 status=none | sha256sum | cut -c1-16)"
+    timeout 5 dd bs=1M count=1 status=none <&8 >/dev/null 2>&1 # (its first read, failed meanwhile)
+    out=$(timeout 20 dd bs=1M skip=2 count=1 status=none <&8 2>&1 >/dev/null)
+    say "$round: on the volume's own mount, a descriptor opened before the fault: ${out:-reads again}"
+    exec 7<&- 8<&-
+    check "$round: big.bin still reads as the lower file (sha256 of $BIG_MB MiB)" \
+      test "$(timeout 60 sha256sum <"$C/m/big.bin" | cut -c1-64)" = "$sha"
+  done
+  t0=$(now)
+  check "then the copy-up succeeds (append to big.bin)" timeout 60 sh -c "echo x >>'$C/m/big.bin'"
+  say "time: a full copy-up of $BIG_MB MiB from the volume: $(elapsed "$t0") s"
+  check "the copy in the upper is complete ($(stat -c %s "$C/u/big.bin" 2>&1) bytes)" \
+    test "$(stat -c %s "$C/u/big.bin" 2>&1)" = $(((BIG_MB << 20) + 2))
+  check "the workdir's staging area is empty" test -z "$(ls -A "$C/w/work")"
+  sfs_umount "$C/m"
+}
+
+# The upper (and workdir) on the volume: data written and fsynced before the brick dies is
+# there after it is back (through the mount and on the brick); a copy-up killed midway never
+# shows in the upper, its staging leftovers go at the next mount.
+fault_upper() {
+  local glowers=$1 H=$S/gv/hosts/h2 M=$S/h2m B=$S/gv/layers/lbig bpid t0 rc took out sz sha
+  mkdir -p "$H"/{u,w}
+  sha=$(sha256sum <"$B/big.bin" | cut -c1-64)
+  sfs_mount "lowerdir=$B:$glowers,upperdir=$H/u,workdir=$H/w${STRATAFS_GLUSTER_FAULT_OPTS:+,$STRATAFS_GLUSTER_FAULT_OPTS}" "$M" ||
+    { fail "mount with the upper on the volume"; return; }
+  python3 - "$M" <<'PY' || fail "write and fsync on the upper on the volume"
+import os, sys
+m = sys.argv[1]
+for name, flags in (("synced", os.O_CREAT | os.O_WRONLY | os.O_TRUNC), ("tree/d00/f01", os.O_WRONLY | os.O_APPEND)):
+    fd = os.open(os.path.join(m, name), flags, 0o644)
+    os.write(fd, b"fsynced before the fault\n")
+    os.fsync(fd)
+    os.close(fd)
+PY
+  uncache "$B/big.bin"
+  ( t=$(now); timeout $((BOUND + 30)) sh -c "echo x >>'$M/big.bin'" 2>"$S/h2cu.err"; echo "$? $(elapsed "$t")" >"$S/h2cu.out" ) &
+  local cu=$!
+  sz=$(wait_staging "$H/w/work")
+  bpid=$(brick_pid)
+  kill -KILL "$bpid"
+  t0=$(now)
+  say "killed the brick (pid $bpid) with $((sz >> 20)) MiB of $BIG_MB staged on the volume"
+  out=$(timeout $((BOUND + 30)) sh -c "echo more >>'$M/synced'" 2>&1); rc=$?
+  took=$(elapsed "$t0")
+  say "time: an append to an upper file on the dead volume: after $took s, exit $rc: $out"
+  check "a write to the upper on the dead volume fails with EIO/ENOTCONN within $BOUND s" \
+    bash -c "[ '$rc' != 0 ] && [ '$rc' != 124 ] && awk 'BEGIN { exit !($took <= $BOUND) }'"
+  wait "$cu"
+  read -r rc took <"$S/h2cu.out"
+  say "time: the copy-up to the upper on the volume ended after $took s, exit $rc: $(head -c 200 "$S/h2cu.err")"
+  check "the copy-up to the upper on the volume fails within $BOUND s" \
+    bash -c "[ '$rc' != 0 ] && [ '$rc' != 124 ] && awk 'BEGIN { exit !($took <= $BOUND) }'"
+  gl volume start gv0 force >/dev/null
+  t0=$(now)
+  recovered "$M" synced "fsynced before the fault"
+  rc=$?
+  say "time: the upper on the volume read again $(elapsed "$t0") s after the brick was back"
+  check "after the brick is back the mount works again without a remount" test "$rc" = 0
+  check "data fsynced before the fault reads back through the mount (a new file, a copied-up one)" \
+    test "$(cat "$M/synced" 2>&1)|$(tail -n 1 "$M/tree/d00/f01" 2>&1)" = "fsynced before the fault|fsynced before the fault"
+  check "... and is on the brick" \
+    test "$(cat "$S/bricks/b1/hosts/h2/u/synced" 2>&1)|$(tail -n 1 "$S/bricks/b1/hosts/h2/u/tree/d00/f01" 2>&1)" = "fsynced before the fault|fsynced before the fault"
+  check "no partial copy-up in the upper on the volume (no big.bin there)" test ! -e "$H/u/big.bin"
+  check "big.bin reads as the lower file" test "$(timeout 60 sha256sum <"$M/big.bin" | cut -c1-64)" = "$sha"
+  local left
+  left=$(ls -A "$H/w/work" | wc -l)
+  sfs_umount "$M"
+  sfs_mount "lowerdir=$B:$glowers,upperdir=$H/u,workdir=$H/w" "$M" || { fail "remount with the upper on the volume"; return; }
+  check "the next mount empties the staging area ($left leftovers before it, $(ls -A "$H/w/work" | wc -l) after)" test -z "$(ls -A "$H/w/work")"
+  check "... and the view still has the fsynced data" test "$(cat "$M/synced" 2>&1)" = "fsynced before the fault"
+  sfs_umount "$M"
 }
 
 # freeze BRICK_PID: a brick that stops answering (SIGSTOP: the connection stays up, so only
