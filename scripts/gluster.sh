@@ -17,13 +17,18 @@
 # arrived); the merged view of the GlusterFS lowers under a local upper is compared entry by
 # entry with the same stack on local disk (stratafs and the kernel overlayfs); a fixed
 # script of writes gives the same view and an upper the kernel reads the same way; two
-# stratafs mounts, each in its own mount namespace, share the GlusterFS lowers; and the brick
-# is killed during a walk (requests fail within a bound, the upper still serves, and the
-# mount works again after `gluster volume start gv0 force`).
+# stratafs mounts, each in its own mount namespace, share the GlusterFS lowers; the upper and
+# workdir on the volume too (no renameat2 flags and no O_TMPFILE there), read back by a fresh
+# mount in another mount namespace with its own GlusterFS client; the brick is frozen and
+# killed during a walk, during a 256 MiB copy-up from a layer added to the volume later, with
+# files open, and with the upper on the volume (requests fail within a bound, nothing partial
+# reaches the upper, the upper still serves, fsynced data survives, and the mount works again
+# after SIGCONT or `gluster volume start gv0 force`).
 #
 # Environment: STRATAFS_BIN=PATH  the binary to test (default target/release/stratafs; any
 # FUSE mount program taking -f -o lowerdir=,upperdir=,workdir=, e.g. fuse-overlayfs);
-# STRATAFS_GLUSTER_STEPS="view writes upper two fault"  which parts run after the layers (all);
+# STRATAFS_GLUSTER_STEPS="view writes upper two fault"  which parts run after the layers (all;
+# "hold" waits with everything set up until $SCRATCH/hold is removed, to look around);
 # STRATAFS_GLUSTER_FAULT_OPTS=OPTS  extra stratafs options for the fault part (none by
 # default; threads=2 shows one thread per CPU stall on a frozen brick).
 #
@@ -53,7 +58,7 @@ outer() {
     case "$arg" in
       --keep) keep=1 ;;
       --no-fault) fault=0 ;;
-      -h | --help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      -h | --help) sed -n '2,/^set -uo/{/^set -uo/d;p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown argument: $arg (try --help)" ;;
     esac
   done
@@ -133,6 +138,9 @@ gl() { gluster --mode=script "$@"; }
 start_gluster() {
   local d
   for d in lib run log; do mkdir -p "$S/state/$d"; done
+  # A /run of our own: glusterd's socket is /run/glusterd.socket, a path that the host's
+  # glusterd (or another run of this script) uses too, whatever the network namespace.
+  mount -t tmpfs -o mode=0755 tmpfs /run || return 1
   mkdir -p /var/lib/glusterd /run/gluster /var/log/glusterfs "$S/bricks"
   mount --bind "$S/state/lib" /var/lib/glusterd || return 1
   mount --bind "$S/state/run" /run/gluster || return 1
