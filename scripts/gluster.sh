@@ -8,7 +8,8 @@
 # addresses for bricks; no traffic leaves the namespace). The test body runs in that
 # namespace through `ip netns exec`, hence in a private mount namespace too: glusterd's
 # working directory (/var/lib/glusterd), /run/gluster and /var/log/glusterfs are bind mounts
-# of scratch directories there, so nothing of the host's GlusterFS state is read or changed,
+# of scratch directories there, under a tmpfs of its own on /run (glusterd's socket is
+# /run/glusterd.socket), so nothing of the host's GlusterFS state is read or changed,
 # and no mount made here is visible outside.
 #
 # Then: kernel-written layers (0/0 whiteouts, opaque dirs, a redirect, a metacopy file, xattr
