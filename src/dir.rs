@@ -357,6 +357,7 @@ impl UnionFs {
                 data: None,
                 pinned: None,
                 staged: None,
+                lower_attr: None,
             };
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
@@ -543,6 +544,7 @@ impl UnionFs {
                             data: None,
                             pinned: None,
                             staged: None,
+                            lower_attr: None,
                         };
                         if readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2 {
                             return err(libc::ENOTEMPTY);

@@ -131,6 +131,9 @@ pub struct UnionFs {
     pub(crate) shows_overrides: bool,
     /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
     pub noxattrs: bool,
+    /// No `timeout=`: the branches are assumed not to change behind the mount, so a lower
+    /// entry's attributes are kept once read (`Loc::lower_attr`).
+    pub(crate) keep_lower_attrs: bool,
     /// Inodes with writable passthrough handles, and how many (see `file.rs`,
     /// `UnionFs::times_change_unseen`).
     pub(crate) passthrough_writers: DashMap<u64, u32>,
@@ -151,6 +154,7 @@ impl UnionFs {
             data: None,
             pinned: None,
             staged: None,
+            lower_attr: None,
         };
         let read_only = !cfg.writable();
         let mut read_levels = vec![cfg.xattr_permissions];
@@ -181,6 +185,7 @@ impl UnionFs {
             shows_overrides: read_levels.iter().any(Option::is_some),
             read_levels,
             noxattrs: cfg.noxattrs,
+            keep_lower_attrs: cfg.timeout.is_none(),
             static_nlink: cfg.static_nlink,
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
@@ -385,6 +390,7 @@ impl UnionFs {
             data: found.data,
             pinned: None,
             staged: None,
+            lower_attr: None,
         };
         let node = self.inodes.remember(key, kind, loc);
         if node.kind != kind {

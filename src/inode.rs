@@ -109,6 +109,12 @@ pub struct Loc {
     /// in the upper, as on GlusterFS): the staging name that keeps it linked, removed when
     /// the node goes (or with the rest of `work/` at the next mount).
     pub staged: Option<Arc<StagedName>>,
+    /// The attributes of an entry that is only in a lower layer, as last read, when the
+    /// branches are assumed not to change (no `timeout=`): a getattr then needs no call to
+    /// the branch, which on a network or FUSE lower is a round trip (the kernel asks again
+    /// for every directory it listed, since a listing invalidates the atime). Dropped with
+    /// the `Loc` (a new lookup, a copy-up makes `top` the upper and it is not used).
+    pub lower_attr: Option<Arc<crate::sys::Stat>>,
 }
 
 /// A copy kept under a name in the staging directory instead of unlinked: GlusterFS (like
