@@ -49,6 +49,7 @@
 # --quick: small files (64/192 MiB big files, 200 appends, 2,000-file tarball, 16-file build),
 # one run: a smoke test, not numbers. The mounts live under DIR/run/ and are the only ones
 # this script ever unmounts; an EXIT trap unmounts them even on failure.
+# --gluster [--runs N] [--markdown FILE]: the GlusterFS table instead (scripts/bench-gluster.sh).
 
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -602,6 +603,7 @@ main() {
       --markdown=*) MARKDOWN="${1#*=}" ;;
       --dir) BENCH_DIR="$2"; shift ;;
       --dir=*) BENCH_DIR="${1#*=}" ;;
+      --gluster) shift; exec "$HERE/bench-gluster.sh" "$@" ;; # over a GlusterFS lower (its own options)
       -h | --help) sed -n '2,/^$/p' "$SELF" | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown argument: $1 (see --help)" ;;
     esac

@@ -8,7 +8,8 @@
 # addresses for bricks; no traffic leaves the namespace). The test body runs in that
 # namespace through `ip netns exec`, hence in a private mount namespace too: glusterd's
 # working directory (/var/lib/glusterd), /run/gluster and /var/log/glusterfs are bind mounts
-# of scratch directories there, so nothing of the host's GlusterFS state is read or changed,
+# of scratch directories there, under a tmpfs of its own on /run (glusterd's socket is
+# /run/glusterd.socket), so nothing of the host's GlusterFS state is read or changed,
 # and no mount made here is visible outside.
 #
 # Then: kernel-written layers (0/0 whiteouts, opaque dirs, a redirect, a metacopy file, xattr
@@ -17,15 +18,20 @@
 # arrived); the merged view of the GlusterFS lowers under a local upper is compared entry by
 # entry with the same stack on local disk (stratafs and the kernel overlayfs); a fixed
 # script of writes gives the same view and an upper the kernel reads the same way; two
-# stratafs mounts, each in its own mount namespace, share the GlusterFS lowers; and the brick
-# is killed during a walk (requests fail within a bound, the upper still serves, and the
-# mount works again after `gluster volume start gv0 force`).
+# stratafs mounts, each in its own mount namespace, share the GlusterFS lowers; the upper and
+# workdir on the volume too (no renameat2 flags and no O_TMPFILE there), read back by a fresh
+# mount in another mount namespace with its own GlusterFS client; the brick is frozen and
+# killed during a walk, during a 256 MiB copy-up from a layer added to the volume later, with
+# files open, and with the upper on the volume (requests fail within a bound, nothing partial
+# reaches the upper, the upper still serves, fsynced data survives, and the mount works again
+# after SIGCONT or `gluster volume start gv0 force`).
 #
 # Environment: STRATAFS_BIN=PATH  the binary to test (default target/release/stratafs; any
 # FUSE mount program taking -f -o lowerdir=,upperdir=,workdir=, e.g. fuse-overlayfs);
-# STRATAFS_GLUSTER_STEPS="view writes two fault"  which parts run after the layers (all);
-# STRATAFS_GLUSTER_FAULT_OPTS=OPTS  extra stratafs options for the fault part (default
-# threads=8; set it empty to see the default thread count stall on a frozen brick).
+# STRATAFS_GLUSTER_STEPS="view writes upper two fault"  which parts run after the layers (all;
+# "hold" waits with everything set up until $SCRATCH/hold is removed, to look around);
+# STRATAFS_GLUSTER_FAULT_OPTS=OPTS  extra stratafs options for the fault part (none by
+# default; threads=2 shows one thread per CPU stall on a frozen brick).
 #
 # Output: one "ok: ..." or "FAIL: ..." line per check, "time: ..." lines, a last
 # "gluster: N passed, N failed" line. Exit status 0 when everything passed, 1 on any failure,
@@ -53,7 +59,7 @@ outer() {
     case "$arg" in
       --keep) keep=1 ;;
       --no-fault) fault=0 ;;
-      -h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      -h | --help) sed -n '2,/^set -uo/{/^set -uo/d;p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown argument: $arg (try --help)" ;;
     esac
   done
@@ -125,7 +131,7 @@ check() { # DESCRIPTION COMMAND...
 now() { date +%s.%N; }
 quiet() { "$@" >/dev/null 2>&1; }
 # step NAME: whether STRATAFS_GLUSTER_STEPS (default: all) names this part.
-step() { case " ${STRATAFS_GLUSTER_STEPS:-view writes two fault} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+step() { case " ${STRATAFS_GLUSTER_STEPS:-view writes upper two fault} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 gl() { gluster --mode=script "$@"; }
 
@@ -133,6 +139,9 @@ gl() { gluster --mode=script "$@"; }
 start_gluster() {
   local d
   for d in lib run log; do mkdir -p "$S/state/$d"; done
+  # A /run of our own: glusterd's socket is /run/glusterd.socket, a path that the host's
+  # glusterd (or another run of this script) uses too, whatever the network namespace.
+  mount -t tmpfs -o mode=0755 tmpfs /run || return 1
   mkdir -p /var/lib/glusterd /run/gluster /var/log/glusterfs "$S/bricks"
   mount --bind "$S/state/lib" /var/lib/glusterd || return 1
   mount --bind "$S/state/run" /run/gluster || return 1
@@ -434,16 +443,34 @@ inner() {
   fi
   }
 
+  # ---- 5a. The upper on the volume too ----
+  if step upper; then
+    section "The upper on GlusterFS too (a per-host directory on the volume)"
+    upper_on_gluster "$glowers" "$llowers"
+  fi
+
   # ---- 5. Two mounts ----
   if step two; then
     section "Two stratafs mounts, each in its own mount namespace, over the same GlusterFS lowers"
     two_mounts "$glowers"
   fi
 
+  # ---- Debugging: hold the set-up until $S/hold is removed (enter it with
+  # nsenter -t "$(cat $S/hold)" -m -n -p) ----
+  if step hold; then
+    echo $$ >"$S/hold"
+    say "holding: rm $S/hold to go on; nsenter -t $$ -m -n -p bash to look around"
+    while [ -e "$S/hold" ]; do sleep 1; done
+  fi
+
   # ---- 6. Fault ----
   if [ "${FAULT:-1}" = 1 ] && step fault; then
     section "The brick dies during a walk"
     fault "$glowers"
+    section "A layer added later; the brick stops and dies during a large copy-up and with files open"
+    fault_copy_up "$glowers"
+    section "The upper on GlusterFS: the brick dies during a copy-up; fsynced data survives"
+    fault_upper "$glowers"
   fi
 }
 
@@ -472,6 +499,87 @@ write_ops() {
   mknod new/fifo p
   touch -h -d '2021-06-01 12:00:00' kinds/file kinds/sparse tree/d05/f05 opaque-me opaque-me/fresh tree/d03 \
     tree/d03/only tree/d07/f03 tree/new-link new new/dir new/dir/file new/fifo
+}
+
+# Upper and workdir on the volume (hosts/h1/u, hosts/h1/w): GlusterFS's client has no RENAME2
+# (every renameat2 flag is EINVAL) and no O_TMPFILE; stratafs falls back (src/util.rs).
+upper_on_gluster() {
+  local glowers=$1 llowers=$2 H=$S/gv/hosts/h1 U=$S/ug rc out
+  mkdir -p "$H"/{u,w} "$U"/{lu,lw}
+  fix_times "$H"
+  fix_times "$U"
+  # Reference: the same writes with a local upper over the local lowers.
+  if sfs_mount "lowerdir=$llowers,upperdir=$U/lu,workdir=$U/lw" "$U/lm"; then
+    (cd "$U/lm" && write_ops) >"$U/lm.ops" 2>&1 || fail "the write script with a local upper: $(tail -n 3 "$U/lm.ops")"
+    nameless_copy_up "$U/lm" >/dev/null 2>&1
+    snapshot "$U/lm" >"$S/upper.local"
+    sfs_umount "$U/lm"
+  else
+    fail "mounting the local reference"; return
+  fi
+  sfs_mount "lowerdir=$glowers,upperdir=$H/u,workdir=$H/w" "$U/gm" || { fail "mounting with the upper on the volume"; return; }
+  if (cd "$U/gm" && write_ops) >"$U/gm.ops" 2>&1; then
+    pass "the write script with the upper on GlusterFS (copy-up, whiteouts, opaque dirs, redirects, links)"
+  else
+    fail "the write script with the upper on GlusterFS: $(tail -n 3 "$U/gm.ops")"
+  fi
+  check "the whiteouts on the volume are 0/0 character devices (tree/d02: $(stat -c '%F %t:%T' "$H/u/tree/d02" 2>&1))" \
+    test "$(stat -c %F:%t:%T "$H/u/tree/d02" 2>&1)" = "character special file:0:0"
+  check "the brick stores them as 0/0 character devices too" \
+    test "$(stat -c %F:%t:%T "$S/bricks/b1/hosts/h1/u/tree/d02" 2>&1)" = "character special file:0:0"
+  check "the opaque marker is on the volume (trusted.overlay.opaque=y on opaque-me)" \
+    test "$(getfattr -h --only-values -n trusted.overlay.opaque "$H/u/opaque-me" 2>/dev/null)" = y
+  check "the redirect is on the volume (trusted.overlay.redirect on tree/d04-moved: $(getfattr -h --only-values -n trusted.overlay.redirect "$H/u/tree/d04-moved" 2>/dev/null))" \
+    test "$(getfattr -h --only-values -n trusted.overlay.redirect "$H/u/tree/d04-moved" 2>/dev/null)" = /tree/d04
+  # Copy-up of a file whose name is gone: no O_TMPFILE on GlusterFS, so a named staging
+  # file, unlinked at once (the local reference did the same).
+  out=$(nameless_copy_up "$U/gm" 2>&1)
+  check "copy-up of an open file whose name is gone, staged on the volume ($out)" test "$out" = "0o600 08/40"
+  # (That copy's staging name goes when the kernel forgets the file, after its last close.)
+  for ((rc = 0; rc < 20; rc++)); do [ -z "$(ls -A "$H/w/work")" ] && break; sleep 0.1; done
+  check "nothing is left in the workdir on the volume ($(ls -A "$H/w/work" | wc -l) entries in work/)" \
+    test -z "$(ls -A "$H/w/work")"
+  snapshot "$U/gm" >"$S/upper.gluster"
+  same "upper on GlusterFS: the view == stratafs with a local upper" "$S/upper.local" "$S/upper.gluster"
+  sfs_umount "$U/gm"
+  # Another host: a fresh mount namespace with its own GlusterFS client mount of the volume.
+  STRATAFS_GLUSTER_LIB=1 timeout 60 unshare -m --propagation private bash -c '
+    . "$0/scripts/gluster.sh"
+    S=$1 BIN=$2
+    mkdir -p "$S/gv-b" && mount -t glusterfs -o acl "$3:/gv0" "$S/gv-b" || exit 1
+    G=$S/gv-b/layers
+    sfs_mount "lowerdir=$G/l0:$G/l1:$G/l2:$G/l3,upperdir=$S/gv-b/hosts/h1/u,workdir=$S/gv-b/hosts/h1/w" "$S/ug/bm" || exit 2
+    grep -q " $S/gv " /proc/self/mounts && ! grep -q " $S/ug/gm " /proc/self/mounts || exit 3
+    snapshot "$S/ug/bm" >"$S/upper.other-host"
+    sfs_umount "$S/ug/bm"
+    umount "$S/gv-b"' "$repo" "$S" "$BIN" "$ADDR" >"$U/b.out" 2>&1
+  rc=$?
+  check "a fresh mount from another mount namespace (its own GlusterFS client) mounts that upper (exit $rc)" test "$rc" = 0
+  [ "$rc" = 0 ] || sed 's/^/  | /' "$U/b.out"
+  same "the other namespace's fresh mount shows the same view" "$S/upper.gluster" "$S/upper.other-host"
+  # The kernel reads that upper the same way (a copy on local disk: the kernel overlayfs
+  # takes no FUSE upper).
+  cp -a --preserve=all "$H/u" "$U/ucopy" && mkdir -p "$U/kw"
+  if kmount "lowerdir=$llowers,upperdir=$U/ucopy,workdir=$U/kw,redirect_dir=on,metacopy=on" "$U/km"; then
+    snapshot "$U/km" >"$S/upper.kernel"
+    umount "$U/km"
+    same "the kernel overlayfs reads a copy of the GlusterFS upper the same way" "$S/upper.gluster" "$S/upper.kernel"
+  else
+    fail "the kernel refuses a copy of the upper written on GlusterFS"
+  fi
+}
+
+# nameless_copy_up MNT: open a lower file, remove its name, chmod it through the open fd
+# (a copy-up with no name to copy to); prints the mode and data it then has.
+nameless_copy_up() {
+  python3 - "$1/tree/d08/f40" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.unlink(sys.argv[1])
+os.fchmod(fd, 0o600)
+print(oct(os.fstat(fd).st_mode & 0o7777), os.pread(fd, 100, 0).decode().strip())
+os.close(fd)
+PY
 }
 
 two_mounts() {
@@ -527,10 +635,11 @@ EOF
 fault() {
   local glowers=$1 bpid t0 rc out walker i took first_fail="" n_ok=0 hung=0
   mkdir -p "$S/f"/{u,w}
-  # threads=8: every request waiting for a stalled lower holds one daemon thread; with the
-  # default (one per CPU) two of them on a 2-CPU machine leave none for the upper, whose
-  # reads then wait for the ping-timeout too (README, "Layers on GlusterFS").
-  local fopts=${STRATAFS_GLUSTER_FAULT_OPTS-threads=8}
+  # The default thread count: every request waiting for a stalled lower holds one daemon
+  # thread; one per CPU (2 here) let the walk and one reader stop the upper too, so a mount
+  # with a FUSE branch starts at least 16 (STRATAFS_GLUSTER_FAULT_OPTS=threads=2 shows the
+  # stall).
+  local fopts=${STRATAFS_GLUSTER_FAULT_OPTS:-}
   sfs_mount "lowerdir=$glowers,upperdir=$S/f/u,workdir=$S/f/w${fopts:+,$fopts}" "$S/f/m" ||
     { fail "mount for the fault test"; return; }
   snapshot "$S/f/m" >"$S/fault.before"
@@ -593,6 +702,177 @@ fault() {
   snapshot "$S/f/m" 2>/dev/null | grep -v -e '^\./upper-file ' >"$S/fault.after"
   same "after the restart the whole view reads as before the fault" "$S/fault.before" "$S/fault.after"
   sfs_umount "$S/f/m"
+}
+
+# wait_staging DIR: until a staging file in DIR (a workdir's work/) holds 32 MiB or more, at
+# most 10 s; prints its size.
+wait_staging() {
+  local i sz=0
+  for ((i = 0; i < 200; i++)); do
+    sz=$(find "$1" -maxdepth 1 -type f -printf '%s\n' 2>/dev/null | sort -n | tail -n 1)
+    [ "${sz:-0}" -ge 33554432 ] && break
+    sleep 0.05
+  done
+  echo "${sz:-0}"
+}
+# uncache FILE: drops FILE's pages from the page cache (posix_fadvise DONTNEED), this file's only.
+uncache() { dd if="$1" iflag=nocache count=0 status=none; }
+# recovered MNT FILE WANT: waits (30 s at most) until MNT/FILE reads WANT.
+recovered() {
+  local i
+  for ((i = 0; i < 60; i++)); do
+    [ "$(timeout 5 cat "$1/$2" 2>/dev/null)" = "$3" ] && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
+BIG_MB=256
+# A large lower file in a layer added to the volume after the other mounts; a copy-up of it
+# (an append) is stopped (SIGSTOP of the brick) and then killed (SIGKILL) midway. The mount
+# uses the default thread count.
+fault_copy_up() {
+  local glowers=$1 B=$S/gv/layers/lbig C=$S/c bpid t0 rc took out sz sha round i fdread
+  mkdir -p "$B" "$C"/{u,w}
+  t0=$(now)
+  # (Made on local disk and copied: cp's large writes, not a pipe's small ones.)
+  yes 0123456789abcdef | head -c "$((BIG_MB << 20))" >"$S/big.bin"
+  cp "$S/big.bin" "$B/big.bin"
+  echo added >"$B/new-layer-file"
+  # Files to hold open across a fault: larger than what GlusterFS's quick-read keeps from
+  # the lookup (64 KiB), so a read must reach the brick.
+  for i in 1 2; do head -c 4M /dev/urandom >"$S/open$i.bin"; cp "$S/open$i.bin" "$B/"; uncache "$B/open$i.bin"; done
+  say "time: writing the $BIG_MB MiB lower file onto the volume: $(elapsed "$t0") s"
+  sha=$(sha256sum <"$S/big.bin" | cut -c1-64)
+  rm -f "$S/big.bin"
+  sfs_mount "lowerdir=$B:$glowers,upperdir=$C/u,workdir=$C/w${STRATAFS_GLUSTER_FAULT_OPTS:+,$STRATAFS_GLUSTER_FAULT_OPTS}" "$C/m" ||
+    { fail "mount with the added layer"; return; }
+  check "a layer added to the volume after the first mounts is used by a new mount (new-layer-file, and the old layers below it)" \
+    test "$(cat "$C/m/new-layer-file" 2>&1):$(cat "$C/m/tree/d00/f00" 2>&1)" = "added:00/00"
+  echo 'in the upper' >"$C/m/upper-file"
+  local n=0
+  for round in stop kill; do
+    n=$((n + 1))
+    # Nothing of big.bin in the page cache, so the copy-up must read from the brick.
+    uncache "$B/big.bin"
+    # A file opened before the fault and not read yet (its first read must reach the brick).
+    exec 7<"$C/m/open$n.bin"
+    exec 8<"$B/open$n.bin" # the same file through the volume's own mount, to compare
+    rm -f "$C/cu.out"
+    ( t=$(now); timeout $((BOUND + 30)) sh -c "echo x >>'$C/m/big.bin'" 2>"$C/cu.err"; echo "$? $(elapsed "$t")" >"$C/cu.out" ) &
+    local cu=$!
+    sz=$(wait_staging "$C/w/work")
+    bpid=$(brick_pid)
+    if [ "$round" = stop ]; then kill -STOP "$bpid"; else kill -KILL "$bpid"; fi
+    t0=$(now)
+    say "$round: brick pid $bpid (SIG${round^^}) with $((sz >> 20)) MiB of $BIG_MB staged"
+    ( t=$(now); out=$(timeout $((BOUND + 30)) dd bs=1M count=1 status=none <&7 2>&1 >/dev/null); echo "$?|$(elapsed "$t")|$out" >"$C/fd.out" ) &
+    fdread=$!
+    sleep 0.3
+    out=$(timeout 5 stat -c %s "$C/m/upper-file" 2>&1); rc=$?
+    took=$(elapsed "$t0")
+    check "$round: the daemon serves the local upper meanwhile (stat of upper-file ${took} s after the fault, exit $rc)" \
+      bash -c "[ '$rc' = 0 ] && awk 'BEGIN { exit !($took <= 2) }'"
+    wait "$cu"
+    read -r rc took <"$C/cu.out"
+    say "time: $round: the interrupted copy-up (append to big.bin) ended after $took s, exit $rc: $(head -c 200 "$C/cu.err")"
+    check "$round: the copy-up fails with EIO/ENOTCONN within $BOUND s" \
+      bash -c "[ '$rc' != 0 ] && [ '$rc' != 124 ] && grep -q -e 'Input/output error' -e 'not connected' '$C/cu.err' && awk 'BEGIN { exit !($took <= $BOUND) }'"
+    check "$round: no partial copy-up in the upper (no big.bin there)" test ! -e "$C/u/big.bin"
+    wait "$fdread"
+    IFS='|' read -r rc took out <"$C/fd.out"
+    say "time: $round: the first read of a file opened before the fault: after $took s, exit $rc: $out"
+    case "$out" in *'Input/output error'* | *'not connected'*) ;; *) rc="$rc (not EIO/ENOTCONN)" ;; esac
+    check "$round: that read fails with EIO/ENOTCONN within $BOUND s" \
+      bash -c "[ '$rc' = 1 ] && awk 'BEGIN { exit !($took <= $BOUND) }'"
+    say "$round: staging leftovers in the workdir: $(ls -A "$C/w/work" | wc -l)"
+    if [ "$round" = stop ]; then kill -CONT "$bpid"; else gl volume start gv0 force >/dev/null; fi
+    t0=$(now)
+    recovered "$C/m" "tree/d08/f3$n" "08/3$n"
+    rc=$?
+    say "time: $round: the lower read again $(elapsed "$t0") s after the brick was back"
+    check "$round: after the brick is back the mount reads the lower again, without a remount" test "$rc" = 0
+    t0=$(now)
+    for ((i = 0; i < 40; i++)); do
+      # (pread: a failed dd would still have moved the offset)
+      timeout 20 python3 -c 'import os, sys; sys.stdout.buffer.write(os.pread(7, 1 << 20, 2 << 20))' >"$C/fd.data" 2>"$C/fd.err" && break
+      sleep 0.25
+    done
+    say "time: $round: the descriptor opened before the fault read again after $(elapsed "$t0") s more ($i failed tries)"
+    out=$(sha256sum <"$C/fd.data" | cut -c1-16)
+    check "$round: the file opened before the fault reads through the same descriptor ($(head -c 150 "$C/fd.err"))" \
+      test "$out" = "$(dd if="$S/open$n.bin" bs=1M skip=2 count=1 status=none | sha256sum | cut -c1-16)"
+    timeout 5 dd bs=1M count=1 status=none <&8 >/dev/null 2>&1 # (its first read, failed meanwhile)
+    out=$(timeout 20 dd bs=1M skip=2 count=1 status=none <&8 2>&1 >/dev/null)
+    say "$round: on the volume's own mount, a descriptor opened before the fault: ${out:-reads again}"
+    exec 7<&- 8<&-
+    check "$round: big.bin still reads as the lower file (sha256 of $BIG_MB MiB)" \
+      test "$(timeout 60 sha256sum <"$C/m/big.bin" | cut -c1-64)" = "$sha"
+  done
+  t0=$(now)
+  check "then the copy-up succeeds (append to big.bin)" timeout 60 sh -c "echo x >>'$C/m/big.bin'"
+  say "time: a full copy-up of $BIG_MB MiB from the volume: $(elapsed "$t0") s"
+  check "the copy in the upper is complete ($(stat -c %s "$C/u/big.bin" 2>&1) bytes)" \
+    test "$(stat -c %s "$C/u/big.bin" 2>&1)" = $(((BIG_MB << 20) + 2))
+  check "the workdir's staging area is empty" test -z "$(ls -A "$C/w/work")"
+  sfs_umount "$C/m"
+}
+
+# The upper (and workdir) on the volume: data written and fsynced before the brick dies is
+# there after it is back (through the mount and on the brick); a copy-up killed midway never
+# shows in the upper, its staging leftovers go at the next mount.
+fault_upper() {
+  local glowers=$1 H=$S/gv/hosts/h2 M=$S/h2m B=$S/gv/layers/lbig bpid t0 rc took out sz sha
+  mkdir -p "$H"/{u,w}
+  sha=$(sha256sum <"$B/big.bin" | cut -c1-64)
+  sfs_mount "lowerdir=$B:$glowers,upperdir=$H/u,workdir=$H/w${STRATAFS_GLUSTER_FAULT_OPTS:+,$STRATAFS_GLUSTER_FAULT_OPTS}" "$M" ||
+    { fail "mount with the upper on the volume"; return; }
+  python3 - "$M" <<'PY' || fail "write and fsync on the upper on the volume"
+import os, sys
+m = sys.argv[1]
+for name, flags in (("synced", os.O_CREAT | os.O_WRONLY | os.O_TRUNC), ("tree/d00/f01", os.O_WRONLY | os.O_APPEND)):
+    fd = os.open(os.path.join(m, name), flags, 0o644)
+    os.write(fd, b"fsynced before the fault\n")
+    os.fsync(fd)
+    os.close(fd)
+PY
+  uncache "$B/big.bin"
+  ( t=$(now); timeout $((BOUND + 30)) sh -c "echo x >>'$M/big.bin'" 2>"$S/h2cu.err"; echo "$? $(elapsed "$t")" >"$S/h2cu.out" ) &
+  local cu=$!
+  sz=$(wait_staging "$H/w/work")
+  bpid=$(brick_pid)
+  kill -KILL "$bpid"
+  t0=$(now)
+  say "killed the brick (pid $bpid) with $((sz >> 20)) MiB of $BIG_MB staged on the volume"
+  out=$(timeout $((BOUND + 30)) sh -c "echo more >>'$M/synced'" 2>&1); rc=$?
+  took=$(elapsed "$t0")
+  say "time: an append to an upper file on the dead volume: after $took s, exit $rc: $out"
+  check "a write to the upper on the dead volume fails with EIO/ENOTCONN within $BOUND s" \
+    bash -c "[ '$rc' != 0 ] && [ '$rc' != 124 ] && awk 'BEGIN { exit !($took <= $BOUND) }'"
+  wait "$cu"
+  read -r rc took <"$S/h2cu.out"
+  say "time: the copy-up to the upper on the volume ended after $took s, exit $rc: $(head -c 200 "$S/h2cu.err")"
+  check "the copy-up to the upper on the volume fails within $BOUND s" \
+    bash -c "[ '$rc' != 0 ] && [ '$rc' != 124 ] && awk 'BEGIN { exit !($took <= $BOUND) }'"
+  gl volume start gv0 force >/dev/null
+  t0=$(now)
+  recovered "$M" synced "fsynced before the fault"
+  rc=$?
+  say "time: the upper on the volume read again $(elapsed "$t0") s after the brick was back"
+  check "after the brick is back the mount works again without a remount" test "$rc" = 0
+  check "data fsynced before the fault reads back through the mount (a new file, a copied-up one)" \
+    test "$(cat "$M/synced" 2>&1)|$(tail -n 1 "$M/tree/d00/f01" 2>&1)" = "fsynced before the fault|fsynced before the fault"
+  check "... and is on the brick" \
+    test "$(cat "$S/bricks/b1/hosts/h2/u/synced" 2>&1)|$(tail -n 1 "$S/bricks/b1/hosts/h2/u/tree/d00/f01" 2>&1)" = "fsynced before the fault|fsynced before the fault"
+  check "no partial copy-up in the upper on the volume (no big.bin there)" test ! -e "$H/u/big.bin"
+  check "big.bin reads as the lower file" test "$(timeout 60 sha256sum <"$M/big.bin" | cut -c1-64)" = "$sha"
+  local left
+  left=$(ls -A "$H/w/work" | wc -l)
+  sfs_umount "$M"
+  sfs_mount "lowerdir=$B:$glowers,upperdir=$H/u,workdir=$H/w" "$M" || { fail "remount with the upper on the volume"; return; }
+  check "the next mount empties the staging area ($left leftovers before it, $(ls -A "$H/w/work" | wc -l) after)" test -z "$(ls -A "$H/w/work")"
+  check "... and the view still has the fsynced data" test "$(cat "$M/synced" 2>&1)" = "fsynced before the fault"
+  sfs_umount "$M"
 }
 
 # freeze BRICK_PID: a brick that stops answering (SIGSTOP: the connection stays up, so only

@@ -293,13 +293,13 @@ run_gluster() {
   local log="$logs/gluster.log" rc t0 summary
   t0=$(date +%s)
   set +e
-  STRATAFS_BIN="$bin" timeout --kill-after=30 240 "$repo/scripts/gluster.sh" >"$log" 2>&1
+  STRATAFS_BIN="$bin" timeout --kill-after=30 420 "$repo/scripts/gluster.sh" >"$log" 2>&1
   rc=$?
   set -e
   grep -E '^(FAIL|SKIP|time): ' "$log" || true
   summary=$(grep '^gluster: ' "$log" | tail -n 1 || true)
   case "$rc" in
-    0) stage_result gluster pass "$summary (layers, merged view, writes, two mounts, brick faults) in $(($(date +%s) - t0)) s" ;;
+    0) stage_result gluster pass "$summary (layers, merged view, writes, upper on the volume, two mounts, brick faults in walks, copy-ups, open files) in $(($(date +%s) - t0)) s" ;;
     77) stage_result gluster skip "$(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
     *)
       tail -n 40 "$log"

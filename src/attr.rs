@@ -136,14 +136,28 @@ impl UnionFs {
         }
         let node = self.node(ino)?;
         let real = self.real(&node)?;
-        let mut st =
-            sys::fstatat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "getattr"))?;
-        self.show_override(&mut st, real.loc.top, real.dir.as_fd(), &real.name);
-        if let Some(data) = &real.loc.data {
-            if let Ok(d) = sys::fstat(data.as_fd()) {
-                st.st_blocks = d.st_blocks;
+        let keep = self.keep_lower_attrs && !real.loc.in_upper() && real.loc.pinned.is_none();
+        let st = match &real.loc.lower_attr {
+            Some(st) if keep => **st,
+            _ => {
+                let mut st = sys::fstatat(real.dir.as_fd(), &real.name)
+                    .map_err(|e| Error::io(e, "getattr"))?;
+                self.show_override(&mut st, real.loc.top, real.dir.as_fd(), &real.name);
+                if let Some(data) = &real.loc.data {
+                    if let Ok(d) = sys::fstat(data.as_fd()) {
+                        st.st_blocks = d.st_blocks;
+                    }
+                }
+                if keep {
+                    let mut l = node.loc.write();
+                    // Still the same lower entry (no copy-up or new lookup meanwhile).
+                    if l.top == real.loc.top && l.pinned.is_none() && !l.in_upper() {
+                        l.lower_attr = Some(std::sync::Arc::new(st));
+                    }
+                }
+                st
             }
-        }
+        };
         let lowers = real.loc.dirs.iter().filter(|(l, _)| *l != UPPER).count();
         let merged = node.is_dir()
             && if real.loc.in_upper() {

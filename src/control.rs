@@ -282,10 +282,19 @@ pub fn start_server(
             )
         })?;
     let addr = address(&entry.dev).map_err(|e| Error::io(e, "control socket address"))?;
-    let listener = UnixListener::bind_addr(&addr)
-        .map_err(|e| Error::io(e, format!("control socket stratafs/{}", entry.dev)))?;
+    let what = format!("control socket @stratafs/{}", entry.dev);
+    // The name is the superblock's device number, which the kernel gives to the next FUSE
+    // mount as soon as the last one's is gone: the daemon of that last mount may still hold
+    // the name for a moment while it exits. Then the name is taken over once it is free.
+    let first = match UnixListener::bind_addr(&addr) {
+        Ok(l) => Some(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
+        Err(e) => return Err(Error::io(e, what)),
+    };
     let owner = sys::geteuid();
-    info!("control socket @stratafs/{} (owner uid {owner})", entry.dev);
+    if first.is_some() {
+        info!("{what} (owner uid {owner})");
+    }
     let env = Env {
         inval: Some(inval),
         dev: parse_dev(&entry.dev),
@@ -293,6 +302,25 @@ pub fn start_server(
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            let listener = match first {
+                Some(l) => l,
+                None => {
+                    let deadline = std::time::Instant::now() + TAKE_OVER;
+                    loop {
+                        match UnixListener::bind_addr(&addr) {
+                            Ok(l) => {
+                                info!("{what} (owner uid {owner}, after its last holder left)");
+                                break l;
+                            }
+                            Err(e) if std::time::Instant::now() >= deadline => {
+                                warn!("no control channel (remount will not work): {what}: {e}");
+                                return;
+                            }
+                            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                        }
+                    }
+                }
+            };
             for conn in listener.incoming() {
                 match conn {
                     Ok(s) => serve_one(&fs, &mut cfg, &env, s, owner),
@@ -303,6 +331,9 @@ pub fn start_server(
         .map_err(|e| Error::io(e, "control thread"))?;
     Ok(())
 }
+
+/// How long a new mount waits for an exiting daemon to free its control socket's name.
+const TAKE_OVER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a request may need of the daemon beyond the filesystem.
 pub struct Env {

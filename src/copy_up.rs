@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fs::UnionFs;
-use crate::inode::{Kind, Node};
+use crate::inode::{Kind, Node, StagedName};
 use crate::layers::UPPER;
 use crate::sys::{self, ops, xattr, Stat};
 use crate::whiteout;
@@ -317,7 +317,7 @@ impl UnionFs {
         if loc.pinned.is_some() {
             // Its name is gone (unlinked or replaced while open): a whiteout or another
             // file holds it, so the copy cannot go there.
-            return self.copy_up_nameless(node, work.as_fd(), want);
+            return self.copy_up_nameless(node, &work, want);
         }
         let parent = self.node(loc.parent)?;
         self.copy_up(&parent, CopyUp::Meta)?;
@@ -379,8 +379,7 @@ impl UnionFs {
         if let Some(key) = number {
             self.renumbered.insert(key, node.id);
         }
-        if let Err(e) = ops::renameat2(w, &tmp, upper_parent.as_fd(), &name, libc::RENAME_NOREPLACE)
-        {
+        if let Err(e) = crate::util::rename_noreplace(w, &tmp, upper_parent.as_fd(), &name) {
             if let Some(key) = number {
                 self.renumbered.remove(&key);
             }
@@ -539,10 +538,12 @@ impl UnionFs {
     /// Copy-up of a node whose name is gone: to an anonymous file in the workdir (an
     /// `O_TMPFILE`, never linked), which then answers for the node until the kernel
     /// forgets it, and which the upper filesystem frees at its last close. Where the upper
-    /// has no `O_TMPFILE` (and for non-regular files, which it cannot make), the copy is
-    /// made under a temporary name in `work/` and that name removed at once, before any
-    /// data goes in. Caller holds `copy_lock`.
-    fn copy_up_nameless(&self, node: &Arc<Node>, w: BorrowedFd<'_>, want: CopyUp) -> Result<()> {
+    /// has no `O_TMPFILE` (GlusterFS; and for non-regular files, which it cannot make),
+    /// the copy is made under a temporary name in `work/` that stays until the node goes
+    /// (`StagedName`): GlusterFS refuses attribute changes to a file without a name
+    /// (ESTALE), as NFS would. Caller holds `copy_lock`.
+    fn copy_up_nameless(&self, node: &Arc<Node>, work: &Arc<OwnedFd>, want: CopyUp) -> Result<()> {
+        let w = work.as_fd();
         let src = self.real(node)?;
         let st = sys::fstat(src.dir.as_fd()).map_err(|e| Error::io(e, "copy-up stat"))?;
         let kind = Kind::from_mode(st.st_mode);
@@ -550,9 +551,13 @@ impl UnionFs {
             // A removed directory is empty, and nothing can be created in it.
             return Err(Error::new(libc::ENOENT, "copy-up of a removed directory"));
         }
-        let copy = match kind {
+        let (copy, staged) = match kind {
             Kind::File => {
-                let out = anonymous_file(w)?;
+                let (out, name) = anonymous_file(w)?;
+                let staged = name.map(|name| StagedName {
+                    work: work.clone(),
+                    name,
+                });
                 if want != CopyUp::Empty {
                     copy_file_data(
                         &src,
@@ -561,14 +566,18 @@ impl UnionFs {
                         self.layers.upper.as_ref().map(|u| u.dev),
                     )?;
                 }
-                out
+                (out, staged)
             }
             _ => {
                 let tmp = tmp_name();
                 make_special(&src, &st, w, &tmp)?;
-                let fd = sys::openat(w, &tmp, libc::O_PATH, 0);
-                let _ = ops::unlinkat(w, &tmp, 0);
-                fd.map_err(|e| Error::io(e, "copy-up open"))?
+                let staged = StagedName {
+                    work: work.clone(),
+                    name: tmp,
+                };
+                let fd = sys::openat(w, &staged.name, libc::O_PATH, 0)
+                    .map_err(|e| Error::io(e, "copy-up open"))?;
+                (fd, Some(staged))
             }
         };
         // No fsync and no origin marker: the copy has no name to be found by, and goes
@@ -579,6 +588,7 @@ impl UnionFs {
             let mut l = node.loc.write();
             l.top = UPPER;
             l.pinned = Some(Arc::new(copy));
+            l.staged = staged.map(Arc::new);
             l.data = None;
         }
         log::debug!(
@@ -623,11 +633,10 @@ fn make_special(src: &crate::fs::Real, st: &Stat, w: BorrowedFd<'_>, tmp: &CStr)
 }
 
 /// A new regular file in directory `w` with no name, open read-write: `O_TMPFILE`, or
-/// where the filesystem lacks it a file created under a temporary name and unlinked at
-/// once.
-fn anonymous_file(w: BorrowedFd<'_>) -> Result<OwnedFd> {
+/// where the filesystem lacks it a file created under a temporary name, returned with it.
+fn anonymous_file(w: BorrowedFd<'_>) -> Result<(OwnedFd, Option<CString>)> {
     match sys::openat(w, c".", libc::O_TMPFILE | libc::O_RDWR, 0o600) {
-        Ok(fd) => Ok(fd),
+        Ok(fd) => Ok((fd, None)),
         // EOPNOTSUPP: the filesystem has no tmpfile; EISDIR/EINVAL: a kernel or library
         // without O_TMPFILE.
         Err(e)
@@ -636,12 +645,11 @@ fn anonymous_file(w: BorrowedFd<'_>) -> Result<OwnedFd> {
                 Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
             ) =>
         {
-            log::debug!("copy-up: no O_TMPFILE in the workdir ({e}); a removed temporary name");
+            log::debug!("copy-up: no O_TMPFILE in the workdir ({e}); a staging name");
             let tmp = tmp_name();
             let fd = sys::openat(w, &tmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)
                 .map_err(|e| Error::io(e, "copy-up create"))?;
-            ops::unlinkat(w, &tmp, 0).map_err(|e| Error::io(e, "copy-up unlink"))?;
-            Ok(fd)
+            Ok((fd, Some(tmp)))
         }
         Err(e) => Err(Error::io(e, "copy-up tmpfile")),
     }

@@ -31,6 +31,7 @@ use crate::layers::{ROOT_INO, UPPER};
 use crate::lookup::{self, marker, Slot};
 use crate::readdir;
 use crate::sys::{self, ops, xattr};
+use crate::util;
 use crate::whiteout;
 
 /// What the upper directory holds at a name.
@@ -129,11 +130,11 @@ impl UnionFs {
         name: &CStr,
         is_dir: bool,
     ) -> Result<()> {
-        let r = match ops::renameat2(work, tmp, dir, name, libc::RENAME_NOREPLACE) {
+        let r = match util::rename_noreplace(work, tmp, dir, name) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match upper_at(dir, name)? {
                 UpperAt::Entry | UpperAt::Nothing => return err(libc::EEXIST),
                 UpperAt::Whiteout if is_dir => {
-                    ops::renameat2(work, tmp, dir, name, libc::RENAME_EXCHANGE).map(|()| {
+                    util::exchange_staged(work, tmp, dir, name).map(|()| {
                         let _ = ops::unlinkat(work, tmp, 0);
                     })
                 }
@@ -436,6 +437,8 @@ impl UnionFs {
                 dirs: found.dirs,
                 data: None,
                 pinned: None,
+                staged: None,
+                lower_attr: None,
             };
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
@@ -481,8 +484,12 @@ impl UnionFs {
                 // Swap a fresh whiteout in: one atomic step.
                 let wh = tmp_name();
                 make_whiteout(w, &wh)?;
-                let flags = if dir { libc::RENAME_EXCHANGE } else { 0 };
-                if let Err(e) = ops::renameat2(w, &wh, updir.as_fd(), cname, flags) {
+                let r = if dir {
+                    util::exchange_staged(w, &wh, updir.as_fd(), cname)
+                } else {
+                    ops::renameat2(w, &wh, updir.as_fd(), cname, 0)
+                };
+                if let Err(e) = r {
                     let _ = ops::unlinkat(w, &wh, 0);
                     return Err(Error::io(e, "whiteout over upper entry"));
                 }
@@ -492,7 +499,7 @@ impl UnionFs {
             } else if dir {
                 // It may still hold whiteouts: move it out of sight, then empty it.
                 let t = tmp_name();
-                ops::renameat2(updir.as_fd(), cname, w, &t, libc::RENAME_NOREPLACE)
+                util::rename_noreplace(updir.as_fd(), cname, w, &t)
                     .map_err(|e| Error::io(e, "rmdir"))?;
                 remove_tree(w, &t).map_err(|e| Error::io(e, "rmdir cleanup"))?;
             } else {
@@ -619,6 +626,8 @@ impl UnionFs {
                             dirs: d.dirs.clone(),
                             data: None,
                             pinned: None,
+                            staged: None,
+                            lower_attr: None,
                         };
                         if readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2 {
                             return err(libc::ENOTEMPTY);
@@ -693,7 +702,7 @@ impl UnionFs {
             match upper_at(newupdir.as_fd(), &cnew)? {
                 UpperAt::Entry if dst.as_ref().is_some_and(|d| d.is_dir() && d.top == UPPER) => {
                     let t = tmp_name();
-                    ops::renameat2(newupdir.as_fd(), &cnew, w, &t, libc::RENAME_NOREPLACE)
+                    util::rename_noreplace(newupdir.as_fd(), &cnew, w, &t)
                         .map_err(|e| Error::io(e, "rename: clear target"))?;
                     moved_away = Some(t);
                 }
@@ -727,7 +736,7 @@ impl UnionFs {
             };
             if let Err(e) = r {
                 if let Some(t) = &moved_away {
-                    let _ = ops::renameat2(w, t, newupdir.as_fd(), &cnew, libc::RENAME_NOREPLACE);
+                    let _ = util::rename_noreplace(w, t, newupdir.as_fd(), &cnew);
                 }
                 return Err(Error::io(e, "rename"));
             }

@@ -129,6 +129,9 @@ pub struct UnionFs {
     pub(crate) shows_overrides: AtomicBool,
     /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
     pub noxattrs: bool,
+    /// No `timeout=` and `udba=none`: the branches are assumed not to change behind the mount, so a lower
+    /// entry's attributes are kept once read (`Loc::lower_attr`).
+    pub(crate) keep_lower_attrs: bool,
     /// Inodes with writable passthrough handles, and how many (see `file.rs`,
     /// `UnionFs::times_change_unseen`).
     pub(crate) passthrough_writers: DashMap<u64, u32>,
@@ -160,6 +163,8 @@ impl UnionFs {
             dirs: layers.roots(),
             data: None,
             pinned: None,
+            staged: None,
+            lower_attr: None,
         };
         let read_only = !cfg.writable();
         let shows_overrides = cfg.xattr_permissions.is_some()
@@ -192,6 +197,7 @@ impl UnionFs {
             override_level: cfg.xattr_permissions,
             shows_overrides: AtomicBool::new(shows_overrides),
             noxattrs: cfg.noxattrs,
+            keep_lower_attrs: cfg.timeout.is_none() && cfg.udba == crate::udba::Udba::None,
             static_nlink: cfg.static_nlink,
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
@@ -422,6 +428,8 @@ impl UnionFs {
             dirs: found.dirs,
             data: found.data,
             pinned: None,
+            staged: None,
+            lower_attr: None,
         };
         let node = self.inodes.remember(key, kind, loc);
         if node.kind != kind {

@@ -105,6 +105,32 @@ pub struct Loc {
     /// the node (an open file, another hard link): an `O_PATH` fd of the real inode, which
     /// then answers for it.
     pub pinned: Option<Arc<OwnedFd>>,
+    /// With `pinned`, when the copy it holds could not be made anonymous (no `O_TMPFILE`
+    /// in the upper, as on GlusterFS): the staging name that keeps it linked, removed when
+    /// the node goes (or with the rest of `work/` at the next mount).
+    pub staged: Option<Arc<StagedName>>,
+    /// The attributes of an entry that is only in a lower layer, as last read, when the
+    /// branches are assumed not to change (no `timeout=`): a getattr then needs no call to
+    /// the branch, which on a network or FUSE lower is a round trip (the kernel asks again
+    /// for every directory it listed, since a listing invalidates the atime). Dropped with
+    /// the `Loc` (a new lookup, a copy-up makes `top` the upper and it is not used).
+    pub lower_attr: Option<Arc<crate::sys::Stat>>,
+}
+
+/// A copy kept under a name in the staging directory instead of unlinked: GlusterFS (like
+/// NFS, which renames such files to `.nfsXXXX`) answers ESTALE to a chmod, chown, utimes
+/// or setxattr of an open file that has no name left. Dropping it removes the name.
+#[derive(Debug)]
+pub struct StagedName {
+    pub work: Arc<OwnedFd>,
+    pub name: std::ffi::CString,
+}
+
+impl Drop for StagedName {
+    fn drop(&mut self) {
+        use std::os::fd::AsFd;
+        let _ = crate::sys::ops::unlinkat(self.work.as_fd(), &self.name, 0);
+    }
 }
 
 impl Loc {

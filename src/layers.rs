@@ -100,6 +100,27 @@ impl Mode {
     }
 }
 
+/// Whether `f_type` names a filesystem served over a network or by another daemon.
+pub fn is_remote_fs(f_type: i64) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    const NFS_SUPER_MAGIC: i64 = 0x6969;
+    const SMB_SUPER_MAGIC: i64 = 0x517b;
+    const CIFS_SUPER_MAGIC: i64 = 0xff53_4d42;
+    const SMB2_SUPER_MAGIC: i64 = 0xfe53_4d42;
+    const CEPH_SUPER_MAGIC: i64 = 0x00c3_6400;
+    const V9FS_MAGIC: i64 = 0x0102_1997;
+    matches!(
+        f_type,
+        FUSE_SUPER_MAGIC
+            | NFS_SUPER_MAGIC
+            | SMB_SUPER_MAGIC
+            | CIFS_SUPER_MAGIC
+            | SMB2_SUPER_MAGIC
+            | CEPH_SUPER_MAGIC
+            | V9FS_MAGIC
+    )
+}
+
 /// One branch.
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -411,6 +432,18 @@ impl Layers {
             layers.fs_index(l.dev);
         }
         Ok(layers)
+    }
+
+    /// The branches on a filesystem whose requests may wait on a network or another
+    /// daemon (FUSE, NFS, SMB, Ceph, 9p): a stalled server holds each request that reaches
+    /// it, with the daemon thread serving it, until the server's own timeout.
+    pub fn remote_branches(&self) -> Vec<Arc<Layer>> {
+        self.upper
+            .iter()
+            .cloned()
+            .chain(self.stack().lowers.iter().cloned())
+            .filter(|l| sys::fstatfs_type(l.root.as_fd()).is_ok_and(is_remote_fs))
+            .collect()
     }
 
     /// The current stack of lowers (a snapshot: a branch change swaps in another).

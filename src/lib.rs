@@ -33,6 +33,7 @@ pub mod stats;
 pub mod sys;
 pub mod tools;
 pub mod udba;
+pub mod util;
 pub mod whiteout;
 
 pub use error::{Error, Result};

@@ -16,8 +16,26 @@ use crate::fuse::{FuseAdapter, DEFAULT_TTL};
 use crate::options::Config;
 use crate::sys;
 
-/// The fuser mount configuration for `cfg`.
-pub fn fuser_config(cfg: &Config) -> fuser::Config {
+/// Daemon threads when no `threads=` is given and a branch is remote (FUSE, NFS, ...):
+/// each request waiting for a stalled server holds a thread until the server's timeout, so
+/// one per CPU lets as few stalled requests as there are CPUs stop the local upper too.
+/// Measured cost: 16 threads instead of 2 took the daemon's RSS from 3.9 to 6.3 MiB after a
+/// walk of 2,000 files and a 64 MiB write (each thread's request buffer and stack pages).
+pub const REMOTE_MIN_THREADS: usize = 16;
+
+/// The default thread count: one per CPU, at least `REMOTE_MIN_THREADS` with a remote
+/// branch.
+pub fn default_threads(cpus: usize, remote_branch: bool) -> usize {
+    if remote_branch {
+        cpus.max(REMOTE_MIN_THREADS)
+    } else {
+        cpus.max(1)
+    }
+}
+
+/// The fuser mount configuration for `cfg` (`remote_branch`: some branch is on a network
+/// or FUSE filesystem).
+pub fn fuser_config(cfg: &Config, remote_branch: bool) -> fuser::Config {
     let mut opts = vec![
         MountOption::FSName(cfg.fsname.clone()),
         MountOption::Subtype(cfg.subtype.clone().unwrap_or_else(|| "stratafs".into())),
@@ -53,7 +71,11 @@ pub fn fuser_config(cfg: &Config) -> fuser::Config {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    c.n_threads = Some(cfg.threads.unwrap_or(cpus).max(1));
+    c.n_threads = Some(
+        cfg.threads
+            .unwrap_or_else(|| default_threads(cpus, remote_branch))
+            .max(1),
+    );
     c.clone_fd = true;
     c
 }
@@ -101,7 +123,25 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     let notifier = adapter.notifier_slot();
     let invalidator = adapter.invalidator();
     let mnt = cfg.mountpoint.display().to_string();
-    let fcfg = fuser_config(cfg);
+    let remote: Vec<String> = fs
+        .layers
+        .remote_branches()
+        .iter()
+        .map(|l| l.path.display().to_string())
+        .collect();
+    let fcfg = fuser_config(cfg, !remote.is_empty());
+    if !remote.is_empty() {
+        info!(
+            "branches on a network or FUSE filesystem ({}): {} threads{}",
+            remote.join(", "),
+            fcfg.n_threads.unwrap_or(0),
+            if cfg.threads.is_some() {
+                " (threads=)"
+            } else {
+                " (at least 16 with such a branch)"
+            }
+        );
+    }
     // Mount ourselves so /proc/mounts says `fuse.stratafs` (fuser's own mount always says
     // `fuse`); without the privilege for mount(2), fusermount3 does it and sets the subtype.
     // auto_unmount is fusermount3's: it keeps a process that unmounts when we die.
@@ -219,4 +259,21 @@ fn end_on_signal(
          elsewhere: another mount namespace or open files of a lazy unmount): exiting"
     );
     std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_branches_get_more_threads() {
+        assert_eq!(default_threads(2, false), 2);
+        assert_eq!(default_threads(0, false), 1);
+        assert_eq!(default_threads(2, true), REMOTE_MIN_THREADS);
+        assert_eq!(default_threads(64, true), 64);
+        assert!(crate::layers::is_remote_fs(0x6573_5546)); // FUSE (GlusterFS, sshfs)
+        assert!(crate::layers::is_remote_fs(0x6969)); // NFS
+        assert!(!crate::layers::is_remote_fs(0x5846_5342)); // XFS
+        assert!(!crate::layers::is_remote_fs(0xef53)); // ext4
+    }
 }

@@ -251,7 +251,7 @@ pub const OPTIONS: &[OptionDoc] = &[
     doc(
         "threads",
         "threads=N",
-        "serve with N threads, 1 to 1024 (default: one per CPU)",
+        "serve with N threads, 1 to 1024 (default: one per CPU; at least 16 with a branch on FUSE, NFS, SMB, Ceph or 9p)",
     ),
     doc("max_threads", "max_threads=N", "same as threads=N"),
     doc(

@@ -321,6 +321,7 @@ impl UnionFs {
                     Some(Loc {
                         top: roots.first().map(|(l, _)| *l).unwrap_or(1),
                         dirs: roots,
+                        lower_attr: None,
                         ..old.clone()
                     })
                 } else if detached.contains(&old.parent) || old.pinned.is_some() {
@@ -333,6 +334,7 @@ impl UnionFs {
                             dirs: f.dirs,
                             data: None,
                             pinned: None,
+                            lower_attr: None,
                             ..old.clone()
                         })
                 };

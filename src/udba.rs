@@ -404,6 +404,8 @@ impl Observer for Watches {
             dirs,
             data: None,
             pinned: None,
+            staged: None,
+            lower_attr: None,
         };
         let (old_key, old_watches) = match st.nodes.get_mut(&id) {
             Some(k) => {

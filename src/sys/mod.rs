@@ -278,6 +278,16 @@ pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// The filesystem type (`statfs` `f_type`, a magic number) of the filesystem holding `fd`.
+pub fn fstatfs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: st is writable; fd is live.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: filled by a successful fstatfs.
+    #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
+    Ok(unsafe { st.assume_init() }.f_type as i64)
+}
+
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit (and the hard one as far as we may).
 pub fn raise_nofile_limit() {
     let mut lim = libc::rlimit {
