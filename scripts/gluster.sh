@@ -131,7 +131,7 @@ check() { # DESCRIPTION COMMAND...
 now() { date +%s.%N; }
 quiet() { "$@" >/dev/null 2>&1; }
 # step NAME: whether STRATAFS_GLUSTER_STEPS (default: all) names this part.
-step() { case " ${STRATAFS_GLUSTER_STEPS:-view writes upper two fault} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+step() { case " ${STRATAFS_GLUSTER_STEPS:-view writes upper two live fault} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 gl() { gluster --mode=script "$@"; }
 
@@ -455,6 +455,12 @@ inner() {
     two_mounts "$glowers"
   fi
 
+  # ---- 5b. A layer added to the volume, taken by a running mount ----
+  if step live; then
+    section "A layer added to the volume later, taken by a running mount (stratafs branch)"
+    live_layer "$glowers"
+  fi
+
   # ---- Debugging: hold the set-up until $S/hold is removed (enter it with
   # nsenter -t "$(cat $S/hold)" -m -n -p) ----
   if step hold; then
@@ -630,6 +636,43 @@ EOF
   check "each upper holds only its own files" \
     test "$(ls "$S/two/a/u" | tr '\n' ' ')|$(ls "$S/two/b/u" | tr '\n' ' ')" = "kinds mine-a tree |kinds mine-b tree "
   check "the GlusterFS lowers are unchanged" lowers_unchanged
+}
+
+# A running mount over the GlusterFS lowers takes a layer written to the volume after it was
+# mounted (aufs's add:, through `stratafs branch`) with the kernel's caches full: the view is
+# then what a fresh mount of the new stack shows; del: lets the layer go again.
+live_layer() {
+  local glowers=$1 L=$S/gv/layers/llive D=$S/live out rc
+  mkdir -p "$L/tree/d00" "$D"/{u,w,f/u,f/w}
+  echo "live layer" >"$L/live-file"
+  echo "live over" >"$L/tree/d00/f00"
+  mknod "$L/tree/d01" c 0 0 # a whiteout: hides the lowers' tree/d01
+  sfs_mount "lowerdir=$glowers,upperdir=$D/u,workdir=$D/w" "$D/m" || { fail "mount for the live layer"; return; }
+  find "$D/m" >/dev/null
+  cat "$D/m/tree/d00/f00" "$D/m/tree/d01/f00" >/dev/null
+  # (The control socket listens a moment after the mount shows.)
+  for rc in 1 2 3 4 5 6 7 8 9 10; do
+    out=$("$BIN" branch "$D/m" "add:1:$L" 2>&1) && break
+    sleep 0.2
+  done
+  check "stratafs branch MNT add:1:LAYER on the running mount ($out)" test -n "$out" -a -e "$D/m/live-file"
+  check "the added layer's files show at once, over the older layers" \
+    test "$(cat "$D/m/live-file" 2>&1):$(cat "$D/m/tree/d00/f00" 2>&1)" = "live layer:live over"
+  check "a directory the added layer whites out is gone at once" test ! -e "$D/m/tree/d01"
+  snapshot "$D/m" >"$S/live.running"
+  if sfs_mount "lowerdir=$L:$glowers,upperdir=$D/f/u,workdir=$D/f/w" "$D/f/m"; then
+    snapshot "$D/f/m" >"$S/live.fresh"
+    sfs_umount "$D/f/m"
+    same "the running mount with the added layer shows what a fresh mount of the new stack shows" \
+      "$S/live.running" "$S/live.fresh"
+  else
+    fail "fresh mount of the new stack"
+  fi
+  out=$("$BIN" branch "$D/m" "del:$L" 2>&1)
+  check "stratafs branch MNT del:LAYER ($out): the old view again" \
+    test "$(cat "$D/m/tree/d00/f00" 2>&1):$(ls "$D/m/tree/d01" | head -n 1)" = "00/00:f00" -a ! -e "$D/m/live-file"
+  sfs_umount "$D/m"
+  rm -rf "$L" "$D"
 }
 
 fault() {
