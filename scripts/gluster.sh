@@ -447,6 +447,7 @@ inner() {
   if step upper; then
     section "The upper on GlusterFS too (a per-host directory on the volume)"
     upper_on_gluster "$glowers" "$llowers"
+    merge_on_gluster
   fi
 
   # ---- 5. Two mounts ----
@@ -573,6 +574,34 @@ upper_on_gluster() {
   else
     fail "the kernel refuses a copy of the upper written on GlusterFS"
   fi
+}
+
+# stratafs merge (aubrsync) of an upper on the volume into the lower below it, also on the
+# volume: deletions, a directory replaced (opaque), a rename, new and changed files; the lower
+# mounted alone then shows what the stack showed.
+merge_on_gluster() {
+  local M=$S/gv/merge out rc
+  mkdir -p "$M"/{l/keep,l/gone-dir,l/replaced,l/moved,u,w}
+  echo keep >"$M/l/keep/f"; echo gone >"$M/l/gone"; echo old >"$M/l/gone-dir/f"
+  echo old >"$M/l/replaced/old"; echo moved >"$M/l/moved/f"; echo 1 >"$M/l/appended"
+  fix_times "$M/l"
+  sfs_mount "lowerdir=$M/l,upperdir=$M/u,workdir=$M/w" "$S/merge-m" || { fail "mount for the merge"; return; }
+  (
+    set -e
+    cd "$S/merge-m"
+    echo 2 >>appended; rm gone; rm -rf gone-dir replaced; mkdir replaced; echo new >replaced/new
+    mv moved moved-to; echo fresh >fresh; mkdir -p newdir/sub && echo n >newdir/sub/f
+  ) >"$S/merge.ops" 2>&1 || fail "the changes before the merge: $(tail -n 2 "$S/merge.ops")"
+  snapshot "$S/merge-m" >"$S/merge.stack"
+  sfs_umount "$S/merge-m"
+  out=$("$BIN" merge "$M/u" "$M/l" --workdir "$M/w" 2>&1)
+  rc=$?
+  check "stratafs merge of an upper on the volume into a lower on the volume (exit $rc: $(echo "$out" | tail -n 1))" test "$rc" = 0
+  sfs_mount "lowerdir=$M/l" "$S/merge-m" || { fail "mounting the merged lower alone"; return; }
+  snapshot "$S/merge-m" >"$S/merge.alone"
+  sfs_umount "$S/merge-m"
+  same "the merged lower, mounted alone, shows what the stack showed" "$S/merge.stack" "$S/merge.alone"
+  rm -rf "$M"
 }
 
 # nameless_copy_up MNT: open a lower file, remove its name, chmod it through the open fd

@@ -8,7 +8,9 @@
 //! - each entry changes in one step: it is built complete in a staging directory inside
 //!   LOWER (`.stratafs-merge.PID`) and renamed into place (`RENAME_EXCHANGE` over a
 //!   directory, whose old tree is then removed from the staging directory). An interrupted
-//!   merge leaves every entry either old or new, and the staging directory to remove;
+//!   merge leaves every entry either old or new, and the staging directory to remove
+//!   (where the filesystem has no `renameat2` flags, GlusterFS for one, a replaced
+//!   directory takes three plain renames instead, `util.rs`: not one step against a crash);
 //! - directories get the upper's owner, mode, xattrs and times, after their contents.
 //!
 //! Refused, with one line and before anything changes: while either directory (or the
@@ -29,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::sys::{self, ops, xattr, Stat};
 use crate::tools::layer::{self, Class, LowerDirs};
 use crate::tools::{check, in_use};
+use crate::util;
 use crate::whiteout::{self, Opaque};
 
 #[derive(Debug, Clone, Default)]
@@ -131,7 +134,7 @@ impl Merger {
             return Ok(());
         }
         let t = self.tmp();
-        ops::renameat2(dir, name, self.staging.as_fd(), &t, libc::RENAME_NOREPLACE)
+        util::rename_noreplace(dir, name, self.staging.as_fd(), &t)
             .map_err(|e| err(e, "delete", path))?;
         remove_tree(self.staging.as_fd(), &t).map_err(|e| err(e, "delete", path))?;
         self.sum.deleted += 1;
@@ -143,8 +146,7 @@ impl Merger {
         let s = self.staging.as_fd();
         match sys::fstatat(dir, name) {
             Ok(old) if layer::is_dir(&old) => {
-                ops::renameat2(s, t, dir, name, libc::RENAME_EXCHANGE)
-                    .map_err(|e| err(e, "replace", path))?;
+                util::exchange_staged(s, t, dir, name).map_err(|e| err(e, "replace", path))?;
                 remove_tree(s, t).map_err(|e| err(e, "remove the replaced", path))?;
             }
             _ => ops::renameat2(s, t, dir, name, 0).map_err(|e| err(e, "place", path))?,
@@ -354,14 +356,8 @@ pub fn run(a: &MergeArgs) -> Result<Summary> {
                 continue;
             }
             let t = m.tmp();
-            ops::renameat2(
-                parent.as_fd(),
-                &last,
-                m.staging.as_fd(),
-                &t,
-                libc::RENAME_NOREPLACE,
-            )
-            .map_err(|e| err(e, "move", from))?;
+            util::rename_noreplace(parent.as_fd(), &last, m.staging.as_fd(), &t)
+                .map_err(|e| err(e, "move", from))?;
             m.moved.insert(to.clone(), t);
         }
         let lroot = sys::reopen(m.lower_root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
