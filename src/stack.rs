@@ -199,6 +199,14 @@ impl UnionFs {
             let t = std::time::Instant::now();
             let _w = self.restack.write();
             let old = self.layers.stack();
+            if let Some(w) = &self.watches {
+                w.set_unwatched(
+                    lowers
+                        .iter()
+                        .filter(|l| l.mode == crate::layers::Mode::Rr)
+                        .map(|l| l.id),
+                );
+            }
             let gen = self.layers.set_lowers(lowers);
             let inval = self.reresolve_all(&old);
             log::info!(

@@ -141,6 +141,8 @@ pub struct Watches {
     state: RwLock<State>,
     /// The one "out of watches" warning was logged.
     warned: AtomicBool,
+    /// Branches not watched: `rr` ones (aufs's "real read-only", promised never to change).
+    unwatched: RwLock<HashSet<LayerId>>,
 }
 
 impl Watches {
@@ -150,7 +152,14 @@ impl Watches {
             max: max.unwrap_or(usize::MAX),
             state: RwLock::new(State::default()),
             warned: AtomicBool::new(false),
+            unwatched: RwLock::new(HashSet::new()),
         })
+    }
+
+    /// The branches whose directories get no watch from now on (`rr` branches: a branch
+    /// change sets them before it re-resolves the nodes, which then drop their watches).
+    pub fn set_unwatched(&self, layers: impl IntoIterator<Item = LayerId>) {
+        *self.unwatched.write() = layers.into_iter().collect();
     }
 
     /// The inotify fd's number (tests count its watches in /proc/PID/fdinfo).
@@ -444,7 +453,11 @@ impl Observer for Watches {
         // Watch every real directory (watching one again gives its watch again).
         let mut watches = Vec::with_capacity(loc.dirs.len());
         let mut complete = true;
+        let unwatched = self.unwatched.read().clone();
         for (layer, fd) in &loc.dirs {
+            if unwatched.contains(layer) {
+                continue; // never changes: nothing to see
+            }
             match self.watch(&mut st, fd.as_fd(), id) {
                 Some(wd) => watches.push((*layer, wd)),
                 None => complete = false,

@@ -639,3 +639,61 @@ fn udba_notify_watches_an_added_branch() {
     drop(d);
     drop(sm);
 }
+
+/// The inotify watches daemon `pid` holds.
+fn inotify_watches(pid: u32) -> usize {
+    for e in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let e = e.unwrap();
+        if fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:inotify") {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .unwrap();
+            return info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    panic!("no inotify fd in daemon {pid}");
+}
+
+/// An `rr` branch (aufs: real read-only, never changes) gets no watches under
+/// `udba=notify`; `mod:` to `ro+wh` makes it watched like the others, and back.
+#[test]
+fn udba_notify_leaves_rr_branches_unwatched() {
+    let s = Scratch::new("branches-rr");
+    let (l1, n, u, w, m) = (s.dir("l1"), s.dir("n"), s.dir("u"), s.dir("w"), s.dir("m"));
+    for i in 0..5 {
+        fs::create_dir_all(l1.join(format!("d{i}"))).unwrap();
+        fs::create_dir_all(n.join(format!("d{i}/only-n"))).unwrap();
+    }
+    let st = Stack {
+        lowers: vec![&l1],
+        upper: Some((&u, &w)),
+    };
+    let sm = live(Strata::mount(&st, "udba=notify", &m));
+    let pid = sm.pid();
+    let walk = || {
+        let _ = snapshot(&m);
+    };
+    walk();
+    // The root's upper and lower, and d0..d4 in l1.
+    assert_eq!(inotify_watches(pid), 7);
+    branch_ok(&m, &[&format!("add:1:{}=rr", n.display())]);
+    walk();
+    assert_eq!(
+        inotify_watches(pid),
+        7,
+        "no watch on the rr branch's directories"
+    );
+    branch_ok(&m, &[&format!("mod:{}=ro+wh", n.display())]);
+    walk();
+    // Its root, d0..d4 and d*/only-n.
+    assert_eq!(inotify_watches(pid), 7 + 1 + 5 + 5, "watched as ro+wh");
+    branch_ok(&m, &[&format!("mod:{}=rr", n.display())]);
+    walk();
+    assert_eq!(inotify_watches(pid), 7, "rr again: its watches gone");
+    drop(sm);
+}
