@@ -609,3 +609,63 @@ echo "work: $(ls -A "$d/w/work" | tr '\n' ' ')"
         );
     }
 }
+
+/// A user mount's owner may change its branches (here: the user's namespace root, who
+/// mounted it); another user gets EPERM and nothing changes.
+#[test]
+fn the_owner_of_a_user_mount_changes_its_branches_others_may_not() {
+    let (uid, _, _) = test_user();
+    let gid = user_gid();
+    let _fuse = fuse_access();
+    let s = Scratch::new("rootless-branch");
+    fs::copy(bin(), s.path("stratafs")).expect("copy stratafs");
+    fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
+    let (lower, module) = (s.dir("lower"), s.dir("module"));
+    fs::write(lower.join("base"), "base\n").unwrap();
+    fs::write(module.join("from-module"), "module\n").unwrap();
+    for d in ["lower", "module", "upper", "work", "mnt", "log"] {
+        let p = s.dir(d);
+        chown(&p, uid, gid);
+        for e in fs::read_dir(&p).unwrap() {
+            chown(&e.unwrap().path(), uid, gid);
+        }
+    }
+    fs::set_permissions(&s.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = format!(
+        r#"set -e
+{WAIT_MOUNT}d=$1
+"$2" -f -o lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work $d/mnt 2>$d/log/daemon.log &
+pid=$!
+trap 'umount $d/mnt 2>/dev/null || true; wait $pid' EXIT
+wait_mount $d/mnt
+ls $d/mnt
+i=0; until "$2" branch $d/mnt add:1:$d/module >$d/log/add.out 2>&1; do
+  i=$((i+1)); [ $i -lt 50 ] || {{ cat $d/log/add.out; exit 1; }}; sleep 0.1; done
+cat $d/mnt/from-module
+if setpriv --reuid=1000 --regid=1000 --clear-groups -- "$2" branch $d/mnt del:$d/module 2>$d/log/other.err; then
+  echo other=accepted; else echo other=refused; fi
+grep -c 'only root or the mount' $d/log/other.err || true
+cat $d/mnt/from-module
+"$2" branch $d/mnt del:$d/module
+ls $d/mnt
+"#
+    );
+    let out = in_userns(
+        true,
+        &script,
+        &[
+            s.0.to_str().unwrap(),
+            s.0.join("stratafs").to_str().unwrap(),
+        ],
+    );
+    let want = format!(
+        "base\nmodule\nother=refused\n1\nmodule\nremoved {}\nbase\n",
+        module.display()
+    );
+    assert_eq!(
+        out,
+        want,
+        "log: {}",
+        fs::read_to_string(s.path("log/other.err")).unwrap_or_default()
+    );
+}
