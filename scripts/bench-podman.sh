@@ -238,11 +238,16 @@ fi
 "${pm[@]}" rm -af >/dev/null 2>&1
 "${pm[@]}" rmi -af >/dev/null 2>&1
 remove_scratch "$scratch/fill" || true
-rm -f "$archives/lock"
-rm -rf "$archives/partial"
-# apt (as the container's root: the user itself when rootless) takes a lock in the directory
-chown -R "$user:" "$archives" 2>/dev/null
-chmod -R a+rX "$archives" "$scratch/lists"
+# apt_cache_reset: the cache as the fill left it, before every cell: apt (as the container's
+# root, which is the user itself when rootless) takes a lock in it and makes partial/ there
+# (owned by _apt), so a rootless apt cannot use what a rootful one left.
+apt_cache_reset() {
+  rm -rf "$archives/partial" "$archives/lock"
+  chown -R "$user:" "$archives" 2>/dev/null
+  chmod -R a+rX "$archives"
+}
+apt_cache_reset
+chmod -R a+rX "$scratch/lists"
 say "fetched $(find "$archives" -name '*.deb' | wc -l) .debs ($(du -sm "$archives" | cut -f1) MiB) and the package lists in $(secs "$t0") s"
 pd_write_build_context "$scratch/build" localhost/pd-apt git
 PD_BUILD_ARGS=(-v "$archives:/var/cache/apt/archives")
@@ -295,6 +300,7 @@ cell() { # MODE DRIVER RUN N (N: the cell's number, its storage is $scratch/cN)
   local mode=$1 driver=$2 run=$3 home="$scratch/c$4" f
   pd_set_podman "$mode" "$(pd_driver "$driver")" "$home" "$(mount_program "$driver")" "$user"
   local run_c=("${pm[@]}" run -d --network host "${PD_RUNARGS[@]}" -e DEBIAN_FRONTEND=noninteractive)
+  apt_cache_reset
   timed "$mode" "$driver" "$run" import wl_import "$PD_TARBALL" localhost/debian || return
   # untar
   if "${run_c[@]}" --name bench-untar -v "$scratch/img:/img:ro" localhost/debian sleep infinity >/dev/null 2>"$home.err"; then
