@@ -85,7 +85,7 @@ med = lambda m, d, w: statistics.median(vals[m, d, w]) if vals.get((m, d, w)) el
 out = []
 for mode in modes:
     n = max((len(v) for (m, d, w), v in vals.items() if m == mode), default=0)
-    out.append(f"**{mode}** (median of {n}, seconds; in brackets: × the native driver)")
+    out.append(f"**{mode}** (median of {n}, seconds; in brackets: × the native driver; last columns: how many times faster stratafs is)")
     out.append("")
     head = ["workload"] + [label[d] for d in drivers]
     extra = [d for d in ("fo110", "fo2") if d in drivers and "stratafs" in drivers]
