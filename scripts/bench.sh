@@ -4,6 +4,10 @@
 #
 #   scripts/bench.sh [--quick] [--runs N] [--only W1,W2] [--impl I1,I2] [--no-rootless]
 #                    [--upper-on-disk] [--markdown FILE] [--dir DIR]
+#   scripts/bench.sh --podman [OPTIONS]   real container workloads in podman (apt-get install,
+#                    a 12-step build, commit, untar; rootful and rootless) with stratafs,
+#                    fuse-overlayfs 1.10 and 2.0 and the native overlay driver: runs
+#                    scripts/bench-podman.sh OPTIONS (see its --help)
 #
 # Run as root from the repository root (it mounts, drops the page cache and installs packages).
 #
@@ -699,6 +703,10 @@ main() {
   say "markdown: $md"
 }
 
+if [ "${1:-}" = "--podman" ]; then
+  shift
+  exec bash "$HERE/bench-podman.sh" "$@"
+fi
 if [ "${1:-}" = "--cell" ]; then
   # Inside `unshare -Urm`: one measurement, results on stdout.
   shift

@@ -3,8 +3,8 @@
 # rootful and rootless, compared with podman's native overlay driver (the kernel overlayfs).
 #
 #   scripts/podman-debian.sh [--rootful-only | --rootless-only] [--keep]   as root, from the repository
-#   scripts/podman-debian.sh --bench [--runs N]   time the workloads (rootful) for stratafs,
-#                                                 fuse-overlayfs 1.10 and the kernel overlayfs
+#   scripts/podman-debian.sh --bench [--runs=N]   the same as scripts/bench-podman.sh --runs N
+#                                                 --modes rootful --drivers native,stratafs,fo110
 #
 # The image: a `debootstrap --variant=minbase` root file system from the Debian mirror apt
 # uses (read from /etc/apt/sources.list and sources.list.d, deb822 too), kept as a verified
@@ -53,12 +53,12 @@ for arg in "$@"; do
   esac
 done
 
+[ "$bench" = 1 ] && exec scripts/bench-podman.sh --runs "$runs" --modes rootful --drivers native,stratafs,fo110
 require_root "scripts/podman-debian.sh"
 skip() { say "SKIP: $*"; exit 77; }
 
 # ---- What it needs ----
 pkgs=(podman runc uidmap catatonit debootstrap fuse3 python3-minimal)
-[ "$bench" = 1 ] && pkgs+=(fuse-overlayfs)
 ( ensure_packages "${pkgs[@]}" ) >/dev/null 2>&1 ||
   skip "could not install the packages it needs (apt-get install ${pkgs[*]} failed)"
 for c in podman runc debootstrap newuidmap /usr/bin/python3; do
@@ -114,7 +114,7 @@ now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # The mount programs (in the scratch dir, world-readable, so the rootless user can run them):
-# stratafs behind a wrapper that logs podman's argv; fuse-overlayfs 1.10 for --bench.
+# stratafs behind a wrapper that logs podman's argv.
 install -m 0755 "$bin" "$scratch/stratafs"
 mkdir -m 1777 "$scratch/argv"
 cat >"$scratch/mount-program" <<EOF
@@ -320,17 +320,7 @@ compare_mode() { # MODE
 
 rootless_setup() {
   section "Rootless set-up"
-  if ! id "$test_user" >/dev/null 2>&1; then
-    useradd -m -s /bin/sh "$test_user" || die "useradd $test_user failed"
-    say "created user $test_user"
-  fi
-  if ! grep -q "^$test_user:" /etc/subuid; then
-    usermod --add-subuids 300000-365535 "$test_user" && say "added /etc/subuid range 300000-365535"
-  fi
-  if ! grep -q "^$test_user:" /etc/subgid; then
-    usermod --add-subgids 300000-365535 "$test_user" && say "added /etc/subgid range 300000-365535"
-  fi
-  say "$test_user: uid $(id -u "$test_user"), subuid $(grep "^$test_user:" /etc/subuid | head -n1 | cut -d: -f2-), subgid $(grep "^$test_user:" /etc/subgid | head -n1 | cut -d: -f2-)"
+  pd_rootless_user "$test_user"
   local mode
   mode=$(stat -c %a /dev/fuse)
   if [ "$mode" != 666 ]; then
@@ -341,12 +331,6 @@ rootless_setup() {
   # The tarball must be readable by the test user (podman import reads it as that user).
   chmod a+r "$PD_TARBALL"
 }
-
-if [ "$bench" = 1 ]; then
-  # shellcheck source=scripts/podman-debian-bench.sh
-  . scripts/podman-debian-bench.sh
-  exit $?
-fi
 
 t_all=$(now)
 if [ "$do_rootful" = 1 ]; then

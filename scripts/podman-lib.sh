@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # podman workloads on a real Debian image, shared by scripts/podman-debian.sh (the real-client
-# test stage) and the benchmarks (scripts/podman-debian.sh --bench, later scripts/bench.sh).
+# test stage) and the benchmark of real container workloads (scripts/bench-podman.sh, run by
+# scripts/bench.sh --podman).
 # Source it after scripts/common.sh; do not run it.
 #
 # Every podman call goes through the array `pm` (the podman command line with its global
@@ -9,7 +10,8 @@
 #   wl_apt NAME IMAGE "PKGS" [SCRIPT]  a container NAME (kept) that runs apt-get update and
 #                                      apt-get install PKGS (--network host), then SCRIPT
 #   wl_commit NAME TAG                 podman commit of container NAME
-#   wl_build CONTEXT TAG               podman build (a context from pd_write_build_context)
+#   wl_build CONTEXT TAG               podman build (a context from pd_write_build_context);
+#                                      extra options in PD_BUILD_ARGS
 #   wl_export_image IMAGE FILE         podman create + podman export of IMAGE to FILE
 # PD_APT_TEST is the package set of the test, PD_APT_BIG the heavier one of the benchmark.
 
@@ -93,6 +95,23 @@ pd_set_podman() {
   fi
 }
 
+# pd_rootless_user USER: makes sure USER (the rootless podman user) exists and has
+# /etc/subuid and /etc/subgid ranges (300000-365535 when it has none); says what it has.
+pd_rootless_user() {
+  local u=$1
+  if ! id "$u" >/dev/null 2>&1; then
+    useradd -m -s /bin/sh "$u" || die "useradd $u failed"
+    say "created user $u"
+  fi
+  if ! grep -q "^$u:" /etc/subuid; then
+    usermod --add-subuids 300000-365535 "$u" && say "added /etc/subuid range 300000-365535"
+  fi
+  if ! grep -q "^$u:" /etc/subgid; then
+    usermod --add-subgids 300000-365535 "$u" && say "added /etc/subgid range 300000-365535"
+  fi
+  say "$u: uid $(id -u "$u"), subuid $(grep "^$u:" /etc/subuid | head -n1 | cut -d: -f2-), subgid $(grep "^$u:" /etc/subgid | head -n1 | cut -d: -f2-)"
+}
+
 wl_import() { # TAR TAG
   "${pm[@]}" import -q - "$2" <"$1"
 }
@@ -108,8 +127,8 @@ wl_commit() { # NAME TAG
   "${pm[@]}" commit -q "$1" "$2"
 }
 
-wl_build() { # CONTEXT TAG
-  "${pm[@]}" build -q --network host "${PD_RUNARGS[@]}" -t "$2" "$1"
+wl_build() { # CONTEXT TAG: extra `podman build` options in PD_BUILD_ARGS
+  "${pm[@]}" build -q --network host "${PD_RUNARGS[@]}" ${PD_BUILD_ARGS[@]+"${PD_BUILD_ARGS[@]}"} -t "$2" "$1"
 }
 
 wl_export_image() { # IMAGE FILE
