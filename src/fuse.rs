@@ -146,6 +146,16 @@ impl FuseAdapter {
     }
 
     /// Drops the kernel's cached attributes of `ino` (not its pages: offset -1).
+    /// Attributes cached before an open (with the long TTL) may be wrong now: the lower's
+    /// after a copy-up, or about to change unseen (mmap stores). Dropped before the reply:
+    /// after it, the opener may close and stat before a later notification is read, and
+    /// see the lower's attributes (a flake of mmap_times under load).
+    fn drop_staled_attrs(&self, ino: u64, fh: u64) {
+        if self.fs.open_staled_attrs(fh) {
+            self.forget_cached_attrs(ino);
+        }
+    }
+
     fn forget_cached_attrs(&self, ino: u64) {
         if let Some(n) = self.notifier.get() {
             if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
@@ -558,16 +568,15 @@ impl Filesystem for FuseAdapter {
                 // thread) as soon as it has the reply, and a backing id recorded after
                 // that release would stay registered, holding the file, until unmount.
                 self.handle_backing.insert(fh, b.clone());
+                self.drop_staled_attrs(ino.0, fh);
                 reply.opened_passthrough(FileHandle(fh), NO_FLUSH, &b);
             }
             // Without passthrough the file's data only changes through this daemon, so
             // the page cache stays valid from one open to the next.
-            None => reply.opened(FileHandle(fh), self.served_flags(fh, ino.0) | NO_FLUSH),
-        }
-        // Attributes cached before this open (with the long TTL) may be wrong now: the
-        // lower's after a copy-up, or about to change unseen (mmap stores).
-        if self.fs.open_staled_attrs(fh) {
-            self.forget_cached_attrs(ino.0);
+            None => {
+                self.drop_staled_attrs(ino.0, fh);
+                reply.opened(FileHandle(fh), self.served_flags(fh, ino.0) | NO_FLUSH)
+            }
         }
     }
 
@@ -1034,7 +1043,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.stats.count(Op::Flush);
-        reply.ok();
+        // Nothing to do at close (no POSIX locks are kept here, data goes to the real file
+        // with each write): ENOSYS makes the kernel send no FLUSH again on this mount. It
+        // still writes dirty pages back and reports their errors at close before it would
+        // send one. (Handles are FOPEN_NOFLUSH, which the kernel ignores under the
+        // writeback cache: rootless mounts closed every file with a FLUSH round trip.)
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(
