@@ -64,7 +64,7 @@ SELF="$HERE/bench.sh"
 
 ALL_IMPLS="kernel stratafs fo2 fo110 unionfs"
 ALL_WORKLOADS="walk_cold walk_warm ls_lR read_all untar append write_1b rm_rf fio_write fio_read fio_randread build stall rss"
-ROOTLESS_IMPLS="kernel stratafs fo110"
+ROOTLESS_IMPLS="kernel stratafs fo2 fo110"
 ROOTLESS_WORKLOADS="walk_warm untar append fio_write fio_read"
 
 # ---------------------------------------------------------------- configuration (exported so
