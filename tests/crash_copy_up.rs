@@ -1,5 +1,8 @@
-//! Crash safety of copy-up: the daemon is killed with SIGKILL at random instants while it
-//! copies a 1 GiB lower file up. After each kill a fresh mount must succeed, the file must
+//! Crash safety of copy-up: the daemon is killed with SIGKILL while it copies a 1 GiB lower
+//! file up, once the staged copy holds 10 %, 45 %, 85 % and a random share of the data (read
+//! from the daemon's open staging file, so the kill lands inside the copy whatever the
+//! machine's speed; a guess from the time of a first copy-up missed it on an idle machine),
+//! and once after the copy finished. After each kill a fresh mount must succeed, the file must
 //! be either the untouched lower file or the complete copy (never a partial one), and the
 //! staging directory must be empty again.
 
@@ -18,7 +21,6 @@ fn sigkill_during_a_1gib_copy_up_leaves_old_or_new_never_partial() {
     write_pattern(&l.join("big"), SIZE);
     let lower = file_hash(&l.join("big"));
     let stack = Stack::one(&l, &u, &w);
-    // How long one whole copy-up takes here, to spread the kill instants across it.
     let full = {
         let _mnt = Strata::mount(&stack, "", &m);
         let t = std::time::Instant::now();
@@ -28,6 +30,7 @@ fn sigkill_during_a_1gib_copy_up_leaves_old_or_new_never_partial() {
             .unwrap();
         t.elapsed()
     };
+    let work = fs::canonicalize(w.join("work")).unwrap();
     assert_eq!(
         file_hash(&u.join("big")),
         lower,
@@ -44,7 +47,21 @@ fn sigkill_during_a_1gib_copy_up_leaves_old_or_new_never_partial() {
         let path = m.join("big");
         let opener =
             std::thread::spawn(move || fs::OpenOptions::new().write(true).open(path).is_ok());
-        std::thread::sleep(full * permille as u32 / 1000);
+        let pid = mnt.pid();
+        let t0 = std::time::Instant::now();
+        if permille >= 1000 {
+            while !opener.is_finished() && t0.elapsed() < std::time::Duration::from_secs(120) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        } else {
+            let want = SIZE * permille / 1000;
+            while !opener.is_finished()
+                && staged_bytes(pid, &work) < want
+                && t0.elapsed() < std::time::Duration::from_secs(120)
+            {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
         mnt.kill();
         let _ = opener.join();
         // Remount: must work, and show old or complete data.
@@ -81,5 +98,38 @@ fn sigkill_during_a_1gib_copy_up_leaves_old_or_new_never_partial() {
         outcomes.iter().any(|o| o.1 == "not copied"),
         "no kill landed inside a copy-up: {outcomes:?}"
     );
-    eprintln!("full copy-up {full:?}; kill instants (per mille of it) and outcomes: {outcomes:?}");
+    eprintln!("full copy-up {full:?}; kill points (per mille of the data staged) and outcomes: {outcomes:?}");
+}
+
+/// Bytes already written to the copy daemon `pid` is staging in `work` (its open file there,
+/// named or `O_TMPFILE`), by allocated blocks; 0 while it has none.
+fn staged_bytes(pid: u32, work: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    for e in fds.flatten() {
+        let Ok(t) = fs::read_link(e.path()) else {
+            continue;
+        };
+        // The daemon reaches the workdir through a private copy of its mount, so the link
+        // reads ".../w/work/NAME" from that copy's root, not the host path.
+        let staging = format!(
+            "/{}/",
+            work.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let parent = work
+            .parent()
+            .and_then(|p| p.file_name())
+            .unwrap_or_default();
+        let staging = format!("/{}{staging}", parent.to_string_lossy());
+        if t.to_string_lossy().contains(&staging) {
+            if let Ok(md) = fs::metadata(e.path()) {
+                if md.is_file() {
+                    return md.blocks() * 512;
+                }
+            }
+        }
+    }
+    0
 }
