@@ -640,25 +640,6 @@ fn udba_notify_watches_an_added_branch() {
     drop(sm);
 }
 
-/// The inotify watches daemon `pid` holds.
-fn inotify_watches(pid: u32) -> usize {
-    for e in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
-        let e = e.unwrap();
-        if fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:inotify") {
-            let info = fs::read_to_string(format!(
-                "/proc/{pid}/fdinfo/{}",
-                e.file_name().to_string_lossy()
-            ))
-            .unwrap();
-            return info
-                .lines()
-                .filter(|l| l.starts_with("inotify wd:"))
-                .count();
-        }
-    }
-    panic!("no inotify fd in daemon {pid}");
-}
-
 /// An `rr` branch (aufs: real read-only, never changes) gets no watches under
 /// `udba=notify`; `mod:` to `ro+wh` makes it watched like the others, and back.
 #[test]
@@ -680,20 +661,28 @@ fn udba_notify_leaves_rr_branches_unwatched() {
     };
     walk();
     // The root's upper and lower, and d0..d4 in l1.
-    assert_eq!(inotify_watches(pid), 7);
+    assert_eq!(common::inotify_watches(pid), 7);
     branch_ok(&m, &[&format!("add:1:{}=rr", n.display())]);
     walk();
     assert_eq!(
-        inotify_watches(pid),
+        common::inotify_watches(pid),
         7,
         "no watch on the rr branch's directories"
     );
     branch_ok(&m, &[&format!("mod:{}=ro+wh", n.display())]);
     walk();
     // Its root, d0..d4 and d*/only-n.
-    assert_eq!(inotify_watches(pid), 7 + 1 + 5 + 5, "watched as ro+wh");
+    assert_eq!(
+        common::inotify_watches(pid),
+        7 + 1 + 5 + 5,
+        "watched as ro+wh"
+    );
     branch_ok(&m, &[&format!("mod:{}=rr", n.display())]);
     walk();
-    assert_eq!(inotify_watches(pid), 7, "rr again: its watches gone");
+    assert_eq!(
+        common::inotify_watches(pid),
+        7,
+        "rr again: its watches gone"
+    );
     drop(sm);
 }

@@ -401,25 +401,6 @@ fn reval_sees_each_direct_change_at_the_next_access() {
     drop(fresh);
 }
 
-/// The daemon's inotify fd and the number of watches it holds.
-fn watches(pid: u32) -> usize {
-    for e in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
-        let e = e.unwrap();
-        if fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:inotify") {
-            let info = fs::read_to_string(format!(
-                "/proc/{pid}/fdinfo/{}",
-                e.file_name().to_string_lossy()
-            ))
-            .unwrap();
-            return info
-                .lines()
-                .filter(|l| l.starts_with("inotify wd:"))
-                .count();
-        }
-    }
-    panic!("no inotify fd in daemon {pid}");
-}
-
 fn tree(l: &Path, u: &Path, dirs: usize) {
     for i in 0..dirs {
         let d = l.join(format!("d{i}"));
@@ -444,28 +425,32 @@ fn notify_watches_follow_the_kernels_directories() {
     tree(&l, &u, n);
     let mnt = Strata::mount(&Stack::one(&l, &u, &w), "udba=notify", &m);
     let pid = mnt.pid();
-    assert_eq!(watches(pid), 2, "the root's upper and lower");
+    assert_eq!(
+        common::inotify_watches(pid),
+        2,
+        "the root's upper and lower"
+    );
     snapshot(&m);
     // dN (lower, and upper for even N) and dN/sub (lower).
     let walked = 2 + n + n / 2 + n;
     assert_eq!(
-        watches(pid),
+        common::inotify_watches(pid),
         walked,
         "one per real directory after the walk"
     );
     fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
     let start = Instant::now();
-    while watches(pid) > 2 && start.elapsed() < Duration::from_secs(10) {
+    while common::inotify_watches(pid) > 2 && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        watches(pid),
+        common::inotify_watches(pid),
         2,
         "released after the kernel forgot the directories"
     );
     // Watched again when looked up again.
     snapshot(&m);
-    assert_eq!(watches(pid), walked);
+    assert_eq!(common::inotify_watches(pid), walked);
     let st = mnt.unmount();
     assert!(st.is_some_and(|s| s.success()), "daemon exit {st:?}");
 }
@@ -485,7 +470,7 @@ fn out_of_watches_degrades_to_reval_with_one_warning() {
     let names: Vec<String> = (0..n).map(|i| format!("d{i}/new")).collect();
     let missing: Vec<&str> = names.iter().map(String::as_str).collect();
     fill_caches(&m, &missing);
-    assert_eq!(watches(pid), 5, "the cap holds");
+    assert_eq!(common::inotify_watches(pid), 5, "the cap holds");
     let mut t = Times::default();
     for i in 0..n {
         let (ld, md) = (l.join(format!("d{i}")), m.join(format!("d{i}")));

@@ -787,3 +787,23 @@ pub fn sh_as(nobody: bool, cmd: &str, dir: &Path) -> Command {
     c.arg("-c").arg(cmd).current_dir(dir);
     c
 }
+
+/// The number of inotify watches daemon `pid` holds (the `inotify wd:` lines of its inotify
+/// fd's fdinfo: `udba=notify`).
+pub fn inotify_watches(pid: u32) -> usize {
+    for e in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let e = e.unwrap();
+        if fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:inotify") {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .unwrap();
+            return info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    panic!("no inotify fd in daemon {pid}");
+}
