@@ -807,3 +807,20 @@ pub fn inotify_watches(pid: u32) -> usize {
     }
     panic!("no inotify fd in daemon {pid}");
 }
+
+/// xorshift64*: a random sequence reproducible from the seed the crash tests print.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Below `n` (0 for `n` 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
