@@ -453,7 +453,7 @@ impl Observer for Watches {
         // Watch every real directory (watching one again gives its watch again).
         let mut watches = Vec::with_capacity(loc.dirs.len());
         let mut complete = true;
-        let unwatched = self.unwatched.read().clone();
+        let unwatched = self.unwatched.read();
         for (layer, fd) in &loc.dirs {
             if unwatched.contains(layer) {
                 continue; // never changes: nothing to see
