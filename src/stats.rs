@@ -17,7 +17,8 @@ pub const STATS_XATTR: &str = "user.stratafs.stats";
 /// `security.capability` on its own (the kernel's kill-suid check asks for it on writes and
 /// setattr; it is counted in `getxattr` too), and one kind of message the daemon sends: the
 /// drops of a directory's cached listing (notify inval_inode from `names_changed` in
-/// fuse.rs; not a request, not in `total`).
+/// fuse.rs; not a request, not in `total`), and the opens that had to wait for another
+/// backing file of their inode to be released (backing.rs; counted in `open` too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Init,
@@ -56,10 +57,11 @@ pub enum Op {
     Fallocate,
     CopyFileRange,
     NotifyInvalListing,
+    OpenWaited,
 }
 
 impl Op {
-    pub const ALL: [Op; 36] = [
+    pub const ALL: [Op; 37] = [
         Op::Init,
         Op::Lookup,
         Op::Forget,
@@ -96,6 +98,7 @@ impl Op {
         Op::Fallocate,
         Op::CopyFileRange,
         Op::NotifyInvalListing,
+        Op::OpenWaited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -136,6 +139,7 @@ impl Op {
             Op::Fallocate => "fallocate",
             Op::CopyFileRange => "copy_file_range",
             Op::NotifyInvalListing => "notify_inval_listing",
+            Op::OpenWaited => "open_waited",
         }
     }
 }
@@ -178,7 +182,10 @@ impl Stats {
         let mut total = 0;
         for op in Op::ALL {
             let n = self.get(op);
-            if op != Op::GetxattrCapability && op != Op::NotifyInvalListing {
+            if !matches!(
+                op,
+                Op::GetxattrCapability | Op::NotifyInvalListing | Op::OpenWaited
+            ) {
                 total += n;
             }
             out.push_str(&format!("{:<28} {:>16}\n", op.name(), n));
