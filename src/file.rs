@@ -229,17 +229,24 @@ impl UnionFs {
 
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        self.read_into(fh, offset, size, &mut data)?;
+        Ok(data)
+    }
+
+    /// [`UnionFs::read`] into `data` (a buffer the caller reuses from one read to the next).
+    pub fn read_into(&self, fh: u64, offset: u64, size: u32, data: &mut Vec<u8>) -> Result<()> {
         let h = self.handle(fh)?;
         let fd = h.fd();
-        let data =
-            sys::pread(fd.as_fd(), size as usize, offset).map_err(|e| Error::io(e, "read"))?;
+        sys::pread_into(fd.as_fd(), data, size as usize, offset)
+            .map_err(|e| Error::io(e, "read"))?;
         if let Some(policy) = self.layers.upper_daemon_atime() {
             let upper = !h.data_only && self.node(h.ino).is_ok_and(|n| n.loc.read().in_upper());
             if upper {
                 crate::atime::touch(policy, fd.as_fd(), false);
             }
         }
-        Ok(data)
+        Ok(())
     }
 
     /// Writes `data` at `offset` (the kernel turns O_APPEND into the right offset).

@@ -44,6 +44,10 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 /// FLUSH at close.
 const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
+/// The largest read buffer a daemon thread keeps between READs (see `read`): the largest
+/// READ asked for (max_pages = 1 MiB, from max_write) and the reply header.
+const READ_BUF_KEEP: usize = (1 << 20) + 4096;
+
 /// The `fuser::Filesystem` over a shared [`UnionFs`].
 pub struct FuseAdapter {
     fs: Arc<UnionFs>,
@@ -61,6 +65,10 @@ pub struct FuseAdapter {
     stats: Stats,
     /// Sends cache invalidations to the kernel; set by `mount.rs` once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
+    /// The mount's `MAJ:MIN`, set by `mount.rs`; taken by the first OPEN to raise the
+    /// mount's readahead (`mount::raise_readahead`), once INIT is done.
+    bdi: Arc<OnceLock<String>>,
+    readahead_set: std::sync::Once,
 }
 
 /// Sends cache invalidations for changes the kernel did not see go through a request (a
@@ -115,7 +123,14 @@ impl FuseAdapter {
             listed: DashMap::new(),
             stats: Stats::default(),
             notifier: Arc::new(OnceLock::new()),
+            bdi: Arc::new(OnceLock::new()),
+            readahead_set: std::sync::Once::new(),
         }
+    }
+
+    /// The slot `mount.rs` fills with the mount's device number (`MAJ:MIN`).
+    pub fn bdi_slot(&self) -> Arc<OnceLock<String>> {
+        self.bdi.clone()
     }
 
     /// The slot `mount.rs` fills with the session's notifier.
@@ -605,6 +620,15 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.stats.count(Op::Open);
+        // After INIT (whose reply would lower it again), before any file's readahead state
+        // is set up (at the end of its open, after this reply).
+        if !self.readahead_set.is_completed() {
+            self.readahead_set.call_once(|| {
+                if let Some(dev) = self.bdi.get() {
+                    crate::mount::raise_readahead(dev);
+                }
+            });
+        }
         let one_at_a_time = self.pt.open_lock(ino.0).lock();
         let fh = match self.fs.open(ino.0, flags.0) {
             Ok(fh) => fh,
@@ -645,10 +669,22 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         self.stats.count(Op::Read);
-        match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno("read", e)),
+        self.stats.add(Op::ReadBytes, size as u64);
+        // One buffer per daemon thread, kept across requests (up to the largest READ the
+        // kernel sends: 1 MiB), so a read costs no allocation nor page faults on it.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            match self.fs.read_into(fh.0, offset, size, &mut b) {
+                Ok(()) => reply.data(&b),
+                Err(e) => reply.error(errno("read", e)),
+            }
+            if b.capacity() > READ_BUF_KEEP {
+                *b = Vec::new();
+            }
+        })
     }
 
     fn release(

@@ -18,7 +18,8 @@ pub const STATS_XATTR: &str = "user.stratafs.stats";
 /// setattr; it is counted in `getxattr` too), and one kind of message the daemon sends: the
 /// drops of a directory's cached listing (notify inval_inode from `names_changed` in
 /// fuse.rs; not a request, not in `total`), and the opens that had to wait for another
-/// backing file of their inode to be released (backing.rs; counted in `open` too).
+/// backing file of their inode to be released (backing.rs; counted in `open` too), and the
+/// bytes the READ requests asked for (their sizes show the kernel's request size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Init,
@@ -58,10 +59,11 @@ pub enum Op {
     CopyFileRange,
     NotifyInvalListing,
     OpenWaited,
+    ReadBytes,
 }
 
 impl Op {
-    pub const ALL: [Op; 37] = [
+    pub const ALL: [Op; 38] = [
         Op::Init,
         Op::Lookup,
         Op::Forget,
@@ -99,6 +101,7 @@ impl Op {
         Op::CopyFileRange,
         Op::NotifyInvalListing,
         Op::OpenWaited,
+        Op::ReadBytes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -140,6 +143,7 @@ impl Op {
             Op::CopyFileRange => "copy_file_range",
             Op::NotifyInvalListing => "notify_inval_listing",
             Op::OpenWaited => "open_waited",
+            Op::ReadBytes => "read_bytes",
         }
     }
 }
@@ -163,6 +167,10 @@ impl Stats {
         self.counts[op as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add(&self, op: Op, n: u64) {
+        self.counts[op as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn get(&self, op: Op) -> u64 {
         self.counts[op as usize].load(Ordering::Relaxed)
     }
@@ -184,7 +192,7 @@ impl Stats {
             let n = self.get(op);
             if !matches!(
                 op,
-                Op::GetxattrCapability | Op::NotifyInvalListing | Op::OpenWaited
+                Op::GetxattrCapability | Op::NotifyInvalListing | Op::OpenWaited | Op::ReadBytes
             ) {
                 total += n;
             }
