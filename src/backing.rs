@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use fuser::BackingId;
-use log::info;
+use log::{debug, info};
 use parking_lot::Mutex;
 
 use crate::fs::UnionFs;
@@ -112,10 +112,18 @@ impl Backings {
                 map.insert(ino, (ident, Arc::downgrade(&b)));
                 OpenIo::Passthrough(b)
             }
-            Err(e) => {
-                // Typically EPERM: passthrough needs CAP_SYS_ADMIN in the initial namespace.
+            // EPERM: passthrough needs CAP_SYS_ADMIN in the initial namespace; nothing can
+            // use it then.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 info!("passthrough unavailable ({e}); serving reads and writes in the daemon");
                 self.on.store(false, Ordering::Relaxed);
+                OpenIo::Served
+            }
+            // Another error is about this file (a lower on a stacked filesystem deeper than
+            // the negotiated stack depth, say): this open is served, the others may still
+            // pass through.
+            Err(e) => {
+                debug!("passthrough refused for {ino:#x} ({e}); served by the daemon");
                 OpenIo::Served
             }
         }
