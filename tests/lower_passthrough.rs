@@ -300,3 +300,77 @@ fn a_metadata_copy_up_keeps_passthrough_of_the_lower_data() {
     assert_eq!(&got[..3], b"NEW");
     assert_eq!(&got[3..], &want[3..]);
 }
+
+#[test]
+fn racing_lower_readers_and_writers_lose_nothing() {
+    // Readers open, read and close lower files (passthrough) in a loop while writers
+    // append to the same files (each append copies up or writes the upper copy): no open
+    // fails (the kernel would answer EIO to an open with the wrong backing file), no
+    // append is lost, and every read returns the original bytes plus whole appended lines.
+    let s = Scratch::new("lpt-race");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    let orig = b"original line of the lower file\n".repeat(300);
+    for i in 0..8 {
+        fs::write(l.join(format!("f{i}")), &orig).unwrap();
+    }
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "lower_passthrough", &m);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let line = b"appended\n";
+    let mut readers = Vec::new();
+    for t in 0..4u64 {
+        let (m, stop, orig) = (m.clone(), stop.clone(), orig.clone());
+        readers.push(std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let p = m.join(format!("f{}", (n + t) % 8));
+                // Held open a little, so writers' opens find readers on the lower file.
+                let mut f =
+                    fs::File::open(&p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+                std::thread::sleep(Duration::from_millis(3));
+                let mut got = Vec::new();
+                f.read_to_end(&mut got).unwrap();
+                drop(f);
+                assert!(got.len() >= orig.len() && got[..orig.len()] == orig[..]);
+                let tail = &got[orig.len()..];
+                assert!(tail.len() % line.len() == 0 && tail.chunks(line.len()).all(|c| c == line));
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut writers = Vec::new();
+    for t in 0..2u64 {
+        let m = m.clone();
+        writers.push(std::thread::spawn(move || {
+            let mut appended = [0usize; 8];
+            for k in 0..40u64 {
+                let i = ((k * 7 + t * 3) % 8) as usize;
+                let mut f = fs::OpenOptions::new()
+                    .append(true)
+                    .open(m.join(format!("f{i}")))
+                    .unwrap_or_else(|e| panic!("open f{i} for append: {e}"));
+                f.write_all(line).unwrap();
+                appended[i] += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            appended
+        }));
+    }
+    let mut total = [0usize; 8];
+    for wr in writers {
+        for (i, n) in wr.join().unwrap().iter().enumerate() {
+            total[i] += n;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(reads > 0);
+    for (i, n) in total.iter().enumerate() {
+        let got = fs::read(m.join(format!("f{i}"))).unwrap();
+        assert_eq!(got.len(), orig.len() + n * line.len(), "f{i}: appends lost");
+    }
+    eprintln!(
+        "{reads} reads; opens that waited: {}",
+        count(&m, "open_waited")
+    );
+}
