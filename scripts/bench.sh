@@ -43,6 +43,9 @@
 #                 stat(2)ing a not yet looked-up file every 20 ms; reports the slowest stat
 #                 and the copy-up time
 #   rss           daemon RSS at start, after a find walk, after `echo 2 > drop_caches`
+# Implementations (--impl): kernel, stratafs, stratafs-lp (stratafs -o lower_passthrough: lower
+# files read through FUSE passthrough too; as root only, the option does nothing rootless), fo2,
+# fo110, unionfs.
 # Rootless (unshare -Urm, as root mapped to root in a new user namespace; no passthrough
 # there): walk_warm, untar, append, fio_write, fio_read for stratafs, fuse-overlayfs 1.10 and
 # the kernel overlayfs (userxattr) as the reference. /dev/fuse is used as it is (mode 0666 on
@@ -62,7 +65,7 @@ SELF="$HERE/bench.sh"
 # shellcheck source=scripts/common.sh
 . "$HERE/common.sh"
 
-ALL_IMPLS="kernel stratafs fo2 fo110 unionfs"
+ALL_IMPLS="kernel stratafs stratafs-lp fo2 fo110 unionfs"
 ALL_WORKLOADS="walk_cold walk_warm ls_lR read_all untar append write_1b rm_rf fio_write fio_read fio_randread build stall rss"
 ROOTLESS_IMPLS="kernel stratafs fo2 fo110"
 ROOTLESS_WORKLOADS="walk_warm untar append fio_write fio_read"
@@ -85,6 +88,7 @@ impl_label() {
   case "$1" in
     kernel) echo "kernel overlayfs" ;;
     stratafs) echo "stratafs" ;;
+    stratafs-lp) echo "stratafs -o lower_passthrough" ;;
     fo2) echo "fuse-overlayfs 2.0" ;;
     fo110) echo "fuse-overlayfs 1.10" ;;
     unionfs) echo "unionfs-fuse" ;;
@@ -348,6 +352,7 @@ mount_impl() {
       [ "$userns" = 1 ] && extra=",userxattr"
       mount -t overlay overlay -o "$ovl$extra" "$mnt" || return 1 ;;
     stratafs) mount_stratafs "$STRATAFS_BIN" "$ovl" "$mnt" "$logf" || return 1 ;;
+    stratafs-lp) mount_stratafs "$STRATAFS_BIN" "$ovl,lower_passthrough" "$mnt" "$logf" || return 1 ;;
     fo2) mount_stratafs "$FO2_BIN" "$ovl" "$mnt" "$logf" || return 1 ;;
     fo110) mount_stratafs "$FO110_BIN" "$ovl" "$mnt" "$logf" || return 1 ;;
     unionfs) mount_stratafs "$UNIONFS_BIN" "cow,dirs=$up=RW:$DATA/layer2=RO:$DATA/base=RO" "$mnt" "$logf" || return 1 ;;
@@ -524,7 +529,7 @@ for line in open(res):
     p = line.rstrip("\n").split("\t")
     if len(p) == 3 and p[0] == "NA":
         na[p[1]] = p[2]
-labels = {"kernel": "kernel", "stratafs": "stratafs", "fo2": "fuse-overlayfs 2.0",
+labels = {"kernel": "kernel", "stratafs": "stratafs", "stratafs-lp": "stratafs lower_passthrough", "fo2": "fuse-overlayfs 2.0",
           "fo110": "fuse-overlayfs 1.10", "unionfs": "unionfs-fuse"}
 wl_label = {
  "walk_cold": "find walk, cold", "walk_warm": "find walk, warm", "ls_lR": "ls -lR",
@@ -629,7 +634,7 @@ main() {
 
   local start=$SECONDS
   case " $impls " in
-    *" stratafs "*)
+    *" stratafs "*|*" stratafs-lp "*)
       section "building stratafs (cargo build --release)"
       require_cargo
       (cd "$ROOT" && cargo build --release -q) || die "cargo build failed" ;;

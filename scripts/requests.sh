@@ -31,6 +31,10 @@
 # kernel, ...), fresh mount each; medians of --runs (default 5) of the wall-clock time and of
 # the CPU time (the workload's and the daemon's: steadier than wall time on a loaded machine),
 # the ratios NEW/OLD and each to the kernel; every run's figures go to DIR/ab-runs.txt.
+#
+# --rootless (either form): the same inside `unshare -Urm` (root mapped to root in a new user
+# namespace: no FUSE passthrough, the writeback cache instead); the kernel overlayfs then mounts
+# with userxattr. The dataset is built outside the namespace first.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -39,7 +43,8 @@ ROOT="$(cd "$HERE/.." && pwd)"
 
 BIN="$ROOT/target/release/stratafs"
 NFILES=2000
-AB_OLD="" AB_NEW="" RUNS=5 ONLY=""
+AB_OLD="" AB_NEW="" RUNS=5 ONLY="" ROOTLESS=0
+ARGS=("$@")
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift 2 ;;
@@ -47,7 +52,8 @@ while [ $# -gt 0 ]; do
     --ab) AB_OLD="$2"; AB_NEW="$3"; shift 3 ;;
     --runs) RUNS="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
-    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+    --rootless) ROOTLESS=1; shift ;;
+    -h | --help) sed -n '2,36p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -90,6 +96,12 @@ if [ ! -e "$DATA/ok" ]; then
   tar cf "$DATA/small.tar" -C "$DATA/src" t
   touch "$DATA/ok"
 fi
+if [ "$ROOTLESS" = 1 ] && [ -z "${STRATAFS_REQ_IN_USERNS:-}" ]; then
+  # The dataset exists now; everything else runs in the namespace (its mounts die with it).
+  STRATAFS_REQ_IN_USERNS=1 exec unshare -Urm -- bash "$0" "${ARGS[@]}"
+fi
+KERNEL_OPTS=""
+[ "$ROOTLESS" = 1 ] && KERNEL_OPTS=",userxattr"
 mkdir -p "$RUN"
 is_mounted "$RUN" || mount -t tmpfs -o size=2g tmpfs "$RUN"
 LOWER="$DATA/lower"
@@ -98,7 +110,7 @@ fresh_upper() { rm -rf "$RUN/u" "$RUN/w"; mkdir -p "$RUN/u" "$RUN/w" "$MNT"; }
 mount_impl() { # mount_impl kernel|BINARY
   fresh_upper
   if [ "$1" = kernel ]; then
-    mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$RUN/u,workdir=$RUN/w" "$MNT" && CUR=kernel
+    mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$RUN/u,workdir=$RUN/w$KERNEL_OPTS" "$MNT" && CUR=kernel
   else
     mount_stratafs "$1" "lowerdir=$LOWER,upperdir=$RUN/u,workdir=$RUN/w" "$MNT" "$RUN/log" && CUR=stratafs
   fi

@@ -229,17 +229,24 @@ impl UnionFs {
 
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        self.read_into(fh, offset, size, &mut data)?;
+        Ok(data)
+    }
+
+    /// [`UnionFs::read`] into `data` (a buffer the caller reuses from one read to the next).
+    pub fn read_into(&self, fh: u64, offset: u64, size: u32, data: &mut Vec<u8>) -> Result<()> {
         let h = self.handle(fh)?;
         let fd = h.fd();
-        let data =
-            sys::pread(fd.as_fd(), size as usize, offset).map_err(|e| Error::io(e, "read"))?;
+        sys::pread_into(fd.as_fd(), data, size as usize, offset)
+            .map_err(|e| Error::io(e, "read"))?;
         if let Some(policy) = self.layers.upper_daemon_atime() {
             let upper = !h.data_only && self.node(h.ino).is_ok_and(|n| n.loc.read().in_upper());
             if upper {
                 crate::atime::touch(policy, fd.as_fd(), false);
             }
         }
-        Ok(data)
+        Ok(())
     }
 
     /// Writes `data` at `offset` (the kernel turns O_APPEND into the right offset).
@@ -352,19 +359,25 @@ impl UnionFs {
     /// The fd the kernel may do this handle's I/O on directly (FUSE passthrough), with the
     /// real file's (dev, ino) so one backing file serves all handles of an inode.
     ///
-    /// Only an upper file qualifies: a lower file is never handed to the kernel, so no
-    /// write can reach a lower layer. And only while every other open handle of the inode
-    /// is a passthrough one too: a handle served by this daemon reads through the FUSE page
-    /// cache, which writes on the backing file would leave stale.
+    /// An upper file qualifies; a lower file (or a metacopy entry's lower data file) only
+    /// for a read-only handle and with `lower_passthrough`. Its fd is read-only, opened
+    /// through the lower's read-only private mount, and no writer ever shares it: the
+    /// kernel allows one backing file per inode, so an open that needs another one (a
+    /// writer's, after its copy-up) waits until the handles on the lower file are closed
+    /// (`FuseAdapter::open`). Those handles keep reading the lower data after a copy-up;
+    /// that is the option's trade (docs/guarantees.md). And only while every other open
+    /// handle of the inode is a passthrough one too: a handle served by this daemon reads
+    /// through the FUSE page cache, which writes on the backing file would leave stale.
     pub fn passthrough_source(&self, fh: u64) -> Option<(Arc<OwnedFd>, (u64, u64))> {
         let h = self.handle(fh).ok()?;
-        if h.data_only {
+        let lower_read = self.lower_passthrough && !wants_write(h.flags);
+        if h.data_only && !lower_read {
             return None;
         }
         let node = self.node(h.ino).ok()?;
         {
             let loc = node.loc.read();
-            if !loc.in_upper() || loc.pinned.is_some() {
+            if loc.pinned.is_some() || (!loc.in_upper() && !lower_read) {
                 return None;
             }
         }
@@ -389,7 +402,7 @@ impl UnionFs {
         // read-only handle too, as the kernel would then force every later open of the
         // inode, writers included, onto passthrough. Where another handle already is
         // passthrough (the bits were set while it was open) the kernel allows nothing else.
-        let mode = if self.shows_overrides() {
+        let mode = if self.shows_overrides() || h.data_only {
             self.getattr(h.ino, Some(fh)).ok()?.perm as u32
         } else {
             st.st_mode

@@ -122,6 +122,9 @@ pub struct UnionFs {
     pub(crate) renumbered: DashMap<(u64, u64), u64>,
     /// `writeback=0`: the writeback cache must not be negotiated.
     pub no_writeback: bool,
+    /// `lower_passthrough`: read-only opens of lower files may use FUSE passthrough
+    /// (`passthrough_source`; the trade is in docs/guarantees.md).
+    pub lower_passthrough: bool,
     /// `xattr_permissions=1|2`: owner and mode overrides in an xattr (override_stat.rs).
     pub override_level: Option<crate::override_stat::Level>,
     /// Some layer shows overrides (`Layer::read_level`: every layer with
@@ -194,6 +197,7 @@ impl UnionFs {
             ids: cfg.ids.clone(),
             acl: !cfg.noacl && !cfg.noxattrs,
             no_writeback: cfg.no_writeback,
+            lower_passthrough: cfg.lower_passthrough,
             override_level: cfg.xattr_permissions,
             shows_overrides: AtomicBool::new(shows_overrides),
             noxattrs: cfg.noxattrs,

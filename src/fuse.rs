@@ -2,15 +2,13 @@
 //! No filesystem logic lives here; every error is logged at debug and answered with its
 //! errno.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{OnceLock, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 
 use dashmap::DashMap;
 use fuser::BackingId;
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +24,7 @@ use fuser::{
 use log::{debug, info, warn};
 
 use crate::attr::{Attr, SetAttr};
+use crate::backing::{Backings, OpenIo, OPEN_WAIT};
 use crate::dir::NewKind;
 use crate::error::Error;
 use crate::fs::{Caller, UnionFs};
@@ -45,19 +44,16 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 /// FLUSH at close.
 const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
-/// A real file's (st_dev, st_ino).
-type RealId = (u64, u64);
+/// The largest read buffer a daemon thread keeps between READs (see `read`): the largest
+/// READ asked for (max_pages = 1 MiB, from max_write) and the reply header.
+const READ_BUF_KEEP: usize = (1 << 20) + 4096;
 
 /// The `fuser::Filesystem` over a shared [`UnionFs`].
 pub struct FuseAdapter {
     fs: Arc<UnionFs>,
     ttl: Duration,
-    /// The kernel granted FUSE passthrough and registering a backing file has not failed.
-    passthrough: AtomicBool,
-    /// One backing file per inode (the kernel allows no more), keyed by the real file's
-    /// (dev, ino); alive while a handle holds it.
-    backings: Mutex<HashMap<u64, (RealId, Weak<BackingId>)>>,
-    handle_backing: DashMap<u64, Arc<BackingId>>,
+    /// FUSE passthrough: backing files and how each open does its I/O (backing.rs).
+    pt: Arc<Backings>,
     /// Directory streams for which the kernel asked READDIRPLUS from a name node's entry
     /// (see `readdirplus`): ending replies before those entries no longer helps there.
     plus_at_name: DashMap<u64, ()>,
@@ -65,16 +61,14 @@ pub struct FuseAdapter {
     /// answered) since their cached listing was last dropped. Only these need the drop
     /// when their names change (see `names_changed`).
     listed: DashMap<u64, ()>,
-    /// Opens of one inode (striped by number) take their handle and decide between
-    /// passthrough and daemon-served I/O one at a time: the kernel refuses (EIO) an open
-    /// whose I/O mode differs from another open handle's, and without this a read-only open
-    /// of a lower file racing with a copy-up could be served here while the writer got
-    /// passthrough.
-    open_locks: Vec<Mutex<()>>,
     /// Requests answered, by kind (stats.rs; read through `user.stratafs.stats` on the root).
     stats: Stats,
     /// Sends cache invalidations to the kernel; set by `mount.rs` once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
+    /// The mount's `MAJ:MIN`, set by `mount.rs`; taken by the first OPEN to raise the
+    /// mount's readahead (`mount::raise_readahead`), once INIT is done.
+    bdi: Arc<OnceLock<String>>,
+    readahead_set: std::sync::Once,
 }
 
 /// Sends cache invalidations for changes the kernel did not see go through a request (a
@@ -124,15 +118,19 @@ impl FuseAdapter {
         FuseAdapter {
             fs,
             ttl,
-            passthrough: AtomicBool::new(false),
-            backings: Mutex::new(HashMap::new()),
-            handle_backing: DashMap::new(),
+            pt: Arc::new(Backings::default()),
             plus_at_name: DashMap::new(),
             listed: DashMap::new(),
-            open_locks: (0..64).map(|_| Mutex::new(())).collect(),
             stats: Stats::default(),
             notifier: Arc::new(OnceLock::new()),
+            bdi: Arc::new(OnceLock::new()),
+            readahead_set: std::sync::Once::new(),
         }
+    }
+
+    /// The slot `mount.rs` fills with the mount's device number (`MAJ:MIN`).
+    pub fn bdi_slot(&self) -> Arc<OnceLock<String>> {
+        self.bdi.clone()
     }
 
     /// The slot `mount.rs` fills with the session's notifier.
@@ -143,17 +141,6 @@ impl FuseAdapter {
     /// Drops kernel caches from outside a request (branch changes, udba).
     pub fn invalidator(&self) -> Invalidator {
         Invalidator(self.notifier.clone())
-    }
-
-    /// Drops the kernel's cached attributes of `ino` (not its pages: offset -1).
-    /// Attributes cached before an open (with the long TTL) may be wrong now: the lower's
-    /// after a copy-up, or about to change unseen (mmap stores). Dropped before the reply:
-    /// after it, the opener may close and stat before a later notification is read, and
-    /// see the lower's attributes (a flake of mmap_times under load).
-    fn drop_staled_attrs(&self, ino: u64, fh: u64) {
-        if self.fs.open_staled_attrs(fh) {
-            self.forget_cached_attrs(ino);
-        }
     }
 
     fn forget_cached_attrs(&self, ino: u64) {
@@ -232,40 +219,12 @@ impl FuseAdapter {
         }
     }
 
-    /// The open flags for handle `fh`, which the daemon serves. Without passthrough a file's
-    /// data only changes through this daemon, so the page cache stays valid from one open
-    /// to the next. With passthrough in use, writes through a passthrough handle go around
-    /// the page cache, so it is kept only for files that cannot have had any
-    /// (`UnionFs::keeps_page_cache`: lower files not copied up), and only with the default
-    /// timeout (with `timeout=`, a lower layer may be changed behind the mount's back and
-    /// a new open should see it).
-    ///
-    /// A handle whose writes must reach the daemon from the writer (a file with setuid or
-    /// setgid bits opened for write, on a mount with the writeback cache) gets direct I/O.
-    /// With `strictatime` every read must reach the branch (where the atime is updated),
-    /// so the page cache is not kept across opens either; nor with `udba=reval`, nor under
-    /// `udba=notify` for a file whose directory is not watched (udba.rs).
+    /// See [`served_flags`].
     fn served_flags(&self, fh: u64, ino: u64) -> FopenFlags {
-        let strict = self.fs.layers.atime.atime == crate::atime::Atime::Strict;
-        let udba_keeps = match self.fs.udba {
-            crate::udba::Udba::None => true,
-            crate::udba::Udba::Reval => false,
-            crate::udba::Udba::Notify => self.fs.udba_covers_attrs(ino),
-        };
-        if self.fs.direct_io(fh) {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else if strict || !udba_keeps {
-            FopenFlags::empty()
-        } else if !self.passthrough.load(Ordering::Relaxed)
-            || (self.ttl == DEFAULT_TTL && self.fs.keeps_page_cache(fh))
-        {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        }
+        served_flags(&self.fs, self.ttl, self.pt.enabled(), fh, ino)
     }
 
-    /// The backing file for handle `fh`, if it may use passthrough (see
+    /// The backing file for handle `fh` of a new file, if it may use passthrough (see
     /// `UnionFs::passthrough_source`). `register` is the reply's `open_backing`.
     fn backing_for(
         &self,
@@ -273,30 +232,123 @@ impl FuseAdapter {
         ino: u64,
         register: impl FnOnce(&OwnedFd) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return None;
+        match self.pt.decide(&self.fs, fh, ino, register) {
+            OpenIo::Passthrough(b) => Some(b),
+            OpenIo::Served | OpenIo::Wait => None,
         }
-        let (fd, ident) = self.fs.passthrough_source(fh)?;
-        let mut map = self.backings.lock();
-        if let Some((id, weak)) = map.get(&ino) {
-            if let Some(b) = weak.upgrade() {
-                if *id != ident {
-                    return None; // another real file still backs this inode
-                }
-                return Some(b);
+    }
+}
+
+/// The open flags for handle `fh`, which the daemon serves. Without passthrough a file's
+/// data only changes through this daemon, so the page cache stays valid from one open
+/// to the next. With passthrough in use, writes through a passthrough handle go around
+/// the page cache, so it is kept only for files that cannot have had any
+/// (`UnionFs::keeps_page_cache`: lower files not copied up), and only with the default
+/// timeout (with `timeout=`, a lower layer may be changed behind the mount's back and
+/// a new open should see it).
+///
+/// A handle whose writes must reach the daemon from the writer (a file with setuid or
+/// setgid bits opened for write, on a mount with the writeback cache) gets direct I/O.
+/// With `strictatime` every read must reach the branch (where the atime is updated),
+/// so the page cache is not kept across opens either; nor with `udba=reval`, nor under
+/// `udba=notify` for a file whose directory is not watched (udba.rs).
+fn served_flags(fs: &UnionFs, ttl: Duration, passthrough: bool, fh: u64, ino: u64) -> FopenFlags {
+    let strict = fs.layers.atime.atime == crate::atime::Atime::Strict;
+    let udba_keeps = match fs.udba {
+        crate::udba::Udba::None => true,
+        crate::udba::Udba::Reval => false,
+        crate::udba::Udba::Notify => fs.udba_covers_attrs(ino),
+    };
+    if fs.direct_io(fh) {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else if strict || !udba_keeps {
+        FopenFlags::empty()
+    } else if !passthrough || (ttl == DEFAULT_TTL && fs.keeps_page_cache(fh)) {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+/// Decides how the just opened handle `fh` of `ino` does its I/O (its open lock held) and
+/// answers the open; gives the reply back if the open must wait (backing.rs).
+fn finish_open(
+    fs: &UnionFs,
+    pt: &Backings,
+    notifier: &OnceLock<Notifier>,
+    ttl: Duration,
+    fh: u64,
+    ino: u64,
+    reply: ReplyOpen,
+) -> Option<ReplyOpen> {
+    let io = pt.decide(fs, fh, ino, |fd| reply.open_backing(fd));
+    match io {
+        OpenIo::Wait => return Some(reply),
+        OpenIo::Passthrough(b) => {
+            fs.set_passthrough(fh);
+            // Recorded before the reply: the kernel may send RELEASE (on another thread) as
+            // soon as it has the reply, and a backing id recorded after that release would
+            // stay registered, holding the file, until unmount.
+            pt.by_handle.insert(fh, b.clone());
+            drop_staled_attrs(fs, notifier, ino, fh);
+            reply.opened_passthrough(FileHandle(fh), NO_FLUSH, &b);
+        }
+        // Without passthrough the file's data only changes through this daemon, so the page
+        // cache stays valid from one open to the next.
+        OpenIo::Served => {
+            drop_staled_attrs(fs, notifier, ino, fh);
+            let flags = served_flags(fs, ttl, pt.enabled(), fh, ino);
+            reply.opened(FileHandle(fh), flags | NO_FLUSH);
+        }
+    }
+    None
+}
+
+/// An open that needs another backing file than the one `ino` has (a copy-up while
+/// `lower_passthrough` readers hold the lower file): decided again once those handles are
+/// released; after [`OPEN_WAIT`] it fails with ETXTBSY (as a write open of a running
+/// program does), and the handle is dropped.
+fn wait_then_open(
+    fs: &UnionFs,
+    pt: &Backings,
+    notifier: &OnceLock<Notifier>,
+    ttl: Duration,
+    fh: u64,
+    ino: u64,
+    mut reply: ReplyOpen,
+) {
+    let start = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(2));
+        if pt.in_use(ino) && start.elapsed() < OPEN_WAIT {
+            continue;
+        }
+        let one_at_a_time = pt.open_lock(ino).lock();
+        match finish_open(fs, pt, notifier, ttl, fh, ino, reply) {
+            None => return,
+            Some(r) if start.elapsed() < OPEN_WAIT => reply = r,
+            Some(r) => {
+                drop(one_at_a_time);
+                warn!("open of {ino:#x}: its lower file is still open through passthrough after {OPEN_WAIT:?} (lower_passthrough); failing with ETXTBSY");
+                fs.release(fh);
+                r.error(Errno::from_i32(libc::ETXTBSY));
+                return;
             }
         }
-        match register(&fd) {
-            Ok(b) => {
-                let b = Arc::new(b);
-                map.insert(ino, (ident, Arc::downgrade(&b)));
-                Some(b)
-            }
-            Err(e) => {
-                // Typically EPERM: passthrough needs CAP_SYS_ADMIN in the initial namespace.
-                info!("passthrough unavailable ({e}); serving reads and writes in the daemon");
-                self.passthrough.store(false, Ordering::Relaxed);
-                None
+    }
+}
+
+/// Drops the kernel's cached attributes of `ino` (not its pages: offset -1) if opening `fh`
+/// made them stale.
+/// Attributes cached before an open (with the long TTL) may be wrong now: the lower's
+/// after a copy-up, or about to change unseen (mmap stores). Dropped before the reply:
+/// after it, the opener may close and stat before a later notification is read, and
+/// see the lower's attributes (a flake of mmap_times under load).
+fn drop_staled_attrs(fs: &UnionFs, notifier: &OnceLock<Notifier>, ino: u64, fh: u64) {
+    if fs.open_staled_attrs(fh) {
+        if let Some(n) = notifier.get() {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                debug!("inval_inode {ino:#x}: {e}");
             }
         }
     }
@@ -490,13 +542,25 @@ impl Filesystem for FuseAdapter {
             && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
-            self.passthrough.store(true, Ordering::Relaxed);
-            debug!("init: FUSE_PASSTHROUGH granted: upper files do I/O in the kernel");
+            self.pt.on.store(true, Ordering::Relaxed);
+            if self.fs.lower_passthrough {
+                info!("init: FUSE_PASSTHROUGH granted: upper files, and lower files opened read-only (lower_passthrough), do I/O in the kernel");
+            } else {
+                debug!("init: FUSE_PASSTHROUGH granted: upper files do I/O in the kernel");
+            }
+        } else if self.fs.lower_passthrough && self.fs.no_writeback {
+            info!("init: lower_passthrough has no effect: passthrough is not usable here (it needs CAP_SYS_ADMIN in the initial user namespace); writeback=0: all I/O goes through the daemon");
         } else if self.fs.no_writeback {
             warn!("init: writeback=0 and passthrough not usable here: all I/O goes through the daemon");
         } else if config.add_capabilities(F::FUSE_WRITEBACK_CACHE).is_ok() {
             self.fs.set_writeback_cache(true);
-            info!("init: passthrough not usable here; writeback cache granted instead");
+            if self.fs.lower_passthrough {
+                info!("init: lower_passthrough has no effect: passthrough is not usable here (it needs CAP_SYS_ADMIN in the initial user namespace); writeback cache granted instead");
+            } else {
+                info!("init: passthrough not usable here; writeback cache granted instead");
+            }
+        } else if self.fs.lower_passthrough {
+            info!("init: lower_passthrough has no effect: passthrough is not usable here; neither passthrough nor writeback cache: all I/O goes through the daemon");
         } else {
             info!("init: neither passthrough nor writeback cache; all I/O goes through the daemon");
         }
@@ -556,27 +620,40 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.stats.count(Op::Open);
-        let _one_at_a_time = self.open_locks[(ino.0 % 64) as usize].lock();
+        // After INIT (whose reply would lower it again), before any file's readahead state
+        // is set up (at the end of its open, after this reply).
+        if !self.readahead_set.is_completed() {
+            self.readahead_set.call_once(|| {
+                if let Some(dev) = self.bdi.get() {
+                    crate::mount::raise_readahead(dev);
+                }
+            });
+        }
+        let one_at_a_time = self.pt.open_lock(ino.0).lock();
         let fh = match self.fs.open(ino.0, flags.0) {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno("open", e)),
         };
-        match self.backing_for(fh, ino.0, |fd| reply.open_backing(fd)) {
-            Some(b) => {
-                self.fs.set_passthrough(fh);
-                // Recorded before the reply: the kernel may send RELEASE (on another
-                // thread) as soon as it has the reply, and a backing id recorded after
-                // that release would stay registered, holding the file, until unmount.
-                self.handle_backing.insert(fh, b.clone());
-                self.drop_staled_attrs(ino.0, fh);
-                reply.opened_passthrough(FileHandle(fh), NO_FLUSH, &b);
-            }
-            // Without passthrough the file's data only changes through this daemon, so
-            // the page cache stays valid from one open to the next.
-            None => {
-                self.drop_staled_attrs(ino.0, fh);
-                reply.opened(FileHandle(fh), self.served_flags(fh, ino.0) | NO_FLUSH)
-            }
+        let waiting = finish_open(
+            &self.fs,
+            &self.pt,
+            &self.notifier,
+            self.ttl,
+            fh,
+            ino.0,
+            reply,
+        );
+        drop(one_at_a_time);
+        if let Some(reply) = waiting {
+            self.stats.count(Op::OpenWaited);
+            let (fs, pt, notifier, ttl) = (
+                self.fs.clone(),
+                self.pt.clone(),
+                self.notifier.clone(),
+                self.ttl,
+            );
+            // Not on this request thread: the RELEASEs that end the wait need one.
+            std::thread::spawn(move || wait_then_open(&fs, &pt, &notifier, ttl, fh, ino.0, reply));
         }
     }
 
@@ -592,16 +669,28 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         self.stats.count(Op::Read);
-        match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno("read", e)),
+        self.stats.add(Op::ReadBytes, size as u64);
+        // One buffer per daemon thread, kept across requests (up to the largest READ the
+        // kernel sends: 1 MiB), so a read costs no allocation nor page faults on it.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            match self.fs.read_into(fh.0, offset, size, &mut b) {
+                Ok(()) => reply.data(&b),
+                Err(e) => reply.error(errno("read", e)),
+            }
+            if b.capacity() > READ_BUF_KEEP {
+                *b = Vec::new();
+            }
+        })
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -612,7 +701,7 @@ impl Filesystem for FuseAdapter {
         // Attributes answered while the handle was a passthrough writer had a zero TTL,
         // so nothing the kernel holds needs dropping now.
         self.fs.release(fh.0);
-        self.handle_backing.remove(&fh.0);
+        self.pt.released(fh.0, ino.0);
         reply.ok();
     }
 
@@ -982,7 +1071,7 @@ impl Filesystem for FuseAdapter {
                 Some(bk) => {
                     self.fs.set_passthrough(fh);
                     // Before the reply (see `open`).
-                    self.handle_backing.insert(fh, bk.clone());
+                    self.pt.by_handle.insert(fh, bk.clone());
                     reply.created_passthrough(
                         &self.entry_ttl(parent),
                         &entry_attr(&a),

@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod atime;
 pub mod attr;
+pub mod backing;
 pub mod branch;
 pub mod control;
 pub mod copy_up;

@@ -105,6 +105,9 @@ pub struct Config {
     pub noxattrs: bool,
     /// `writeback=0`: never negotiate the kernel's writeback cache.
     pub no_writeback: bool,
+    /// `lower_passthrough`: read-only opens of lower files use FUSE passthrough too, at the
+    /// price documented in docs/guarantees.md (file.rs `passthrough_source`).
+    pub lower_passthrough: bool,
 }
 
 /// One line of `--help`, and one entry of the man page's OPTIONS section.
@@ -363,6 +366,11 @@ pub const OPTIONS: &[OptionDoc] = &[
         "writeback",
         "writeback=0|1",
         "writeback=0: never use the kernel's writeback cache (default 1)",
+    ),
+    doc(
+        "lower_passthrough",
+        "lower_passthrough[=0|1]",
+        "read-only opens of lower files use passthrough (root only; trades copy-up visibility)",
     ),
     doc(
         "fast_ino",
@@ -677,7 +685,7 @@ impl Parser {
                         bad(format!("option xattr_permissions={v}: expected 0, 1 or 2"))
                     })?;
             }
-            "noxattrs" | "writeback" => {
+            "noxattrs" | "writeback" | "lower_passthrough" => {
                 let on = match value {
                     None | Some(b"1") => true,
                     Some(b"0") => false,
@@ -685,6 +693,8 @@ impl Parser {
                 };
                 if key == "noxattrs" {
                     cfg.noxattrs = on;
+                } else if key == "lower_passthrough" {
+                    cfg.lower_passthrough = on;
                 } else {
                     cfg.no_writeback = !on;
                 }
@@ -1551,6 +1561,10 @@ mod tests {
         assert_eq!(c.xattr_permissions, Some(Level::Privileged));
         assert!(!c.noxattrs && !c.no_writeback);
         assert!(cfg(&["-o", "lowerdir=/a,noxattrs", "/m"]).noxattrs);
+        assert!(!c.lower_passthrough);
+        assert!(cfg(&["-o", "lowerdir=/a,lower_passthrough", "/m"]).lower_passthrough);
+        assert!(cfg(&["-o", "lowerdir=/a,lower_passthrough=1", "/m"]).lower_passthrough);
+        assert!(!cfg(&["-o", "lowerdir=/a,lower_passthrough=0", "/m"]).lower_passthrough);
         assert!(cfg(&["-o", "lowerdir=/a,xattr_permissions=0", "/m"])
             .xattr_permissions
             .is_none());
@@ -1561,6 +1575,7 @@ mod tests {
             "xattr_permissions=",
             "noxattrs=yes",
             "writeback=2",
+            "lower_passthrough=yes",
         ] {
             let key = bad.split('=').next().unwrap_or_default();
             let e = err(&["-o", &format!("lowerdir=/a,{bad}"), "/m"]);

@@ -17,7 +17,9 @@ pub const STATS_XATTR: &str = "user.stratafs.stats";
 /// `security.capability` on its own (the kernel's kill-suid check asks for it on writes and
 /// setattr; it is counted in `getxattr` too), and one kind of message the daemon sends: the
 /// drops of a directory's cached listing (notify inval_inode from `names_changed` in
-/// fuse.rs; not a request, not in `total`).
+/// fuse.rs; not a request, not in `total`), and the opens that had to wait for another
+/// backing file of their inode to be released (backing.rs; counted in `open` too), and the
+/// bytes the READ requests asked for (their sizes show the kernel's request size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Init,
@@ -56,10 +58,12 @@ pub enum Op {
     Fallocate,
     CopyFileRange,
     NotifyInvalListing,
+    OpenWaited,
+    ReadBytes,
 }
 
 impl Op {
-    pub const ALL: [Op; 36] = [
+    pub const ALL: [Op; 38] = [
         Op::Init,
         Op::Lookup,
         Op::Forget,
@@ -96,6 +100,8 @@ impl Op {
         Op::Fallocate,
         Op::CopyFileRange,
         Op::NotifyInvalListing,
+        Op::OpenWaited,
+        Op::ReadBytes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -136,6 +142,8 @@ impl Op {
             Op::Fallocate => "fallocate",
             Op::CopyFileRange => "copy_file_range",
             Op::NotifyInvalListing => "notify_inval_listing",
+            Op::OpenWaited => "open_waited",
+            Op::ReadBytes => "read_bytes",
         }
     }
 }
@@ -159,6 +167,10 @@ impl Stats {
         self.counts[op as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add(&self, op: Op, n: u64) {
+        self.counts[op as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn get(&self, op: Op) -> u64 {
         self.counts[op as usize].load(Ordering::Relaxed)
     }
@@ -178,7 +190,10 @@ impl Stats {
         let mut total = 0;
         for op in Op::ALL {
             let n = self.get(op);
-            if op != Op::GetxattrCapability && op != Op::NotifyInvalListing {
+            if !matches!(
+                op,
+                Op::GetxattrCapability | Op::NotifyInvalListing | Op::OpenWaited | Op::ReadBytes
+            ) {
                 total += n;
             }
             out.push_str(&format!("{:<28} {:>16}\n", op.name(), n));

@@ -110,3 +110,28 @@ fn a_lower_file_read_again_is_served_from_the_page_cache() {
     assert_eq!(&third[..3], b"NEW");
     assert_eq!(&third[3..], &first[3..]);
 }
+
+#[test]
+fn a_sequential_read_of_a_lower_file_takes_one_read_per_mib() {
+    // As root the daemon raises the mount's readahead to 1 MiB (the largest READ), from
+    // the kernel's 128 KiB: 8 MiB read sequentially is about 8 READs, not 64.
+    let s = Scratch::new("lpc-ra");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    common::write_pattern(&l.join("big"), 8 << 20);
+    let want = fs::read(l.join("big")).unwrap();
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    let before = stat_count(&m, "read");
+    let mut f = fs::File::open(m.join("big")).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == want, "the data read");
+    let reads = stat_count(&m, "read") - before;
+    assert!(reads <= 12, "8 MiB read sequentially took {reads} READs");
+}

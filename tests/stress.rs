@@ -769,6 +769,12 @@ fn stress(tag: &str, opts: &str) {
             let _ = fs::write(Path::new(&dir).join(format!("t{}.log", wk.t)), t.join("\n"));
         }
     }
+    let counts = common::stratafs_stats(&m);
+    eprintln!(
+        "opens {}, of them waited for another backing file: {}",
+        counts.get("open").copied().unwrap_or(0),
+        counts.get("open_waited").copied().unwrap_or(0)
+    );
     let walk_errors = walk_and_read(&m, &u);
     assert!(
         walk_errors.is_empty(),
@@ -876,6 +882,13 @@ fn stress_default_threads() {
 #[test]
 fn stress_eight_daemon_threads() {
     stress("stress-t8", "threads=8");
+}
+
+/// Read-only opens of lower files through passthrough (backing.rs): the racing writers'
+/// opens wait for those readers instead of failing in the kernel (EIO).
+#[test]
+fn stress_lower_passthrough() {
+    stress("stress-lp", "lower_passthrough");
 }
 
 /// The sequences behind the bugs the stress run found, one thread, deterministic: a file
