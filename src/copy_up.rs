@@ -186,6 +186,19 @@ pub fn copy_data(
     size: u64,
     devs: Option<(u64, u64)>,
 ) -> Result<()> {
+    copy_data_dense(src, dst, size, devs, false)
+}
+
+/// [`copy_data`]; `dense`: the source is known to have no holes (as many blocks as bytes),
+/// so it is copied as one run, without asking where its data is (two lseeks), and the
+/// copy needs no final ftruncate when that run reached `size`.
+pub fn copy_data_dense(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    size: u64,
+    devs: Option<(u64, u64)>,
+    dense: bool,
+) -> Result<()> {
     if size == 0 {
         return Ok(());
     }
@@ -214,15 +227,21 @@ pub fn copy_data(
     } else {
         How::CopyFileRange
     };
+    let mut reached = 0;
     while off < size {
-        let start = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
-            Ok(s) => s as u64,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole remains
-            Err(_) => off,                                            // no SEEK_DATA: copy all
-        };
-        let end = match sys::lseek(src, start as i64, libc::SEEK_HOLE) {
-            Ok(e) => (e as u64).min(size),
-            Err(_) => size,
+        let (start, end) = if dense {
+            (off, size)
+        } else {
+            let start = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
+                Ok(s) => s as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole remains
+                Err(_) => off,                                            // no SEEK_DATA: copy all
+            };
+            let end = match sys::lseek(src, start as i64, libc::SEEK_HOLE) {
+                Ok(e) => (e as u64).min(size),
+                Err(_) => size,
+            };
+            (start, end)
         };
         let mut pos = start;
         while pos < end {
@@ -260,7 +279,14 @@ pub fn copy_data(
             }
             pos += n as u64;
         }
+        reached = pos;
+        if dense && pos < end {
+            break; // the source shrank under us
+        }
         off = end.max(pos);
+    }
+    if dense && reached == size {
+        return Ok(()); // the copy is `size` long already
     }
     ops::ftruncate(dst, size).map_err(|e| Error::io(e, "copy-up size"))
 }
@@ -617,7 +643,10 @@ fn copy_file_data(
     let devs = out_dev
         .filter(|_| src.loc.data.is_none())
         .map(|d| (st.st_dev, d));
-    copy_data(data_fd.as_fd(), out, st.st_size as u64, devs)
+    // The entry's own blocks say whether its data has holes (not a metacopy's: its data
+    // is another file's).
+    let dense = src.loc.data.is_none() && (st.st_blocks as u64) * 512 >= st.st_size as u64;
+    copy_data_dense(data_fd.as_fd(), out, st.st_size as u64, devs, dense)
 }
 
 /// A symlink, device, fifo or socket like `src` at `w/tmp`.
