@@ -683,3 +683,58 @@ fn anonymous_file(w: BorrowedFd<'_>) -> Result<(OwnedFd, Option<CString>)> {
         Err(e) => Err(Error::io(e, "copy-up tmpfile")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("stratafs-cu-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_dense_copy_is_the_same_bytes_and_size() {
+        let d = scratch("dense");
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        std::fs::write(d.join("src"), &data).unwrap();
+        let src = std::fs::File::open(d.join("src")).unwrap();
+        let dst = std::fs::File::create(d.join("dst")).unwrap();
+        copy_data_dense(src.as_fd(), dst.as_fd(), data.len() as u64, None, true).unwrap();
+        assert_eq!(std::fs::read(d.join("dst")).unwrap(), data);
+        // Told a larger size than the source has (it shrank): the copy still gets `size`.
+        let dst2 = std::fs::File::create(d.join("dst2")).unwrap();
+        copy_data_dense(src.as_fd(), dst2.as_fd(), 60_000, None, true).unwrap();
+        let got = std::fs::read(d.join("dst2")).unwrap();
+        assert_eq!(got.len(), 60_000);
+        assert_eq!(&got[..50_000], &data[..]);
+        assert!(got[50_000..].iter().all(|b| *b == 0));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_sparse_copy_keeps_its_holes() {
+        let d = scratch("sparse");
+        let mut f = std::fs::File::create(d.join("src")).unwrap();
+        f.write_all(b"head").unwrap();
+        f.seek(SeekFrom::Start(64 << 20)).unwrap();
+        f.write_all(b"tail").unwrap();
+        drop(f);
+        let size = std::fs::metadata(d.join("src")).unwrap().len();
+        let src = std::fs::File::open(d.join("src")).unwrap();
+        let dst = std::fs::File::create(d.join("dst")).unwrap();
+        copy_data(src.as_fd(), dst.as_fd(), size, None).unwrap();
+        let m = std::fs::metadata(d.join("dst")).unwrap();
+        assert_eq!(m.len(), size);
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "holes kept: {} blocks",
+            m.blocks()
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
