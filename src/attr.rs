@@ -428,9 +428,8 @@ impl UnionFs {
     /// before a write (also one done by passthrough, which never reaches the daemon),
     /// fallocate or copy_file_range by a writer the kernel found must drop bits, so while the
     /// file is open for writing it drops what a write drops; else it is `chown(-1, -1)`,
-    /// which drops what a chown drops. (`utimensat` with both times UTIME_OMIT on a path
-    /// sends the same request: while no handle is open for writing it is taken as that
-    /// chown, on a file with setuid/setgid bits only.)
+    /// which drops what a chown drops. (`utimensat` with both times UTIME_OMIT does not
+    /// come here: tests/remove_privs.rs, operation `omit`.)
     fn drop_privs_for(&self, ino: u64, mut s: SetAttr) -> Result<SetAttr> {
         let Some(caller) = s.caller else {
             return Ok(s);
