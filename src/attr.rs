@@ -313,6 +313,17 @@ pub struct SetAttr {
 }
 
 impl SetAttr {
+    /// No field and no file handle: nothing asked but what the kernel left to the daemon.
+    fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+            && self.fh.is_none()
+    }
+
     /// Would this leave attributes `cur` as they are?
     fn changes_nothing(&self, cur: &Attr) -> bool {
         let same_time = |t: Option<ops::SetTime>, now: SystemTime| match t {
@@ -410,12 +421,22 @@ impl UnionFs {
     /// A truncate or chown drops the setuid/setgid bits the kernel's rules say it drops for
     /// this caller (the kernel sends part of that as a mode change in the same request; the
     /// real change, made with the daemon's credentials, would keep the rest).
+    ///
+    /// A request that changes nothing at all (no field, no file handle) is the kernel's
+    /// `__remove_privs` with FUSE_HANDLE_KILLPRIV_V2: the FUSE module takes the setuid/setgid
+    /// part of the change out and leaves it to the daemon. It comes from `file_remove_privs`
+    /// before a write (also one done by passthrough, which never reaches the daemon),
+    /// fallocate or copy_file_range by a writer the kernel found must drop bits, so while the
+    /// file is open for writing it drops what a write drops; else it is `chown(-1, -1)`,
+    /// which drops what a chown drops. (`utimensat` with both times UTIME_OMIT does not
+    /// come here: tests/remove_privs.rs, operation `omit`.)
     fn drop_privs_for(&self, ino: u64, mut s: SetAttr) -> Result<SetAttr> {
         let Some(caller) = s.caller else {
             return Ok(s);
         };
         let chown = s.uid.is_some() || s.gid.is_some();
-        if s.size.is_none() && !chown {
+        let remove_privs = s.is_empty();
+        if s.size.is_none() && !chown && !remove_privs {
             return Ok(s);
         }
         let a = self.getattr(ino, None)?;
@@ -423,10 +444,11 @@ impl UnionFs {
             return Ok(s);
         }
         let mut drop = 0;
-        if s.size.is_some() {
+        let written = remove_privs && self.open_for_write(ino);
+        if s.size.is_some() || written {
             drop |= crate::cred::drop_on_write(a.mode(), a.gid, &caller);
         }
-        if chown {
+        if chown || (remove_privs && !written) {
             drop |= crate::cred::drop_on_chown(a.mode(), a.gid, &caller);
         }
         if drop != 0 {

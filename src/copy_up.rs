@@ -186,6 +186,19 @@ pub fn copy_data(
     size: u64,
     devs: Option<(u64, u64)>,
 ) -> Result<()> {
+    copy_data_dense(src, dst, size, devs, false)
+}
+
+/// [`copy_data`]; `dense`: the source is known to have no holes (as many blocks as bytes),
+/// so it is copied as one run, without asking where its data is (two lseeks), and the
+/// copy needs no final ftruncate when that run reached `size`.
+pub fn copy_data_dense(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    size: u64,
+    devs: Option<(u64, u64)>,
+    dense: bool,
+) -> Result<()> {
     if size == 0 {
         return Ok(());
     }
@@ -214,15 +227,21 @@ pub fn copy_data(
     } else {
         How::CopyFileRange
     };
+    let mut reached = 0;
     while off < size {
-        let start = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
-            Ok(s) => s as u64,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole remains
-            Err(_) => off,                                            // no SEEK_DATA: copy all
-        };
-        let end = match sys::lseek(src, start as i64, libc::SEEK_HOLE) {
-            Ok(e) => (e as u64).min(size),
-            Err(_) => size,
+        let (start, end) = if dense {
+            (off, size)
+        } else {
+            let start = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
+                Ok(s) => s as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole remains
+                Err(_) => off,                                            // no SEEK_DATA: copy all
+            };
+            let end = match sys::lseek(src, start as i64, libc::SEEK_HOLE) {
+                Ok(e) => (e as u64).min(size),
+                Err(_) => size,
+            };
+            (start, end)
         };
         let mut pos = start;
         while pos < end {
@@ -260,7 +279,14 @@ pub fn copy_data(
             }
             pos += n as u64;
         }
+        reached = pos;
+        if dense && pos < end {
+            break; // the source shrank under us
+        }
         off = end.max(pos);
+    }
+    if dense && reached == size {
+        return Ok(()); // the copy is `size` long already
     }
     ops::ftruncate(dst, size).map_err(|e| Error::io(e, "copy-up size"))
 }
@@ -617,7 +643,10 @@ fn copy_file_data(
     let devs = out_dev
         .filter(|_| src.loc.data.is_none())
         .map(|d| (st.st_dev, d));
-    copy_data(data_fd.as_fd(), out, st.st_size as u64, devs)
+    // The entry's own blocks say whether its data has holes (not a metacopy's: its data
+    // is another file's).
+    let dense = src.loc.data.is_none() && (st.st_blocks as u64) * 512 >= st.st_size as u64;
+    copy_data_dense(data_fd.as_fd(), out, st.st_size as u64, devs, dense)
 }
 
 /// A symlink, device, fifo or socket like `src` at `w/tmp`.
@@ -652,5 +681,60 @@ fn anonymous_file(w: BorrowedFd<'_>) -> Result<(OwnedFd, Option<CString>)> {
             Ok((fd, Some(tmp)))
         }
         Err(e) => Err(Error::io(e, "copy-up tmpfile")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("stratafs-cu-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_dense_copy_is_the_same_bytes_and_size() {
+        let d = scratch("dense");
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        std::fs::write(d.join("src"), &data).unwrap();
+        let src = std::fs::File::open(d.join("src")).unwrap();
+        let dst = std::fs::File::create(d.join("dst")).unwrap();
+        copy_data_dense(src.as_fd(), dst.as_fd(), data.len() as u64, None, true).unwrap();
+        assert_eq!(std::fs::read(d.join("dst")).unwrap(), data);
+        // Told a larger size than the source has (it shrank): the copy still gets `size`.
+        let dst2 = std::fs::File::create(d.join("dst2")).unwrap();
+        copy_data_dense(src.as_fd(), dst2.as_fd(), 60_000, None, true).unwrap();
+        let got = std::fs::read(d.join("dst2")).unwrap();
+        assert_eq!(got.len(), 60_000);
+        assert_eq!(&got[..50_000], &data[..]);
+        assert!(got[50_000..].iter().all(|b| *b == 0));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_sparse_copy_keeps_its_holes() {
+        let d = scratch("sparse");
+        let mut f = std::fs::File::create(d.join("src")).unwrap();
+        f.write_all(b"head").unwrap();
+        f.seek(SeekFrom::Start(64 << 20)).unwrap();
+        f.write_all(b"tail").unwrap();
+        drop(f);
+        let size = std::fs::metadata(d.join("src")).unwrap().len();
+        let src = std::fs::File::open(d.join("src")).unwrap();
+        let dst = std::fs::File::create(d.join("dst")).unwrap();
+        copy_data(src.as_fd(), dst.as_fd(), size, None).unwrap();
+        let m = std::fs::metadata(d.join("dst")).unwrap();
+        assert_eq!(m.len(), size);
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "holes kept: {} blocks",
+            m.blocks()
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

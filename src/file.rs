@@ -136,14 +136,16 @@ impl UnionFs {
 
     /// Marks write handle `fh` as guarded if the file has a setuid or setgid bit now.
     ///
-    /// Why the guard is needed: the kernel removes such bits on write with the writer's
-    /// credentials (`file_remove_privs`), but the FUSE module, with no
-    /// FUSE_HANDLE_KILLPRIV(_V2), only turns that into a mode change for setuid and for
-    /// group-executable setgid; the rest is left to the daemon, whose own writes (as root,
-    /// with CAP_FSETID) never drop anything. Through passthrough the daemon never sees the
-    /// write at all, and with the writeback cache it sees it later without the writer's
-    /// credentials. So a guarded handle gets neither (see `passthrough_source` and
-    /// `direct_io`), and its writes call `remove_privs` with the writer.
+    /// Why the guard is needed: the kernel overlayfs removes such bits on write with the
+    /// writer's credentials (`file_remove_privs`). With FUSE_HANDLE_KILLPRIV_V2 the FUSE
+    /// module leaves that to the daemon, whose own writes (as root, with CAP_FSETID) never
+    /// drop anything: it flags a WRITE whose writer lacks CAP_FSETID, and turns its own
+    /// `file_remove_privs` into a SETATTR that changes nothing (attr.rs `drop_privs_for`).
+    /// Through passthrough no WRITE reaches the daemon, and with the writeback cache it
+    /// comes later without the writer's credentials. So a guarded handle gets neither (see
+    /// `passthrough_source` and `direct_io`), and its writes call `remove_privs` with the
+    /// writer. (A handle that was passthrough before the bits were set relies on that empty
+    /// SETATTR, sent from the writer before its write reaches the backing file.)
     pub(crate) fn guard_if_privileged(&self, ino: u64, fh: u64) {
         let Ok(h) = self.handle(fh) else { return };
         let privileged = self
@@ -162,13 +164,27 @@ impl UnionFs {
                 .is_ok_and(|h| h.guard_privs.load(Ordering::Relaxed))
     }
 
-    /// Before `caller` modifies a file's data through `fh`: the bits a write drops.
-    /// True when that changed the file's mode.
-    fn before_write(&self, h: &FileHandle, fh: u64, caller: Option<Caller>) -> Result<bool> {
+    /// Before `caller` modifies a file's data through `fh`: the bits a write drops, on a
+    /// guarded handle or where the kernel asked (`kill`: FUSE_WRITE_KILL_SUIDGID, the
+    /// writer holds no CAP_FSETID). True when that changed the file's mode.
+    fn before_write(
+        &self,
+        h: &FileHandle,
+        fh: u64,
+        caller: Option<Caller>,
+        kill: bool,
+    ) -> Result<bool> {
         match caller {
-            Some(c) if h.guard_privs.load(Ordering::Relaxed) => self.remove_privs(h.ino, fh, &c),
+            Some(c) if kill || h.guard_privs.load(Ordering::Relaxed) => {
+                self.remove_privs(h.ino, fh, &c)
+            }
             _ => Ok(false),
         }
+    }
+
+    /// Is `ino` open for writing through any handle?
+    pub(crate) fn open_for_write(&self, ino: u64) -> bool {
+        self.files.iter().any(|h| h.ino == ino && h.writable())
     }
 
     /// Must the kernel's cached attributes of `fh`'s inode be dropped now that it is open?
@@ -251,21 +267,24 @@ impl UnionFs {
 
     /// Writes `data` at `offset` (the kernel turns O_APPEND into the right offset).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
-        self.write_as(fh, offset, data, None).map(|w| w.bytes)
+        self.write_as(fh, offset, data, None, false)
+            .map(|w| w.bytes)
     }
 
-    /// `write` by `caller` (from the request): a guarded handle drops setuid/setgid bits
-    /// first, as `file_remove_privs` does.
+    /// `write` by `caller` (from the request): a guarded handle, or one the kernel flagged
+    /// (`kill`: FUSE_WRITE_KILL_SUIDGID), drops setuid/setgid bits first, as
+    /// `file_remove_privs` does.
     pub fn write_as(
         &self,
         fh: u64,
         offset: u64,
         data: &[u8],
         caller: Option<Caller>,
+        kill: bool,
     ) -> Result<Written> {
         self.check_writable()?;
         let h = self.handle(fh)?;
-        let mode_changed = self.before_write(&h, fh, caller)?;
+        let mode_changed = self.before_write(&h, fh, caller, kill)?;
         let bytes = sys::pwrite(h.fd().as_fd(), data, offset).map_err(|e| Error::io(e, "write"))?;
         Ok(Written {
             bytes,
@@ -314,7 +333,7 @@ impl UnionFs {
     ) -> Result<Written> {
         self.check_writable()?;
         let h = self.handle(fh)?;
-        let mode_changed = self.before_write(&h, fh, caller)?;
+        let mode_changed = self.before_write(&h, fh, caller, false)?;
         ops::fallocate(h.fd().as_fd(), mode, offset, len).map_err(|e| Error::io(e, "fallocate"))?;
         Ok(Written {
             bytes: 0,
@@ -346,7 +365,7 @@ impl UnionFs {
         self.check_writable()?;
         let a = self.handle(fh_in)?;
         let b = self.handle(fh_out)?;
-        let mode_changed = self.before_write(&b, fh_out, caller)?;
+        let mode_changed = self.before_write(&b, fh_out, caller, false)?;
         let len = len.min(1 << 30) as usize;
         let bytes = ops::copy_file_range(a.fd().as_fd(), off_in, b.fd().as_fd(), off_out, len)
             .map_err(|e| Error::io(e, "copy_file_range"))?;

@@ -519,6 +519,15 @@ impl Filesystem for FuseAdapter {
                 F::FUSE_DIRECT_IO_ALLOW_MMAP,
                 "shared mmap of the direct-I/O handles of setuid/setgid files",
             ),
+            // The daemon drops setuid/setgid bits on write, truncate and chown itself, with
+            // the caller's credentials (cred.rs, attr.rs `drop_privs_for`): the kernel then
+            // skips its GETATTR before each chown and truncate, and sets SB_NOSEC, so a
+            // file without bits or capabilities is not asked for security.capability at
+            // every write. Without it the kernel does part of the rule and we the rest.
+            (
+                F::FUSE_HANDLE_KILLPRIV_V2,
+                "the daemon drops setuid/setgid bits itself (no GETATTR per chown, SB_NOSEC)",
+            ),
         ] {
             match config.add_capabilities(flag) {
                 Ok(()) => debug!("init: {flag:?} granted: {why}"),
@@ -1114,7 +1123,8 @@ impl Filesystem for FuseAdapter {
         // A delayed write from the page cache (mmap'ed pages written back) is nobody's
         // write(2): it drops no bits, as on the kernel overlayfs.
         let by = (!write_flags.contains(WriteFlags::FUSE_WRITE_CACHE)).then(|| caller(req));
-        match self.fs.write_as(fh.0, offset, data, by) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.fs.write_as(fh.0, offset, data, by, kill) {
             Ok(w) => {
                 self.mode_changed(ino, w.mode_changed);
                 reply.written(w.bytes as u32)

@@ -1,10 +1,12 @@
 //! Setuid and setgid bits dropped by changes, stratafs against the kernel overlayfs on the
 //! same layers: write, truncate (ftruncate and `open(O_TRUNC)`), fallocate, chown by the
-//! owner, `setfacl -m u::rwx,g::rwx,o::rx` (xfstests generic/375) and a write through a
+//! owner, `chown(-1, -1)` (drops setuid, even for root), `utimensat` with both times
+//! UTIME_OMIT (drops nothing), `setfacl -m u::rwx,g::rwx,o::rx`
+//! (xfstests generic/375) and a write through a
 //! shared mapping (which drops nothing), and a write through a handle opened before
-//! the bits were set (chmod while open: the kernel drops them at the write; a daemon that
-//! took over the killing, FUSE_HANDLE_KILLPRIV(_V2), would not see a passthrough write), on
-//! files of mode
+//! the bits were set (chmod while open: the kernel drops them at the write; with
+//! FUSE_HANDLE_KILLPRIV_V2 the daemon sees no passthrough write, only the empty SETATTR the
+//! FUSE module sends from the writer before it), on files of mode
 //! 04755, 02755, 02766, 02777, 06777 and 0755 owned by nobody with group 0 (nobody is
 //! outside it) and group nobody, each done by nobody (uid/gid 65534, no supplementary
 //! groups: no CAP_FSETID) and by root (CAP_FSETID keeps what the kernel keeps).
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 use common::{copy_tree, sh_script as sh, Scratch};
 
 const MODES: &str = "4755 2755 2766 2777 6777 0755";
-const OPS: &str = "write trunc otrunc falloc chown acl mmap late";
+const OPS: &str = "write trunc otrunc falloc chown chownid omit acl mmap late";
 
 /// `$1`: the lower directory to fill.
 const MAKE_LOWER: &str = r#"set -e
@@ -47,6 +49,7 @@ for m in 4777 2777; do cp /usr/bin/id $L/exec-$m; chown 0:0 $L/exec-$m; chmod $m
 /// `$1`: the mount. Each operation on its own file; then `name mode uid:gid size` of all.
 const RUN_OPS: &str = r#"M=$1
 MMAP="import mmap,os,sys; fd=os.open(sys.argv[1],os.O_RDWR); m=mmap.mmap(fd,4,mmap.MAP_SHARED); m[0:1]=b'X'; m.flush()"
+OMIT="import ctypes,sys; l=ctypes.CDLL(None,use_errno=True); t=(ctypes.c_long*4)(0,(1<<30)-2,0,(1<<30)-2); sys.exit(l.utimensat(-100,sys.argv[1].encode(),t,0))"
 LATE="import os,sys; fd=os.open(sys.argv[1],os.O_WRONLY|os.O_APPEND); os.write(fd,b'a'); os.chmod(sys.argv[1],int(sys.argv[2],8)); os.write(fd,b'b'); os.close(fd)"
 run() { who=$1; shift
   if [ $who = nobody ]; then setpriv --reuid=65534 --regid=65534 --clear-groups -- sh -c "$*"
@@ -58,6 +61,8 @@ for who in nobody root; do for m in MODES; do for g in 0 65534; do
   run $who ": > $M/$who-otrunc-$s"
   run $who "fallocate -l 8192 $M/$who-falloc-$s"
   run $who "chown 65534:65534 $M/$who-chown-$s"
+  run $who "/usr/bin/python3 -c \"import os,sys; os.chown(sys.argv[1],-1,-1)\" $M/$who-chownid-$s"
+  run $who "/usr/bin/python3 -c \"$OMIT\" $M/$who-omit-$s"
   run $who "setfacl -m u::rwx,g::rwx,o::rx $M/$who-acl-$s"
   MMAP_OP
   run $who "/usr/bin/python3 -c \"$LATE\" $M/$who-late-$s $m"
@@ -130,6 +135,9 @@ fn compare(kernel: &str, ours: &str) {
         ("nobody-mmap-2755-g0", "2755"),
         ("nobody-late-4755-g65534", "755"),
         ("nobody-late-6777-g65534", "777"),
+        ("root-chownid-4755-g0", "755"),
+        ("nobody-chownid-2766-g0", "766"),
+        ("nobody-omit-6777-g0", "6777"),
     ] {
         let line = o
             .iter()

@@ -350,3 +350,59 @@ getfattr --absolute-names --only-values -n user.stratafs.stats $d/m | grep -E '^
         );
     }
 }
+
+/// What tar does for each file it extracts as root (create, two writes, futimens, fchown,
+/// fchmod, close), counted: the daemon drops setuid/setgid bits itself
+/// (FUSE_HANDLE_KILLPRIV_V2), so the kernel asks no GETATTR before the chown, and with
+/// SB_NOSEC it asks for security.capability once per write run (the first write finds
+/// none), not at every write; the chown still asks (the VFS does, whatever the filesystem).
+/// Before: getattr 1 and 3 security.capability per file.
+#[test]
+fn extracting_a_file_asks_no_getattr_for_the_chown_and_capabilities_once_per_write_run() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let s = Scratch::new("req-killpriv");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    fs::create_dir(m.join("d")).unwrap();
+    let n = 20u64;
+    reset(&m);
+    for i in 0..n {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(m.join(format!("d/f{i}")))
+            .unwrap();
+        use std::io::Write;
+        f.write_all(&[1u8; 8704]).unwrap();
+        f.write_all(&[2u8; 3296]).unwrap();
+        let fd = f.as_raw_fd();
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: 1_000_000_000,
+                tv_nsec: 0,
+            },
+        ];
+        // SAFETY: fd is open; times is two valid timespecs.
+        assert_eq!(unsafe { libc::futimens(fd, times.as_ptr()) }, 0);
+        std::os::unix::fs::fchown(&f, Some(0), Some(0)).unwrap();
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+    }
+    let c = stats(&m);
+    let per = |k: &str| c.get(k).copied().unwrap_or(0) as f64 / n as f64;
+    // One GETATTR per create remains: the kernel drops the parent's cached attributes
+    // after a create and checks its permissions at the next lookup.
+    assert!(per("getattr") <= 1.0, "getattr per file: {c:?}");
+    assert!(
+        per("getxattr_security.capability") <= 2.0,
+        "security.capability per file: {c:?}"
+    );
+    assert_eq!(per("setattr"), 3.0, "{c:?}");
+    assert!(per("total") <= 9.0, "{c:?}");
+}
