@@ -183,6 +183,11 @@ pub struct Node {
     pub loc: RwLock<Loc>,
     /// Held while this node is copied up: requests on the same node wait, others don't.
     pub copy_lock: Mutex<()>,
+    /// Directories: the merged listing its streams read (`readdir::DirState`), shared by
+    /// every stream of the directory; dropped with the node (FORGET) or when a stream
+    /// reads to its end. A leaf lock, but held while the listing is built (which reads
+    /// this node's and other nodes' `loc`); nothing takes it holding another lock.
+    pub(crate) dir: Mutex<Option<Box<crate::readdir::DirState>>>,
 }
 
 impl Node {
@@ -239,6 +244,7 @@ impl InodeTable {
                 refs: Mutex::new(1),
                 loc: RwLock::new(root),
                 copy_lock: Mutex::new(()),
+                dir: Mutex::new(None),
             }),
         );
         t
@@ -360,6 +366,7 @@ impl InodeTable {
                     refs: Mutex::new(1),
                     loc: RwLock::new(loc),
                     copy_lock: Mutex::new(()),
+                    dir: Mutex::new(None),
                 });
                 v.insert(node.clone());
                 (node, None)
