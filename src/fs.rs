@@ -169,6 +169,7 @@ impl UnionFs {
             pinned: None,
             staged: None,
             lower_attr: None,
+            lower_xattrs: None,
         };
         let read_only = !cfg.writable();
         let shows_overrides = cfg.xattr_permissions.is_some()
@@ -435,6 +436,9 @@ impl UnionFs {
             pinned: None,
             staged: None,
             lower_attr: None,
+            lower_xattrs: found
+                .xattr_names
+                .filter(|_| self.keep_lower_attrs && found.top != crate::layers::UPPER),
         };
         let node = self.inodes.remember(key, kind, loc);
         if node.kind != kind {

@@ -115,6 +115,13 @@ pub struct Loc {
     /// for every directory it listed, since a listing invalidates the atime). Dropped with
     /// the `Loc` (a new lookup, a copy-up makes `top` the upper and it is not used).
     pub lower_attr: Option<Arc<crate::sys::Stat>>,
+    /// The xattr names (NUL-separated, as listxattr gives them) of an entry that is only in
+    /// a lower layer, under the same assumption and with the same life as `lower_attr`:
+    /// read with the lookup's one listxattr (`whiteout::Markers`) or at the first getxattr,
+    /// so a getxattr of a name the entry does not have is answered without a call to the
+    /// branch (`ls -l` asks security.selinux of every entry, and the kernel caches no
+    /// answer of a FUSE mount).
+    pub lower_xattrs: Option<Arc<[u8]>>,
 }
 
 /// A copy kept under a name in the staging directory instead of unlinked: GlusterFS (like

@@ -354,6 +354,7 @@ impl UnionFs {
                         top: roots.first().map(|(l, _)| *l).unwrap_or(1),
                         dirs: roots,
                         lower_attr: None,
+                        lower_xattrs: None,
                         ..old.clone()
                     })
                 } else if detached.contains(&old.parent) || old.pinned.is_some() {
@@ -367,6 +368,7 @@ impl UnionFs {
                             data: None,
                             pinned: None,
                             lower_attr: None,
+                            lower_xattrs: None,
                             ..old.clone()
                         })
                 };
