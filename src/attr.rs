@@ -229,6 +229,9 @@ impl UnionFs {
             whiteout::xattr_to_real(name.as_bytes()).ok_or_else(|| Error::errno(libc::ENODATA))?;
         let cname = std::ffi::CString::new(real_name).map_err(|_| Error::errno(libc::EINVAL))?;
         let node = self.node(ino)?;
+        if self.lower_lacks_xattr(&node, cname.as_bytes()) {
+            return err(libc::ENODATA);
+        }
         let real = self.real(&node)?;
         if !self.lower_may_have_xattr(&node, &real, cname.as_bytes()) {
             return err(libc::ENODATA);
@@ -245,22 +248,31 @@ impl UnionFs {
     /// lowers are assumed not to change: `keep_lower_attrs`) and the name is not among
     /// them. Only for the namespaces whose names every Linux filesystem lists (user,
     /// trusted, security, POSIX ACLs); the upper, which changes, is always asked.
+    /// The common case of [`lower_may_have_xattr`] without copying the location: the
+    /// names are already kept and `real_name` is not among them.
+    fn lower_lacks_xattr(&self, node: &crate::inode::Node, real_name: &[u8]) -> bool {
+        if !self.keep_lower_attrs || !listed_xattr_ns(real_name) {
+            return false;
+        }
+        let l = node.loc.read();
+        match &l.lower_xattrs {
+            Some(names) if !l.in_upper() && l.pinned.is_none() => {
+                !names.split(|&b| b == 0).any(|n| n == real_name)
+            }
+            _ => false,
+        }
+    }
+
     fn lower_may_have_xattr(
         &self,
         node: &crate::inode::Node,
         real: &crate::fs::Real,
         real_name: &[u8],
     ) -> bool {
-        let listed_ns = [
-            &b"user."[..],
-            b"trusted.",
-            b"security.",
-            b"system.posix_acl_access",
-            b"system.posix_acl_default",
-        ]
-        .iter()
-        .any(|p| real_name.starts_with(p));
-        if !self.keep_lower_attrs || real.loc.in_upper() || real.loc.pinned.is_some() || !listed_ns
+        if !self.keep_lower_attrs
+            || real.loc.in_upper()
+            || real.loc.pinned.is_some()
+            || !listed_xattr_ns(real_name)
         {
             return true;
         }
@@ -619,4 +631,17 @@ impl UnionFs {
         }
         .map_err(|e| Error::io(e, "xattr"))
     }
+}
+
+/// Namespaces whose names every Linux filesystem lists (see `lower_may_have_xattr`).
+fn listed_xattr_ns(real_name: &[u8]) -> bool {
+    [
+        &b"user."[..],
+        b"trusted.",
+        b"security.",
+        b"system.posix_acl_access",
+        b"system.posix_acl_default",
+    ]
+    .iter()
+    .any(|p| real_name.starts_with(p))
 }
