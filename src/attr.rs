@@ -229,12 +229,69 @@ impl UnionFs {
             whiteout::xattr_to_real(name.as_bytes()).ok_or_else(|| Error::errno(libc::ENODATA))?;
         let cname = std::ffi::CString::new(real_name).map_err(|_| Error::errno(libc::EINVAL))?;
         let node = self.node(ino)?;
+        if self.lower_lacks_xattr(&node, cname.as_bytes()) {
+            return err(libc::ENODATA);
+        }
         let real = self.real(&node)?;
+        if !self.lower_may_have_xattr(&node, &real, cname.as_bytes()) {
+            return err(libc::ENODATA);
+        }
         match xattr::get(real.dir.as_fd(), &real.name, &cname) {
             Ok(Some(v)) => Ok(v),
             Ok(None) => err(libc::ENODATA),
             Err(e) => Err(Error::io(e, "getxattr")),
         }
+    }
+
+    /// False when `real` (node's real entry) is a lower entry known not to have xattr
+    /// `real_name`: its names were read once (`Loc::lower_xattrs`, kept only where the
+    /// lowers are assumed not to change: `keep_lower_attrs`) and the name is not among
+    /// them. Only for the namespaces whose names every Linux filesystem lists (user,
+    /// trusted, security, POSIX ACLs); the upper, which changes, is always asked.
+    /// The common case of [`lower_may_have_xattr`] without copying the location: the
+    /// names are already kept and `real_name` is not among them.
+    fn lower_lacks_xattr(&self, node: &crate::inode::Node, real_name: &[u8]) -> bool {
+        if !self.keep_lower_attrs || !listed_xattr_ns(real_name) {
+            return false;
+        }
+        let l = node.loc.read();
+        match &l.lower_xattrs {
+            Some(names) if !l.in_upper() && l.pinned.is_none() => {
+                !names.split(|&b| b == 0).any(|n| n == real_name)
+            }
+            _ => false,
+        }
+    }
+
+    fn lower_may_have_xattr(
+        &self,
+        node: &crate::inode::Node,
+        real: &crate::fs::Real,
+        real_name: &[u8],
+    ) -> bool {
+        if !self.keep_lower_attrs
+            || real.loc.in_upper()
+            || real.loc.pinned.is_some()
+            || !listed_xattr_ns(real_name)
+        {
+            return true;
+        }
+        let names = match &real.loc.lower_xattrs {
+            Some(n) => n.clone(),
+            None => {
+                let Ok(list) = xattr::list(real.dir.as_fd(), &real.name) else {
+                    return true;
+                };
+                let names: std::sync::Arc<[u8]> = std::sync::Arc::from(list.as_slice());
+                let mut l = node.loc.write();
+                // Still the same lower entry (no copy-up or new lookup meanwhile).
+                if l.top == real.loc.top && l.pinned.is_none() && !l.in_upper() {
+                    l.lower_xattrs = Some(names.clone());
+                }
+                names
+            }
+        };
+        names.split(|&b| b == 0).any(|n| n == real_name)
     }
 
     /// The visible xattr names of the topmost real entry, NUL-separated.
@@ -596,4 +653,17 @@ impl UnionFs {
         }
         .map_err(|e| Error::io(e, "xattr"))
     }
+}
+
+/// Namespaces whose names every Linux filesystem lists (see `lower_may_have_xattr`).
+fn listed_xattr_ns(real_name: &[u8]) -> bool {
+    [
+        &b"user."[..],
+        b"trusted.",
+        b"security.",
+        b"system.posix_acl_access",
+        b"system.posix_acl_default",
+    ]
+    .iter()
+    .any(|p| real_name.starts_with(p))
 }

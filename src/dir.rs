@@ -334,6 +334,7 @@ impl UnionFs {
             st,
             dirs,
             data: None,
+            xattr_names: None,
         };
         let attr = self.enter(parent, &ploc, name, found)?;
         let fh = match (file, kind) {
@@ -439,6 +440,7 @@ impl UnionFs {
                 pinned: None,
                 staged: None,
                 lower_attr: None,
+                lower_xattrs: None,
             };
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
@@ -628,6 +630,7 @@ impl UnionFs {
                             pinned: None,
                             staged: None,
                             lower_attr: None,
+                            lower_xattrs: None,
                         };
                         if readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2 {
                             return err(libc::ENOTEMPTY);

@@ -52,12 +52,13 @@ impl Caller {
     };
 }
 
-/// An open directory stream: its listing, built at the first read, on each rewind and when
-/// names changed through the mount since (with the [`UnionFs::names_gen`] it was built at).
+/// An open directory handle (OPENDIR answered): which directory. Its listing is the
+/// node's (`readdir::DirState`), shared with every other stream of the directory; the
+/// handle only tells `stack.rs` that the directory is in use. Mounts whose listings the
+/// kernel caches have no handles at all (OPENDIR answered ENOSYS, `fuse.rs`).
 #[derive(Debug, Default)]
 pub struct DirStream {
     pub ino: u64,
-    pub listing: Mutex<Option<(u64, Arc<Vec<DirEntry>>)>>,
 }
 
 /// A real object to act on: `dir` plus `name` (empty: `dir` itself).
@@ -91,6 +92,9 @@ pub struct UnionFs {
     pub inodes: InodeTable,
     pub(crate) files: DashMap<u64, Arc<FileHandle>>,
     pub(crate) dirs: DashMap<u64, Arc<DirStream>>,
+    /// The kernel was told that directories are not opened (`no_dir_handles`): streams
+    /// read with handle 0.
+    unopened_dirs: AtomicBool,
     next_fh: AtomicU64,
     /// Every write gets EROFS: `ro`, no upper, or `remount,ro` (switched at run time by
     /// [`UnionFs::set_read_only`]; checked first by every operation that writes).
@@ -168,6 +172,7 @@ impl UnionFs {
             pinned: None,
             staged: None,
             lower_attr: None,
+            lower_xattrs: None,
         };
         let read_only = !cfg.writable();
         let shows_overrides = cfg.xattr_permissions.is_some()
@@ -210,6 +215,7 @@ impl UnionFs {
             layers,
             files: DashMap::new(),
             dirs: DashMap::new(),
+            unopened_dirs: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),
             read_only: AtomicBool::new(read_only),
             switching: Mutex::new(()),
@@ -434,6 +440,9 @@ impl UnionFs {
             pinned: None,
             staged: None,
             lower_attr: None,
+            lower_xattrs: found
+                .xattr_names
+                .filter(|_| self.keep_lower_attrs && found.top != crate::layers::UPPER),
         };
         let node = self.inodes.remember(key, kind, loc);
         if node.kind != kind {
@@ -494,52 +503,57 @@ impl UnionFs {
         self.inodes.forget(ino, n);
     }
 
-    /// Opens a directory stream.
+    /// Opens a directory handle (only on mounts that answer OPENDIR, see `DirStream`).
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
         if !node.is_dir() {
             return err(libc::ENOTDIR);
         }
         let fh = self.new_fh();
-        self.dirs.insert(
-            fh,
-            Arc::new(DirStream {
-                ino,
-                listing: Mutex::new(None),
-            }),
-        );
+        self.dirs.insert(fh, Arc::new(DirStream { ino }));
         Ok(fh)
     }
 
-    /// Some names changed through the mount (or a change was tried): listings of open
-    /// streams built before are out of date. Called once the change is done, before it
-    /// is answered.
+    /// From now on directory streams have no handle (the adapter answered OPENDIR with
+    /// ENOSYS: the kernel opens no directory again and reads every stream with handle 0).
+    pub fn no_dir_handles(&self) {
+        self.unopened_dirs.store(true, Ordering::Release);
+    }
+
+    /// Some names changed through the mount (or a change was tried): listings built
+    /// before are out of date. Called once the change is done, before it is answered.
     pub fn names_changed(&self) {
         self.names_gen.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The listing of stream `fh`: (re)built when read from offset 0 and when names
-    /// changed through the mount since it was built, so a stream never goes on from a
-    /// listing older than the last change (the kernel's listing cache appends what a
-    /// stream reads; readdir.rs's cookies make the new listing go on at the same place).
+    /// The listing a stream of directory `ino` reads on from `offset` in (`fh`: its
+    /// handle, 0 where the mount has none). It is the node's, shared by all its streams
+    /// (readdir.rs): (re)built when a stream asks from offset 0 and when names changed
+    /// through the mount since it was built, so no stream goes on from a listing older
+    /// than the last change (the kernel's listing cache appends what a stream reads;
+    /// readdir.rs's cookies make a newer listing go on at the same place, whichever stream
+    /// had it built).
     pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
-        let stream = self
-            .dirs
-            .get(&fh)
-            .map(|s| s.clone())
-            .ok_or_else(|| Error::errno(libc::EBADF))?;
-        if stream.ino != ino {
+        let known = if fh == 0 {
+            self.unopened_dirs.load(Ordering::Acquire)
+        } else {
+            self.dirs.get(&fh).is_some_and(|s| s.ino == ino)
+        };
+        if !known {
             return err(libc::EBADF);
         }
-        let mut listing = stream.listing.lock();
+        let node = self.node(ino)?;
+        if !node.is_dir() {
+            return err(libc::ENOTDIR);
+        }
+        let mut state = node.dir.lock();
         // Read before listing: a change that ends after this makes the listing old.
         let gen = self.names_gen.load(Ordering::Acquire);
-        if let Some((made, l)) = &*listing {
+        if let Some((made, l)) = state.as_ref().and_then(|s| s.listing.as_ref()) {
             if offset != 0 && *made == gen {
                 return Ok(l.clone());
             }
         }
-        let node = self.node(ino)?;
         if self.udba == crate::udba::Udba::Reval && ino != ROOT_INO {
             // Checked on access: the directory may be listed with no lookup of its name
             // (a working directory), so its real directories are resolved again here.
@@ -562,8 +576,31 @@ impl UnionFs {
             parent_ino,
             self.shows_overrides(),
         )?);
-        *listing = Some((gen, l.clone()));
+        state.get_or_insert_with(Default::default).listing = Some((gen, l.clone()));
         Ok(l)
+    }
+
+    /// A stream of directory `ino` read to the end of its listing: the node's listing is
+    /// dropped (the next stream starts at offset 0, which builds one anyway; one still
+    /// part-way builds one when it asks on).
+    pub fn readdir_done(&self, ino: u64) {
+        if let Some(n) = self.inodes.get(ino) {
+            *n.dir.lock() = None;
+        }
+    }
+
+    /// Whether the kernel asked READDIRPLUS of directory `ino` from a name node's entry
+    /// since its listing was last dropped (see `fuse.rs`, `readdirplus`); `set` records
+    /// that it did.
+    pub fn plus_at_name(&self, ino: u64, set: bool) -> bool {
+        let Some(n) = self.inodes.get(ino) else {
+            return false;
+        };
+        let mut state = n.dir.lock();
+        if set {
+            state.get_or_insert_with(Default::default).plus_at_name = true;
+        }
+        state.as_ref().is_some_and(|s| s.plus_at_name)
     }
 
     /// Attributes for a READDIRPLUS entry: a lookup (counted) except for `.` and `..`,
@@ -576,6 +613,7 @@ impl UnionFs {
         self.lookup(dir, &e.name)
     }
 
+    /// Closes a directory handle (its directory's listing is the node's, not its own).
     pub fn releasedir(&self, fh: u64) {
         self.dirs.remove(&fh);
     }

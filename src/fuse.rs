@@ -54,9 +54,6 @@ pub struct FuseAdapter {
     ttl: Duration,
     /// FUSE passthrough: backing files and how each open does its I/O (backing.rs).
     pt: Arc<Backings>,
-    /// Directory streams for which the kernel asked READDIRPLUS from a name node's entry
-    /// (see `readdirplus`): ending replies before those entries no longer helps there.
-    plus_at_name: DashMap<u64, ()>,
     /// Directories the kernel may hold a cached listing of: listed (READDIR or READDIRPLUS
     /// answered) since their cached listing was last dropped. Only these need the drop
     /// when their names change (see `names_changed`).
@@ -119,7 +116,6 @@ impl FuseAdapter {
             fs,
             ttl,
             pt: Arc::new(Backings::default()),
-            plus_at_name: DashMap::new(),
             listed: DashMap::new(),
             stats: Stats::default(),
             notifier: Arc::new(OnceLock::new()),
@@ -172,7 +168,7 @@ impl FuseAdapter {
     ///   sends it to the cache: [`FuseAdapter::names_changed`] drops the cached listing
     ///   (notify inval_inode, before the change is answered, while the kernel holds the
     ///   directory locked against readers), and a dropped page of a cached listing makes
-    ///   the kernel start it over; the daemon rebuilds a stream's listing after any change
+    ///   the kernel start it over; the daemon rebuilds a directory's listing after any change
     ///   (UnionFs::readdir), and cookie offsets (readdir.rs) let a stream go on in a later
     ///   listing, in the cache or from the daemon, without skipping or repeating a name;
     /// - a READDIRPLUS reply never leaves out a name that exists (see `readdirplus`).
@@ -188,6 +184,20 @@ impl FuseAdapter {
         } else {
             FopenFlags::empty()
         }
+    }
+
+    /// Whether directories are opened at all. Where every directory gets
+    /// FOPEN_CACHE_DIR|FOPEN_KEEP_CACHE (`dir_flags` with the default timeout, directory
+    /// atimes not strict, `udba=none`), OPENDIR is answered ENOSYS: the kernel then sends
+    /// no OPENDIR or RELEASEDIR on the connection again and opens every directory with
+    /// handle 0 and exactly those flags (Linux fs/fuse/file.c, `no_opendir`), which saves
+    /// two round trips per directory walked. Streams share their directory's listing
+    /// (readdir.rs), so nothing needs a handle; `stack.rs` finds open directories in
+    /// /proc. Decided from fixed settings: it holds for the life of the connection.
+    fn opens_dirs(&self) -> bool {
+        let p = self.fs.layers.atime;
+        let strict_dirs = p.atime == crate::atime::Atime::Strict && !p.nodiratime;
+        !(self.ttl == DEFAULT_TTL && !strict_dirs && self.fs.udba == crate::udba::Udba::None)
     }
 
     /// After a request that changed (or tried to change) names in the directories `dirs`,
@@ -716,6 +726,10 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.stats.count(Op::Opendir);
+        if !self.opens_dirs() {
+            self.fs.no_dir_handles();
+            return reply.error(Errno::ENOSYS);
+        }
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), self.dir_flags(ino)),
             Err(e) => reply.error(errno("opendir", e)),
@@ -737,6 +751,9 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(errno("readdir", e)),
         };
         let start = crate::readdir::position_after(&listing, offset);
+        if start >= listing.len() {
+            self.fs.readdir_done(ino.0);
+        }
         for e in listing.get(start..).unwrap_or_default() {
             if reply.add(INodeNo(e.ino), e.off, file_type(e.kind), &e.name) {
                 break;
@@ -760,7 +777,11 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
         let start = crate::readdir::position_after(&listing, offset);
+        if start >= listing.len() {
+            self.fs.readdir_done(ino.0);
+        }
         let mut added = false;
+        let mut plus_at_name = None;
         for e in listing.get(start..).unwrap_or_default() {
             let counted = !(e.name == "." || e.name == "..");
             let attr = match self.fs.readdirplus_entry(ino.0, e) {
@@ -791,9 +812,12 @@ impl Filesystem for FuseAdapter {
             // more).
             let name_node = attr.node != attr.ino;
             if name_node && !added {
-                self.plus_at_name.insert(fh.0, ());
+                plus_at_name = Some(self.fs.plus_at_name(ino.0, true));
             }
-            if name_node && added && !self.plus_at_name.contains_key(&fh.0) {
+            if name_node
+                && added
+                && !*plus_at_name.get_or_insert_with(|| self.fs.plus_at_name(ino.0, false))
+            {
                 if counted {
                     self.fs.forget(attr.node, 1);
                 }
@@ -834,7 +858,6 @@ impl Filesystem for FuseAdapter {
     ) {
         self.stats.count(Op::Releasedir);
         self.fs.releasedir(fh.0);
-        self.plus_at_name.remove(&fh.0);
         reply.ok();
     }
 

@@ -115,6 +115,13 @@ pub struct Loc {
     /// for every directory it listed, since a listing invalidates the atime). Dropped with
     /// the `Loc` (a new lookup, a copy-up makes `top` the upper and it is not used).
     pub lower_attr: Option<Arc<crate::sys::Stat>>,
+    /// The xattr names (NUL-separated, as listxattr gives them) of an entry that is only in
+    /// a lower layer, under the same assumption and with the same life as `lower_attr`:
+    /// read with the lookup's one listxattr (`whiteout::Markers`) or at the first getxattr,
+    /// so a getxattr of a name the entry does not have is answered without a call to the
+    /// branch (`ls -l` asks security.selinux of every entry, and the kernel caches no
+    /// answer of a FUSE mount).
+    pub lower_xattrs: Option<Arc<[u8]>>,
 }
 
 /// A copy kept under a name in the staging directory instead of unlinked: GlusterFS (like
@@ -183,6 +190,11 @@ pub struct Node {
     pub loc: RwLock<Loc>,
     /// Held while this node is copied up: requests on the same node wait, others don't.
     pub copy_lock: Mutex<()>,
+    /// Directories: the merged listing its streams read (`readdir::DirState`), shared by
+    /// every stream of the directory; dropped with the node (FORGET) or when a stream
+    /// reads to its end. A leaf lock, but held while the listing is built (which reads
+    /// this node's and other nodes' `loc`); nothing takes it holding another lock.
+    pub(crate) dir: Mutex<Option<Box<crate::readdir::DirState>>>,
 }
 
 impl Node {
@@ -239,6 +251,7 @@ impl InodeTable {
                 refs: Mutex::new(1),
                 loc: RwLock::new(root),
                 copy_lock: Mutex::new(()),
+                dir: Mutex::new(None),
             }),
         );
         t
@@ -360,6 +373,7 @@ impl InodeTable {
                     refs: Mutex::new(1),
                     loc: RwLock::new(loc),
                     copy_lock: Mutex::new(()),
+                    dir: Mutex::new(None),
                 });
                 v.insert(node.clone());
                 (node, None)

@@ -39,6 +39,9 @@ pub struct Found {
     pub data: Option<Arc<OwnedFd>>,
     /// The entry's inode number in the mount.
     pub ino: u64,
+    /// The topmost real entry's xattr names, when a lower's and read on the way
+    /// (`Loc::lower_xattrs`).
+    pub xattr_names: Option<Arc<[u8]>>,
 }
 
 impl Found {
@@ -283,6 +286,7 @@ fn resolve(
                             dirs: vec![(layer, fd)],
                             data: None,
                             ino: 0,
+                            xattr_names: (layer != UPPER).then(|| mk.names()).flatten(),
                         });
                         if opaque {
                             break 'layers;
@@ -313,6 +317,7 @@ fn resolve(
                             dirs: Vec::new(),
                             data: None,
                             ino: 0,
+                            xattr_names: (layer != UPPER).then(|| mk.names()).flatten(),
                         });
                         if !want_origin && !metacopy {
                             break 'layers;

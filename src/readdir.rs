@@ -1,9 +1,16 @@
 //! Merged directory listings (the kernel's `readdir.c`).
 //!
-//! A listing is built per open directory stream (again on a rewind to offset 0, and when a
-//! name changed through the mount since it was built): every real directory of the merged
-//! one is read top first; the first layer to show a name wins; whiteouts hide the name in
-//! the layers below; markers are never listed.
+//! A listing is built per directory *node*, not per open stream ([`DirState`], kept in the
+//! node): every stream of the directory reads the one listing there is, which is built
+//! again when a stream starts at offset 0 and when a name changed through the mount since
+//! it was built, and dropped when a stream reads to its end (and with the node, at
+//! FORGET), so only directories part-way through a listing hold one. A stream is thus not
+//! a snapshot taken at opendir: it may go on in a listing built after it began (as it
+//! already did after a change). That lets the daemon answer OPENDIR with ENOSYS where the
+//! kernel may cache every listing (`fuse.rs`, `dir_flags`): the kernel then sends no
+//! OPENDIR/RELEASEDIR, and every stream reads with handle 0. Every real directory of the
+//! merged one is read top first; the first layer to show a name wins; whiteouts hide the
+//! name in the layers below; markers are never listed.
 //!
 //! Offsets are cookies derived from the name (`.` is 1, `..` is 2, every other name a hash
 //! of it; the listing is sorted by cookie), as ext4's hashed directories do: "go on after
@@ -16,6 +23,7 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::inode::{Kind, Loc};
@@ -32,6 +40,16 @@ pub struct DirEntry {
     pub ino: u64,
     /// The offset that follows this entry: its cookie.
     pub off: u64,
+}
+
+/// A directory node's listing state (see the module docs).
+#[derive(Debug, Default)]
+pub struct DirState {
+    /// The listing its streams read on in, and the `UnionFs::names_gen` it was built at.
+    pub(crate) listing: Option<(u64, Arc<Vec<DirEntry>>)>,
+    /// The kernel asked READDIRPLUS from a name node's entry (see `fuse.rs`,
+    /// `readdirplus`): replies are no longer ended before such entries.
+    pub(crate) plus_at_name: bool,
 }
 
 /// The cookie of a name other than `.` and `..`: a hash in 3..i64::MAX (the kernel's

@@ -26,7 +26,10 @@
 //!
 //! **In use.** A branch is in use while the daemon has an open file or directory handle
 //! on a node whose entry lives in it (its `top` is that branch), or a process's working
-//! or root directory (from /proc) is such a node of this mount. A directory merged from
+//! or root directory or one of its open descriptors (from /proc) is such a node of this
+//! mount. (A mount whose listings the kernel caches has no directory handles: OPENDIR is
+//! answered ENOSYS there, fuse.rs, so its open directories are found in /proc only, and a
+//! process of another PID namespace holding one open is not seen.) A directory merged from
 //! several branches is in use only by the branch on top: removing a lower part of it
 //! leaves the directory in place. `del!:DIR` removes a branch in use anyway: its open
 //! files keep their fds and go on working; nothing is written anywhere.
@@ -262,6 +265,27 @@ impl UnionFs {
                     ));
                 }
             }
+            // Open directories (and files): on a mount that answers OPENDIR with ENOSYS
+            // (fuse.rs) the daemon has no directory handles, so a process's open
+            // descriptors are the only record of a directory it holds open.
+            let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let Ok(path) = CString::new(fd.path().as_os_str().as_bytes()) else {
+                    continue;
+                };
+                let Ok((d, ino)) = sys::statx_cached(&path) else {
+                    continue;
+                };
+                if d == dev && lives_in(ino) {
+                    return Some(format!(
+                        "descriptor {} of process {}",
+                        fd.file_name().to_string_lossy(),
+                        name.to_string_lossy()
+                    ));
+                }
+            }
         }
         None
     }
@@ -330,6 +354,7 @@ impl UnionFs {
                         top: roots.first().map(|(l, _)| *l).unwrap_or(1),
                         dirs: roots,
                         lower_attr: None,
+                        lower_xattrs: None,
                         ..old.clone()
                     })
                 } else if detached.contains(&old.parent) || old.pinned.is_some() {
@@ -343,6 +368,7 @@ impl UnionFs {
                             data: None,
                             pinned: None,
                             lower_attr: None,
+                            lower_xattrs: None,
                             ..old.clone()
                         })
                 };

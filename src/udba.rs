@@ -415,6 +415,7 @@ impl Observer for Watches {
             pinned: None,
             staged: None,
             lower_attr: None,
+            lower_xattrs: None,
         };
         let (old_key, old_watches) = match st.nodes.get_mut(&id) {
             Some(k) => {

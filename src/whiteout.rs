@@ -12,6 +12,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::Arc;
 
 use crate::layers::READ_PREFIXES;
 use crate::sys::{self, xattr, Stat};
@@ -95,19 +96,30 @@ pub fn dir_opaque(dir: BorrowedFd<'_>) -> Opaque {
 pub struct Markers {
     /// The object's xattr names, NUL-separated (empty if it has none or can't have any).
     names: Vec<u8>,
+    /// `names` is the object's whole list (listxattr succeeded).
+    known: bool,
 }
 
 impl Markers {
     /// No markers (an object that was not asked).
     pub fn none() -> Markers {
-        Markers { names: Vec::new() }
+        Markers {
+            names: Vec::new(),
+            known: false,
+        }
     }
 
     /// The markers of `dir/name` (`"."`: `dir` itself).
     pub fn of(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Markers {
-        Markers {
-            names: xattr::list(dir, name).unwrap_or_default(),
+        match xattr::list(dir, name) {
+            Ok(names) => Markers { names, known: true },
+            Err(_) => Markers::none(),
         }
+    }
+
+    /// All the object's xattr names (NUL-separated), if they were read.
+    pub fn names(&self) -> Option<Arc<[u8]>> {
+        self.known.then(|| Arc::from(self.names.as_slice()))
     }
 
     /// The full names of marker `suffix` the object carries, in `READ_PREFIXES` order.

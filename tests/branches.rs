@@ -319,6 +319,19 @@ fn open_files_survive_and_busy_branches_are_refused() {
     let _ = cwd.wait();
     assert!(!o.status.success());
     assert!(text(&o).contains("working directory"), "{}", text(&o));
+    // An open directory in it. This mount answers OPENDIR with ENOSYS (the daemon holds no
+    // directory handles): the daemon finds it among this process's descriptors.
+    let dir = fs::File::open(m.join("sub/deep")).unwrap();
+    let o = branch(&m, &[&ndel]);
+    assert!(!o.status.success(), "an open directory: {}", text(&o));
+    let msg = text(&o);
+    assert!(
+        msg.contains("in use")
+            && (msg.contains("open directory")
+                || msg.contains(&format!("of process {}", std::process::id()))),
+        "{msg}"
+    );
+    drop(dir);
     // Forced, with the file open: it goes on reading; the daemon goes on serving.
     let mut f = fs::File::open(m.join("sub/deep/f")).unwrap();
     let mut g = fs::File::open(m.join("c")).unwrap();

@@ -90,3 +90,66 @@ fn copied_up_entry_shows_the_upper() {
     drop(u);
     fs::remove_dir_all(&d).unwrap();
 }
+
+/// A lower-only entry's xattr names are read once (with the lookup's listxattr, or the
+/// first getxattr's): a getxattr of a name it does not have is answered ENODATA without a
+/// call to the branch (`ls -l` asks security.selinux, and at first
+/// system.posix_acl_access, of every entry). So a name added behind the mount is not seen
+/// (the branches are assumed not to change); a value of a name the entry has is still read
+/// from the branch. With `timeout=` each getxattr goes to the branch; after a copy-up the
+/// upper's xattrs are asked, also one set on the upper directly. (On main the name added
+/// behind the mount showed: every getxattr was a call to the branch.)
+#[test]
+fn lower_xattr_names_kept_without_timeout() {
+    let setfattr = |p: &std::path::Path, n: &str, v: &str| {
+        let st = std::process::Command::new("setfattr")
+            .args(["-n", n, "-v", v])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    for (extra, kept) in [("", true), (",timeout=1", false)] {
+        let d = scratch(if kept { "xkept" } else { "xtimeout" });
+        fs::write(d.join("l/d/f"), "lower").unwrap();
+        setfattr(&d.join("l/d/f"), "user.had", "1");
+        let u = union(&d, extra);
+        let dir = u.lookup(ROOT, OsStr::new("d")).unwrap().node;
+        for (node, path) in [
+            (
+                u.lookup(dir, OsStr::new("f")).unwrap().node,
+                d.join("l/d/f"),
+            ),
+            (dir, d.join("l/d")),
+        ] {
+            let get = |n: &str| u.getxattr(node, OsStr::new(n)).map_err(|e| e.errno);
+            assert_eq!(get("user.new"), Err(libc::ENODATA));
+            assert_eq!(get("security.selinux"), Err(libc::ENODATA));
+            setfattr(&path, "user.new", "behind");
+            setfattr(&path, "user.had", "2");
+            let want_new = if kept {
+                Err(libc::ENODATA)
+            } else {
+                Ok(b"behind".to_vec())
+            };
+            assert_eq!(get("user.new"), want_new, "{extra} {path:?}");
+            if path.ends_with("f") {
+                assert_eq!(get("user.had"), Ok(b"2".to_vec()), "{extra}");
+            }
+        }
+        // Copied up (a chmod through the mount): the upper is asked.
+        let f = u.lookup(dir, OsStr::new("f")).unwrap().node;
+        let set = SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        u.setattr(f, set).unwrap();
+        setfattr(&d.join("u/d/f"), "user.upper", "u");
+        assert_eq!(
+            u.getxattr(f, OsStr::new("user.upper")).map_err(|e| e.errno),
+            Ok(b"u".to_vec())
+        );
+        drop(u);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

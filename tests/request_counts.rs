@@ -228,6 +228,63 @@ fn a_stream_opened_after_a_change_lists_every_name_while_others_fill_the_cache()
     }
 }
 
+/// Where the kernel may cache every listing (default timeout, `udba=none`), OPENDIR is
+/// answered ENOSYS once and the kernel sends no OPENDIR or RELEASEDIR again: a walk costs
+/// none (on main: one of each per directory). With `udba=notify` or `timeout=` directories
+/// are still opened (their listings are not all cached).
+#[test]
+fn a_walk_of_a_default_mount_opens_no_directory() {
+    let s = Scratch::new("req-noopendir");
+    let l = s.dir("l");
+    for i in 0..50 {
+        fs::create_dir_all(l.join(format!("d{i}/e"))).unwrap();
+        fs::write(l.join(format!("d{i}/e/f")), b"x").unwrap();
+    }
+    let walk = |m: &Path| {
+        let out = Command::new("find")
+            .arg(m)
+            .arg("-printf")
+            .arg("%p %s\n")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().lines().count()
+    };
+    let dirs = 1 + 2 * 50;
+    for (opts, opens) in [("", false), ("udba=notify", true), ("timeout=1", true)] {
+        let (u, w, m) = (
+            s.dir(&format!("u{opts}")),
+            s.dir(&format!("w{opts}")),
+            s.dir(&format!("m{opts}")),
+        );
+        let _mnt = Strata::mount(&Stack::one(&l, &u, &w), opts, &m);
+        reset(&m);
+        assert_eq!(walk(&m), dirs + 50);
+        let first = stats(&m);
+        reset(&m);
+        assert_eq!(walk(&m), dirs + 50);
+        let second = stats(&m);
+        if opens {
+            assert!(first["opendir"] >= dirs as u64, "{opts}: {first:?}");
+            assert!(second["opendir"] >= dirs as u64, "{opts}: {second:?}");
+            assert_eq!(
+                second["opendir"], second["releasedir"],
+                "{opts}: {second:?}"
+            );
+        } else {
+            // The first OPENDIR of the connection is the one answered ENOSYS.
+            assert!(first["opendir"] <= 1, "first walk: {first:?}");
+            assert_eq!(first["releasedir"], 0, "first walk: {first:?}");
+            assert_eq!(
+                (second["opendir"], second["releasedir"]),
+                (0, 0),
+                "second walk: {second:?}"
+            );
+            assert_eq!(second["readdir"] + second["readdirplus"], 0, "{second:?}");
+        }
+    }
+}
+
 /// Files are opened with FOPEN_NOFLUSH: close(2) costs no FLUSH round trip, for created,
 /// written, lower and copied-up files alike, and data and errors are not lost by it.
 #[test]
