@@ -417,7 +417,7 @@ impl UnionFs {
         let _ = copy_times(upper_parent.as_fd(), c".", &pst);
         let gained_dir = dirfd.is_some();
         {
-            let mut l = node.loc.write();
+            let mut l = node.loc_mut();
             l.top = UPPER;
             if let Some(fd) = dirfd {
                 l.dirs.insert(0, (UPPER, fd));
@@ -467,7 +467,7 @@ impl UnionFs {
                 let _ = xattr::remove(real.dir.as_fd(), &real.name, &a);
             }
         }
-        node.loc.write().data = None;
+        node.loc_mut().data = None;
         self.switch_handles_to_upper(node.id);
         Ok(())
     }
@@ -611,7 +611,7 @@ impl UnionFs {
         self.copy_attrs(&src, &st, copy.as_fd(), c"")?;
         copy_times(copy.as_fd(), c"", &st)?;
         {
-            let mut l = node.loc.write();
+            let mut l = node.loc_mut();
             l.top = UPPER;
             l.pinned = Some(Arc::new(copy));
             l.staged = staged.map(Arc::new);
@@ -736,5 +736,135 @@ mod tests {
             m.blocks()
         );
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A lookup that read the branches before a copy-up (a READDIRPLUS of the directory
+    /// beside a chmod through the file's name) and records what it saw after the copy-up
+    /// finished: the node stays in the upper. When the lookup's record replaced the
+    /// location, the node was "lower" again, and the next link copied it up a second time
+    /// over the first copy (EEXIST; the stress test's "File exists").
+    #[test]
+    fn a_lookup_older_than_a_copy_up_does_not_undo_it() {
+        use crate::layers::ROOT_INO;
+        use std::ffi::OsStr;
+        let base = scratch("stale-lookup");
+        let (l, u, w, m) = (
+            base.join("l"),
+            base.join("u"),
+            base.join("w"),
+            base.join("m"),
+        );
+        for d in [&l, &u, &w, &m] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::create_dir(l.join("d")).unwrap();
+        std::fs::write(l.join("d/f"), b"lower\n").unwrap();
+        let args = [
+            "stratafs".to_string(),
+            "-o".into(),
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                l.display(),
+                u.display(),
+                w.display()
+            ),
+            m.display().to_string(),
+        ];
+        let crate::options::Command::Mount(mut cfg) = crate::options::parse_args(args).unwrap()
+        else {
+            panic!("not a mount");
+        };
+        cfg.validate().unwrap();
+        let ufs = UnionFs::new(&cfg).unwrap();
+        let d = ufs.lookup(ROOT_INO, OsStr::new("d")).unwrap();
+        let f = ufs.lookup(d.node, OsStr::new("f")).unwrap();
+        let node = ufs.node(f.node).unwrap();
+        // The racing lookup reads the branches: the file is only in the lower.
+        let seen = crate::inode::epoch();
+        let dnode = ufs.node(d.node).unwrap();
+        let ploc = dnode.loc();
+        let found = crate::lookup::lookup(&ufs.layers, &ploc, OsStr::new("f"))
+            .unwrap()
+            .unwrap();
+        assert_ne!(found.top, UPPER);
+        // Meanwhile the file is copied up (a chmod through its name)...
+        ufs.copy_up(&node, CopyUp::Meta).unwrap();
+        assert!(node.loc().in_upper());
+        // ...and the lookup records what it saw.
+        let again = ufs
+            .enter(d.node, &ploc, OsStr::new("f"), found, seen)
+            .unwrap();
+        assert_eq!(again.node, f.node);
+        assert!(
+            node.loc().in_upper(),
+            "the copy-up was undone by an older lookup"
+        );
+        // A link now links the copy: no second copy-up over the first.
+        ufs.link(f.node, ROOT_INO, OsStr::new("h")).unwrap();
+        let cu = std::fs::metadata(u.join("d/f")).unwrap();
+        let hu = std::fs::metadata(u.join("h")).unwrap();
+        assert_eq!((cu.ino(), cu.nlink()), (hu.ino(), 2));
+        assert_eq!(std::fs::metadata(l.join("d/f")).unwrap().nlink(), 1);
+        drop(ufs);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// The stress test's "link t1-h8 ...: ENOENT": a lower file linked through the mount
+    /// (copied up), a READDIRPLUS of its first directory that read it before the copy-up
+    /// recorded after it, its first name removed (the node pinned to the copy), then a link
+    /// of its second name: the node, taken for "lower" and nameless, was copied up again
+    /// to an anonymous file, which cannot get a name (ENOENT).
+    #[test]
+    fn a_lookup_older_than_a_link_keeps_the_other_name_linkable() {
+        use crate::layers::ROOT_INO;
+        use std::ffi::OsStr;
+        let base = scratch("stale-link");
+        let (l, u, w, m) = (
+            base.join("l"),
+            base.join("u"),
+            base.join("w"),
+            base.join("m"),
+        );
+        for d in [&l, &u, &w, &m] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::create_dir(l.join("d")).unwrap();
+        std::fs::write(l.join("d/f"), b"lower\n").unwrap();
+        let args = [
+            "stratafs".to_string(),
+            "-o".into(),
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                l.display(),
+                u.display(),
+                w.display()
+            ),
+            m.display().to_string(),
+        ];
+        let crate::options::Command::Mount(mut cfg) = crate::options::parse_args(args).unwrap()
+        else {
+            panic!("not a mount");
+        };
+        cfg.validate().unwrap();
+        let ufs = UnionFs::new(&cfg).unwrap();
+        let d = ufs.lookup(ROOT_INO, OsStr::new("d")).unwrap();
+        let f = ufs.lookup(d.node, OsStr::new("f")).unwrap();
+        let seen = crate::inode::epoch();
+        let ploc = ufs.node(d.node).unwrap().loc();
+        let found = crate::lookup::lookup(&ufs.layers, &ploc, OsStr::new("f"))
+            .unwrap()
+            .unwrap();
+        let h = ufs.link(f.node, ROOT_INO, OsStr::new("h")).unwrap();
+        assert_eq!(h.node, f.node);
+        ufs.enter(d.node, &ploc, OsStr::new("f"), found, seen)
+            .unwrap();
+        ufs.remove(d.node, OsStr::new("f"), false).unwrap();
+        ufs.link(h.node, ROOT_INO, OsStr::new("h2"))
+            .expect("link of the remaining name");
+        assert_eq!(std::fs::read(u.join("h2")).unwrap(), b"lower\n");
+        let hu = std::fs::metadata(u.join("h")).unwrap();
+        assert_eq!(std::fs::metadata(u.join("h2")).unwrap().ino(), hu.ino());
+        drop(ufs);
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -169,6 +169,9 @@ impl UnionFs {
         caller: Caller,
     ) -> Result<(Attr, Option<u64>)> {
         self.check_writable()?;
+        // What it makes is new; only a change of a reused inode number's node while it is
+        // made would be newer.
+        let seen = crate::inode::epoch();
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
         let work = self.staging()?;
@@ -336,7 +339,7 @@ impl UnionFs {
             data: None,
             xattr_names: None,
         };
-        let attr = self.enter(parent, &ploc, name, found)?;
+        let attr = self.enter(parent, &ploc, name, found, seen)?;
         let fh = match (file, kind) {
             (Some(fd), NewKind::File { flags }) => {
                 let fh = self.add_handle(attr.node, fd, flags, false);
@@ -462,7 +465,7 @@ impl UnionFs {
         let r = self.remove_real(&work, &updir, &cname, found.top, dir, needs_whiteout);
         match (&r, node, was_pinned) {
             // The name is still there (e.g. no space for the whiteout): unpin it.
-            (Err(_), Some(node), Some(prev)) => node.loc.write().pinned = prev,
+            (Err(_), Some(node), Some(prev)) => node.loc_mut().pinned = prev,
             // A name node is that name's: nothing leads to it any more.
             (Ok(()), Some(node), _) => self.inodes.unname(&node),
             _ => {}
@@ -525,7 +528,7 @@ impl UnionFs {
             return;
         };
         if let Ok(fd) = sys::openat(dir.as_fd(), cname, libc::O_PATH, 0) {
-            node.loc.write().pinned = Some(Arc::new(fd));
+            node.loc_mut().pinned = Some(Arc::new(fd));
         }
     }
 
@@ -750,7 +753,7 @@ impl UnionFs {
         })();
         if result.is_ok() {
             if let Some((node, fd)) = replaced {
-                node.loc.write().pinned = Some(Arc::new(fd));
+                node.loc_mut().pinned = Some(Arc::new(fd));
                 self.inodes.unname(&node);
             }
             self.inodes.relocate(src_node.id, newparent, newname);

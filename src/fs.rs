@@ -398,21 +398,26 @@ impl UnionFs {
         }
         // Until the node is remembered: a branch change waits (see `restack`).
         let _stack = self.restack.read();
+        // Before reading the branches: what they show may be older than a change made
+        // meanwhile through another name (see `inode.rs`).
+        let seen = inode::epoch();
         let ploc = pnode.loc();
         let found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
-        self.enter(parent, &ploc, name, found)
+        self.enter(parent, &ploc, name, found, seen)
     }
 
-    /// Makes `found` (what `parent`/`name` resolves to, `ploc` being the parent's place) a
-    /// node and counts one kernel reference on it: by lookup, and by the creates, which
-    /// know what they made without resolving it again.
+    /// Makes `found` (what `parent`/`name` resolves to, `ploc` being the parent's place,
+    /// read from the branches since [`inode::epoch`] was `seen`) a node and counts one
+    /// kernel reference on it: by lookup, and by the creates, which know what they made
+    /// without resolving it again.
     pub(crate) fn enter(
         &self,
         parent: u64,
         ploc: &Loc,
         name: &OsStr,
         mut found: lookup::Found,
+        seen: u64,
     ) -> Result<Attr> {
         let key = self.identify(parent, name, &mut found);
         let merged = found.merged();
@@ -444,7 +449,7 @@ impl UnionFs {
                 .xattr_names
                 .filter(|_| self.keep_lower_attrs && found.top != crate::layers::UPPER),
         };
-        let node = self.inodes.remember(key, kind, loc);
+        let node = self.inodes.remember(key, kind, loc, seen);
         if node.kind != kind {
             // The same number now names an object of another type (reused behind our
             // back): refuse rather than confuse the kernel's inode cache.

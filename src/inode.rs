@@ -29,6 +29,21 @@
 //! entry API), so a lookup racing a forget either revives the node or creates a new one,
 //! never resurrects a removed one. Never hold a shard guard while touching another node.
 //!
+//! ## Observations and changes of a location
+//! A node's `Loc` is written two ways: by the daemon's own changes (copy-up, rename,
+//! a pin when a name goes, a branch change), which know the new state, and by lookups,
+//! which *observe* the branches and then record what they saw. The kernel's directory
+//! locks keep a lookup of a name from racing a change of that same name, but not a change
+//! made through another name or on the node itself (a copy-up through a hard link, an open
+//! for writing; a READDIRPLUS of the directory runs beside them). A lookup's record is
+//! therefore only as new as the moment it started reading: every change takes a stamp of
+//! [`LOC_EPOCH`] ([`Node::loc_mut`]), a lookup notes [`epoch`] before it reads the
+//! branches, and its observation replaces the location only if the node has not changed
+//! since (otherwise the node keeps the newer location, and only the reference is counted).
+//! A lookup that replaced a copy-up's location with what it saw before the copy-up made the
+//! node "lower" again: the next write copied it up a second time (EEXIST), and a link
+//! linked the lower file.
+//!
 //! ## Lock order
 //! `names` shard, then `nodes` shard (a lookup by name creates the node under the name's
 //! shard lock; a forget drops the node first, then the name under its shard lock). Nothing
@@ -47,6 +62,15 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::layers::{LayerId, ROOT_INO, UPPER};
+
+/// Counts the daemon's changes of node locations (see the module docs).
+static LOC_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The location epoch now: note it before reading the branches for a lookup, and pass it
+/// to [`InodeTable::remember`].
+pub fn epoch() -> u64 {
+    LOC_EPOCH.load(Ordering::SeqCst)
+}
 
 /// File type of a node; fixed for the node's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,7 +211,11 @@ pub struct Node {
     /// leads to it (removed from the index on unlink, rename and forget).
     name_key: Option<(u64, OsString)>,
     refs: Mutex<u64>,
+    /// Where the entry lives. Read freely; write through [`Node::loc_mut`] (a lookup's
+    /// record goes through [`InodeTable::remember`]).
     pub loc: RwLock<Loc>,
+    /// The [`LOC_EPOCH`] stamp of the last change of `loc` made by the daemon (0: none).
+    changed: AtomicU64,
     /// Held while this node is copied up: requests on the same node wait, others don't.
     pub copy_lock: Mutex<()>,
     /// Directories: the merged listing its streams read (`readdir::DirState`), shared by
@@ -204,6 +232,18 @@ impl Node {
 
     pub fn is_dir(&self) -> bool {
         self.kind == Kind::Dir
+    }
+
+    /// The location, for a change the daemon makes (a copy-up, a move, a pin): stamped, so
+    /// that a lookup which read the branches before it does not overwrite it with what it
+    /// saw then.
+    pub fn loc_mut(&self) -> parking_lot::RwLockWriteGuard<'_, Loc> {
+        let g = self.loc.write();
+        self.changed.store(
+            LOC_EPOCH.fetch_add(1, Ordering::SeqCst) + 1,
+            Ordering::SeqCst,
+        );
+        g
     }
 }
 
@@ -250,6 +290,7 @@ impl InodeTable {
                 // The root holds one reference of its own and is never forgotten.
                 refs: Mutex::new(1),
                 loc: RwLock::new(root),
+                changed: AtomicU64::new(0),
                 copy_lock: Mutex::new(()),
                 dir: Mutex::new(None),
             }),
@@ -306,12 +347,14 @@ impl InodeTable {
         }
     }
 
-    /// Records one kernel lookup of the node `key` found at `loc`: creates the node, or
-    /// refreshes the location of the existing one (it may have moved, or be reached
-    /// through another hard link). Keeps the parent's child reference in step.
-    pub fn remember(&self, key: NodeKey, kind: Kind, loc: Loc) -> Arc<Node> {
+    /// Records one kernel lookup of the node `key` found at `loc`, as read from the
+    /// branches since [`epoch`] was `seen`: creates the node, or refreshes the location of
+    /// the existing one (it may have moved, or be reached through another hard link)
+    /// unless the daemon changed it after `seen` (then the node's location is the newer).
+    /// Keeps the parent's child reference in step.
+    pub fn remember(&self, key: NodeKey, kind: Kind, loc: Loc, seen: u64) -> Arc<Node> {
         match key {
-            NodeKey::Object(id) => self.remember_id(id, kind, loc, None),
+            NodeKey::Object(id) => self.remember_id(id, kind, loc, seen),
             NodeKey::Name(parent, name) => {
                 debug_assert_eq!(loc.parent, parent);
                 let key = (parent, name);
@@ -321,68 +364,68 @@ impl InodeTable {
                     NAME_IDS | self.next_name_id.fetch_add(1, Ordering::Relaxed)
                 });
                 let id = *guard;
-                let (node, old_parent) = self.count_or_create(id, kind, loc, Some(key));
+                let (node, parents) = self.count_or_create(id, kind, loc, Some(key), seen);
                 drop(guard);
-                self.settle_parent(id, parent, old_parent);
+                self.settle_parent(id, parents);
                 self.tell_located(&node);
                 node
             }
         }
     }
 
-    fn remember_id(
-        &self,
-        id: u64,
-        kind: Kind,
-        loc: Loc,
-        name_key: Option<(u64, OsString)>,
-    ) -> Arc<Node> {
-        let new_parent = loc.parent;
-        let (node, old_parent) = self.count_or_create(id, kind, loc, name_key);
-        self.settle_parent(id, new_parent, old_parent);
+    fn remember_id(&self, id: u64, kind: Kind, loc: Loc, seen: u64) -> Arc<Node> {
+        let (node, parents) = self.count_or_create(id, kind, loc, None, seen);
+        self.settle_parent(id, parents);
         self.tell_located(&node);
         node
     }
 
-    /// One more reference to node `id` (its location refreshed to `loc`), or a new node;
-    /// returns it and, if it existed, its previous parent.
+    /// One more reference to node `id` (its location refreshed to `loc` unless changed
+    /// since `seen`), or a new node; returns it and its parent before (if it existed) and
+    /// now.
     fn count_or_create(
         &self,
         id: u64,
         kind: Kind,
         loc: Loc,
         name_key: Option<(u64, OsString)>,
-    ) -> (Arc<Node>, Option<u64>) {
+        seen: u64,
+    ) -> (Arc<Node>, (Option<u64>, u64)) {
         match self.nodes.entry(id) {
             Entry::Occupied(o) => {
                 let node = o.get().clone();
                 *node.refs.lock() += 1;
-                let old_parent = {
+                let parents = {
                     let mut l = node.loc.write();
                     let old = l.parent;
-                    *l = loc;
-                    old
+                    if node.changed.load(Ordering::SeqCst) <= seen {
+                        *l = loc;
+                    }
+                    (Some(old), l.parent)
                 };
-                (node, Some(old_parent))
+                (node, parents)
             }
             Entry::Vacant(v) => {
+                let parent = loc.parent;
                 let node = Arc::new(Node {
                     id,
                     kind,
                     name_key,
                     refs: Mutex::new(1),
                     loc: RwLock::new(loc),
+                    changed: AtomicU64::new(0),
                     copy_lock: Mutex::new(()),
                     dir: Mutex::new(None),
                 });
                 v.insert(node.clone());
-                (node, None)
+                (node, (None, parent))
             }
         }
     }
 
-    /// The child reference of a node just remembered under `new_parent`.
-    fn settle_parent(&self, id: u64, new_parent: u64, old_parent: Option<u64>) {
+    /// The child reference of a node just remembered: (its parent before, if it existed;
+    /// its parent now).
+    fn settle_parent(&self, id: u64, (old_parent, new_parent): (Option<u64>, u64)) {
         if id == ROOT_INO {
             return;
         }
@@ -409,7 +452,7 @@ impl InodeTable {
         let Some(node) = self.get(ino) else { return };
         self.unname(&node);
         let old = {
-            let mut l = node.loc.write();
+            let mut l = node.loc_mut();
             let old = l.parent;
             l.parent = parent;
             l.name = name.to_os_string();

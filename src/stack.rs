@@ -393,7 +393,7 @@ impl UnionFs {
                 let moved = !quiet.contains(&node.id);
                 match new {
                     Some(l) => {
-                        *node.loc.write() = l;
+                        *node.loc_mut() = l;
                         if moved {
                             // udba=notify: watches follow the new real directories.
                             self.inodes.located(node.id);
@@ -432,7 +432,7 @@ impl UnionFs {
             }
             match sys::openat(dir.as_fd(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0) {
                 Ok(fd) => {
-                    node.loc.write().pinned = Some(Arc::new(fd));
+                    node.loc_mut().pinned = Some(Arc::new(fd));
                     self.inodes.unname(node);
                 }
                 Err(e) => log::debug!("branches: pinning node {:#x}: {e}", node.id),

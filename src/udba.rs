@@ -551,7 +551,7 @@ impl UnionFs {
         match crate::lookup::lookup(&self.layers, &p.loc(), name) {
             Ok(Some(f)) if f.is_dir() && f.ino == id => {
                 {
-                    let mut l = n.loc.write();
+                    let mut l = n.loc_mut();
                     l.top = f.top;
                     l.dirs = f.dirs;
                 }
