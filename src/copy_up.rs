@@ -759,23 +759,7 @@ mod tests {
         }
         std::fs::create_dir(l.join("d")).unwrap();
         std::fs::write(l.join("d/f"), b"lower\n").unwrap();
-        let args = [
-            "stratafs".to_string(),
-            "-o".into(),
-            format!(
-                "lowerdir={},upperdir={},workdir={}",
-                l.display(),
-                u.display(),
-                w.display()
-            ),
-            m.display().to_string(),
-        ];
-        let crate::options::Command::Mount(mut cfg) = crate::options::parse_args(args).unwrap()
-        else {
-            panic!("not a mount");
-        };
-        cfg.validate().unwrap();
-        let ufs = UnionFs::new(&cfg).unwrap();
+        let ufs = UnionFs::for_test(&l, &u, &w, &m, "");
         let d = ufs.lookup(ROOT_INO, OsStr::new("d")).unwrap();
         let f = ufs.lookup(d.node, OsStr::new("f")).unwrap();
         let node = ufs.node(f.node).unwrap();
@@ -830,23 +814,7 @@ mod tests {
         }
         std::fs::create_dir(l.join("d")).unwrap();
         std::fs::write(l.join("d/f"), b"lower\n").unwrap();
-        let args = [
-            "stratafs".to_string(),
-            "-o".into(),
-            format!(
-                "lowerdir={},upperdir={},workdir={}",
-                l.display(),
-                u.display(),
-                w.display()
-            ),
-            m.display().to_string(),
-        ];
-        let crate::options::Command::Mount(mut cfg) = crate::options::parse_args(args).unwrap()
-        else {
-            panic!("not a mount");
-        };
-        cfg.validate().unwrap();
-        let ufs = UnionFs::new(&cfg).unwrap();
+        let ufs = UnionFs::for_test(&l, &u, &w, &m, "");
         let d = ufs.lookup(ROOT_INO, OsStr::new("d")).unwrap();
         let f = ufs.lookup(d.node, OsStr::new("f")).unwrap();
         let seen = crate::inode::epoch();

@@ -160,6 +160,35 @@ pub struct UnionFs {
 }
 
 impl UnionFs {
+    /// For unit tests: a union of `lower` under `upper` (work dir `work`, mount point `mnt`,
+    /// never mounted) with `extra` mount options, parsed and validated as the CLI does.
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        lower: &std::path::Path,
+        upper: &std::path::Path,
+        work: &std::path::Path,
+        mnt: &std::path::Path,
+        extra: &str,
+    ) -> UnionFs {
+        let args = [
+            "stratafs".to_string(),
+            "-o".into(),
+            format!(
+                "lowerdir={},upperdir={},workdir={}{extra}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            ),
+            mnt.display().to_string(),
+        ];
+        let crate::options::Command::Mount(mut cfg) = crate::options::parse_args(args).unwrap()
+        else {
+            panic!("not a mount");
+        };
+        cfg.validate().unwrap();
+        UnionFs::new(&cfg).unwrap()
+    }
+
     /// Opens the branches of `cfg` (already validated) and builds the root.
     pub fn new(cfg: &Config) -> Result<UnionFs> {
         let layers = Layers::open(cfg)?;

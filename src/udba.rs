@@ -615,23 +615,7 @@ mod tests {
         fs::create_dir(l.join("d")).unwrap();
         fs::create_dir(u.join("d")).unwrap();
         fs::write(u.join("d/f"), b"x").unwrap();
-        let args = [
-            "stratafs".to_string(),
-            "-o".into(),
-            format!(
-                "lowerdir={},upperdir={},workdir={},udba=notify",
-                l.display(),
-                u.display(),
-                w.display()
-            ),
-            m.display().to_string(),
-        ];
-        let crate::options::Command::Mount(mut cfg) = crate::options::parse_args(args).unwrap()
-        else {
-            panic!("not a mount");
-        };
-        cfg.validate().unwrap();
-        let ufs = UnionFs::new(&cfg).unwrap();
+        let ufs = UnionFs::for_test(&l, &u, &w, &m, ",udba=notify");
         let wt = ufs.watches.clone().expect("watches");
         // The root: upper and lower.
         assert_eq!(wt.count(), 2);
