@@ -26,7 +26,10 @@
 #
 # Exit status: 0 only if every test that ran passed and no stratafs mount was left behind.
 # The last line is "summary: N passed, N failed, N skipped", counting cargo's tests plus one
-# entry per extra stage (pjdfstest, fsx, podman, podman-deb, gluster, the left-over-mount check).
+# entry per extra stage (the dependency audit, pjdfstest, fsx, podman, podman-deb, gluster, the
+# left-over-mount check). Here a missing prerequisite is a failure, never a skip: the tests run
+# with STRATAFS_TEST_STRICT=1 (see build.rs) and a stage that cannot run fails; only a stage
+# switched off by its variable counts as skipped.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,7 +53,7 @@ for arg in "$@"; do
     --fsx) run_fsx_stage=1 ;;
     --all) run_pjdfstest_stage=1 run_fsx_stage=1 ;;
     --crash-loops=*) export STRATAFS_CRASH_LOOPS="${arg#*=}" ;;
-    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $arg (try --help)" ;;
   esac
 done
@@ -58,18 +61,19 @@ done
 require_root "scripts/test.sh"
 
 section "Dependencies"
-# fuse3: /dev/fuse helpers; attr, acl: getfattr/setfacl used by tests; gcc, libc6-dev,
-# pkg-config: linking Rust binaries; fuse-overlayfs, unionfs-fuse, squashfs-tools: the
-# comparison and differential tests of later stages; podman buildah runc uidmap catatonit
-# busybox-static: the podman stage and tests/rootless.rs (newuidmap, a static image);
-# debootstrap, python3-minimal: the Debian image and the export comparison of the
-# podman-deb stage; e2fsprogs: the full-ext4-upper test.
-ensure_packages fuse3 attr acl gcc libc6-dev pkg-config fuse-overlayfs unionfs-fuse squashfs-tools squashfuse \
-  podman buildah runc uidmap catatonit busybox-static debootstrap python3-minimal e2fsprogs
+# Every package a test or stage runs a program from; scripts/test-programs.txt says which program
+# each one is for, and the "deps" stage (scripts/deps-audit.sh) checks the two agree, so that a
+# fresh machine installs everything here, not later as some other package's dependency.
+ensure_packages fuse3 attr acl libcap2-bin gcc libc6-dev fuse-overlayfs unionfs-fuse squashfs-tools \
+  squashfuse podman runc uidmap catatonit busybox-static debootstrap python3-minimal \
+  xfsprogs strace glusterfs-server glusterfs-client glusterfs-cli glusterfs-common iproute2 procps
 require_cargo
 ensure_fuse_device
 cargo --version
 rustc --version
+# A test whose prerequisite is missing fails here; `cargo test` run by hand reports it as
+# ignored instead (build.rs sets the cfg(have = "...") values the tests check).
+export STRATAFS_TEST_STRICT=1
 
 section "Left-over mounts"
 if cleanup_stratafs_mounts; then say "none"; fi
@@ -103,6 +107,18 @@ stage_result() { # NAME pass|fail|skip DETAIL
   esac
   stage_lines+=("$(printf '%-10s %s: %s' "$1" "$2" "$3")")
 }
+
+section "Dependency audit"
+# Every program the tests and stages run comes from a package installed above
+# (scripts/test-programs.txt), and each package of that list is needed.
+deps_log="$logs/deps-audit.log"
+if scripts/deps-audit.sh >"$deps_log" 2>&1 && scripts/deps-audit.sh --self-test >>"$deps_log" 2>&1; then
+  cat "$deps_log"
+  stage_result deps pass "$(head -n 1 "$deps_log")"
+else
+  cat "$deps_log"
+  stage_result deps fail "scripts/deps-audit.sh found a program the dependency step does not install (full log: $deps_log)"
+fi
 
 section "Build"
 cargo build --release
@@ -242,7 +258,7 @@ run_podman() {
   summary=$(grep '^podman: ' "$log" | tail -n 1 || true)
   case "$rc" in
     0) stage_result podman pass "$summary, rootful and rootless (run, commit, build) in $(($(date +%s) - t0)) s" ;;
-    77) stage_result podman skip "$(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
+    77) stage_result podman fail "a prerequisite is missing: $(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
     *)
       tail -n 40 "$log"
       stage_result podman fail "exit status $rc, ${summary:-no summary} (full log: $log)"
@@ -274,7 +290,7 @@ run_podman_debian() {
   summary=$(grep '^podman-debian: ' "$log" | tail -n 1 || true)
   case "$rc" in
     0) stage_result podman-deb pass "$summary, rootful and rootless, stratafs against native overlay in $(($(date +%s) - t0)) s" ;;
-    77) stage_result podman-deb skip "$(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
+    77) stage_result podman-deb fail "a prerequisite is missing: $(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
     124 | 137) stage_result podman-deb fail "stopped after ${STRATAFS_PODMAN_DEBIAN_TIMEOUT:-900} s, ${summary:-no summary} (full log: $log)" ;;
     *) stage_result podman-deb fail "exit status $rc, ${summary:-no summary} in $(($(date +%s) - t0)) s (full log: $log)" ;;
   esac
@@ -300,7 +316,7 @@ run_gluster() {
   summary=$(grep '^gluster: ' "$log" | tail -n 1 || true)
   case "$rc" in
     0) stage_result gluster pass "$summary (layers, merged view, writes, upper on the volume, two mounts, brick faults in walks, copy-ups, open files) in $(($(date +%s) - t0)) s" ;;
-    77) stage_result gluster skip "$(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
+    77) stage_result gluster fail "a prerequisite is missing: $(sed -n 's/^SKIP: //p' "$log" | head -n 1)" ;;
     *)
       tail -n 40 "$log"
       stage_result gluster fail "exit status $rc, ${summary:-no summary} (full log: $log)"
