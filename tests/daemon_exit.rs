@@ -20,12 +20,6 @@ use std::time::{Duration, Instant};
 
 use common::{namespaces_holding, Scratch, Stack, Strata};
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
-        .unwrap_or(false)
-}
-
 /// Concurrent IO on the mount: new files written and fsynced, lower files appended to
 /// (copy-up), directories made and renamed, files renamed and removed.
 fn burst(m: &Path, tag: &str, threads: usize, files: usize) {
@@ -69,11 +63,8 @@ fn layers(s: &Scratch) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
 }
 
 #[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root")]
 fn umount_after_concurrent_io_ends_the_daemon_at_once() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     let s = Scratch::new("exit-burst");
     let (l, u, w, m) = layers(&s);
     let mut latencies = Vec::new();
@@ -150,11 +141,8 @@ impl Drop for NamespaceHolder {
 }
 
 #[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root")]
 fn sigterm_ends_a_daemon_whose_mount_another_namespace_holds() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     let s = Scratch::new("exit-ns");
     let (l, u, w, m) = layers(&s);
     let mut mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);

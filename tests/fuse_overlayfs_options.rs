@@ -373,10 +373,8 @@ fn same(opts: &str, flags: &[&str], dir_nlink: bool) -> [Outcome; 2] {
 // ---- the layers and the plain read-write mount ----
 
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn several_lowers_with_an_upper() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     let [a, _] = same("lowerdir=l1:l2,upperdir=u,workdir=w", &[], false);
     // The script really ran (a mount that refused everything would also "agree").
     assert!(a.script.contains("ok: rm -r dd"), "{}", a.script);
@@ -385,10 +383,8 @@ fn several_lowers_with_an_upper() {
 
 /// `lowerdir=` alone: a read-only union of the lowers in both.
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn lowerdir_only_is_read_only() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     let [a, b] = same("lowerdir=l1:l2", &[], false);
     assert!(a.script.contains("FAIL: mkdir nd"), "{}", a.script);
     assert!(a.script.contains("ok: cat a.txt"), "{}", a.script);
@@ -399,10 +395,8 @@ fn lowerdir_only_is_read_only() {
 
 /// `static_nlink`: every directory shows one link, in both.
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn static_nlink() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     let [_, b] = same(
         "lowerdir=l1:l2,upperdir=u,workdir=w,static_nlink",
         &[],
@@ -415,10 +409,8 @@ fn static_nlink() {
 /// `noacl`: an ACL entry set through the mount is stored but grants nothing (the mode
 /// bits decide), in both; without it the same entry lets nobody read.
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn noacl() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     const ACL: &str = r#"
 r() { if "$@" >/dev/null 2>&1; then echo "ok: $*"; else echo "FAIL: $*"; fi; }
 n() { r setpriv --reuid=65534 --regid=65534 --clear-groups -- sh -c "$1"; }
@@ -504,10 +496,8 @@ n 'echo x >> acld/f'
 
 /// `noxattrs=1`: every xattr call fails in both; the rest of the script is unchanged.
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn noxattrs() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     let opts = "lowerdir=l1:l2,upperdir=u,workdir=w,noxattrs=1";
     let s = Scratch::new("fopts-noxattrs");
     let [fo, sfs] = sides(&s);
@@ -598,10 +588,11 @@ fn count_syscalls(side: &Side, opts: &str, names: &str) -> (String, u64) {
 /// one; `fsync=1` (and no option): a caller's fsync is passed on. Counted with strace
 /// on each daemon.
 #[test]
+#[cfg_attr(
+    not(all(have = "fuse-overlayfs", have = "strace")),
+    ignore = "needs fuse-overlayfs and strace"
+)]
 fn volatile_and_fsync() {
-    if !common::have_fuse_overlayfs() || Command::new("strace").arg("-V").output().is_err() {
-        return;
-    }
     for (extra, syncs) in [
         (",volatile", false),
         (",fsync=0", false),
@@ -626,10 +617,8 @@ fn volatile_and_fsync() {
 // ---- options that tune internals: same view, same outcomes ----
 
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn tuning_options_change_nothing_visible() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     for extra in [
         "writeback=0",
         "writeback=1",
@@ -660,10 +649,8 @@ fn tuning_options_change_nothing_visible() {
 /// `threaded=0` and `-s` serve with one thread in both; fuse-overlayfs's default is one
 /// thread too, stratafs's (on purpose: per-inode locks) one per CPU.
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn threaded_0_serves_with_one_thread() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     let s = Scratch::new("fopts-thr");
     let [_, sfs] = sides(&s);
     let workers = |flags: &[&str], extra: &str| {
@@ -698,10 +685,8 @@ fn threaded_0_serves_with_one_thread() {
 /// fuse-overlayfs ignores `metacopy=on` (with a warning); stratafs copies metadata only,
 /// in the kernel's format, which reads back the same (the stored view below).
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn podman_command_lines() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     for extra in [
         "nodev,metacopy=on,volatile",
         "nodev,context=\"system_u:object_r:container_file_t:s0:c1,c2\",uidmapping=0:0:65536,gidmapping=0:0:65536",
@@ -726,10 +711,8 @@ fn podman_command_lines() {
 /// usable) unless `noatime`/`nodev` is given — podman's mountopt passes `nodev` itself.
 /// Both show `default_permissions,allow_other` as root.
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn mount_flags_follow_the_kernel_not_fuse_overlayfs() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     let s = Scratch::new("fopts-flags");
     let [fo, sfs] = sides(&s);
     let opts = "lowerdir=l1:l2,upperdir=u,workdir=w";
@@ -757,10 +740,8 @@ fn mount_flags_follow_the_kernel_not_fuse_overlayfs() {
 /// renames such a directory in place, in the kernel's `redirect_dir=on` format (see
 /// README), so it accepts both values and the raw rename(2) succeeds.
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn redirect_dir_differs_on_purpose() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     let s = Scratch::new("fopts-redir");
     let [fo, sfs] = sides(&s);
     let on = "lowerdir=l1:l2,upperdir=u,workdir=w,redirect_dir=on";
@@ -790,10 +771,8 @@ fn redirect_dir_differs_on_purpose() {
 /// - a setgid directory: fuse-overlayfs 1.10 gives new entries the creator's group and
 ///   drops the bit on copy-up; the kernel and stratafs keep the bit and give its group.
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn hard_links_and_setgid_follow_the_kernel() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     const OPS: &str = "truncate -s 1 h1; mkdir sgid/sub; echo s > sgid/f";
     let s = Scratch::new("fopts-kernel");
     let [fo, sfs] = sides(&s);
@@ -850,10 +829,8 @@ fn hard_links_and_setgid_follow_the_kernel() {
 /// The ones a drop-in user does pass (libfuse thread tuning, `-s`, `threaded=`, an empty
 /// `plugins=`) are accepted above.
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn unknown_options_refused_with_one_line() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     let s = Scratch::new("fopts-unknown");
     let [fo, sfs] = sides(&s);
     for extra in ["bogus_option", "plugins=/nonexistent/plugin.so"] {

@@ -257,9 +257,6 @@ fn differences(
 }
 
 fn same_as_fuse_overlayfs(opts: &str) {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     let s = Scratch::new("idmap-fo");
     let lower = lower_tree(&s);
     let fo = run(&s, &lower, Fs::Fo, opts, "fo");
@@ -285,11 +282,13 @@ fn same_as_fuse_overlayfs(opts: &str) {
 }
 
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn man_page_mapping_matches_fuse_overlayfs() {
     same_as_fuse_overlayfs(MAN);
 }
 
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn overlapping_ranges_match_fuse_overlayfs() {
     same_as_fuse_overlayfs("uidmapping=0:1000:10:5:2000:10,gidmapping=0:1000:10:5:2000:10");
 }
@@ -297,22 +296,26 @@ fn overlapping_ranges_match_fuse_overlayfs() {
 /// The form podman 4.3 passes to a mount program for `--uidmap` (a `:` in front of the
 /// ranges); stratafs refused it before ("\"\" is not an id").
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn podmans_leading_colon_matches_fuse_overlayfs() {
     same_as_fuse_overlayfs("uidmapping=:0:200000:65536,gidmapping=:0:200000:65536");
 }
 
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn uid_only_mapping_matches_fuse_overlayfs() {
     // fuse-overlayfs's own test-readonly.sh: a 0:0 file shows as uid 1000.
     same_as_fuse_overlayfs("uidmapping=0:1000:1");
 }
 
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn squash_to_root_with_mapping_matches_fuse_overlayfs() {
     same_as_fuse_overlayfs(&format!("{MAN},squash_to_root"));
 }
 
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn squash_to_uid_over_squash_to_root_matches_fuse_overlayfs() {
     same_as_fuse_overlayfs(&format!("{MAN},squash_to_uid=7,squash_to_root"));
     same_as_fuse_overlayfs("squash_to_gid=8,squash_to_root");
@@ -401,10 +404,8 @@ fn setgid_directory_group_is_the_stored_one() {
 /// `xattr_permissions=1` with a mapping: the override holds on-disk ids, shown mapped, and
 /// chown and new entries write on-disk ids into it, as fuse-overlayfs does.
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn overrides_hold_on_disk_ids_as_in_fuse_overlayfs() {
-    if !common::have_fuse_overlayfs() {
-        return;
-    }
     const NAME: &str = "security.fuseoverlayfs.override_stat";
     let s = Scratch::new("idmap-ovr");
     let l = s.dir("l");

@@ -14,21 +14,6 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_stratafs");
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/live-cd.sh");
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
-        .unwrap_or(false)
-}
-
-fn have(prog: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {prog}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 fn sh(cmd: &mut Command) -> String {
     let o = cmd.stdin(Stdio::null()).output().expect("spawn");
     assert!(
@@ -247,20 +232,20 @@ fn live_cd(name: &str, squashfuse: bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have = "root", have = "mksquashfs")),
+    ignore = "needs root and mksquashfs"
+)]
 fn live_cd_kernel_loop_lower_tmpfs_upper() {
-    if !is_root() || !have("mksquashfs") {
-        eprintln!("skipped: needs root and mksquashfs");
-        return;
-    }
     live_cd("loop", false);
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have = "root", have = "mksquashfs", have = "squashfuse")),
+    ignore = "needs root and mksquashfs and squashfuse"
+)]
 fn live_cd_squashfuse_lower() {
-    if !is_root() || !have("mksquashfs") || !have("squashfuse") {
-        eprintln!("skipped: needs root, mksquashfs and squashfuse");
-        return;
-    }
     live_cd("squashfuse", true);
 }
 
@@ -269,11 +254,11 @@ fn live_cd_squashfuse_lower() {
 /// upper), its files visible at once, a running process's open file from the old stack
 /// intact, then deactivated again (`del:`) and its image unmounted.
 #[test]
+#[cfg_attr(
+    not(all(have = "root", have = "mksquashfs")),
+    ignore = "needs root and mksquashfs"
+)]
 fn live_cd_module_activated_at_runtime() {
-    if !is_root() || !have("mksquashfs") {
-        eprintln!("skipped: needs root and mksquashfs");
-        return;
-    }
     let live = Live::new("module");
     let src = live.p("src");
     build_tree(&src);

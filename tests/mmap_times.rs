@@ -181,6 +181,7 @@ const SETUP: &[&str] = &["pwrite 0 4k", "fsync"];
 /// generic/080: a store through a shared mapping shows in stat while the file is still
 /// open and mapped, again after an msync and a second store, and after munmap and close.
 #[test]
+#[cfg_attr(not(have = "xfs_io"), ignore = "needs xfs_io")]
 fn mmap_store_updates_times() {
     with_mounts("mmap", "", |sides| {
         each_side(
@@ -205,6 +206,7 @@ fn mmap_store_updates_times() {
 
 /// The same on a lower file: the write-open copies it up first.
 #[test]
+#[cfg_attr(not(have = "xfs_io"), ignore = "needs xfs_io")]
 fn mmap_store_to_lower_file() {
     with_mounts("mmap-lower", "", |sides| {
         each_side(
@@ -222,6 +224,7 @@ fn mmap_store_to_lower_file() {
 
 /// Plain writes and truncates through passthrough (they reach the FUSE inode already).
 #[test]
+#[cfg_attr(not(have = "xfs_io"), ignore = "needs xfs_io")]
 fn write_and_truncate_update_times() {
     with_mounts("write", "", |sides| {
         each_side(
@@ -291,6 +294,7 @@ fn only_write_opens_lose_the_attribute_cache() {
 /// the times of stores through a mapping itself. generic/080's sequence, then the mount
 /// must show the upper file's times, and newer ones than before the store.
 #[test]
+#[cfg_attr(not(have = "xfs_io"), ignore = "needs xfs_io")]
 fn mmap_store_in_user_namespace() {
     let t = Scratch::new("mmap-userns");
     let script = r#"

@@ -15,21 +15,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_stratafs");
 /// Serializes the tests that touch /etc/fstab and /usr/local/bin.
 static SYSTEM: Mutex<()> = Mutex::new(());
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
-        .unwrap_or(false)
-}
-
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
-
 /// Runs a command with a time limit, stdin on /dev/null. A daemon that kept our stdout or
 /// stderr would make this time out.
 fn run(cmd: &mut Command) -> Output {
@@ -273,8 +258,8 @@ fn assert_quiet_success(o: &Output, what: &str) {
 }
 
 #[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root")]
 fn daemon_mode_returns_once_live_and_umount_ends_it() {
-    need_root!();
     let f = Fixture::new("daemon");
     let o = stratafs(&["-o", &f.kernel_opts(), &f.p("m")]);
     assert_quiet_success(&o, "daemon mount");
@@ -307,8 +292,8 @@ fn daemon_mode_returns_once_live_and_umount_ends_it() {
 }
 
 #[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root")]
 fn sigterm_unmounts_and_foreground_stays() {
-    need_root!();
     let f = Fixture::new("fg");
     let mut child = Command::new(BIN)
         .args(["-f", "-o", &f.kernel_opts(), &f.p("m")])
@@ -332,8 +317,8 @@ fn sigterm_unmounts_and_foreground_stays() {
 }
 
 #[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root")]
 fn three_syntaxes_give_the_same_view() {
-    need_root!();
     let f = Fixture::new("syntax");
     let kernel = f.kernel_opts();
     let union_pos = format!("{}=RW:{}=RO:{}", f.p("u"), f.p("l1"), f.p("l2"));
@@ -413,8 +398,8 @@ impl Drop for FstabBackup {
 }
 
 #[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root")]
 fn mount_8_with_each_syntax() {
-    need_root!();
     let _lock = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
     let _helper = HelperOnPath::install();
     let f = Fixture::new("mount8");
@@ -461,8 +446,8 @@ fn mount_8_with_each_syntax() {
 }
 
 #[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root")]
 fn fstab_line_and_mount_by_mountpoint() {
-    need_root!();
     let _lock = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
     let _helper = HelperOnPath::install();
     let f = Fixture::new("fstab");
@@ -493,8 +478,8 @@ fn fstab_line_and_mount_by_mountpoint() {
 }
 
 #[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root")]
 fn every_refusal_is_one_line_and_changes_nothing() {
-    need_root!();
     let f = Fixture::new("refuse");
     std::fs::write(f.root.join("file"), "not a dir").unwrap();
     let (l1, l2, u, w, m) = (f.p("l1"), f.p("l2"), f.p("u"), f.p("w"), f.p("m"));

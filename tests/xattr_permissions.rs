@@ -349,15 +349,8 @@ fn writeback_0_mounts_and_serves_io() {
 /// fuse-overlayfs 1.10 honours the overrides of a layer whose root carries one; on such a
 /// layer both must show the same owners and modes (regular files and directories).
 #[test]
+#[cfg_attr(not(have = "fuse-overlayfs"), ignore = "needs fuse-overlayfs")]
 fn same_view_as_fuse_overlayfs_on_a_force_mask_layer() {
-    if Command::new("fuse-overlayfs")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIP: fuse-overlayfs is not installed");
-        return;
-    }
     let s = Scratch::new("xperm-fo");
     let (l, m) = (s.dir("l"), s.dir("m"));
     force_mask_layer(&l);
@@ -457,11 +450,8 @@ fn chown_through_an_id_mapping_stores_mapped_ids() {
 /// `force_mask=0700` shows, through `xattr_permissions=2`, the owner and mode each entry's
 /// `user.containers.override_stat` records, and those are the image's (permission bits).
 #[test]
+#[cfg_attr(not(have = "podman"), ignore = "needs podman")]
 fn podman_force_mask_layer_reads_back_the_image_owners_and_modes() {
-    if Command::new("podman").arg("--version").output().is_err() {
-        eprintln!("SKIP: podman is not installed (containers-storage force_mask check)");
-        return;
-    }
     let s = Scratch::new("xperm-podman");
     let rootfs = s.dir("rootfs");
     fs::create_dir_all(rootfs.join("etc/sub")).unwrap();
@@ -513,11 +503,11 @@ fn podman_force_mask_layer_reads_back_the_image_owners_and_modes() {
         .expect("podman import");
     std::io::Write::write_all(&mut import.stdin.take().unwrap(), &tar.stdout).unwrap();
     let out = import.wait_with_output().unwrap();
-    if !out.status.success() {
-        let e = String::from_utf8_lossy(&out.stderr);
-        eprintln!("SKIP: podman import with force_mask failed here: {e}");
-        return;
-    }
+    assert!(
+        out.status.success(),
+        "podman import with force_mask failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let layer = fs::read_dir(store.join("overlay"))
         .unwrap()
         .map(|e| e.unwrap().path().join("diff"))

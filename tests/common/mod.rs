@@ -85,19 +85,6 @@ pub fn wait_for_mount(mnt: &Path, fstype: &str) {
     }
 }
 
-/// Whether fuse-overlayfs (the Debian package) runs here; prints a SKIP line when not.
-pub fn have_fuse_overlayfs() -> bool {
-    let ok = Command::new("fuse-overlayfs")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: fuse-overlayfs is not installed");
-    }
-    ok
-}
-
 /// What a guard of a foreground FUSE daemon does on drop: unmounts `mnt` (lazily when it is
 /// busy), then reaps `child`, killing it if it has not exited within 10 s.
 pub fn unmount_and_reap(mnt: &Path, child: Option<Child>) {
