@@ -108,6 +108,22 @@ pub struct Config {
     /// `lower_passthrough`: read-only opens of lower files use FUSE passthrough too, at the
     /// price documented in docs/guarantees.md (file.rs `passthrough_source`).
     pub lower_passthrough: bool,
+    /// `io_uring` / `noio_uring`: which FUSE transport serves requests (default: the ring
+    /// where the kernel offers it, see src/transport/).
+    pub io_uring: IoUring,
+}
+
+/// The FUSE transport choice of `-o io_uring` / `-o noio_uring`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoUring {
+    /// FUSE-over-io_uring when the fuse module's `enable_uring` is Y and INIT grants it,
+    /// else /dev/fuse (one log line says which and why).
+    #[default]
+    Auto,
+    /// `io_uring`: the ring or no mount (one-line error naming the module parameter).
+    Require,
+    /// `noio_uring`: /dev/fuse only.
+    Off,
 }
 
 /// One line of `--help`, and one entry of the man page's OPTIONS section.
@@ -371,6 +387,11 @@ pub const OPTIONS: &[OptionDoc] = &[
         "lower_passthrough",
         "lower_passthrough[=0|1]",
         "read-only opens of lower files use passthrough (root only; trades copy-up visibility)",
+    ),
+    doc(
+        "io_uring",
+        "io_uring, noio_uring",
+        "FUSE over io_uring: required (io_uring) or off (noio_uring); default: used when offered",
     ),
     doc(
         "fast_ino",
@@ -699,6 +720,8 @@ impl Parser {
                     cfg.no_writeback = !on;
                 }
             }
+            "io_uring" if value.is_none() => cfg.io_uring = IoUring::Require,
+            "noio_uring" if value.is_none() => cfg.io_uring = IoUring::Off,
             "userxattr" => cfg.userxattr = true,
             "noacl" => cfg.noacl = true,
             "acl" => cfg.noacl = false,
@@ -1562,6 +1585,15 @@ mod tests {
         assert!(!c.noxattrs && !c.no_writeback);
         assert!(cfg(&["-o", "lowerdir=/a,noxattrs", "/m"]).noxattrs);
         assert!(!c.lower_passthrough);
+        assert_eq!(c.io_uring, IoUring::Auto);
+        assert_eq!(
+            cfg(&["-o", "lowerdir=/a,io_uring", "/m"]).io_uring,
+            IoUring::Require
+        );
+        assert_eq!(
+            cfg(&["-o", "lowerdir=/a,noio_uring", "/m"]).io_uring,
+            IoUring::Off
+        );
         assert!(cfg(&["-o", "lowerdir=/a,lower_passthrough", "/m"]).lower_passthrough);
         assert!(cfg(&["-o", "lowerdir=/a,lower_passthrough=1", "/m"]).lower_passthrough);
         assert!(!cfg(&["-o", "lowerdir=/a,lower_passthrough=0", "/m"]).lower_passthrough);
