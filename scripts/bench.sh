@@ -43,9 +43,11 @@
 #                 stat(2)ing a not yet looked-up file every 20 ms; reports the slowest stat
 #                 and the copy-up time
 #   rss           daemon RSS at start, after a find walk, after `echo 2 > drop_caches`
-# Implementations (--impl): kernel, stratafs, stratafs-lp (stratafs -o lower_passthrough: lower
-# files read through FUSE passthrough too; as root only, the option does nothing rootless), fo2,
-# fo110, unionfs.
+# Implementations (--impl): kernel, stratafs (on /dev/fuse: -o noio_uring), stratafs-uring
+# (-o io_uring: FUSE over io_uring; the script sets the fuse module's enable_uring to Y for the
+# run and puts the old value back), stratafs-lp (stratafs -o lower_passthrough: lower files read
+# through FUSE passthrough too; as root only, the option does nothing rootless), fo2, fo110,
+# unionfs.
 # Rootless (unshare -Urm, as root mapped to root in a new user namespace; no passthrough
 # there): walk_warm, untar, append, fio_write, fio_read for stratafs, fuse-overlayfs 1.10 and
 # the kernel overlayfs (userxattr) as the reference. /dev/fuse is used as it is (mode 0666 on
@@ -65,9 +67,9 @@ SELF="$HERE/bench.sh"
 # shellcheck source=scripts/common.sh
 . "$HERE/common.sh"
 
-ALL_IMPLS="kernel stratafs stratafs-lp fo2 fo110 unionfs"
+ALL_IMPLS="kernel stratafs stratafs-uring stratafs-lp fo2 fo110 unionfs"
 ALL_WORKLOADS="walk_cold walk_warm ls_lR read_all untar append write_1b rm_rf fio_write fio_read fio_randread build stall rss"
-ROOTLESS_IMPLS="kernel stratafs fo2 fo110"
+ROOTLESS_IMPLS="kernel stratafs stratafs-uring fo2 fo110"
 ROOTLESS_WORKLOADS="walk_warm untar append fio_write fio_read"
 
 # ---------------------------------------------------------------- configuration (exported so
@@ -88,6 +90,7 @@ impl_label() {
   case "$1" in
     kernel) echo "kernel overlayfs" ;;
     stratafs) echo "stratafs" ;;
+    stratafs-uring) echo "stratafs -o io_uring" ;;
     stratafs-lp) echo "stratafs -o lower_passthrough" ;;
     fo2) echo "fuse-overlayfs 2.0" ;;
     fo110) echo "fuse-overlayfs 1.10" ;;
@@ -95,6 +98,16 @@ impl_label() {
     *) echo "$1" ;;
   esac
 }
+
+# enable_uring: the fuse module's enable_uring to Y for this run (the old value back at exit).
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_OLD=""
+enable_uring() {
+  [ -w "$URING_PARAM" ] || die "stratafs-uring: $URING_PARAM is missing (a kernel without FUSE over io_uring)"
+  URING_OLD=$(cat "$URING_PARAM")
+  echo Y >"$URING_PARAM" || die "cannot set $URING_PARAM"
+}
+restore_uring() { [ -z "$URING_OLD" ] || echo "$URING_OLD" >"$URING_PARAM"; }
 
 # ---------------------------------------------------------------- small helpers
 now() { printf '%s' "$EPOCHREALTIME"; }
@@ -118,7 +131,7 @@ unmount_all_mine() {
   fi
   RUN_TMPFS=""
 }
-trap 'unmount_all_mine' EXIT
+trap 'unmount_all_mine; restore_uring' EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- dataset
@@ -351,8 +364,9 @@ mount_impl() {
       local extra=""
       [ "$userns" = 1 ] && extra=",userxattr"
       mount -t overlay overlay -o "$ovl$extra" "$mnt" || return 1 ;;
-    stratafs) mount_stratafs "$STRATAFS_BIN" "$ovl" "$mnt" "$logf" || return 1 ;;
-    stratafs-lp) mount_stratafs "$STRATAFS_BIN" "$ovl,lower_passthrough" "$mnt" "$logf" || return 1 ;;
+    stratafs) mount_stratafs "$STRATAFS_BIN" "$ovl,noio_uring" "$mnt" "$logf" || return 1 ;;
+    stratafs-uring) mount_stratafs "$STRATAFS_BIN" "$ovl,io_uring" "$mnt" "$logf" || return 1 ;;
+    stratafs-lp) mount_stratafs "$STRATAFS_BIN" "$ovl,noio_uring,lower_passthrough" "$mnt" "$logf" || return 1 ;;
     fo2) mount_stratafs "$FO2_BIN" "$ovl" "$mnt" "$logf" || return 1 ;;
     fo110) mount_stratafs "$FO110_BIN" "$ovl" "$mnt" "$logf" || return 1 ;;
     unionfs) mount_stratafs "$UNIONFS_BIN" "cow,dirs=$up=RW:$DATA/layer2=RO:$DATA/base=RO" "$mnt" "$logf" || return 1 ;;
@@ -529,7 +543,7 @@ for line in open(res):
     p = line.rstrip("\n").split("\t")
     if len(p) == 3 and p[0] == "NA":
         na[p[1]] = p[2]
-labels = {"kernel": "kernel", "stratafs": "stratafs", "stratafs-lp": "stratafs lower_passthrough", "fo2": "fuse-overlayfs 2.0",
+labels = {"kernel": "kernel", "stratafs": "stratafs", "stratafs-uring": "stratafs io_uring", "stratafs-lp": "stratafs lower_passthrough", "fo2": "fuse-overlayfs 2.0",
           "fo110": "fuse-overlayfs 1.10", "unionfs": "unionfs-fuse"}
 wl_label = {
  "walk_cold": "find walk, cold", "walk_warm": "find walk, warm", "ls_lR": "ls -lR",
@@ -634,13 +648,14 @@ main() {
 
   local start=$SECONDS
   case " $impls " in
-    *" stratafs "*|*" stratafs-lp "*)
+    *" stratafs "*|*" stratafs-uring "*|*" stratafs-lp "*)
       section "building stratafs (cargo build --release)"
       require_cargo
       (cd "$ROOT" && cargo build --release -q) || die "cargo build failed" ;;
   esac
   FO2_NA=""
   case " $impls " in *" fo2 "*) ensure_fo2 ;; esac
+  case " $impls " in *" stratafs-uring "*) enable_uring ;; esac
   build_dataset
   local setup=$((SECONDS - start))
 
