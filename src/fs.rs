@@ -568,6 +568,12 @@ impl UnionFs {
         a
     }
 
+    /// Whether attributes of `ino` read just now must not be left for the kernel to cache,
+    /// a name of it going or just gone (inode.rs, "Link counts the kernel keeps").
+    pub fn count_settling(&self, ino: u64) -> bool {
+        self.inodes.get(ino).is_some_and(|n| n.count_settling())
+    }
+
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);

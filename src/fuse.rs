@@ -151,6 +151,18 @@ impl FuseAdapter {
         }
     }
 
+    /// Before a reply carrying `a`'s attributes: while a name of its node goes or just
+    /// went, the kernel must not cache them, or its link count may end one short, at 0
+    /// (inode.rs, "Link counts the kernel keeps"). A notify inval_inode first moves the
+    /// inode's attribute version past the one the request was sent with, and the kernel
+    /// drops the reply's attributes (a stat still gets them: it reads the reply).
+    fn settle_count(&self, a: &Attr) {
+        if self.fs.count_settling(a.node) {
+            self.stats.count(Op::NotifyInvalRemoved);
+            self.forget_cached_attrs(a.node);
+        }
+    }
+
     /// The daemon changed `ino`'s mode while serving a write (dropped setuid/setgid bits):
     /// the kernel's cached attributes must go before the reply, or its next permission
     /// check or exec would still see the bits (the reply of a write carries no attributes,
@@ -635,7 +647,10 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.stats.count(Op::Lookup);
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => self.reply_entry(parent, &a, reply),
+            Ok(a) => {
+                self.settle_count(&a);
+                self.reply_entry(parent, &a, reply)
+            }
             // A negative entry (node id 0) lets the kernel cache "no such name" too.
             Err(e) if e.errno == libc::ENOENT && !self.entry_ttl(parent).is_zero() => {
                 let mut neg = fuse_attr(&Attr::negative());
@@ -657,7 +672,10 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.stats.count(Op::Getattr);
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.attr_ttl(&a), &fuse_attr(&a)),
+            Ok(a) => {
+                self.settle_count(&a);
+                reply.attr(&self.attr_ttl(&a), &fuse_attr(&a))
+            }
             Err(e) => reply.error(errno("getattr", e)),
         }
     }
@@ -844,6 +862,9 @@ impl Filesystem for FuseAdapter {
             } else {
                 Duration::ZERO
             };
+            if linked {
+                self.settle_count(&attr);
+            }
             if reply.add(entry.ino, e.off, &e.name, &ttl, &entry, Generation(0)) {
                 // Did not fit: the kernel never saw it, so it does not hold the reference.
                 if counted && linked {
