@@ -10,7 +10,7 @@
 # The sources: tests/ (string literals of the Rust files, the Perl helper) and the scripts that
 # scripts/test.sh runs. The manifest: scripts/test-programs.txt (its header says what is
 # checked). Prints one line per problem; exit 0 only when there is none.
-set -euo pipefail
+set -euo pipefail # (no `producer | grep -q` below: grep's early exit fails such a pipeline)
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -100,12 +100,12 @@ audit() { # WITHOUT: a package to leave out of the list ("" for none); prints pr
   for i in "${!progs[@]}"; do
     prog=${progs[$i]} pkg=${pkgs[$i]} owner=${owner_of[${paths[$i]}]:-}
     [ "$owner" = "$pkg" ] || echo "manifest: $prog (${paths[$i]}) comes from package '${owner:-none}', not $pkg"
-    printf '%s\n' "$list" | grep -qx -- "$pkg" || base_pkg "$pkg" ||
+    grep -qx -- "$pkg" <<<"$list" || base_pkg "$pkg" ||
       echo "unlisted: $prog needs package $pkg, which scripts/test.sh does not install"
   done
   # 2. Every listed package provides something the suite uses.
   for pkg in $list; do
-    awk '{print $2}' <<<"$programs" | grep -qx -- "$pkg" ||
+    grep -qx -- "$pkg" <<<"$(awk '{print $2}' <<<"$programs")" ||
       echo "unused: scripts/test.sh installs $pkg, which no program of $manifest comes from"
   done
   # 3. What a stage script installs by itself (when run alone) is in the list too.
@@ -113,7 +113,7 @@ audit() { # WITHOUT: a package to leave out of the list ("" for none); prints pr
   stage_pkgs=$(grep -h -e 'ensure_packages ' -e '^pkgs=(' "${stage_scripts[@]:1}" | grep -v '^\s*#' |
     sed 's/.*ensure_packages //; s/^pkgs=(//; s/[)|&>].*//' | tr ' ' '\n' | grep -E '^[a-z0-9][a-z0-9.+-]+$' || true)
   for pkg in $stage_pkgs; do
-    printf '%s\n' "$list" | grep -qx -- "$pkg" ||
+    grep -qx -- "$pkg" <<<"$list" ||
       echo "stage: a stage script installs $pkg by itself; scripts/test.sh must install it first"
   done
 }

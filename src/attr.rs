@@ -408,6 +408,9 @@ impl UnionFs {
         if s.size.is_some() && node.kind == Kind::Dir {
             return err(libc::EISDIR);
         }
+        // No field at all: chown(-1, -1), or a write's removal of privileges (see
+        // `drop_privs_for`); either way a change of the inode, made as one below.
+        let touch = s.is_empty();
         let s = self.drop_privs_for(ino, s)?;
         // Ids given through the mount are stored mapped (uidmapping=/gidmapping=); one no
         // range covers is stored as the overflow id, as fuse-overlayfs does.
@@ -436,17 +439,7 @@ impl UnionFs {
         self.copy_up(&node, want)?;
         let real = self.real(&node)?;
         let (dir, name) = (real.dir.as_fd(), real.name.as_c_str());
-        let overridden = (uid.is_some() || gid.is_some() || s.mode.is_some())
-            && self.set_override(dir, name, uid, gid, s.mode)?;
-        if !overridden {
-            if uid.is_some() || gid.is_some() {
-                ops::fchownat(dir, name, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
-                    .map_err(|e| Error::io(e, "chown"))?;
-            }
-            if let Some(mode) = s.mode {
-                ops::fchmodat(dir, name, mode & 0o7777).map_err(|e| Error::io(e, "chmod"))?;
-            }
-        }
+        self.change_owner_mode(dir, name, uid, gid, s.mode, touch)?;
         if let Some(size) = s.size {
             let h =
                 s.fh.and_then(|fh| self.handle(fh).ok())
@@ -473,6 +466,37 @@ impl UnionFs {
             .map_err(|e| Error::io(e, "utimens"))?;
         }
         self.getattr(ino, None)
+    }
+
+    /// The owner and mode part of a setattr on the real entry `dir`/`name` (ids already
+    /// mapped to the disk's). `touch`: the request had no field (chown(-1, -1)): the real
+    /// entry gets a chown(-1, -1) too, which changes no owner but is a change of the inode
+    /// (its ctime, as the kernel overlayfs's setattr of its upper; file capabilities go,
+    /// as a chown takes them).
+    fn change_owner_mode(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: Option<u32>,
+        touch: bool,
+    ) -> Result<()> {
+        let overridden = (uid.is_some() || gid.is_some() || mode.is_some())
+            && self.set_override(dir, name, uid, gid, mode)?;
+        if !overridden {
+            if uid.is_some() || gid.is_some() {
+                ops::fchownat(dir, name, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
+                    .map_err(|e| Error::io(e, "chown"))?;
+            }
+            if let Some(mode) = mode {
+                ops::fchmodat(dir, name, mode & 0o7777).map_err(|e| Error::io(e, "chmod"))?;
+            }
+        }
+        if touch {
+            ops::fchownat(dir, name, u32::MAX, u32::MAX).map_err(|e| Error::io(e, "chown"))?;
+        }
+        Ok(())
     }
 
     /// A truncate or chown drops the setuid/setgid bits the kernel's rules say it drops for

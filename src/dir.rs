@@ -462,6 +462,8 @@ impl UnionFs {
         if !dir && found.top == UPPER {
             self.drop_number(updir.as_fd(), &cname);
         }
+        // The kernel's link count of the node must settle (inode.rs); to the end.
+        let _going = node.as_ref().map(|n| n.name_going());
         let r = self.remove_real(&work, &updir, &cname, found.top, dir, needs_whiteout);
         match (&r, node, was_pinned) {
             // The name is still there (e.g. no space for the whiteout): unpin it.
@@ -668,6 +670,13 @@ impl UnionFs {
                         .and_then(|dir| sys::openat(dir.as_fd(), &cnew, libc::O_PATH, 0).ok())
                         .map(|fd| (node, fd))
                 })
+            }
+            _ => None,
+        };
+        // The replaced file's link count in the kernel must settle (inode.rs).
+        let _going = match (&dst, &dst_key) {
+            (Some(d), Some(key)) if !exchange && !d.is_dir() => {
+                self.inodes.find(key).map(|n| n.name_going())
             }
             _ => None,
         };

@@ -383,6 +383,12 @@ impl UnionFs {
             }
             return NodeKey::Object(f.ino);
         }
+        NodeKey::Object(self.identify_upper(f))
+    }
+
+    /// [`Self::identify`] of an upper non-directory: its node id, and the number it shows
+    /// (set in `f.ino`), recorded in `renumbered` where that is not simply its own.
+    fn identify_upper(&self, f: &mut lookup::Found) -> u64 {
         let key = (f.st.st_dev, f.st.st_ino);
         let own = self.layers.ino(f.st.st_dev, f.st.st_ino);
         let id = match self.renumbered.get(&key).map(|n| *n) {
@@ -393,7 +399,37 @@ impl UnionFs {
             None => f.ino,
         };
         f.ino = if inode::is_name_id(id) { own } else { id };
-        NodeKey::Object(id)
+        id
+    }
+
+    /// The number a listing gives the upper entry `e`: the one a lookup of its name shows
+    /// (see `identify`), so that d_ino is st_ino. An upper file the mount already numbered
+    /// keeps that number (a copy-up, a rename or a link made through the mount, an upper
+    /// file with several names); one the listing meets first is numbered here as its
+    /// lookup would number it, and that number then holds for its other names too.
+    fn listed_ino(&self, e: &readdir::UpperEntry<'_>) -> u64 {
+        let own = self.layers.ino(e.dev, e.ino);
+        if e.is_dir {
+            return e.resolved_ino(&self.layers);
+        }
+        if let Some(id) = self.renumbered.get(&(e.dev, e.ino)).map(|n| *n) {
+            return if inode::is_name_id(id) { own } else { id };
+        }
+        if !e.origin {
+            // Numbered by lookup as its own, unless it has several names (then the first
+            // lookup records that number: its own, since it has no origin).
+            return own;
+        }
+        match lookup::lookup(&self.layers, e.dir, e.name) {
+            Ok(Some(mut f))
+                if f.top == crate::layers::UPPER
+                    && (f.st.st_dev, f.st.st_ino) == (e.dev, e.ino) =>
+            {
+                self.identify_upper(&mut f);
+                f.ino
+            }
+            _ => own,
+        }
     }
 
     /// The st_ino node `id` shows, its real object's stat being `st`.
@@ -532,6 +568,12 @@ impl UnionFs {
         a
     }
 
+    /// Whether attributes of `ino` read just now must not be left for the kernel to cache,
+    /// a name of it going or just gone (inode.rs, "Link counts the kernel keeps").
+    pub fn count_settling(&self, ino: u64) -> bool {
+        self.inodes.get(ino).is_some_and(|n| n.count_settling())
+    }
+
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
@@ -609,6 +651,7 @@ impl UnionFs {
             ino,
             parent_ino,
             self.shows_overrides(),
+            &|e| self.listed_ino(e),
         )?);
         state.get_or_insert_with(Default::default).listing = Some((gen, l.clone()));
         Ok(l)
@@ -623,18 +666,9 @@ impl UnionFs {
         }
     }
 
-    /// Whether the kernel asked READDIRPLUS of directory `ino` from a name node's entry
-    /// since its listing was last dropped (see `fuse.rs`, `readdirplus`); `set` records
-    /// that it did.
-    pub fn plus_at_name(&self, ino: u64, set: bool) -> bool {
-        let Some(n) = self.inodes.get(ino) else {
-            return false;
-        };
-        let mut state = n.dir.lock();
-        if set {
-            state.get_or_insert_with(Default::default).plus_at_name = true;
-        }
-        state.as_ref().is_some_and(|s| s.plus_at_name)
+    /// Whether the table has a node with id `ino` (no reference counted).
+    pub fn has_node(&self, ino: u64) -> bool {
+        self.inodes.get(ino).is_some()
     }
 
     /// Attributes for a READDIRPLUS entry: a lookup (counted) except for `.` and `..`,

@@ -66,6 +66,9 @@ pub struct FuseAdapter {
     /// mount's readahead (`mount::raise_readahead`), once INIT is done.
     bdi: Arc<OnceLock<String>>,
     readahead_set: std::sync::Once,
+    /// The kernel refuses attributes with an invalid size in a READDIRPLUS entry without
+    /// refusing the entry (FUSE 7.32, Linux 5.10, and later; see `plus_entry`).
+    plus_without_node: bool,
 }
 
 /// Sends cache invalidations for changes the kernel did not see go through a request (a
@@ -121,6 +124,7 @@ impl FuseAdapter {
             notifier: Arc::new(OnceLock::new()),
             bdi: Arc::new(OnceLock::new()),
             readahead_set: std::sync::Once::new(),
+            plus_without_node: false,
         }
     }
 
@@ -144,6 +148,18 @@ impl FuseAdapter {
             if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
                 debug!("inval_inode {ino:#x}: {e}");
             }
+        }
+    }
+
+    /// Before a reply carrying `a`'s attributes: while a name of its node goes or just
+    /// went, the kernel must not cache them, or its link count may end one short, at 0
+    /// (inode.rs, "Link counts the kernel keeps"). A notify inval_inode first moves the
+    /// inode's attribute version past the one the request was sent with, and the kernel
+    /// drops the reply's attributes (a stat still gets them: it reads the reply).
+    fn settle_count(&self, a: &Attr) {
+        if self.fs.count_settling(a.node) {
+            self.stats.count(Op::NotifyInvalRemoved);
+            self.forget_cached_attrs(a.node);
         }
     }
 
@@ -422,6 +438,10 @@ fn entry_attr(a: &Attr) -> fuser::FileAttr {
     f
 }
 
+/// The largest file size the kernel accepts in attributes (it refuses a larger one as
+/// invalid).
+const MAX_VALID_SIZE: u64 = i64::MAX as u64;
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -487,6 +507,30 @@ impl FuseAdapter {
         }
     }
 
+    /// The READDIRPLUS entry of `a`, and whether the kernel links it (makes a dentry of
+    /// the node, holding one reference).
+    ///
+    /// The kernel takes an entry's d_ino from its dirent and the node from its entry part;
+    /// fuser fills both, and the attributes' number, from one field. An object node's id
+    /// is the number it shows, so one field serves. A name node's id is not (see
+    /// `inode.rs`): its entry carries the number it shows, with a size the kernel refuses
+    /// as invalid, so that the kernel lists it (the dirent goes out before the entry part
+    /// is checked) and links nothing, as for an entry without a node (node id 0, which
+    /// fuser cannot send with a d_ino); it then sends a FORGET of that number, which names
+    /// no node (a lower file's number is an object node's only while it has one link) and
+    /// changes nothing. A later stat looks the name up, as after a plain READDIR. (A
+    /// kernel older than that check would link the number: such an entry then carries its
+    /// node, and its node id as d_ino.)
+    fn plus_entry(&self, a: &Attr) -> (fuser::FileAttr, bool) {
+        let name_node = a.node != a.ino;
+        if !name_node || !self.plus_without_node || self.fs.has_node(a.ino) {
+            return (entry_attr(a), true);
+        }
+        let mut f = fuse_attr(a);
+        f.size = MAX_VALID_SIZE + 1;
+        (f, false)
+    }
+
     fn reply_entry(&self, parent: INodeNo, a: &Attr, reply: ReplyEntry) {
         reply.entry_with_ttls(
             &self.attr_ttl(a),
@@ -510,6 +554,7 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: Vec<u8>) {
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         self.stats.count(Op::Init);
+        self.plus_without_node = config.kernel_abi().1 >= 32;
         // Each capability on its own, so one the kernel lacks does not cost the others.
         use fuser::InitFlags as F;
         for (flag, why) in [
@@ -602,7 +647,10 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.stats.count(Op::Lookup);
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => self.reply_entry(parent, &a, reply),
+            Ok(a) => {
+                self.settle_count(&a);
+                self.reply_entry(parent, &a, reply)
+            }
             // A negative entry (node id 0) lets the kernel cache "no such name" too.
             Err(e) if e.errno == libc::ENOENT && !self.entry_ttl(parent).is_zero() => {
                 let mut neg = fuse_attr(&Attr::negative());
@@ -624,7 +672,10 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.stats.count(Op::Getattr);
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.attr_ttl(&a), &fuse_attr(&a)),
+            Ok(a) => {
+                self.settle_count(&a);
+                reply.attr(&self.attr_ttl(&a), &fuse_attr(&a))
+            }
             Err(e) => reply.error(errno("getattr", e)),
         }
     }
@@ -781,7 +832,6 @@ impl Filesystem for FuseAdapter {
             self.fs.readdir_done(ino.0);
         }
         let mut added = false;
-        let mut plus_at_name = None;
         for e in listing.get(start..).unwrap_or_default() {
             let counted = !(e.name == "." || e.name == "..");
             let attr = match self.fs.readdirplus_entry(ino.0, e) {
@@ -801,27 +851,10 @@ impl Filesystem for FuseAdapter {
                 }
                 Err(err) => return reply.error(errno("readdirplus", err)),
             };
-            // A name node's entry would show its node id as d_ino (fuser takes d_ino and
-            // the node id from one field): end the reply before it, so that the kernel
-            // asks on from there with a plain READDIR (READDIRPLUS_AUTO: after offset 0
-            // it uses plain unless a lookup in the directory advised otherwise), whose
-            // d_ino is the number shown. When the kernel asks READDIRPLUS from such an
-            // entry anyway (a program that stats entries between getdents calls, as
-            // `ls -l` does), it is sent, with stale attributes, and the stream's later
-            // replies are no longer ended early (each would cost a request and help no
-            // more).
-            let name_node = attr.node != attr.ino;
-            if name_node && !added {
-                plus_at_name = Some(self.fs.plus_at_name(ino.0, true));
-            }
-            if name_node
-                && added
-                && !*plus_at_name.get_or_insert_with(|| self.fs.plus_at_name(ino.0, false))
-            {
-                if counted {
-                    self.fs.forget(attr.node, 1);
-                }
-                break;
+            let (entry, linked) = self.plus_entry(&attr);
+            if counted && !linked {
+                // The kernel makes no dentry of it: it holds no reference.
+                self.fs.forget(attr.node, 1);
             }
             // One TTL for the entry and its attributes.
             let ttl = if self.fs.udba_covers_dir(ino.0) {
@@ -829,16 +862,12 @@ impl Filesystem for FuseAdapter {
             } else {
                 Duration::ZERO
             };
-            if reply.add(
-                INodeNo(attr.node),
-                e.off,
-                &e.name,
-                &ttl,
-                &entry_attr(&attr),
-                Generation(0),
-            ) {
+            if linked {
+                self.settle_count(&attr);
+            }
+            if reply.add(entry.ino, e.off, &e.name, &ttl, &entry, Generation(0)) {
                 // Did not fit: the kernel never saw it, so it does not hold the reference.
-                if counted {
+                if counted && linked {
                     self.fs.forget(attr.node, 1);
                 }
                 break;

@@ -44,6 +44,21 @@
 //! node "lower" again: the next write copied it up a second time (EEXIST), and a link
 //! linked the lower file.
 //!
+//! ## Link counts the kernel keeps
+//! The kernel keeps its own link count of a FUSE inode: it applies the count of every reply
+//! that carries attributes (LOOKUP, GETATTR, READDIRPLUS), and after a successful UNLINK or
+//! rename over a name it takes one off itself (Linux fs/fuse/dir.c, `fuse_entry_unlinked`),
+//! when the unlinking thread runs again after our reply. Its guard, an attribute version
+//! taken when a request is sent, only throws away replies applied *after* that decrement.
+//! A reply carrying the count from after the removal that is applied *before* it (a
+//! READDIRPLUS of another directory holding another name of the file, or a GETATTR, served
+//! by another daemon thread) is counted twice: a file left with one name shows 0 links to
+//! the kernel, and `link(2)` through its other name fails with ENOENT without asking us
+//! (`vfs_link` refuses an inode with no links). So while a name of a node goes
+//! ([`Node::name_going`]) and for [`SETTLE`] after, replies carrying its attributes are
+//! made uncacheable ([`Node::count_settling`]; the adapter sends a notify inval_inode first,
+//! which moves the inode's attribute version past the request's, so the kernel drops them).
+//!
 //! ## Lock order
 //! `names` shard, then `nodes` shard (a lookup by name creates the node under the name's
 //! shard lock; a forget drops the node first, then the name under its shard lock). Nothing
@@ -70,6 +85,20 @@ static LOC_EPOCH: AtomicU64 = AtomicU64::new(0);
 /// to [`InodeTable::remember`].
 pub fn epoch() -> u64 {
     LOC_EPOCH.load(Ordering::SeqCst)
+}
+
+/// How long after a name of a node went its attributes are not left for the kernel to
+/// cache (see the module docs): the kernel's own decrement follows our reply as soon as the
+/// unlinking thread runs again, microseconds normally; a second covers a loaded machine.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Nanoseconds since the first call (never 0), for [`Node`]'s settle stamps.
+fn now_ns() -> u64 {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+        + 1
 }
 
 /// File type of a node; fixed for the node's life.
@@ -216,6 +245,10 @@ pub struct Node {
     pub loc: RwLock<Loc>,
     /// The [`LOC_EPOCH`] stamp of the last change of `loc` made by the daemon (0: none).
     changed: AtomicU64,
+    /// Removals of a name of this node under way, and when the last one ended
+    /// ([`now_ns`], 0: never): see "Link counts the kernel keeps" in the module docs.
+    removing: AtomicU64,
+    removed_at: AtomicU64,
     /// Held while this node is copied up: requests on the same node wait, others don't.
     pub copy_lock: Mutex<()>,
     /// Directories: the merged listing its streams read (`readdir::DirState`), shared by
@@ -244,6 +277,39 @@ impl Node {
             Ordering::SeqCst,
         );
         g
+    }
+}
+
+/// A name of a node going away (see [`Node::name_going`]); dropping it ends the removal.
+#[derive(Debug)]
+pub struct NameGoing(Arc<Node>);
+
+impl Drop for NameGoing {
+    fn drop(&mut self) {
+        // The stamp first: the node never looks settled between the two stores.
+        self.0.removed_at.store(now_ns(), Ordering::SeqCst);
+        self.0.removing.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Node {
+    /// Before a name of this non-directory is removed (unlink, or a rename over it), and
+    /// held until the removal is done, successful or not: until [`SETTLE`] after, the
+    /// kernel's link count may still drop for it (see the module docs).
+    pub fn name_going(self: &Arc<Self>) -> NameGoing {
+        self.removing.fetch_add(1, Ordering::SeqCst);
+        NameGoing(self.clone())
+    }
+
+    /// Whether attributes read now must not be left for the kernel to cache: a name of
+    /// this node is going, or went less than [`SETTLE`] ago. Ask after reading them (a
+    /// read that saw the removal then sees the mark, set before it).
+    pub fn count_settling(&self) -> bool {
+        if self.removing.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        let at = self.removed_at.load(Ordering::SeqCst);
+        at != 0 && now_ns().saturating_sub(at) < SETTLE.as_nanos() as u64
     }
 }
 
@@ -291,6 +357,8 @@ impl InodeTable {
                 refs: Mutex::new(1),
                 loc: RwLock::new(root),
                 changed: AtomicU64::new(0),
+                removing: AtomicU64::new(0),
+                removed_at: AtomicU64::new(0),
                 copy_lock: Mutex::new(()),
                 dir: Mutex::new(None),
             }),
@@ -414,6 +482,8 @@ impl InodeTable {
                     refs: Mutex::new(1),
                     loc: RwLock::new(loc),
                     changed: AtomicU64::new(0),
+                    removing: AtomicU64::new(0),
+                    removed_at: AtomicU64::new(0),
                     copy_lock: Mutex::new(()),
                     dir: Mutex::new(None),
                 });

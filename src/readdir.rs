@@ -47,9 +47,6 @@ pub struct DirEntry {
 pub struct DirState {
     /// The listing its streams read on in, and the `UnionFs::names_gen` it was built at.
     pub(crate) listing: Option<(u64, Arc<Vec<DirEntry>>)>,
-    /// The kernel asked READDIRPLUS from a name node's entry (see `fuse.rs`,
-    /// `readdirplus`): replies are no longer ended before such entries.
-    pub(crate) plus_at_name: bool,
 }
 
 /// The cookie of a name other than `.` and `..`: a hash in 3..i64::MAX (the kernel's
@@ -87,7 +84,39 @@ pub fn position_after(listing: &[DirEntry], after: u64) -> usize {
 /// Lists the merged directory `dir` (whose own number is `ino`, its parent's `parent_ino`).
 /// `.` and `..` come first.
 pub fn list(layers: &Layers, dir: &Loc, ino: u64, parent_ino: u64) -> Result<Vec<DirEntry>> {
-    list_with(layers, dir, ino, parent_ino, false)
+    list_with(layers, dir, ino, parent_ino, false, &|e| {
+        e.resolved_ino(layers)
+    })
+}
+
+/// An entry of the upper directory of a listing, for [`list_with`]'s `number`: the
+/// number it shows must be the one a lookup of its name gives (readdir's d_ino is
+/// compared with stat's st_ino).
+#[derive(Debug)]
+pub struct UpperEntry<'a> {
+    /// The merged directory listed.
+    pub dir: &'a Loc,
+    pub name: &'a OsStr,
+    /// The real entry's st_dev and st_ino.
+    pub dev: u64,
+    pub ino: u64,
+    pub is_dir: bool,
+    /// It carries an origin marker in a merged directory (it was copied up from an entry
+    /// of a lower, whose number it may show).
+    pub origin: bool,
+}
+
+impl UpperEntry<'_> {
+    /// The number as layered resolution alone gives it: its origin's when it has one that
+    /// lends its number, else its own (no record of what the mount showed before).
+    pub fn resolved_ino(&self, layers: &Layers) -> u64 {
+        if self.origin {
+            if let Ok(Some(f)) = lookup::lookup(layers, self.dir, self.name) {
+                return f.ino;
+            }
+        }
+        layers.ino(self.dev, self.ino)
+    }
 }
 
 /// [`list`], with the entry types an owner override shows (`overrides`: each layer's
@@ -96,12 +125,16 @@ pub fn list(layers: &Layers, dir: &Loc, ino: u64, parent_ino: u64) -> Result<Vec
 ///
 /// On a branch whose whiteouts are not honoured (`ro`, `rr`: `layers::Mode`) a whiteout
 /// hides nothing below, and is not listed either.
+///
+/// `number` gives the number of each upper entry ([`UpperEntry`]); entries of lowers show
+/// their own (as lookup numbers them, a name node included).
 pub fn list_with(
     layers: &Layers,
     dir: &Loc,
     ino: u64,
     parent_ino: u64,
     overrides: bool,
+    number: &dyn Fn(&UpperEntry<'_>) -> u64,
 ) -> Result<Vec<DirEntry>> {
     let stack = layers.stack();
     let mut out = vec![
@@ -190,16 +223,23 @@ pub fn list_with(
                     kind = k;
                 }
             }
-            let mut ino = layers.ino(dev, e.ino);
-            // A copied-up entry keeps its origin's number: ask lookup, which knows how.
-            if merged
-                && *layer == UPPER
-                && whiteout::Markers::of(fd.as_fd(), &cname).has(fd.as_fd(), &cname, "origin")
-            {
-                if let Ok(Some(f)) = lookup::lookup(layers, dir, OsStr::new(&e.name)) {
-                    ino = f.ino;
-                }
-            }
+            let ino = if *layer == UPPER {
+                number(&UpperEntry {
+                    dir,
+                    name: &e.name,
+                    dev,
+                    ino: e.ino,
+                    is_dir: kind == Kind::Dir,
+                    origin: merged
+                        && whiteout::Markers::of(fd.as_fd(), &cname).has(
+                            fd.as_fd(),
+                            &cname,
+                            "origin",
+                        ),
+                })
+            } else {
+                layers.ino(dev, e.ino)
+            };
             seen.insert(e.name.clone());
             out.push(DirEntry {
                 name: e.name,

@@ -165,7 +165,9 @@ fn call(m: &MountEntry, req: &Request) -> Result<Vec<String>, String> {
     }
 }
 
-/// Carries out `remount`; returns the lines to print, or the one-line error.
+/// Carries out `remount`; returns the lines to print, or the one-line error. Only branch
+/// operations have lines (one per operation, as `stratafs branch` prints): a remount that
+/// changes ro/rw, or nothing, succeeds silently, as a mount helper must.
 pub fn run(args: &RemountArgs) -> Result<Vec<String>, String> {
     let mnt = mount_path(&args.mountpoint)?;
     let fail = |msg: String| format!("remount {}: {msg}", mnt.display());
@@ -185,8 +187,7 @@ pub fn run(args: &RemountArgs) -> Result<Vec<String>, String> {
             return Ok(lines);
         }
     }
-    let more = ro_rw(&m, &mnt, want_ro, cur_ro).map_err(fail)?;
-    lines.extend(more);
+    ro_rw(&m, &mnt, want_ro, cur_ro).map_err(fail)?;
     Ok(lines)
 }
 
@@ -231,7 +232,7 @@ pub const BRANCH_USAGE: &str = "usage: stratafs branch [--force] MOUNTPOINT OP..
   operation. --force: remove branches even while in use (del: as del!:).";
 
 /// The ro/rw part of a remount.
-fn ro_rw(m: &MountEntry, mnt: &Path, want_ro: bool, cur_ro: bool) -> Result<Vec<String>, String> {
+fn ro_rw(m: &MountEntry, mnt: &Path, want_ro: bool, cur_ro: bool) -> Result<(), String> {
     let fail = |s: String| s;
     if want_ro {
         let vfs = match sys::remount(mnt, flags(m, true)) {
@@ -251,7 +252,7 @@ fn ro_rw(m: &MountEntry, mnt: &Path, want_ro: bool, cur_ro: bool) -> Result<Vec<
             Err(e) => return Err(fail(format!("mount(2): {e}"))),
         };
         match call(m, &Request::SetReadOnly(true)) {
-            Ok(lines) => Ok(lines),
+            Ok(_) => Ok(()),
             Err(e) => {
                 if vfs && !cur_ro {
                     let _ = sys::remount(mnt, flags(m, false));
@@ -260,14 +261,14 @@ fn ro_rw(m: &MountEntry, mnt: &Path, want_ro: bool, cur_ro: bool) -> Result<Vec<
             }
         }
     } else {
-        let lines = call(m, &Request::SetReadOnly(false)).map_err(fail)?;
+        call(m, &Request::SetReadOnly(false)).map_err(fail)?;
         if cur_ro {
             if let Err(e) = sys::remount(mnt, flags(m, false)) {
                 let _ = call(m, &Request::SetReadOnly(true));
                 return Err(fail(format!("mount(2): {e}")));
             }
         }
-        Ok(lines)
+        Ok(())
     }
 }
 

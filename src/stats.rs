@@ -58,12 +58,13 @@ pub enum Op {
     Fallocate,
     CopyFileRange,
     NotifyInvalListing,
+    NotifyInvalRemoved,
     OpenWaited,
     ReadBytes,
 }
 
 impl Op {
-    pub const ALL: [Op; 38] = [
+    pub const ALL: [Op; 39] = [
         Op::Init,
         Op::Lookup,
         Op::Forget,
@@ -100,6 +101,7 @@ impl Op {
         Op::Fallocate,
         Op::CopyFileRange,
         Op::NotifyInvalListing,
+        Op::NotifyInvalRemoved,
         Op::OpenWaited,
         Op::ReadBytes,
     ];
@@ -142,6 +144,7 @@ impl Op {
             Op::Fallocate => "fallocate",
             Op::CopyFileRange => "copy_file_range",
             Op::NotifyInvalListing => "notify_inval_listing",
+            Op::NotifyInvalRemoved => "notify_inval_removed",
             Op::OpenWaited => "open_waited",
             Op::ReadBytes => "read_bytes",
         }
@@ -192,7 +195,11 @@ impl Stats {
             let n = self.get(op);
             if !matches!(
                 op,
-                Op::GetxattrCapability | Op::NotifyInvalListing | Op::OpenWaited | Op::ReadBytes
+                Op::GetxattrCapability
+                    | Op::NotifyInvalListing
+                    | Op::NotifyInvalRemoved
+                    | Op::OpenWaited
+                    | Op::ReadBytes
             ) {
                 total += n;
             }

@@ -337,8 +337,8 @@ fn differential(tag: &str, kernel_opts: &str, strata_opts: &str) {
 /// readdir's d_ino of every name (hard-linked lower names included) is its st_ino when a
 /// listing is read whole before the names are looked up (as find, du, tar and
 /// `os.scandir` then `stat` do), on a fresh mount and again with the names cached; as on
-/// the kernel overlayfs. (A program that stats entries between getdents calls may see a
-/// hard-linked lower name's node id as its d_ino: see docs/guarantees.md.)
+/// the kernel overlayfs. (tests/dino.rs covers the other listing paths: chunks with
+/// stats between getdents calls, copy-ups, links and renames through the mount.)
 #[test]
 fn d_ino_is_st_ino_for_lower_hard_links() {
     use std::os::unix::fs::DirEntryExt;

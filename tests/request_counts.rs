@@ -50,7 +50,10 @@ fn counters_count_requests_by_kind() {
         .filter(|(k, _)| {
             !matches!(
                 k.as_str(),
-                "total" | "getxattr_security.capability" | "notify_inval_listing"
+                "total"
+                    | "getxattr_security.capability"
+                    | "notify_inval_listing"
+                    | "notify_inval_removed"
             )
         })
         .map(|(_, v)| v)

@@ -176,6 +176,25 @@ pub fn statx_cached(path: &CStr) -> io::Result<(u64, u64)> {
     ))
 }
 
+/// The link count the kernel has cached for what `path` names (not following a last
+/// symlink): `AT_STATX_DONT_SYNC`, so a FUSE filesystem is not asked (tests compare it
+/// with what the filesystem says).
+pub fn statx_cached_nlink(path: &CStr) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: st points to writable memory of the right size; path is NUL-terminated.
+    cvt(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_NLINK,
+            st.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: statx succeeded and filled the struct.
+    Ok(u64::from(unsafe { st.assume_init() }.stx_nlink))
+}
+
 /// `fstat` on any fd, `O_PATH` included.
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     fstatat(fd, c"")
