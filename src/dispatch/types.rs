@@ -63,6 +63,10 @@ pub enum Op<'a> {
         mtime: Option<TimeOrNow>,
         ctime: Option<TimeOrNow>,
         lock_owner: Option<u64>,
+        /// `FATTR_KILL_SUIDGID`. Not needed: the daemon drops setuid/setgid bits by the
+        /// caller's credentials itself (cred.rs), as it does under fuser, which does not
+        /// pass it on.
+        kill_suidgid: bool,
     },
     Readlink,
     Symlink {

@@ -79,8 +79,8 @@ fn ctx(req: &Request, ino: INodeNo) -> Ctx {
 }
 
 impl Filesystem for FuseAdapter {
-    fn init(&mut self, req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        self.d.count_init(ctx(req, INodeNo(0)).transport);
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.d.count_init(Transport::Classic);
         self.d.init(config);
         Ok(())
     }
@@ -259,6 +259,7 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(system_time_set),
             lock_owner: None,
+            kill_suidgid: false,
         };
         self.serve(req, ino, op, reply)
     }
