@@ -150,7 +150,12 @@ if [ -z "$AB_OLD" ]; then
     local w="$1" op n
     WLS+=("$w")
     OPS=""
-    while read -r op n; do COUNT["$w $op"]=$n; OPS="$OPS $op"; done < <(stats_read)
+    # (Lines that are not counts, as `transport classic`, are left out.)
+    while read -r op n; do
+      [[ $n =~ ^[0-9]+$ ]] || continue
+      COUNT["$w $op"]=$n
+      OPS="$OPS $op"
+    done < <(stats_read)
   }
   ntar=$(tar tf "$DATA/small.tar" | wc -l)
   nlow=$(find "$LOWER/tree" | wc -l)

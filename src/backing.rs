@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::sys::backing::BackingFile;
 use dashmap::DashMap;
-use fuser::BackingId;
 use log::{debug, info};
 use parking_lot::Mutex;
 
@@ -35,7 +35,7 @@ pub const OPEN_WAIT: Duration = Duration::from_secs(5);
 /// What a new open does.
 pub enum OpenIo {
     /// The kernel does its I/O on this backing file.
-    Passthrough(Arc<BackingId>),
+    Passthrough(Arc<BackingFile>),
     /// The daemon serves its I/O.
     Served,
     /// The inode has another backing file now: the open must wait for it to go.
@@ -48,9 +48,9 @@ pub struct Backings {
     pub on: AtomicBool,
     /// One backing file per inode, keyed by the real file's (dev, ino); alive while a
     /// handle holds it.
-    map: Mutex<HashMap<u64, (RealId, Weak<BackingId>)>>,
+    map: Mutex<HashMap<u64, (RealId, Weak<BackingFile>)>>,
     /// The backing file each passthrough handle holds.
-    pub by_handle: DashMap<u64, Arc<BackingId>>,
+    pub by_handle: DashMap<u64, Arc<BackingFile>>,
     /// Opens of one inode (striped by number) take their handle and decide between
     /// passthrough and daemon-served I/O one at a time: the kernel refuses (EIO) an open
     /// whose I/O mode differs from another open handle's, and without this a read-only open
@@ -81,13 +81,13 @@ impl Backings {
     }
 
     /// How handle `fh` of inode `ino` (just opened; its open lock held) does its I/O.
-    /// `register` is the reply's `open_backing`.
+    /// `register` registers a backing file (`BackingFile::open` on the connection).
     pub fn decide(
         &self,
         fs: &UnionFs,
         fh: u64,
         ino: u64,
-        register: impl FnOnce(&OwnedFd) -> std::io::Result<BackingId>,
+        register: impl FnOnce(&OwnedFd) -> std::io::Result<BackingFile>,
     ) -> OpenIo {
         if !self.enabled() {
             return OpenIo::Served;

@@ -267,7 +267,7 @@ pub fn start_server(
     fs: Arc<UnionFs>,
     cfg: &Config,
     fstype: &str,
-    inval: crate::fuse::Invalidator,
+    inval: crate::dispatch::Invalidator,
 ) -> Result<()> {
     let mountpoint = cfg.mountpoint.as_path();
     let mut cfg = cfg.clone();
@@ -338,7 +338,7 @@ const TAKE_OVER: std::time::Duration = std::time::Duration::from_secs(10);
 /// What a request may need of the daemon beyond the filesystem.
 pub struct Env {
     /// Drops kernel caches after a branch change (none without a session: tests).
-    pub inval: Option<crate::fuse::Invalidator>,
+    pub inval: Option<crate::dispatch::Invalidator>,
     /// The mount's device number (its superblock's, as `st_dev` shows it).
     pub dev: Option<u64>,
 }

@@ -383,7 +383,7 @@ impl UnionFs {
     /// through the lower's read-only private mount, and no writer ever shares it: the
     /// kernel allows one backing file per inode, so an open that needs another one (a
     /// writer's, after its copy-up) waits until the handles on the lower file are closed
-    /// (`FuseAdapter::open`). Those handles keep reading the lower data after a copy-up;
+    /// (`Dispatcher::open`). Those handles keep reading the lower data after a copy-up;
     /// that is the option's trade (docs/guarantees.md). And only while every other open
     /// handle of the inode is a passthrough one too: a handle served by this daemon reads
     /// through the FUSE page cache, which writes on the backing file would leave stale.

@@ -55,7 +55,7 @@ impl Caller {
 /// An open directory handle (OPENDIR answered): which directory. Its listing is the
 /// node's (`readdir::DirState`), shared with every other stream of the directory; the
 /// handle only tells `stack.rs` that the directory is in use. Mounts whose listings the
-/// kernel caches have no handles at all (OPENDIR answered ENOSYS, `fuse.rs`).
+/// kernel caches have no handles at all (OPENDIR answered ENOSYS, `dispatch/dir.rs`).
 #[derive(Debug, Default)]
 pub struct DirStream {
     pub ino: u64,

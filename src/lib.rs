@@ -3,8 +3,9 @@
 //!
 //! The crate is split the way the kernel's `fs/overlayfs` is: [`lookup`] resolves names
 //! across layers, [`readdir`] merges listings, [`attr`] answers metadata, [`file`] serves
-//! data. [`fs::UnionFs`] is the operation API in plain Rust types; [`fuse`] only adapts it
-//! to the FUSE protocol, so everything but the adapter is testable without mounting.
+//! data. [`fs::UnionFs`] is the operation API in plain Rust types; [`dispatch`] serves FUSE
+//! requests with it (TTLs, open flags, invalidations) for every [`transport`], which only
+//! decode and encode, so everything but the transports is testable without mounting.
 
 pub mod acl;
 pub mod atime;
@@ -16,10 +17,10 @@ pub mod copy_up;
 pub mod cred;
 pub mod daemon;
 pub mod dir;
+pub mod dispatch;
 pub mod error;
 pub mod file;
 pub mod fs;
-pub mod fuse;
 pub mod ids;
 pub mod inode;
 pub mod layers;
@@ -33,6 +34,7 @@ pub mod stack;
 pub mod stats;
 pub mod sys;
 pub mod tools;
+pub mod transport;
 pub mod udba;
 pub mod util;
 pub mod whiteout;

@@ -5,16 +5,18 @@
 //! mount namespace; a signal ends the daemon even while a copy elsewhere holds it
 //! ([`end_on_signal`]).
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use fuser::{MountOption, Session, SessionACL};
 use log::{debug, info, warn};
 
+use crate::dispatch::DEFAULT_TTL;
 use crate::error::{Error, Result};
 use crate::fs::UnionFs;
-use crate::fuse::{FuseAdapter, DEFAULT_TTL};
 use crate::options::Config;
 use crate::sys;
+use crate::transport::fuser::FuseAdapter;
 
 /// Daemon threads when no `threads=` is given and a branch is remote (FUSE, NFS, ...):
 /// each request waiting for a stalled server holds a thread until the server's timeout, so
@@ -120,7 +122,9 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
             DEFAULT_TTL
         });
     let adapter = FuseAdapter::new(fs.clone(), ttl);
+    let dispatcher = adapter.dispatcher();
     let notifier = adapter.notifier_slot();
+    let fuse_dev = dispatcher.dev_slot();
     let bdi = adapter.bdi_slot();
     let invalidator = adapter.invalidator();
     let mnt = cfg.mountpoint.display().to_string();
@@ -169,11 +173,26 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     };
     let mut session = session;
     let _ = notifier.set(session.notifier());
+    // Passthrough backing files are registered on the connection's /dev/fuse fd.
+    match session.as_fd().try_clone_to_owned() {
+        Ok(fd) => {
+            let _ = fuse_dev.set(Arc::new(fd));
+        }
+        Err(e) => warn!("no /dev/fuse fd to register passthrough backing files on: {e}"),
+    }
+    // INIT is answered by now: with FUSE over io_uring asked for (`set_want_uring`, off
+    // until the ring exists) and granted, the ring's queues are to register here.
+    if dispatcher
+        .uring_granted()
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        warn!("FUSE over io_uring granted but no ring to serve it");
+    }
     // udba=notify: the thread that turns direct changes into invalidations.
     let slot = notifier.clone();
     crate::udba::spawn(fs.clone(), move |i| {
         if let Some(n) = slot.get() {
-            crate::fuse::send_inval(n, i);
+            crate::dispatch::send_inval(n, i);
         }
     })
     .map_err(|e| Error::io(e, "udba thread"))?;

@@ -7,7 +7,7 @@
 //! FORGET), so only directories part-way through a listing hold one. A stream is thus not
 //! a snapshot taken at opendir: it may go on in a listing built after it began (as it
 //! already did after a change). That lets the daemon answer OPENDIR with ENOSYS where the
-//! kernel may cache every listing (`fuse.rs`, `dir_flags`): the kernel then sends no
+//! kernel may cache every listing (`dispatch/dir.rs`, `dir_flags`): the kernel then sends no
 //! OPENDIR/RELEASEDIR, and every stream reads with handle 0. Every real directory of the
 //! merged one is read top first; the first layer to show a name wins; whiteouts hide the
 //! name in the layers below; markers are never listed.

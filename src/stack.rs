@@ -22,13 +22,13 @@
 //!    name a real directory that came, went or changed mode has (whiteouts included),
 //!    which covers the negative entries of names a new branch adds; a directory that
 //!    merges the same real directories as before is left alone, and so are its files.
-//!    The adapter sends those before the change is answered (`fuse::Invalidator`).
+//!    The adapter sends those before the change is answered (`dispatch::Invalidator`).
 //!
 //! **In use.** A branch is in use while the daemon has an open file or directory handle
 //! on a node whose entry lives in it (its `top` is that branch), or a process's working
 //! or root directory or one of its open descriptors (from /proc) is such a node of this
 //! mount. (A mount whose listings the kernel caches has no directory handles: OPENDIR is
-//! answered ENOSYS there, fuse.rs, so its open directories are found in /proc only, and a
+//! answered ENOSYS there, dispatch/dir.rs, so its open directories are found in /proc only, and a
 //! process of another PID namespace holding one open is not seen.) A directory merged from
 //! several branches is in use only by the branch on top: removing a lower part of it
 //! leaves the directory in place. `del!:DIR` removes a branch in use anyway: its open
@@ -266,7 +266,7 @@ impl UnionFs {
                 }
             }
             // Open directories (and files): on a mount that answers OPENDIR with ENOSYS
-            // (fuse.rs) the daemon has no directory handles, so a process's open
+            // (dispatch/dir.rs) the daemon has no directory handles, so a process's open
             // descriptors are the only record of a directory it holds open.
             let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
                 continue;

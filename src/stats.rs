@@ -4,11 +4,15 @@
 //! One relaxed atomic per request kind, bumped by the adapter before it handles a request
 //! (a few nanoseconds; no lock). Read through the mount: `getfattr -n user.stratafs.stats`
 //! (or `os.getxattr`) on the mount's root directory returns one `name count` line per kind,
-//! fixed width, then `total`; `setfattr -n user.stratafs.stats -v reset` on the root sets them
-//! all to zero (anyone who can reach the mount may; they are diagnostics). Requests for this name are not counted
-//! and never reach the layers; the name is not listed by listxattr.
+//! fixed width, then `total`, then the requests per transport (`requests_classic`,
+//! `requests_io_uring`), after a first line naming the transport in use (`transport
+//! classic`); `setfattr -n user.stratafs.stats -v reset` on the root sets them all to zero
+//! (anyone who can reach the mount may; they are diagnostics). Requests for this name are
+//! not counted and never reach the layers; the name is not listed by listxattr.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::dispatch::Transport;
 
 /// The xattr of the mount's root that reads (and, set to `reset`, clears) the counters.
 pub const STATS_XATTR: &str = "user.stratafs.stats";
@@ -17,7 +21,7 @@ pub const STATS_XATTR: &str = "user.stratafs.stats";
 /// `security.capability` on its own (the kernel's kill-suid check asks for it on writes and
 /// setattr; it is counted in `getxattr` too), and one kind of message the daemon sends: the
 /// drops of a directory's cached listing (notify inval_inode from `names_changed` in
-/// fuse.rs; not a request, not in `total`), and the opens that had to wait for another
+/// dispatch/dir.rs; not a request, not in `total`), and the opens that had to wait for another
 /// backing file of their inode to be released (backing.rs; counted in `open` too), and the
 /// bytes the READ requests asked for (their sizes show the kernel's request size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,16 +155,21 @@ impl Op {
     }
 }
 
-/// The counters, one per [`Op`].
+/// The counters, one per [`Op`], and the requests per transport.
 #[derive(Debug)]
 pub struct Stats {
     counts: [AtomicU64; Op::ALL.len()],
+    /// Requests that came over /dev/fuse (read/write) and over io_uring.
+    classic: AtomicU64,
+    uring: AtomicU64,
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Stats {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            classic: AtomicU64::new(0),
+            uring: AtomicU64::new(0),
         }
     }
 }
@@ -168,6 +177,16 @@ impl Default for Stats {
 impl Stats {
     pub fn count(&self, op: Op) {
         self.counts[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One request came over `t` (every request but those for [`STATS_XATTR`]; a
+    /// BATCH_FORGET is one request, counted as one `forget` per node).
+    pub fn count_transport(&self, t: Transport) {
+        match t {
+            Transport::Classic => &self.classic,
+            Transport::Uring => &self.uring,
+        }
+        .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn add(&self, op: Op, n: u64) {
@@ -179,7 +198,7 @@ impl Stats {
     }
 
     pub fn reset(&self) {
-        for c in &self.counts {
+        for c in self.counts.iter().chain([&self.classic, &self.uring]) {
             c.store(0, Ordering::Relaxed);
         }
     }
@@ -187,9 +206,10 @@ impl Stats {
     /// One `name count` line per kind (every kind, so the text has the same length from
     /// one read to the next: a size query followed by a read cannot get ERANGE), then
     /// `total` (the sum of the requests: not counting the capability line twice, nor the
-    /// notifications).
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+    /// notifications). First the transport `now` in use (the line `transport classic` or
+    /// `transport io_uring`), last the requests per transport.
+    pub fn render(&self, now: Transport) -> String {
+        let mut out = format!("{:<28} {:>16}\n", "transport", transport_name(now));
         let mut total = 0;
         for op in Op::ALL {
             let n = self.get(op);
@@ -206,7 +226,21 @@ impl Stats {
             out.push_str(&format!("{:<28} {:>16}\n", op.name(), n));
         }
         out.push_str(&format!("{:<28} {:>16}\n", "total", total));
+        for (t, c) in [
+            (Transport::Classic, &self.classic),
+            (Transport::Uring, &self.uring),
+        ] {
+            let name = format!("requests_{}", transport_name(t));
+            out.push_str(&format!("{:<28} {:>16}\n", name, c.load(Ordering::Relaxed)));
+        }
         out
+    }
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Classic => "classic",
+        Transport::Uring => "io_uring",
     }
 }
 
@@ -224,12 +258,15 @@ mod tests {
     #[test]
     fn counts_render_and_reset() {
         let s = Stats::default();
-        let empty = s.render();
+        let empty = s.render(Transport::Classic);
         s.count(Op::Lookup);
         s.count(Op::Lookup);
         s.count(Op::Getxattr);
         s.count(Op::GetxattrCapability);
-        let text = s.render();
+        s.count_transport(Transport::Classic);
+        s.count_transport(Transport::Uring);
+        s.count_transport(Transport::Uring);
+        let text = s.render(Transport::Classic);
         assert_eq!(text.len(), empty.len(), "fixed width");
         let line = |name: &str| {
             text.lines()
@@ -241,7 +278,13 @@ mod tests {
         assert_eq!(line("getxattr"), Some(1));
         assert_eq!(line("getxattr_security.capability"), Some(1));
         assert_eq!(line("total"), Some(3));
+        assert_eq!(line("requests_classic"), Some(1));
+        assert_eq!(line("requests_io_uring"), Some(2));
+        assert!(
+            text.starts_with("transport ") && text.lines().next().unwrap().ends_with(" classic")
+        );
+        assert_eq!(s.render(Transport::Uring).len(), empty.len(), "fixed width");
         s.reset();
-        assert_eq!(s.render(), empty);
+        assert_eq!(s.render(Transport::Classic), empty);
     }
 }

@@ -1,7 +1,7 @@
 //! udba, aufs's "user's direct branch access": what the mount does about changes made to
 //! the branches directly, behind its back. Every change made through the mount passes
 //! through the daemon, which updates or drops what the kernel caches for it, so the kernel
-//! may cache entries, attributes, listings and pages for a long time (`fuse.rs`,
+//! may cache entries, attributes, listings and pages for a long time (`dispatch/`,
 //! `DEFAULT_TTL`). A direct change is another matter; three answers, as aufs(5) has:
 //! - [`Udba::None`] (the default): nothing is checked. The kernel keeps what it cached
 //!   until `timeout=` expires (by default a day) or memory pressure drops it; the daemon

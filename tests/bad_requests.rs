@@ -1,4 +1,4 @@
-//! Malformed and racing requests: the core (`UnionFs`, called directly as `src/fuse.rs`
+//! Malformed and racing requests: the core (`UnionFs`, called directly as `src/dispatch/`
 //! does) answers every bad request with an errno and never panics, and never resolves a
 //! name outside its branches ("..", "/" inside names). A mounted test races rmdir/mkdir
 //! of a directory against lookups, listings and creates inside it; the daemon stays up.

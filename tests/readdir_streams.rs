@@ -8,7 +8,7 @@
 //!
 //! stratafs keeps one listing per directory node, shared by all its streams and rebuilt
 //! after a change of names (readdir.rs); on a default mount there are no directory handles
-//! at all (OPENDIR answered ENOSYS, fuse.rs) and the kernel caches listings.
+//! at all (OPENDIR answered ENOSYS, dispatch/dir.rs) and the kernel caches listings.
 
 mod common;
 

@@ -54,6 +54,8 @@ fn counters_count_requests_by_kind() {
                     | "getxattr_security.capability"
                     | "notify_inval_listing"
                     | "notify_inval_removed"
+                    | "requests_classic"
+                    | "requests_io_uring"
             )
         })
         .map(|(_, v)| v)
@@ -74,6 +76,50 @@ fn counters_count_requests_by_kind() {
         .output()
         .map(|o| !o.status.success())
         .unwrap());
+}
+
+/// The counters name the transport in use and count requests per transport: all of them
+/// over /dev/fuse (classic) until the io_uring transport is asked for.
+#[test]
+fn counters_name_the_transport_and_count_requests_per_transport() {
+    let s = Scratch::new("req-transport");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::write(l.join("low"), b"lower\n").unwrap();
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    reset(&m);
+    fs::create_dir(m.join("d")).unwrap();
+    for i in 0..10 {
+        fs::write(m.join(format!("d/f{i}")), b"x").unwrap();
+    }
+    let out = Command::new("getfattr")
+        .args([
+            "--absolute-names",
+            "--only-values",
+            "-n",
+            "user.stratafs.stats",
+        ])
+        .arg(&m)
+        .output()
+        .expect("getfattr");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let first: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(first, ["transport", "classic"], "{text}");
+    let c = stats(&m);
+    assert!(c.get("total").is_some_and(|n| *n >= 31), "{c:?}");
+    assert_eq!(c.get("requests_classic"), c.get("total"), "{c:?}");
+    assert_eq!(c.get("requests_io_uring"), Some(&0), "{c:?}");
+    reset(&m);
+    // Reading them is not counted (getfattr's own stat of the root may be).
+    let zero = stats(&m);
+    assert!(
+        zero.get("requests_classic").is_some_and(|n| *n <= 2),
+        "{zero:?}"
+    );
 }
 
 fn names(d: &Path) -> Vec<String> {

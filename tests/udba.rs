@@ -209,7 +209,7 @@ impl Times {
 /// caches entries (negative ones too), attributes, listings and pages.
 fn fill_caches(m: &Path, missing: &[&str]) {
     snapshot(m);
-    // Opening a file may drop its cached attributes (fuse.rs, `open`): stat everything
+    // Opening a file may drop its cached attributes (dispatch/open.rs, `drop_staled_attrs`): stat everything
     // again, last.
     fn stat_all(p: &Path) {
         let md = fs::symlink_metadata(p).unwrap();

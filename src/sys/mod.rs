@@ -5,6 +5,7 @@
 //! fd*; every open adds `O_CLOEXEC | O_NOFOLLOW`, every stat/xattr/chown uses
 //! `AT_SYMLINK_NOFOLLOW`, so nothing here ever follows a symlink that lives in a branch.
 
+pub mod backing;
 pub mod daemon;
 pub mod dirent;
 pub mod inotify;
