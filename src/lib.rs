@@ -33,6 +33,7 @@ pub mod stack;
 pub mod stats;
 pub mod sys;
 pub mod tools;
+pub mod transport;
 pub mod udba;
 pub mod util;
 pub mod whiteout;

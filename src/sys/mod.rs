@@ -11,6 +11,7 @@ pub mod fuse_abi;
 pub mod inotify;
 pub mod ops;
 pub mod proc;
+pub mod uring;
 pub mod xattr;
 
 use std::ffi::{CStr, CString, OsStr};
