@@ -22,7 +22,7 @@ use fuser::{
     ReplyWrite, Request,
 };
 use stratafs::sys::fuse_abi::{self as abi, opcode};
-use stratafs::transport::ring::{RawReply, RawRequest, Ring, RingConfig};
+use stratafs::transport::ring::{RawReply, RawRequest, Ring, RingConfig, TaskRun};
 
 const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 const MAX_WRITE: u32 = 128 << 10;
@@ -446,6 +446,9 @@ fn ring_server_child() {
     rcfg.threads_per_queue = f[2].parse().unwrap();
     rcfg.entries_per_thread = f[3].parse().unwrap();
     rcfg.pin = f[4] == "pin";
+    if f.get(5) == Some(&"coop") {
+        rcfg.task_run = vec![TaskRun::Cooperative];
+    }
     let ring = Ring::start(std::os::fd::AsFd::as_fd(&session), &rcfg, |_q, _t| {
         let tiny = tiny.clone();
         move |r: &RawRequest<'_>| ring_handle(&tiny, r)
@@ -494,15 +497,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(tag: &str, mode: &str, threads: usize, entries: u32, pin: bool) -> Server {
+    fn start(tag: &str, mode: &str, threads: usize, entries: u32, opts: &str) -> Server {
         let dir = std::env::temp_dir().join(format!("uring-{tag}-{}", std::process::id()));
         let mnt = dir.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
-        let spec = format!(
-            "{};{mode};{threads};{entries};{}",
-            mnt.display(),
-            if pin { "pin" } else { "nopin" }
-        );
+        // opts: "pin" or "nopin", then optionally ";coop" (COOP_TASKRUN instead of DEFER).
+        let spec = format!("{};{mode};{threads};{entries};{opts}", mnt.display());
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -635,7 +635,7 @@ fn sh(cmd: &str) -> std::process::Output {
 fn ring_serves_lookup_getattr_readdir_read_write_statfs() {
     let _uring = EnableUring::on();
     for (threads, entries) in [(1, 2), (2, 1)] {
-        let mut s = Server::start("basic", "ring", threads, entries, false);
+        let mut s = Server::start("basic", "ring", threads, entries, "nopin");
         let ls = sh(&format!("ls {}", s.mnt.display()));
         assert_eq!(
             String::from_utf8_lossy(&ls.stdout),
@@ -676,7 +676,7 @@ fn ring_serves_lookup_getattr_readdir_read_write_statfs() {
 #[test]
 fn killed_daemon_does_not_hang_the_mount() {
     let _uring = EnableUring::on();
-    let mut s = Server::start("kill", "ring", 1, 2, false);
+    let mut s = Server::start("kill", "ring", 1, 2, "nopin");
     let slow = s.p("slow");
     let reader = std::thread::spawn(move || std::fs::read(slow));
     std::thread::sleep(Duration::from_millis(500));
@@ -702,7 +702,7 @@ fn killed_daemon_does_not_hang_the_mount() {
 #[test]
 fn lazy_unmount_with_a_request_in_flight_ends_the_ring_cleanly() {
     let _uring = EnableUring::on();
-    let mut s = Server::start("umount", "ring", 2, 1, false);
+    let mut s = Server::start("umount", "ring", 2, 1, "nopin");
     let slow = s.p("slow");
     let reader = std::thread::spawn(move || std::fs::read(slow));
     std::thread::sleep(Duration::from_millis(300));
@@ -714,7 +714,7 @@ fn lazy_unmount_with_a_request_in_flight_ends_the_ring_cleanly() {
 #[test]
 fn abort_with_a_request_in_flight_ends_the_ring_cleanly() {
     let _uring = EnableUring::on();
-    let mut s = Server::start("abort", "ring", 1, 2, false);
+    let mut s = Server::start("abort", "ring", 1, 2, "nopin");
     let dev = std::fs::metadata(&s.mnt).unwrap().dev();
     let conn = libc::minor(dev);
     let slow = s.p("slow");
@@ -766,8 +766,8 @@ fn forced_stat(f: &std::fs::File) {
     assert_eq!(rc, 0);
 }
 
-fn bench_one(mode: &str, threads: usize, entries: u32, pin: bool, n: u32) -> f64 {
-    let mut s = Server::start("bench", mode, threads, entries, pin);
+fn bench_one(mode: &str, threads: usize, entries: u32, opts: &str, n: u32) -> f64 {
+    let mut s = Server::start("bench", mode, threads, entries, opts);
     let f = std::fs::File::open(s.p("hello")).unwrap();
     for _ in 0..1000 {
         forced_stat(&f);
@@ -795,19 +795,24 @@ fn bench_round_trip() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let configs: &[(&str, usize, u32, bool)] = &[
-        ("classic", 1, 1, false),
-        ("ring", 1, 1, false),
-        ("ring", 1, 4, false),
-        ("ring", 2, 1, false),
-        ("ring", 2, 2, false),
-        ("ring", 1, 1, true),
-        ("ring", 2, 1, true),
+    let configs: &[(&str, usize, u32, &str)] = &[
+        ("classic", 1, 1, "nopin"),
+        ("ring", 1, 1, "nopin"),
+        ("ring", 1, 1, "nopin;coop"),
+        ("ring", 1, 4, "nopin"),
+        ("ring", 2, 1, "nopin"),
+        ("ring", 2, 2, "nopin"),
+        ("ring", 1, 1, "pin"),
+        ("ring", 2, 1, "pin"),
     ];
-    for round in 0..2 {
-        for &(mode, t, d, pin) in configs {
-            let us = bench_one(mode, t, d, pin, n);
-            println!("round {round} {mode:8} threads/queue={t} entries/thread={d} pin={pin}: {us:.2} us per round trip");
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for round in 0..rounds {
+        for &(mode, t, d, opts) in configs {
+            let us = bench_one(mode, t, d, opts, n);
+            println!("round {round} {mode:8} threads/queue={t} entries/thread={d} {opts:10}: {us:.2} us per round trip");
         }
     }
 }

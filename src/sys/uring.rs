@@ -85,10 +85,15 @@ unsafe fn free(ptr: *mut u8, len: usize) {
 
 impl UringQueue {
     /// Creates the ring (SQE128, `entries` SQEs and at least twice as many CQEs) and the
-    /// buffers of `entries` ring entries with payloads of `payload_size` bytes. Tries
-    /// `DEFER_TASKRUN`, then `COOP_TASKRUN`, then no flag. Must be used by the thread that
-    /// created it (SINGLE_ISSUER).
-    pub fn new(fuse: BorrowedFd<'_>, entries: u32, payload_size: usize) -> io::Result<Self> {
+    /// buffers of `entries` ring entries with payloads of `payload_size` bytes. Tries the
+    /// task-run `modes` in order (EINVAL = not supported: next). Must be used by the thread
+    /// that created it (SINGLE_ISSUER with `Deferred`).
+    pub fn new(
+        fuse: BorrowedFd<'_>,
+        entries: u32,
+        payload_size: usize,
+        modes: &[TaskRun],
+    ) -> io::Result<Self> {
         let n = entries.max(1);
         let sq = n.next_power_of_two();
         let try_build = |mode: TaskRun| {
@@ -106,7 +111,7 @@ impl UringQueue {
             b.build(sq)
         };
         let mut last = io::Error::from_raw_os_error(libc::EINVAL);
-        for mode in [TaskRun::Deferred, TaskRun::Cooperative, TaskRun::Plain] {
+        for &mode in modes {
             match try_build(mode) {
                 Ok(ring) => return Self::with_ring(ring, mode, fuse, n, payload_size),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = e,

@@ -26,7 +26,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::sys::fuse_abi::{self, FUSE_MIN_READ_BUFFER};
-use crate::sys::uring::{self, TaskRun, UringQueue};
+pub use crate::sys::uring::TaskRun;
+use crate::sys::uring::{self, UringQueue};
 
 /// How many queues, threads and entries, and how big the payload buffers are.
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct RingConfig {
     pub pin: bool,
     /// How long REGISTER is retried while the kernel answers EAGAIN (INIT not finished).
     pub register_timeout: Duration,
+    /// Completion modes to try in order (the first the kernel accepts is used).
+    pub task_run: Vec<TaskRun>,
 }
 
 impl RingConfig {
@@ -53,6 +56,7 @@ impl RingConfig {
             payload_size: payload_size(max_write, max_pages),
             pin: false,
             register_timeout: Duration::from_secs(5),
+            task_run: vec![TaskRun::Deferred, TaskRun::Cooperative, TaskRun::Plain],
         }
     }
 }
@@ -200,8 +204,13 @@ where
             log::warn!("fuse ring q{qid}: cannot pin to cpu {cpu}: {e}");
         }
     }
-    let registered = UringQueue::new(fd.as_fd(), cfg.entries_per_thread, cfg.payload_size)
-        .and_then(|mut q| register_all(&mut q, qid, cfg.register_timeout).map(|()| q));
+    let registered = UringQueue::new(
+        fd.as_fd(),
+        cfg.entries_per_thread,
+        cfg.payload_size,
+        &cfg.task_run,
+    )
+    .and_then(|mut q| register_all(&mut q, qid, cfg.register_timeout).map(|()| q));
     let mut queue = match registered {
         Ok(q) => {
             let _ = ready.send(Ok(()));
