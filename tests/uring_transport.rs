@@ -433,6 +433,10 @@ fn ring_server_child() {
     let tiny = Arc::new(Tiny::default());
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![fuser::MountOption::FSName("ringtest".into())];
+    if !uring {
+        // Classic: fuser's /dev/fuse loop with `threads` reader threads.
+        cfg.n_threads = Some(f[2].parse().unwrap());
+    }
     let fs = FuserFs {
         tiny: tiny.clone(),
         uring,
@@ -802,27 +806,37 @@ fn forced_stat(f: &std::fs::File) {
     assert_eq!(rc, 0);
 }
 
-fn bench_one(mode: &str, threads: usize, entries: u32, opts: &str, n: u32) -> f64 {
+/// `n` forced stats split over `par` caller threads; returns µs per request (wall time / n).
+fn bench_one(mode: &str, threads: usize, entries: u32, opts: &str, n: u32, par: u32) -> f64 {
     let mut s = Server::start("bench", mode, threads, entries, opts);
-    let f = std::fs::File::open(s.p("hello")).unwrap();
+    let hello = s.p("hello");
+    let f = std::fs::File::open(&hello).unwrap();
     for _ in 0..1000 {
         forced_stat(&f);
     }
     let before = s.counts();
     let t = Instant::now();
-    for _ in 0..n {
-        forced_stat(&f);
-    }
+    let callers: Vec<_> = (0..par)
+        .map(|_| {
+            let f = std::fs::File::open(&hello).unwrap();
+            std::thread::spawn(move || (0..n / par).for_each(|_| forced_stat(&f)))
+        })
+        .collect();
+    callers.into_iter().for_each(|c| c.join().unwrap());
     let el = t.elapsed();
     let after = s.counts();
-    let reqs = (after.0 - before.0) + (after.1 - before.1) - 1;
-    assert!(reqs >= n as u64, "{reqs} requests for {n} forced stats");
+    let reqs = (after.0 - before.0) + (after.1 - before.1);
+    assert!(
+        reqs >= (n / par * par) as u64,
+        "{reqs} requests for {n} forced stats"
+    );
     drop(f);
     s.finish(false, Duration::from_secs(10));
-    el.as_secs_f64() * 1e6 / n as f64
+    el.as_secs_f64() * 1e6 / (n / par * par) as f64
 }
 
-/// `cargo test --release --test uring_transport -- --ignored bench --nocapture`
+/// `BENCH_N=20000 BENCH_ROUNDS=3 BENCH_CALLERS=1 cargo test --release --test uring_transport --
+/// --ignored bench --nocapture`
 #[test]
 #[ignore = "benchmark: run by hand"]
 fn bench_round_trip() {
@@ -831,8 +845,13 @@ fn bench_round_trip() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    let par: u32 = std::env::var("BENCH_CALLERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let configs: &[(&str, usize, u32, &str)] = &[
         ("classic", 1, 1, "nopin"),
+        ("classic", 2, 1, "nopin"),
         ("ring", 1, 1, "nopin"),
         ("ring", 1, 1, "nopin;coop"),
         ("ring", 1, 4, "nopin"),
@@ -848,7 +867,7 @@ fn bench_round_trip() {
     let mut results = vec![Vec::new(); configs.len()];
     for round in 0..rounds {
         for (i, &(mode, t, d, opts)) in configs.iter().enumerate() {
-            let us = bench_one(mode, t, d, opts, n);
+            let us = bench_one(mode, t, d, opts, n, par);
             println!(
                 "round {round} {mode:8} threads/queue={t} entries/thread={d} {opts:10}: {us:.2} us"
             );
@@ -856,7 +875,8 @@ fn bench_round_trip() {
         }
     }
     println!(
-        "us per round trip over {rounds} interleaved rounds of {n} forced GETATTRs: min / median"
+        "us per request, {rounds} interleaved rounds of {n} forced GETATTRs from {par} caller \
+         thread(s): min / median (classic: threads = fuser reader threads)"
     );
     for (i, &(mode, t, d, opts)) in configs.iter().enumerate() {
         let r = &mut results[i];
