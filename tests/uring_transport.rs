@@ -713,6 +713,47 @@ fn failed_register_falls_back_to_dev_fuse() {
     );
 }
 
+/// A handler that blocks (here a 3 s READ; in stratafs a long copy-up) holds up only its own
+/// thread: with 2 threads × 1 entry per queue, a request from the same CPU is answered at once;
+/// with 1 thread × 2 entries, the kernel hands it to the busy thread's second entry and it
+/// waits for the slow one (the reason to prefer one entry per thread).
+#[test]
+fn a_blocked_handler_stalls_only_its_own_thread() {
+    use stratafs::sys::uring::pin_to_cpu;
+    let _uring = EnableUring::on();
+    for (threads, entries, stalls) in [(2, 1, false), (1, 2, true)] {
+        let mut s = Server::start("stall", "ring", threads, entries, "nopin");
+        let slow = s.p("slow");
+        let reader = std::thread::spawn(move || {
+            pin_to_cpu(0).unwrap();
+            std::fs::read(slow)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let hello = s.p("hello");
+        let t = Instant::now();
+        let stat = std::thread::spawn(move || {
+            pin_to_cpu(0).unwrap();
+            std::fs::metadata(hello).map(|m| m.len())
+        });
+        assert_eq!(stat.join().unwrap().unwrap(), 12);
+        let waited = t.elapsed();
+        if stalls {
+            assert!(
+                waited > Duration::from_millis(1500),
+                "{threads}×{entries}: stat took {waited:?}"
+            );
+        } else {
+            assert!(
+                waited < Duration::from_millis(1000),
+                "{threads}×{entries}: stat took {waited:?}"
+            );
+        }
+        assert_eq!(reader.join().unwrap().unwrap(), b"slow\n");
+        let (st, out) = s.finish(false, Duration::from_secs(10));
+        assert!(st.success(), "server: {st:?}\n{out}");
+    }
+}
+
 #[test]
 fn killed_daemon_does_not_hang_the_mount() {
     let _uring = EnableUring::on();
