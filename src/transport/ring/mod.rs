@@ -125,6 +125,9 @@ pub struct ThreadStats {
     pub qid: u16,
     pub thread: usize,
     pub requests: u64,
+    /// Requests whose numbers did not add up (answered EIO); 0 unless the kernel's layout
+    /// differs from what `fuse_abi` documents.
+    pub malformed: u64,
     pub task_run: TaskRun,
 }
 
@@ -225,11 +228,12 @@ where
         }
     };
     drop(fd);
-    let requests = serve_loop(&mut queue, qid, &mut handler)?;
+    let (requests, malformed) = serve_loop(&mut queue, qid, &mut handler)?;
     Ok(ThreadStats {
         qid,
         thread,
         requests,
+        malformed,
         task_run: queue.task_run,
     })
 }
@@ -267,11 +271,11 @@ fn register_all(q: &mut UringQueue, qid: u16, timeout: Duration) -> io::Result<(
 }
 
 /// Waits for requests, answers them, commits and fetches, until every entry is gone.
-fn serve_loop<H>(q: &mut UringQueue, qid: u16, handler: &mut H) -> io::Result<u64>
+fn serve_loop<H>(q: &mut UringQueue, qid: u16, handler: &mut H) -> io::Result<(u64, u64)>
 where
     H: FnMut(&RawRequest<'_>) -> RawReply,
 {
-    let mut requests = 0u64;
+    let (mut requests, mut malformed) = (0u64, 0u64);
     while q.live() > 0 {
         if q.in_kernel() > 0 {
             q.submit_and_wait(1)?;
@@ -286,7 +290,8 @@ where
                 continue;
             }
             requests += 1;
-            let commit_id = answer(q, idx, qid, handler);
+            let (commit_id, ok) = answer(q, idx, qid, handler);
+            malformed += u64::from(!ok);
             q.push_commit(idx, qid, commit_id)?;
         }
         if q.in_kernel() == 0 && q.live() > 0 {
@@ -294,20 +299,21 @@ where
             return Err(io::Error::other("fuse ring: no entry left in the kernel"));
         }
     }
-    Ok(requests)
+    Ok((requests, malformed))
 }
 
 /// Decodes entry `idx`, calls the handler, writes the reply into the entry. Returns the
-/// commit id (the request's unique).
-fn answer<H>(q: &mut UringQueue, idx: usize, qid: u16, handler: &mut H) -> u64
+/// commit id (the request's unique) and whether the request decoded.
+fn answer<H>(q: &mut UringQueue, idx: usize, qid: u16, handler: &mut H) -> (u64, bool)
 where
     H: FnMut(&RawRequest<'_>) -> RawReply,
 {
     let Some((header, payload)) = q.buffers(idx) else {
-        return 0;
+        return (0, false);
     };
     let ent: fuse_abi::FuseUringEntInOut =
         fuse_abi::read(&header[fuse_abi::RING_ENT_IN_OUT_OFFSET..]).unwrap_or_default();
+    let mut ok = true;
     let (unique, reply) = match fuse_abi::split_ring_request(header, payload) {
         Some(r) => {
             let raw = RawRequest {
@@ -326,6 +332,7 @@ where
         }
         None => {
             log::warn!("fuse ring q{qid}: malformed request in entry {idx}");
+            ok = false;
             (ent.commit_id, RawReply::Error(libc::EIO))
         }
     };
@@ -339,7 +346,7 @@ where
         RawReply::Error(_) => (-libc::EIO, 0),
     };
     let _ = fuse_abi::put_ring_reply(header, unique, error, len);
-    ent.commit_id
+    (ent.commit_id, ok)
 }
 
 #[cfg(test)]
