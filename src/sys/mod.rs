@@ -8,9 +8,11 @@
 pub mod backing;
 pub mod daemon;
 pub mod dirent;
+pub mod fuse_abi;
 pub mod inotify;
 pub mod ops;
 pub mod proc;
+pub mod uring;
 pub mod xattr;
 
 use std::ffi::{CStr, CString, OsStr};
