@@ -11,12 +11,14 @@ use std::sync::Arc;
 use fuser::{MountOption, Session, SessionACL};
 use log::{debug, info, warn};
 
+use crate::dispatch::init::MAX_WRITE;
 use crate::dispatch::DEFAULT_TTL;
 use crate::error::{Error, Result};
 use crate::fs::UnionFs;
-use crate::options::Config;
+use crate::options::{Config, IoUring};
 use crate::sys;
 use crate::transport::fuser::FuseAdapter;
+use crate::transport::ring::{self, Ring, RingConfig};
 
 /// Daemon threads when no `threads=` is given and a branch is remote (FUSE, NFS, ...):
 /// each request waiting for a stalled server holds a thread until the server's timeout, so
@@ -135,6 +137,10 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         .map(|l| l.path.display().to_string())
         .collect();
     let fcfg = fuser_config(cfg, !remote.is_empty());
+    let fcfg_threads = fcfg.n_threads.unwrap_or(1);
+    // FUSE over io_uring is asked for at INIT only where a ring can serve it.
+    let offered = uring_usable(cfg)?;
+    dispatcher.set_want_uring(offered.is_ok());
     if !remote.is_empty() {
         info!(
             "branches on a network or FUSE filesystem ({}): {} threads{}",
@@ -180,14 +186,15 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         }
         Err(e) => warn!("no /dev/fuse fd to register passthrough backing files on: {e}"),
     }
-    // INIT is answered by now: with FUSE over io_uring asked for (`set_want_uring`, off
-    // until the ring exists) and granted, the ring's queues are to register here.
-    if dispatcher
-        .uring_granted()
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        warn!("FUSE over io_uring granted but no ring to serve it");
-    }
+    // INIT is answered by now: the ring's queues register here, if INIT granted them.
+    let threads = fcfg_threads;
+    let _ring = match start_ring(cfg, &dispatcher, session.as_fd(), offered, threads) {
+        Ok(ring) => ring,
+        Err(e) => {
+            let _ = sys::umount_detach(&cfg.mountpoint);
+            return Err(e);
+        }
+    };
     // udba=notify: the thread that turns direct changes into invalidations.
     let slot = notifier.clone();
     crate::udba::spawn(fs.clone(), move |i| {
@@ -232,6 +239,91 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         .run()
         .map_err(|e| Error::io(e, format!("serving {mnt}")))
 }
+
+/// The fuse module's switch for FUSE over io_uring.
+pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Whether FUSE over io_uring may be asked for at INIT: `Ok(Err(why not))` to go on over
+/// /dev/fuse; an error (no mount) when `-o io_uring` requires it and it cannot be had.
+fn uring_usable(cfg: &Config) -> Result<std::result::Result<(), String>> {
+    let why_not = match cfg.io_uring {
+        IoUring::Off => Some("-o noio_uring".to_string()),
+        _ => match std::fs::read_to_string(ENABLE_URING) {
+            Err(e) => Some(format!("no {ENABLE_URING}: {e}")),
+            Ok(v) if v.trim() != "Y" => Some(format!("{ENABLE_URING} is {}", v.trim())),
+            Ok(_) => sys::uring::probe()
+                .err()
+                .map(|e| format!("io_uring not usable by this process: {e}")),
+        },
+    };
+    match why_not {
+        None => Ok(Ok(())),
+        Some(why) if cfg.io_uring == IoUring::Require => Err(Error::new(
+            libc::EOPNOTSUPP,
+            format!("-o io_uring: FUSE over io_uring unavailable ({why}; root enables it with `echo Y > {ENABLE_URING}`)"),
+        )),
+        Some(why) => Ok(Err(why)),
+    }
+}
+
+/// After INIT: registers the ring's queues when INIT granted FUSE over io_uring, and logs
+/// the one line saying which transport serves the mount and why. A failed registration
+/// leaves the connection on /dev/fuse (the kernel falls back by itself), or fails the
+/// mount with `-o io_uring`. fuser's /dev/fuse threads run either way (FORGET, INTERRUPT).
+fn start_ring(
+    cfg: &Config,
+    d: &Arc<crate::dispatch::Dispatcher>,
+    fuse: std::os::fd::BorrowedFd<'_>,
+    offered: std::result::Result<(), String>,
+    threads: usize,
+) -> Result<Option<Ring>> {
+    let granted = d.uring_granted().load(std::sync::atomic::Ordering::Relaxed);
+    let why_not = match offered {
+        Err(why) => why,
+        Ok(()) if !granted => "the kernel did not grant FUSE_OVER_IO_URING at INIT".into(),
+        Ok(()) => {
+            let rcfg = ring_config(threads);
+            let queues = ring::possible_cpus().map_or(0, |c| c.len());
+            match Ring::start(fuse, &rcfg, |_q, _t| ring::encode::handler(d.clone())) {
+                Ok(r) => {
+                    d.set_ring_serving(true);
+                    info!(
+                        "transport: io_uring ({queues} queues x {} threads, {} KiB buffers)",
+                        rcfg.threads_per_queue,
+                        rcfg.payload_size >> 10
+                    );
+                    return Ok(Some(r));
+                }
+                Err(e) => format!("ring registration failed: {e}"),
+            }
+        }
+    };
+    if cfg.io_uring == IoUring::Require {
+        return Err(Error::new(
+            libc::EOPNOTSUPP,
+            format!("-o io_uring: FUSE over io_uring unavailable ({why_not}; see {ENABLE_URING})"),
+        ));
+    }
+    info!("transport: /dev/fuse ({why_not})");
+    Ok(None)
+}
+
+/// Threads per ring queue: at least [`RING_THREADS_PER_QUEUE`], so that a request that
+/// blocks (a copy-up of a large file, a stalled remote branch) holds only its own thread
+/// while the others of its queue go on serving; more when `threads=` or a remote branch
+/// asks for more threads in all. One entry per thread: a thread answers its entries one at
+/// a time, so a second entry would wait behind a blocked first (tests/uring_transport.rs,
+/// `a_blocked_handler_stalls_only_its_own_thread`).
+fn ring_config(threads: usize) -> RingConfig {
+    let queues = ring::possible_cpus().map_or(1, |c| c.len()).max(1);
+    let mut rcfg = RingConfig::new(MAX_WRITE, MAX_WRITE / sys::uring::page_size() as u32);
+    rcfg.threads_per_queue = threads.div_ceil(queues).max(RING_THREADS_PER_QUEUE);
+    rcfg.entries_per_thread = 1;
+    rcfg
+}
+
+/// The fewest threads a ring queue has (see `ring_config`).
+pub const RING_THREADS_PER_QUEUE: usize = 2;
 
 /// The readahead of the mount (KiB) where the daemon may set it: READs of up to 1 MiB, the
 /// largest request (max_pages, from max_write). The kernel gives a FUSE mount 128 KiB

@@ -11,6 +11,10 @@ use log::{debug, info, warn};
 
 use super::Dispatcher;
 
+/// The largest WRITE (and READ) asked for: also what sizes a ring entry's payload buffer
+/// (`transport::ring::payload_size`), so that no request can be larger than a ring buffer.
+pub const MAX_WRITE: u32 = 1 << 20;
+
 /// One INIT capability: its bit in `fuse_init_in.flags | flags2 << 32` (uapi
 /// linux/fuse.h) and its name for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +130,7 @@ impl Dispatcher {
             }
         }
         config.set_max_background(64);
-        config.set_max_write(1 << 20);
+        config.set_max_write(MAX_WRITE);
         self.init_uring(config);
     }
 
@@ -171,9 +175,9 @@ impl Dispatcher {
         }
         if config.add(FUSE_OVER_IO_URING) {
             self.uring_granted.store(true, Ordering::Relaxed);
-            info!("init: FUSE_OVER_IO_URING granted: requests go over io_uring once the queues are registered");
+            debug!("init: FUSE_OVER_IO_URING granted: requests go over io_uring once the queues are registered");
         } else {
-            info!("init: kernel does not offer FUSE_OVER_IO_URING (fuse enable_uring off?); requests go over /dev/fuse");
+            debug!("init: kernel does not offer FUSE_OVER_IO_URING; requests go over /dev/fuse");
         }
     }
 }

@@ -73,6 +73,9 @@ pub struct Dispatcher {
     /// refusing the entry (FUSE 7.32, Linux 5.10, and later; see `dir.rs`, `plus_links`).
     /// Set at INIT.
     plus_without_node: AtomicBool,
+    /// Whether the ring serves the connection (its queues registered): the transport the
+    /// counters name.
+    ring_serving: AtomicBool,
 }
 
 impl Dispatcher {
@@ -90,6 +93,7 @@ impl Dispatcher {
             want_uring: AtomicBool::new(false),
             uring_granted: Arc::new(AtomicBool::new(false)),
             plus_without_node: AtomicBool::new(false),
+            ring_serving: AtomicBool::new(false),
         }
     }
 
@@ -267,9 +271,14 @@ impl Dispatcher {
         empty("access", self.fs.access(ctx.nodeid, mask, caller(ctx)))
     }
 
+    /// Records that the ring's queues are registered and serve the connection (mount.rs).
+    pub fn set_ring_serving(&self, on: bool) {
+        self.ring_serving.store(on, Ordering::Relaxed);
+    }
+
     /// The transport the mount's requests go over (for the counters).
     fn transport(&self) -> Transport {
-        if self.uring_granted.load(Ordering::Relaxed) {
+        if self.ring_serving.load(Ordering::Relaxed) {
             Transport::Uring
         } else {
             Transport::Classic

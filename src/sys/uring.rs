@@ -83,6 +83,14 @@ unsafe fn free(ptr: *mut u8, len: usize) {
     drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)));
 }
 
+/// Whether this process may create an SQE128 io_uring at all (`kernel.io_uring_disabled`,
+/// seccomp, a kernel without io_uring): a ring of one entry, dropped at once.
+pub fn probe() -> io::Result<()> {
+    IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .build(1)
+        .map(drop)
+}
+
 impl UringQueue {
     /// Creates the ring (SQE128, `entries` SQEs and at least twice as many CQEs) and the
     /// buffers of `entries` ring entries with payloads of `payload_size` bytes. Tries the

@@ -25,6 +25,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod decode;
+pub mod encode;
+
 use crate::sys::fuse_abi::{self, FUSE_MIN_READ_BUFFER};
 pub use crate::sys::uring::TaskRun;
 use crate::sys::uring::{self, UringQueue};
