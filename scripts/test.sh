@@ -15,7 +15,10 @@
 #                          STRATAFS_PODMAN_DEBIAN_TIMEOUT seconds, default 900)
 #   STRATAFS_GLUSTER=0     skip the GlusterFS stage (scripts/gluster.sh: layers on a one-brick
 #                          GlusterFS volume in a private network namespace; on by default)
-#   STRATAFS_TEST_TIMEOUT  seconds allowed to `cargo test` (default 1200)
+#   STRATAFS_TEST_TIMEOUT  seconds allowed to each `cargo test` pass (default 1200)
+#   STRATAFS_CLASSIC_PASS  the second `cargo test` pass, over /dev/fuse (enable_uring=N):
+#                          "adapter" (default: the mounted tests that exercise the transport
+#                          adapter, see CLASSIC_TESTS below), "full" (every test) or 0 (none)
 #   STRATAFS_CRASH_LOOPS   SIGKILL rounds of tests/crash_loop.rs (default 10; --crash-loops=50
 #                          for the full run); STRATAFS_CRASH_SEED repeats a run
 #   STRATAFS_FSX_OPS       operations per long fsx run (default 100000; the mapread run does a tenth)
@@ -86,8 +89,14 @@ mkdir -p "$logs"
 secondary="$scratch/secondary"
 STRATAFS_PID=
 stage_mnt=
+# FUSE over io_uring (issue #20): the fuse module's enable_uring is Y for the run, so every
+# mount of the suite and of the stages goes over the ring by default; the old value comes back
+# at exit. A kernel without the parameter fails the run (the ring passes cannot run).
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+uring_old=
 cleanup() {
   local rc=$?
+  [ -n "$uring_old" ] && printf '%s\n' "$uring_old" >"$URING_PARAM"
   [ -n "$stage_mnt" ] && stop_stratafs "$stage_mnt"
   unmount_path "$secondary" || true
   cleanup_stratafs_mounts || true
@@ -120,28 +129,71 @@ else
   stage_result deps fail "scripts/deps-audit.sh found a program the dependency step does not install (full log: $deps_log)"
 fi
 
+section "FUSE over io_uring: $URING_PARAM"
+if [ -w "$URING_PARAM" ]; then
+  uring_old=$(cat "$URING_PARAM")
+  printf 'Y\n' >"$URING_PARAM"
+  say "was $uring_old; Y for this run (put back at exit)"
+  stage_result io_uring pass "$URING_PARAM set to Y for the run (was $uring_old)"
+else
+  stage_result io_uring fail "$URING_PARAM is missing: a kernel without FUSE over io_uring; the io_uring passes cannot run"
+fi
+
 section "Build"
 cargo build --release
 bin=${STRATAFS_BIN:-$target_dir/release/stratafs}
 
-section "cargo test --release (unit and integration tests)"
-test_log="$logs/cargo-test.log"
-set +e
-timeout --kill-after=30 "${STRATAFS_TEST_TIMEOUT:-1200}" \
-  cargo test --release --no-fail-fast -- --test-threads=2 2>&1 | tee "$test_log"
-cargo_rc=${PIPESTATUS[0]}
-set -e
-[ "$cargo_rc" = 124 ] && say "cargo test was stopped after ${STRATAFS_TEST_TIMEOUT:-1200} s"
-read -r c_pass c_fail c_ign < <(awk '/^test result:/ {
-    for (i = 1; i <= NF; i++) {
-      if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i
-    }
-  } END { print p+0, f+0, g+0 }' "$test_log")
-passed=$((passed + c_pass)) failed=$((failed + c_fail)) skipped=$((skipped + c_ign))
-if [ "$cargo_rc" != 0 ] && [ "$c_fail" = 0 ]; then
-  # The tests did not build, a test binary crashed, or the run timed out: count it once.
-  stage_result "cargo test" fail "exit status $cargo_rc with no failed test reported (build error, crash or timeout)"
+# The mounted tests that exercise the transport adapter (dispatcher and front end), run again
+# over /dev/fuse by the classic pass.
+CLASSIC_TESTS="request_counts stress readdir_streams lower_passthrough remove_privs bad_requests
+  rootless dino link_count_race chown_ctime remount differential_read differential_write
+  hard_links lower_hard_links mmap_times permissions"
+
+# cargo_pass NAME Y|N [cargo test args...]: one `cargo test` pass with enable_uring=Y|N, its
+# results counted in the summary.
+cargo_pass() {
+  local name=$1 uring=$2 log="$logs/cargo-test-$1.log" rc p f g
+  shift 2
+  section "cargo test --release, $name pass (enable_uring=$uring)"
+  [ -w "$URING_PARAM" ] && printf '%s\n' "$uring" >"$URING_PARAM"
+  set +e
+  timeout --kill-after=30 "${STRATAFS_TEST_TIMEOUT:-1200}" \
+    cargo test --release --no-fail-fast "$@" -- --test-threads=2 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rc" = 124 ] && say "cargo test was stopped after ${STRATAFS_TEST_TIMEOUT:-1200} s"
+  read -r p f g < <(awk '/^test result:/ {
+      for (i = 1; i <= NF; i++) {
+        if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i
+      }
+    } END { print p+0, f+0, g+0 }' "$log")
+  passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + g))
+  if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+    # The tests did not build, a test binary crashed, or the run timed out: count it once.
+    stage_result "cargo test" fail "$name pass: exit status $rc with no failed test reported (build error, crash or timeout)"
+  fi
+  cargo_lines+=("cargo test, $name pass (enable_uring=$uring): $p passed, $f failed, $g ignored (exit status $rc)")
+  test_logs+=("$log")
+}
+cargo_lines=() test_logs=()
+if [ -w "$URING_PARAM" ]; then
+  cargo_pass io_uring Y
 fi
+case "${STRATAFS_CLASSIC_PASS:-adapter}" in
+  0) say "classic pass off (STRATAFS_CLASSIC_PASS=0)" ;;
+  full) cargo_pass classic N ;;
+  *)
+    classic_args=()
+    for t in $CLASSIC_TESTS; do classic_args+=(--test "$t"); done
+    cargo_pass classic N "${classic_args[@]}"
+    ;;
+esac
+# The stages run over the ring.
+[ -w "$URING_PARAM" ] && printf 'Y\n' >"$URING_PARAM"
+
+# Stages mount with -o io_uring (the ring or no mount) when the ring passes run on our binary.
+stage_uring=
+[ -w "$URING_PARAM" ] && [ -z "${STRATAFS_BIN:-}" ] && stage_uring=,io_uring
 
 # stage_mount NAME: a fresh lower/upper/work under the scratch dir and a read-write stratafs
 # mount of it at $stage_mnt. Options can be changed with STRATAFS_STAGE_OPTS.
@@ -151,7 +203,7 @@ stage_mount() {
   printf 'a file that starts in the lower layer\n' >"$d/lower/lower-file"
   stage_mnt="$d/mnt"
   mount_stratafs "$bin" \
-    "lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work,${STRATAFS_STAGE_OPTS:-allow_other,default_permissions}" \
+    "lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work,${STRATAFS_STAGE_OPTS:-allow_other,default_permissions$stage_uring}" \
     "$stage_mnt" "$d/stratafs.log"
 }
 stage_unmount() {
@@ -341,8 +393,8 @@ else
 fi
 
 section "Summary"
-grep '^test result:' "$test_log" || say "(cargo test printed no result line)"
+grep -h '^test result:' "${test_logs[@]}" || say "(cargo test printed no result line)"
 printf '%s\n' "${stage_lines[@]}"
-say "cargo test: $c_pass passed, $c_fail failed, $c_ign ignored (exit status $cargo_rc)"
+printf '%s\n' "${cargo_lines[@]}"
 say "summary: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
