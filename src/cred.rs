@@ -22,8 +22,8 @@
 //!   checks in the initial namespace (`capable(CAP_FSETID)`) is never held by anyone when the
 //!   daemon itself runs in a user namespace.
 
-use crate::fs::Caller;
 use crate::sys;
+use crate::types::Caller;
 
 /// Bit number of CAP_FSETID (linux/capability.h).
 const CAP_FSETID: u32 = 4;

@@ -36,21 +36,8 @@ pub fn check_component(name: &OsStr) -> Result<()> {
     Ok(())
 }
 
-/// Who is asking (from the FUSE request header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
-}
-
-impl Caller {
-    pub const ROOT: Caller = Caller {
-        uid: 0,
-        gid: 0,
-        pid: 0,
-    };
-}
+/// Who is asking (types.rs; named here too, as it always was).
+pub use crate::types::Caller;
 
 /// An open directory handle (OPENDIR answered): which directory. Its listing is the
 /// node's (`readdir::DirState`), shared with every other stream of the directory; the

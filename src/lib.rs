@@ -35,6 +35,7 @@ pub mod stats;
 pub mod sys;
 pub mod tools;
 pub mod transport;
+pub mod types;
 pub mod udba;
 pub mod util;
 pub mod whiteout;

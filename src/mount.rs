@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use fuser::{MountOption, Session, SessionACL};
-use log::{debug, info, warn};
+use log::{info, warn};
 
 use crate::dispatch::init::MAX_WRITE;
 use crate::dispatch::DEFAULT_TTL;
@@ -324,34 +324,6 @@ fn ring_config(threads: usize) -> RingConfig {
 
 /// The fewest threads a ring queue has (see `ring_config`).
 pub const RING_THREADS_PER_QUEUE: usize = 2;
-
-/// The readahead of the mount (KiB) where the daemon may set it: READs of up to 1 MiB, the
-/// largest request (max_pages, from max_write). The kernel gives a FUSE mount 128 KiB
-/// (32-page READs) and an INIT reply can only lower that.
-const READAHEAD_KB: u32 = 1024;
-
-/// Raises the readahead of our mount's bdi (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`) to
-/// [`READAHEAD_KB`] unless it is larger already: a sequential read of a file served by the
-/// daemon then takes a READ per MiB instead of per 128 KiB (8 times fewer round trips).
-/// Called once, after INIT. Only as root of the initial user namespace (the sysfs file is
-/// root's; rootless, this is skipped, logged once at debug level).
-pub fn raise_readahead(dev: &str) {
-    if !sys::has_initial_ns_sys_admin() {
-        debug!("readahead: not root of the initial user namespace; kept at the kernel's default");
-        return;
-    }
-    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-    let now = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
-    match now {
-        Some(kb) if kb >= READAHEAD_KB => {}
-        _ => match std::fs::write(&path, READAHEAD_KB.to_string()) {
-            Ok(()) => debug!("readahead: {path} = {READAHEAD_KB}"),
-            Err(e) => info!("readahead: cannot set {path} ({e}); READs stay at 128 KiB"),
-        },
-    }
-}
 
 /// How long a signal leaves the session to end by itself before the process exits.
 const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

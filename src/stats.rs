@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::dispatch::Transport;
+use crate::types::Transport;
 
 /// The xattr of the mount's root that reads (and, set to `reset`, clears) the counters.
 pub const STATS_XATTR: &str = "user.stratafs.stats";

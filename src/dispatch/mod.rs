@@ -29,8 +29,9 @@ use log::debug;
 
 use crate::backing::Backings;
 use crate::error::Error;
-use crate::fs::{Caller, UnionFs};
+use crate::fs::UnionFs;
 use crate::stats::{Op as Count, Stats, STATS_XATTR};
+use crate::types::Caller;
 
 pub use entry::secs_nsecs;
 pub use notify::{send_inval, Invalidator};
@@ -62,7 +63,7 @@ pub struct Dispatcher {
     /// once the session exists.
     dev: Arc<OnceLock<Arc<OwnedFd>>>,
     /// The mount's `MAJ:MIN`, set by `mount.rs`; taken by the first OPEN to raise the
-    /// mount's readahead (`mount::raise_readahead`), once INIT is done.
+    /// mount's readahead (`open.rs`, `raise_readahead`), once INIT is done.
     bdi: Arc<OnceLock<String>>,
     readahead_set: std::sync::Once,
     /// Whether INIT asks for FUSE over io_uring (init.rs); off until a ring can serve it.

@@ -7,14 +7,7 @@
 use std::ffi::{OsStr, OsString};
 use std::time::Duration;
 
-/// The transport a request came over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// read(2)/write(2) on /dev/fuse (fuser's session loop).
-    Classic,
-    /// FUSE over io_uring (`IORING_OP_URING_CMD` on /dev/fuse).
-    Uring,
-}
+pub use crate::types::Transport;
 
 /// The request header (`struct fuse_in_header`) minus the opcode and length.
 #[derive(Debug, Clone, Copy)]
