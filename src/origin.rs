@@ -134,37 +134,53 @@ pub enum Origin {
 /// Set once `open_by_handle_at` was refused (no CAP_DAC_READ_SEARCH): read fids instead.
 static NO_OPEN_BY_HANDLE: AtomicBool = AtomicBool::new(false);
 
+/// A lower filesystem an origin may be decoded on: its UUID, a readable fd of its root
+/// (not `O_PATH`) and its `st_dev`.
+pub struct Candidate<'a> {
+    pub uuid: [u8; 16],
+    pub root: BorrowedFd<'a>,
+    pub dev: u64,
+}
+
 /// Decodes origin value `v` of an upper entry whose file type is `fmt` (`S_IFMT` bits)
 /// against the current lowers.
 pub fn decode(layers: &Layers, v: &[u8], fmt: u32) -> Origin {
+    let stack = layers.stack();
+    let cands = stack.lowers.iter().filter_map(|l| {
+        Some(Candidate {
+            uuid: l.uuid?,
+            root: l.handle_root.as_ref()?.as_fd(),
+            dev: l.dev,
+        })
+    });
+    decode_among(cands, v, fmt)
+}
+
+/// [`decode`] against `cands`, highest layer first.
+pub fn decode_among<'a>(cands: impl Iterator<Item = Candidate<'a>>, v: &[u8], fmt: u32) -> Origin {
     let Some(fb) = parse(v) else {
         return Origin::Unknown;
     };
     if fb.flags & FLAG_PATH_UPPER != 0 {
         return Origin::Unknown;
     }
-    let stack = layers.stack();
-    for l in stack.lowers.iter() {
-        let (Some(uuid), Some(root)) = (l.uuid, l.handle_root.as_ref()) else {
-            continue;
-        };
-        if uuid != fb.uuid {
-            continue;
-        }
+    for c in cands.filter(|c| c.uuid == fb.uuid) {
         if !NO_OPEN_BY_HANDLE.load(Ordering::Relaxed) {
-            match sys::handle::open_by_handle(root.as_fd(), &fb.handle) {
-                Ok(fd) => match sys::fstat(fd.as_fd()) {
-                    Ok(st) if st.st_mode & libc::S_IFMT == fmt => {
-                        return Origin::Found {
+            match sys::handle::open_by_handle(c.root, &fb.handle) {
+                Ok(fd) => {
+                    return match sys::fstat(fd.as_fd()) {
+                        Ok(st) if st.st_mode & libc::S_IFMT == fmt => Origin::Found {
                             dev: st.st_dev,
                             ino: st.st_ino,
                             nlink: Some(st.st_nlink),
-                        };
-                    }
-                    _ => return Origin::Stale,
-                },
+                        },
+                        _ => Origin::Stale,
+                    };
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                    log::info!("origin: open_by_handle_at refused; reading inode numbers from file handles");
+                    log::info!(
+                        "origin: open_by_handle_at refused; reading inode numbers from file handles"
+                    );
                     NO_OPEN_BY_HANDLE.store(true, Ordering::Relaxed);
                 }
                 Err(_) => continue,
@@ -172,7 +188,7 @@ pub fn decode(layers: &Layers, v: &[u8], fmt: u32) -> Origin {
         }
         if let Some(ino) = fid_ino(&fb.handle) {
             return Origin::Found {
-                dev: l.dev,
+                dev: c.dev,
                 ino,
                 nlink: None,
             };

@@ -231,3 +231,50 @@ fn copied_up_files_keep_their_numbers_across_remount() {
 fn copied_up_files_keep_their_numbers_across_remount_redirect_dir() {
     check("redirect_dir=on");
 }
+
+/// A lower copied elsewhere and the original removed: the recorded handles are stale.
+/// Both implementations then show the copied-up entries' own numbers (no error), and
+/// `stratafs check --lower` reports the stale origins.
+#[test]
+fn undecodable_origins_fall_back_and_check_reports_them() {
+    let s = Scratch::new("origin-stale");
+    let lower = s.dir("lower");
+    make_lower(&lower);
+    let l = s.path("l");
+    copy_tree(&lower, &l);
+    let (u, w, m) = (s.dir("u"), s.dir("w"), s.dir("m"));
+    {
+        let _k = Kernel::mount(&Stack::one(&l, &u, &w), "", &m);
+        sh_script(OPS, &m);
+    }
+    let l2 = s.path("l2");
+    copy_tree(&l, &l2);
+    fs::remove_dir_all(&l).unwrap();
+    let kernel = observe_with(Imp::Kernel, "", &l2, &u, &w, &m);
+    let strata = observe_with(Imp::Strata, "", &l2, &u, &w, &m);
+    assert_eq!(
+        kernel.get("renamed.new").map(String::as_str),
+        Some("upper d_ino=st_ino"),
+        "kernel: {kernel:#?}"
+    );
+    assert_eq!(strata, kernel, "stratafs vs kernel over stale origins");
+    let o = std::process::Command::new(common::bin())
+        .args([
+            "check",
+            u.to_str().unwrap(),
+            "--lower",
+            l2.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    // The kernel's listing dropped `impure` where only stale origins are: not a problem.
+    assert!(!out.contains("no impure marker"), "{out}");
+    for e in ["renamed.new", "nd/moved.new", "ld/moved_low.new", "written"] {
+        assert!(
+            out.lines()
+                .any(|line| line.contains(e) && line.contains("stale origin")),
+            "check does not report {e}'s stale origin:\n{out}"
+        );
+    }
+}
