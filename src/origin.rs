@@ -11,7 +11,8 @@
 //! kernel does not tell us, a lower with several links).
 //!
 //! Decoding, as the kernel's `ovl_check_origin_fh`: the first lower whose filesystem UUID
-//! is the recorded one and that decodes the handle (`open_by_handle_at`, then `fstat`) is
+//! is the recorded one (and usable: on the upper's filesystem, or neither null nor shared
+//! with a lower on another filesystem, the kernel's `bad_uuid`) and that decodes the handle (`open_by_handle_at`, then `fstat`) is
 //! the origin. A handle no lower decodes (another filesystem, a layer copied elsewhere,
 //! the object gone: ESTALE) or one in a format we do not know (a newer version, other
 //! endianness, an upper handle) is no origin at all: the entry shows its own number,
@@ -146,14 +147,36 @@ pub struct Candidate<'a> {
 /// against the current lowers.
 pub fn decode(layers: &Layers, v: &[u8], fmt: u32) -> Origin {
     let stack = layers.stack();
+    let ids: Vec<(Option<[u8; 16]>, u64)> = stack.lowers.iter().map(|l| (l.uuid, l.dev)).collect();
+    let upper_dev = layers.upper.as_ref().map(|u| u.dev);
     let cands = stack.lowers.iter().filter_map(|l| {
+        let uuid = l.uuid?;
+        if !uuid_usable(&ids, upper_dev, uuid, l.dev) {
+            return None;
+        }
         Some(Candidate {
-            uuid: l.uuid?,
+            uuid,
             root: l.handle_root.as_ref()?.as_fd(),
             dev: l.dev,
         })
     });
     decode_among(cands, v, fmt)
+}
+
+/// May handles be matched to the lower on filesystem `dev` by its `uuid`? As the kernel
+/// (`bad_uuid`): always on the upper's filesystem; elsewhere only with a UUID that is not
+/// null and that no lower on another filesystem shares (a handle could otherwise be
+/// decoded on the wrong filesystem).
+pub fn uuid_usable(
+    lowers: &[(Option<[u8; 16]>, u64)],
+    upper_dev: Option<u64>,
+    uuid: [u8; 16],
+    dev: u64,
+) -> bool {
+    if upper_dev == Some(dev) {
+        return true;
+    }
+    uuid != [0; 16] && !lowers.iter().any(|(u, d)| *d != dev && *u == Some(uuid))
 }
 
 /// [`decode`] against `cands`, highest layer first.
@@ -212,6 +235,22 @@ mod tests {
         assert_eq!(fb.uuid, [7; 16]);
         assert!(encode(dir.as_fd(), c".", None).is_empty());
         assert!(parse(b"").is_none());
+    }
+
+    #[test]
+    fn shared_or_null_uuids_off_the_upper_fs_are_not_used() {
+        let a = [1; 16];
+        let lowers = [
+            (Some(a), 10),
+            (Some(a), 11),
+            (Some([0; 16]), 12),
+            (Some([2; 16]), 13),
+        ];
+        assert!(uuid_usable(&lowers, Some(10), a, 10));
+        assert!(!uuid_usable(&lowers, Some(10), a, 11));
+        assert!(!uuid_usable(&lowers, Some(10), [0; 16], 12));
+        assert!(uuid_usable(&lowers, Some(10), [2; 16], 13));
+        assert!(uuid_usable(&lowers, Some(12), [0; 16], 12));
     }
 
     #[test]
