@@ -7,6 +7,7 @@
 
 pub mod daemon;
 pub mod dirent;
+pub mod handle;
 pub mod inotify;
 pub mod ops;
 pub mod proc;
