@@ -13,9 +13,10 @@
 //! `copy_file_range` over each data extent found with SEEK_DATA/SEEK_HOLE, else
 //! read/write of those extents.
 //!
-//! Copied-up entries get an empty `overlay.origin` (the kernel's "copied up, origin not
-//! encoded" form) so they keep their lower inode number (see `lookup.rs`), and their upper
-//! parent gets `overlay.impure`, as the kernel marks it.
+//! Copied-up entries get `overlay.origin`, the lower's file handle as the kernel encodes
+//! it (`origin.rs`; empty where there is none to record), so they keep their lower inode
+//! number whatever their name becomes (see `lookup.rs`), and their upper parent gets
+//! `overlay.impure`, as the kernel marks it.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -514,8 +515,19 @@ impl UnionFs {
         }
         self.copy_attrs(src, st, w, tmp)?;
         let origin = self.layers.marker("origin");
-        let _ = xattr::set(w, tmp, &origin, b"", 0);
+        let _ = xattr::set(w, tmp, &origin, &self.origin_value(kind, src, st), 0);
         copy_times(w, tmp, st)
+    }
+
+    /// The `overlay.origin` value for a copy of `src`: its file handle (`origin.rs`),
+    /// except for a file with several links, whose copies must not all claim it (the
+    /// kernel records no origin there without `index`; an empty one here, as before).
+    fn origin_value(&self, kind: Kind, src: &crate::fs::Real, st: &Stat) -> Vec<u8> {
+        if kind != Kind::Dir && st.st_nlink > 1 {
+            return Vec::new();
+        }
+        let uuid = self.layers.stack().lower(src.loc.top).and_then(|l| l.uuid);
+        crate::origin::encode(src.dir.as_fd(), &src.name, uuid)
     }
 
     /// xattrs, owner overrides, owner and mode of `src` onto its copy `dir/name`.

@@ -415,6 +415,7 @@ impl UnionFs {
             let _ = ops::unlinkat(work.as_fd(), &tmp, 0);
             return Err(e);
         }
+        self.mark_impure(updir.as_fd(), &cname);
         self.lookup(newparent, newname)
     }
 
@@ -758,6 +759,9 @@ impl UnionFs {
             if let Some(t) = moved_away {
                 remove_tree(w, &t).map_err(|e| Error::io(e, "rename cleanup"))?;
             }
+            if !src_node.is_dir() && parent != newparent {
+                self.mark_impure(newupdir.as_fd(), &cnew);
+            }
             Ok(())
         })();
         if result.is_ok() {
@@ -777,6 +781,17 @@ impl UnionFs {
             self.forget(d.id, 1);
         }
         result
+    }
+
+    /// Marks upper directory `dir` `impure` (as the kernel's rename does) when its new entry
+    /// `name` carries a recorded origin: a listing of it must then give that entry the
+    /// origin's number (`readdir.rs`), as its lookup does.
+    fn mark_impure(&self, dir: BorrowedFd<'_>, name: &CStr) {
+        let has = whiteout::marker(dir, name, "origin").is_some_and(|v| !v.is_empty());
+        if has {
+            let impure = self.layers.marker("impure");
+            let _ = xattr::set(dir, c".", &impure, b"y", 0);
+        }
     }
 
     /// After a rename: a non-directory that now sits at `dir/name` keeps the number it had

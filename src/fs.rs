@@ -104,9 +104,10 @@ pub struct UnionFs {
     /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
     pub(crate) writeback_cache: std::sync::atomic::AtomicBool,
     /// Nodes of upper files whose node is not simply their own number: upper
-    /// (st_dev, st_ino) → node id. A copied-up file takes its number from the lower entry
-    /// of the same name (its origin is not encoded), so a rename or a hard link elsewhere
-    /// would give it another number under another name; the kernel's inode cache would
+    /// (st_dev, st_ino) → node id. A copied-up file whose origin is empty takes its number
+    /// from the lower entry of the same name, so a rename or a hard link elsewhere would
+    /// give it another number under another name (one with a file handle keeps its
+    /// origin's, `origin.rs`, unless that stops decoding); the kernel's inode cache would
     /// then hold two nodes for one file, one of them naming a stale place. One node per
     /// upper file for the life of the mount prevents that. A name node copied up maps its
     /// upper file to itself here too (it then shows the upper file's own number).

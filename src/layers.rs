@@ -140,6 +140,12 @@ pub struct Layer {
     /// from this layer (the upper, where no private mount carries the policy and the host
     /// mount's differs; see `atime.rs`).
     pub daemon_atime: Option<Policy>,
+    /// A readable fd of the branch root (file-handle decoding and `FS_IOC_GETFSUUID`
+    /// need one that is not `O_PATH`), when it could be opened.
+    pub handle_root: Option<Arc<OwnedFd>>,
+    /// The UUID of the filesystem holding the branch (`sb->s_uuid`), when the kernel tells
+    /// it (`FS_IOC_GETFSUUID`): what `overlay.origin` records and is matched against.
+    pub uuid: Option<[u8; 16]>,
 }
 
 /// The lowers in order, highest first: one generation of the stack. Swapped whole.
@@ -199,6 +205,7 @@ fn open_layer(id: LayerId, opt: &str, path: &std::path::Path, mode: Mode) -> Res
         sys::open_host_dir(path).map_err(|e| Error::io(e, format!("{opt} {}", path.display())))?;
     let st =
         sys::fstat(root.as_fd()).map_err(|e| Error::io(e, format!("{opt} {}", path.display())))?;
+    let handle_root = sys::openat(root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0).ok();
     Ok(Layer {
         id,
         path: path.to_path_buf(),
@@ -208,6 +215,10 @@ fn open_layer(id: LayerId, opt: &str, path: &std::path::Path, mode: Mode) -> Res
         dev: st.st_dev,
         noatime_opens: false,
         daemon_atime: None,
+        uuid: handle_root
+            .as_ref()
+            .and_then(|fd| sys::handle::fs_uuid(fd.as_fd()).ok()),
+        handle_root: handle_root.map(Arc::new),
     })
 }
 

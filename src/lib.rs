@@ -27,6 +27,7 @@ pub mod layers;
 pub mod lookup;
 pub mod mount;
 pub mod options;
+pub mod origin;
 pub mod override_stat;
 pub mod readdir;
 pub mod remount;

@@ -14,7 +14,9 @@
 //! - a file carrying `overlay.metacopy` holds only metadata: its data comes from the next
 //!   regular file found below (or at its `overlay.redirect` path);
 //! - an upper entry carrying `overlay.origin` was copied up: it keeps the inode number of
-//!   its lower origin (found at the same name below), as the kernel does.
+//!   its lower origin, as the kernel does: the object its recorded file handle names
+//!   (`origin.rs`) whatever the entry's name now is, or, for an empty origin (none
+//!   recorded), the entry of the same name below.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
@@ -192,6 +194,19 @@ pub fn probe_create(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Slot>
     })
 }
 
+/// The number an upper non-directory with origin value `v` (non-empty) takes from it:
+/// its decoded origin's, when that has one link (as the kernel: copies of a hard-linked
+/// lower may not all claim it) or its link count is unknown (see `origin.rs`); none when
+/// the handle does not decode (the kernel's fallback: the entry's own number).
+fn decoded_ino(layers: &Layers, v: &[u8], st: &sys::Stat) -> Option<u64> {
+    match crate::origin::decode(layers, v, st.st_mode & libc::S_IFMT) {
+        crate::origin::Origin::Found { dev, ino, nlink } if nlink.unwrap_or(1) == 1 => {
+            Some(layers.ino(dev, ino))
+        }
+        _ => None,
+    }
+}
+
 /// `lookup`, also setting `upper_whiteout` when the search ended at a whiteout in the
 /// upper layer.
 fn resolve(
@@ -302,8 +317,15 @@ fn resolve(
                         // origin's does, below.
                         let none = Markers::none();
                         let mk = own.as_ref().unwrap_or(&none);
-                        if layer == UPPER {
-                            want_origin = mk.has(dir.as_fd(), &n, "origin");
+                        if layer == UPPER && mk.has(dir.as_fd(), &n, "origin") {
+                            // A recorded handle decides alone (decodable or not); an
+                            // empty origin is looked for at the same name below.
+                            match mk.get(dir.as_fd(), &n, "origin") {
+                                Some(v) if !v.is_empty() => {
+                                    origin_ino = decoded_ino(layers, &v, &st);
+                                }
+                                _ => want_origin = true,
+                            }
                         }
                         metacopy = is_reg(&st) && mk.has(dir.as_fd(), &n, "metacopy");
                         let redirect = if metacopy {

@@ -70,6 +70,13 @@ fn main() -> ExitCode {
     if let Err(e) = daemon::init_logging(&cfg) {
         return fail(e);
     }
+    // A panic (a bug: none is expected on any path) reaches the log too, not only stderr,
+    // which a daemon has pointed at /dev/null.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        log::error!("panic: {info}");
+        default_hook(info);
+    }));
     if let Err(e) = cfg.prepare() {
         return fail(e);
     }

@@ -101,8 +101,8 @@ pub struct UpperEntry<'a> {
     pub dev: u64,
     pub ino: u64,
     pub is_dir: bool,
-    /// It carries an origin marker in a merged directory (it was copied up from an entry
-    /// of a lower, whose number it may show).
+    /// It carries an origin marker in a merged or impure directory (it was copied up from
+    /// an entry of a lower, whose number it may show).
     pub origin: bool,
 }
 
@@ -152,7 +152,12 @@ pub fn list_with(
         },
     ];
     let mut seen: HashSet<OsString> = HashSet::new();
-    let merged = dir.dirs.len() > 1;
+    // Upper entries that may show an origin's number: in a merged directory, or in one
+    // marked impure (a copied-up entry was moved or linked into it, as the kernel marks).
+    let may_origin = dir.dirs.len() > 1
+        || dir.dirs.first().is_some_and(|(layer, fd)| {
+            *layer == UPPER && whiteout::marker(fd.as_fd(), c".", "impure").is_some()
+        });
     for (layer, fd) in &dir.dirs {
         let this = if *layer == UPPER {
             layers.upper.clone()
@@ -230,7 +235,7 @@ pub fn list_with(
                     dev,
                     ino: e.ino,
                     is_dir: kind == Kind::Dir,
-                    origin: merged
+                    origin: may_origin
                         && whiteout::Markers::of(fd.as_fd(), &cname).has(
                             fd.as_fd(),
                             &cname,

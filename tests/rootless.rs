@@ -669,3 +669,73 @@ ls $d/mnt
         fs::read_to_string(s.path("log/other.err")).unwrap_or_default()
     );
 }
+
+/// Rootless, a daemon cannot call open_by_handle_at: a copied-up file still shows its
+/// origin's inode number after a remount, whatever its name now is (issue #25; the
+/// number is read from the recorded handle, `origin.rs`). Each entry's st_ino, while
+/// mounted and after a remount, must be its lower origin's (low 56 bits: stratafs puts a
+/// filesystem index in the top byte), as the kernel overlayfs mounted by root shows
+/// (tests/origin_remount.rs).
+#[test]
+fn copied_up_files_keep_their_numbers_across_remount_rootless() {
+    let (uid, _, _) = test_user();
+    let gid = user_gid();
+    let _fuse = fuse_access();
+    let s = Scratch::new("rootless-origin");
+    fs::copy(bin(), s.path("stratafs")).expect("copy stratafs");
+    fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
+    for sub in ["l", "u", "w", "m"] {
+        chown(&s.dir(sub), uid, gid);
+    }
+    let files = ["renamed", "moved", "written", "chmodded", "kept"];
+    let mut lower_ino = BTreeMap::new();
+    for f in files {
+        let p = s.path(&format!("l/{f}"));
+        fs::write(&p, format!("{f}\n")).unwrap();
+        chown(&p, uid, gid);
+        lower_ino.insert(f, fs::metadata(&p).unwrap().ino());
+    }
+    fs::set_permissions(&s.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = r#"set -e
+d=$1
+show() { for e in renamed.new nd/moved.new written chmodded.new kept; do
+  echo "$1 $e $(stat -c %i "$d/m/$e")"; done; }
+"$2" -o "lowerdir=$d/l,upperdir=$d/u,workdir=$d/w" "$d/m" 2>/dev/null
+cd "$d/m"
+mv renamed renamed.new
+mkdir nd && mv moved nd/moved.new
+echo more >> written
+chmod 600 chmodded && mv chmodded chmodded.new
+cd /
+show mounted
+umount "$d/m"
+"$2" -o "lowerdir=$d/l,upperdir=$d/u,workdir=$d/w" "$d/m" 2>/dev/null
+show remounted
+umount "$d/m"
+"#;
+    let out = in_userns(
+        false,
+        script,
+        &[s.0.to_str().unwrap(), s.path("stratafs").to_str().unwrap()],
+    );
+    fn origin_of(e: &str) -> &str {
+        let base = e.rsplit('/').next().unwrap_or(e);
+        base.split('.').next().unwrap_or(base)
+    }
+    let mut bad = Vec::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let [stage, e, ino] = f[..] else {
+            continue;
+        };
+        let shown: u64 = ino.parse().unwrap();
+        let want = lower_ino[origin_of(e)];
+        if shown & ((1 << 56) - 1) != want {
+            bad.push(format!(
+                "{stage} {e}: st_ino {shown:#x}, its origin's is {want:#x}"
+            ));
+        }
+    }
+    assert_eq!(out.lines().count(), 10, "{out}");
+    assert!(bad.is_empty(), "{}\n{out}", bad.join("\n"));
+}

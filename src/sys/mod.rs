@@ -9,6 +9,7 @@ pub mod backing;
 pub mod daemon;
 pub mod dirent;
 pub mod fuse_abi;
+pub mod handle;
 pub mod inotify;
 pub mod ops;
 pub mod proc;

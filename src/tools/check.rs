@@ -16,6 +16,9 @@
 //!   are ignored by lookup, so removed (or, for `impure`, set to `y`); an invalid
 //!   `redirect` on a directory, `metacopy` or `origin` value changes what a mount shows or
 //!   fails its lookups: reported;
+//! - with `--lower`, origins whose file handle no lower decodes (a layer moved to or
+//!   copied onto another filesystem, the origin removed): reported (a mount shows such an
+//!   entry's own inode number, as the kernel does; `origin.rs`);
 //! - redirects that lead outside the layer (`.`/`..`), point at the directory itself or an
 //!   ancestor (a loop), or name nothing below: reported;
 //! - metacopy files whose data is in no lower: reported (the data is gone);
@@ -100,6 +103,9 @@ struct Checker {
     repair: bool,
     lowers_given: bool,
     lower_roots: Vec<OwnedFd>,
+    /// Each lower's filesystem UUID (when the kernel tells it) and st_dev, for decoding
+    /// origins.
+    lower_ids: Vec<(Option<[u8; 16]>, u64)>,
     /// The namespace markers are written in when repairing (the one the upper uses).
     prefix: String,
     report: Report,
@@ -140,6 +146,28 @@ impl Checker {
             return Some(Ok(String::new()));
         }
         Some(f().map(|()| what.to_string()).map_err(|e| Error::io(e, "")))
+    }
+
+    /// A recorded origin (a lower file handle) that no lower decodes: a layer moved to or
+    /// copied onto another filesystem, or the origin removed (`origin.rs`). Judged only
+    /// with `--lower`.
+    fn stale_origin(&self, v: &[u8], st: &sys::Stat) -> bool {
+        if !self.lowers_given || v.is_empty() {
+            return false;
+        }
+        let cands = self
+            .lower_roots
+            .iter()
+            .zip(&self.lower_ids)
+            .filter_map(|(fd, (uuid, dev))| {
+                Some(crate::origin::Candidate {
+                    uuid: (*uuid)?,
+                    root: fd.as_fd(),
+                    dev: *dev,
+                })
+            });
+        crate::origin::decode_among(cands, v, st.st_mode & libc::S_IFMT)
+            == crate::origin::Origin::Stale
     }
 
     fn remove_marker(
@@ -183,7 +211,9 @@ impl Checker {
             let m = layer::markers(dir, name);
             let is_dir = layer::is_dir(st);
             let is_reg = layer::is_reg(st);
-            wants_impure |= needs_impure_parent(&m);
+            // (A stale origin needs no translation: the kernel drops `impure` then.)
+            let stale = layer::find(&m, "origin").is_some_and(|o| self.stale_origin(&o.value, st));
+            wants_impure |= needs_impure_parent(&m) && !stale;
             let metacopy = layer::find(&m, "metacopy");
             for mk in &m {
                 let v = String::from_utf8_lossy(&mk.value).into_owned();
@@ -218,6 +248,13 @@ impl Checker {
                     }
                     "origin" if !layer::valid_origin(&mk.value) => {
                         self.found(&p, "origin marker is not a valid file handle", None);
+                    }
+                    "origin" if stale => {
+                        self.found(
+                            &p,
+                            "stale origin: its file handle names nothing on the lowers (the entry shows its own inode number)",
+                            None,
+                        );
                     }
                     "impure" if !is_dir => {
                         let fix = self.remove_marker(dir, name, mk);
@@ -396,6 +433,16 @@ pub fn run(a: &CheckArgs) -> Result<Report> {
             ..Report::default()
         },
         lower_roots: Vec::new(),
+        lower_ids: lower_roots
+            .iter()
+            .map(|fd| {
+                let uuid = sys::handle::fs_uuid(fd.as_fd()).ok();
+                (
+                    uuid,
+                    sys::fstat(fd.as_fd()).map(|st| st.st_dev).unwrap_or(0),
+                )
+            })
+            .collect(),
     };
     c.lower_roots = lower_roots;
     if let Some(w) = &a.workdir {
