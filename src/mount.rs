@@ -308,7 +308,7 @@ fn start_ring(
     Ok(None)
 }
 
-/// Threads per ring queue: at least [`RING_THREADS_PER_QUEUE`], so that a request that
+/// Threads per ring queue, pinned to the queue's CPU: at least [`RING_THREADS_PER_QUEUE`], so that a request that
 /// blocks (a copy-up of a large file, a stalled remote branch) holds only its own thread
 /// while the others of its queue go on serving; more when `threads=` or a remote branch
 /// asks for more threads in all. One entry per thread: a thread answers its entries one at
@@ -319,6 +319,11 @@ fn ring_config(threads: usize) -> RingConfig {
     let mut rcfg = RingConfig::new(MAX_WRITE, MAX_WRITE / sys::uring::page_size() as u32);
     rcfg.threads_per_queue = threads.div_ceil(queues).max(RING_THREADS_PER_QUEUE);
     rcfg.entries_per_thread = 1;
+    // Each queue's threads on the queue's CPU: the request's issuer and the thread serving
+    // it hand over on one CPU (no cross-CPU wake-up). Measured with scripts/requests.sh --ab
+    // (2,000-file stack, 2 vCPUs under load): walk_warm 0.80x, ls_lR 0.91x, untar 0.84x,
+    // read_all 0.96x the wall time of unpinned threads, 4-9 % less CPU.
+    rcfg.pin = true;
     rcfg
 }
 

@@ -391,12 +391,14 @@ fn a_copy_up_does_not_stall_its_queue() {
         worst.push((w, t.elapsed()));
         m.unmount();
     }
-    // A stall is the whole copy-up (seconds): a stat must not wait for it. (The issue's
-    // 50 ms bound is not asserted: on a loaded machine the ring's worst stat was 60-600 ms,
-    // /dev/fuse's 20-100 ms; scripts/bench.sh `stall` measures it on a quiet one.)
+    // A stall is the whole copy-up (seconds). With the ring's threads pinned to their
+    // queue's CPU the worst stat was 1-5 ms (classic 4-17 ms) on this loaded machine;
+    // unpinned it was 60-600 ms. The bound: 50 ms (the issue's), or 3 x classic's worst
+    // when the machine is so loaded that classic itself is slower.
     let ((ring, copy), (classic, _)) = (worst[0], worst[1]);
+    let bound = Duration::from_millis(50).max(classic * 3);
     assert!(
-        ring < copy / 4 && ring < Duration::from_secs(1),
+        ring <= bound && ring < copy / 4,
         "io_uring: a stat took {ring:?} during a {copy:?} copy-up (classic: {classic:?})"
     );
 }
