@@ -110,16 +110,7 @@ impl Layers {
 }
 
 fn transport(m: &Path) -> String {
-    let out = Command::new("getfattr")
-        .args([
-            "--absolute-names",
-            "--only-values",
-            "-n",
-            "user.stratafs.stats",
-        ])
-        .arg(m)
-        .output()
-        .expect("getfattr");
+    let out = common::stats_output(m);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("transport").map(|t| t.trim().to_string()))

@@ -636,9 +636,9 @@ pub fn kernel_and_strata(
     (run(true), run(false))
 }
 
-/// The daemon's request counters of the mount at `m` (`user.stratafs.stats`), by kind.
-pub fn stratafs_stats(m: &Path) -> BTreeMap<String, u64> {
-    let out = Command::new("getfattr")
+/// `getfattr` of the mount root's `user.stratafs.stats` (the counters' text and its status).
+pub fn stats_output(m: &Path) -> std::process::Output {
+    Command::new("getfattr")
         .args([
             "--absolute-names",
             "--only-values",
@@ -647,7 +647,12 @@ pub fn stratafs_stats(m: &Path) -> BTreeMap<String, u64> {
         ])
         .arg(m)
         .output()
-        .expect("getfattr");
+        .expect("getfattr")
+}
+
+/// The daemon's request counters of the mount at `m` (`user.stratafs.stats`), by kind.
+pub fn stratafs_stats(m: &Path) -> BTreeMap<String, u64> {
+    let out = stats_output(m);
     assert!(
         out.status.success(),
         "reading the counters: {}",
