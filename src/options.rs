@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 pub enum Command {
     Mount(Box<Config>),
     /// `-o remount,…`: change a live mount through its daemon (remount.rs).
-    Remount(crate::remount::RemountArgs),
+    Remount(RemountArgs),
     Help,
     Version,
 }
@@ -88,7 +88,7 @@ pub struct Config {
     /// `timeout=`: entry/attr cache lifetime in seconds, if given.
     pub timeout: Option<f64>,
     /// `udba=none|reval|notify`: what is done about direct changes to the branches (udba.rs).
-    pub udba: crate::udba::Udba,
+    pub udba: crate::types::Udba,
     /// `udba_max_watches=N`: at most N inotify watches with `udba=notify`.
     pub udba_max_watches: Option<usize>,
     pub log_file: Option<PathBuf>,
@@ -100,7 +100,7 @@ pub struct Config {
     /// uid/gid mapping and squashing (`uidmapping=`, `gidmapping=`, `squash_to_*`).
     pub ids: crate::ids::Ids,
     /// `xattr_permissions=1|2`: ownership and mode overrides kept in an xattr.
-    pub xattr_permissions: Option<crate::override_stat::Level>,
+    pub xattr_permissions: Option<crate::types::Level>,
     /// `noxattrs=1`: no xattrs through the mount (ENOTSUP), as fuse-overlayfs's option.
     pub noxattrs: bool,
     /// `writeback=0`: never negotiate the kernel's writeback cache.
@@ -701,7 +701,7 @@ impl Parser {
                 cfg.xattr_permissions = v
                     .parse::<u32>()
                     .ok()
-                    .and_then(crate::override_stat::Level::from_option)
+                    .and_then(crate::types::Level::from_option)
                     .ok_or_else(|| {
                         bad(format!("option xattr_permissions={v}: expected 0, 1 or 2"))
                     })?;
@@ -787,7 +787,7 @@ impl Parser {
             }
             "udba" => {
                 let v = need(value)?;
-                cfg.udba = crate::udba::Udba::parse(&v).ok_or_else(|| {
+                cfg.udba = crate::types::Udba::parse(&v).ok_or_else(|| {
                     bad(format!(
                         "option udba={}: expected none, reval or notify",
                         text(&v)
@@ -1297,7 +1297,7 @@ pub fn remount_unchanged(running: &Config, items: &[String]) -> Result<(), Optio
 
 /// `[SOURCE] MOUNTPOINT -o …remount…`: the remount form (what mount.fuse3 runs for
 /// `mount -o remount,…`). `None` when no `-o` item is `remount`.
-fn parse_remount(args: &[OsString]) -> Result<Option<crate::remount::RemountArgs>, OptionsError> {
+fn parse_remount(args: &[OsString]) -> Result<Option<RemountArgs>, OptionsError> {
     let mut items: Vec<String> = Vec::new();
     let mut positional = Vec::new();
     let mut it = args.iter().skip(1);
@@ -1332,7 +1332,7 @@ fn parse_remount(args: &[OsString]) -> Result<Option<crate::remount::RemountArgs
             ))
         }
     };
-    Ok(Some(crate::remount::RemountArgs {
+    Ok(Some(RemountArgs {
         mountpoint,
         options: items.into_iter().filter(|i| i != "remount").collect(),
     }))
@@ -1433,7 +1433,7 @@ mod tests {
     /// noatime, relatime undoes neither, atime/nostrictatime/diratime undo theirs.
     #[test]
     fn atime_options() {
-        use crate::atime::{Atime, Policy};
+        use crate::types::{Atime, Policy};
         let pol = |o: &str| {
             let c = cfg(&["-o", &format!("lowerdir=/a,{o}"), "/m"]);
             Policy::from_config(&c)
@@ -1546,7 +1546,7 @@ mod tests {
 
     #[test]
     fn udba_options() {
-        use crate::udba::Udba;
+        use crate::types::Udba;
         assert_eq!(cfg(&["-o", "lowerdir=/a", "/m"]).udba, Udba::None);
         for (v, want) in [
             ("none", Udba::None),
@@ -1566,7 +1566,7 @@ mod tests {
 
     #[test]
     fn fuse_overlayfs_xattr_and_cache_options() {
-        use crate::override_stat::Level;
+        use crate::types::Level;
         let c = cfg(&["-o", "lowerdir=/a", "/m"]);
         assert!(c.xattr_permissions.is_none() && !c.noxattrs && !c.no_writeback);
         let c = cfg(&[
@@ -2011,4 +2011,12 @@ mod tests {
         again.validate().expect("still valid");
         again.prepare().expect("prepare again");
     }
+}
+
+/// A remount asked on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemountArgs {
+    pub mountpoint: PathBuf,
+    /// Every `-o` item but `remount` itself.
+    pub options: Vec<String>,
 }
