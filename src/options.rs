@@ -48,6 +48,10 @@ pub struct Config {
     /// The workdir was chosen by us (`UPPER.stratafs-work`); [`Config::prepare`] creates it.
     pub auto_workdir: bool,
     pub mountpoint: PathBuf,
+    /// The mountpoint was `/dev/fd/N` (libfuse 3's convention, as Apptainer's starter uses
+    /// it): the caller opened /dev/fuse and mounted it; we serve descriptor N and mount
+    /// nothing (mount.rs).
+    pub mount_fd: Option<i32>,
     /// Shown as the source in /proc/mounts: the source argument, `fsname=`, or "stratafs".
     pub fsname: String,
     pub subtype: Option<String>,
@@ -416,6 +420,8 @@ pub fn help_text() -> String {
          \x20      stratafs MOUNTPOINT -o br=/upper=rw:/lower1=ro[,OPTS]\n\
          \x20      mount -t fuse.stratafs -o lowerdir=...,upperdir=...,workdir=... stratafs MOUNTPOINT\n\
          \x20      stratafs branch [--force] MOUNTPOINT OP...   (add:I:DIR[=MODE] append: prepend: del: mod:)\n\
+         MOUNTPOINT /dev/fd/N: serve the FUSE descriptor N its caller opened and mounted\n\
+         (libfuse 3's convention, as Apptainer uses it); the caller unmounts.\n\
          Returns once the mount is live (or failed); the daemon stays until umount.\n\
          With br=/dirs=/a branch list and no workdir=, the workdir is UPPER.stratafs-work.\n\
          Unknown options are refused.\n\noptions:\n",
@@ -858,6 +864,7 @@ impl Parser {
         if self.cfg.mountpoint.as_os_str().is_empty() {
             return Err(bad("mountpoint: empty path"));
         }
+        self.cfg.mount_fd = fd_mountpoint(&self.cfg.mountpoint);
         if let Some((syntax, branches)) = self.branches.take() {
             self.resolve_branches(syntax, branches)?;
         }
@@ -974,6 +981,29 @@ pub fn unescape_mountinfo(s: &str) -> PathBuf {
     PathBuf::from(OsString::from_vec(out))
 }
 
+/// `/dev/fd/N` → N: libfuse 3's spelling of "serve the FUSE connection on descriptor N,
+/// which the caller has mounted already". Only that exact form (no `/proc/self/fd/N`).
+pub fn fd_mountpoint(p: &Path) -> Option<i32> {
+    let n = p.as_os_str().as_bytes().strip_prefix(b"/dev/fd/")?;
+    if n.is_empty() || !n.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(n).ok()?.parse().ok()
+}
+
+/// `p` as a canonical directory, and its device; the error names `opt`.
+fn existing_dir(opt: &str, p: &Path) -> Result<(PathBuf, u64), OptionsError> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => {
+            let c =
+                std::fs::canonicalize(p).map_err(|e| bad(format!("{opt} {}: {e}", display(p))))?;
+            Ok((c, m.dev()))
+        }
+        Ok(_) => Err(bad(format!("{opt} {}: not a directory", display(p)))),
+        Err(e) => Err(bad(format!("{opt} {}: {e}", display(p)))),
+    }
+}
+
 /// Is `path` (canonical) the mount point of a mounted filesystem?
 fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -991,17 +1021,7 @@ impl Config {
     /// directory that is not inside a branch nor already a mount point. One line per
     /// error, naming the option and the path.
     pub fn validate(&mut self) -> Result<(), OptionsError> {
-        fn dir(opt: &str, p: &Path) -> Result<(PathBuf, u64), OptionsError> {
-            match std::fs::metadata(p) {
-                Ok(m) if m.is_dir() => {
-                    let c = std::fs::canonicalize(p)
-                        .map_err(|e| bad(format!("{opt} {}: {e}", display(p))))?;
-                    Ok((c, m.dev()))
-                }
-                Ok(_) => Err(bad(format!("{opt} {}: not a directory", display(p)))),
-                Err(e) => Err(bad(format!("{opt} {}: {e}", display(p)))),
-            }
-        }
+        let dir = existing_dir;
         if self.lowerdirs.is_empty() {
             return Err(bad("option lowerdir= is missing or empty"));
         }
@@ -1081,12 +1101,43 @@ impl Config {
                 }
             }
         }
-        let (mnt, _) = dir("mountpoint", &self.mountpoint)?;
-        let branches = lowers
+        let branches: Vec<(&str, &PathBuf)> = lowers
             .iter()
             .map(|l| ("lowerdir", l))
             .chain(upper.iter().map(|u| ("upperdir", u)))
-            .chain(work.iter().map(|w| ("workdir", w)));
+            .chain(work.iter().map(|w| ("workdir", w)))
+            .collect();
+        let mnt = self.validate_mountpoint(&branches)?;
+        self.lowerdirs = lowers;
+        self.upperdir = upper;
+        self.workdir = work;
+        self.mountpoint = mnt;
+        if let Some(f) = &self.log_file {
+            if let Ok(a) = std::path::absolute(f) {
+                self.log_file = Some(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// The mountpoint's checks: a directory outside every branch and not a mount point
+    /// yet; or, for `/dev/fd/N`, an open read-write descriptor of /dev/fuse (which the
+    /// caller mounted: there is no directory of ours to check). Returns it canonical.
+    fn validate_mountpoint(&self, branches: &[(&str, &PathBuf)]) -> Result<PathBuf, OptionsError> {
+        if let Some(fd) = self.mount_fd {
+            if self.auto_unmount {
+                return Err(bad(format!(
+                    "option auto_unmount: not with mountpoint /dev/fd/{fd} (the caller mounted it and unmounts it)"
+                )));
+            }
+            crate::sys::check_fuse_fd(fd).map_err(|e| {
+                bad(format!(
+                    "mountpoint /dev/fd/{fd}: not an open read-write descriptor of /dev/fuse ({e})"
+                ))
+            })?;
+            return Ok(self.mountpoint.clone());
+        }
+        let (mnt, _) = existing_dir("mountpoint", &self.mountpoint)?;
         for (opt, b) in branches {
             if within(&mnt, b) {
                 return Err(bad(format!(
@@ -1102,16 +1153,7 @@ impl Config {
                 mnt.display()
             )));
         }
-        self.lowerdirs = lowers;
-        self.upperdir = upper;
-        self.workdir = work;
-        self.mountpoint = mnt;
-        if let Some(f) = &self.log_file {
-            if let Ok(a) = std::path::absolute(f) {
-                self.log_file = Some(a);
-            }
-        }
-        Ok(())
+        Ok(mnt)
     }
 
     /// Creates what the mount may create before it starts: the automatic workdir.
@@ -1341,6 +1383,26 @@ fn parse_remount(args: &[OsString]) -> Result<Option<crate::remount::RemountArgs
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_fd_mountpoint_is_a_given_connection() {
+        assert_eq!(fd_mountpoint(Path::new("/dev/fd/3")), Some(3));
+        assert_eq!(fd_mountpoint(Path::new("/dev/fd/17")), Some(17));
+        for p in [
+            "/dev/fd/",
+            "/dev/fd/3x",
+            "/dev/fd/-1",
+            "/proc/self/fd/3",
+            "/dev/fd/3/",
+            "/mnt",
+        ] {
+            assert_eq!(fd_mountpoint(Path::new(p)), None, "{p}");
+        }
+        let c = cfg(&["-f", "-o", "allow_other,ro,lowerdir=/a,noacl", "/dev/fd/3"]);
+        assert_eq!(c.mount_fd, Some(3));
+        assert!(c.foreground && c.read_only && c.noacl && c.allow_other);
+        assert_eq!(cfg(&["-o", "lowerdir=/a", "/mnt"]).mount_fd, None);
+    }
 
     #[test]
     fn remount_checks_mount_time_options_against_the_running_config() {
