@@ -68,7 +68,7 @@ section "Dependencies"
 # each one is for, and the "deps" stage (scripts/deps-audit.sh) checks the two agree, so that a
 # fresh machine installs everything here, not later as some other package's dependency.
 ensure_packages fuse3 attr acl libcap2-bin gcc libc6-dev fuse-overlayfs unionfs-fuse squashfs-tools \
-  squashfuse podman runc uidmap catatonit busybox-static debootstrap python3-minimal \
+  squashfuse fuse2fs podman runc uidmap catatonit busybox-static debootstrap python3-minimal \
   xfsprogs strace glusterfs-server glusterfs-client glusterfs-cli glusterfs-common iproute2 procps
 require_cargo
 ensure_fuse_device
