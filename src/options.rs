@@ -98,6 +98,12 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Options accepted but without effect, kept for one log line at startup.
     pub ignored: Vec<String>,
+    /// `redirect_dir=off|follow|nofollow`: renaming a directory that has a lower part answers
+    /// EXDEV (callers such as mv(1) copy instead), as the kernel overlayfs with those values
+    /// and fuse-overlayfs do, so the upper holds no `overlay.redirect` (tools that parse an
+    /// upper themselves, CernVM-FS's publisher, do not follow one). `redirect_dir=on`, the
+    /// default, records such renames as redirects. Existing redirects are read either way.
+    pub no_dir_redirects: bool,
     /// `metacopy=on`: metadata-only copy-up, in the kernel's format (off by default, as in
     /// the kernel; a kernel mount of such an upper needs `metacopy=on` too).
     pub metacopy: bool,
@@ -358,8 +364,13 @@ pub const OPTIONS: &[OptionDoc] = &[
         "SELinux labels: accepted, logged, not applied",
     ),
     doc(
+        "redirect_dir",
+        "redirect_dir=on|off",
+        "off (or follow, nofollow): renaming a lower directory answers EXDEV, no redirects",
+    ),
+    doc(
         "index",
-        "index=, nfs_export=, xino=, redirect_dir=, uuid=, verity=off",
+        "index=, nfs_export=, xino=, uuid=, verity=off",
         "kernel overlayfs tuning: accepted and logged",
     ),
     doc(
@@ -731,6 +742,17 @@ impl Parser {
             "userxattr" => cfg.userxattr = true,
             "noacl" => cfg.noacl = true,
             "acl" => cfg.noacl = false,
+            "redirect_dir" => {
+                cfg.no_dir_redirects = match value {
+                    Some(b"on") => false,
+                    Some(b"off" | b"follow" | b"nofollow") => true,
+                    _ => {
+                        return Err(bad(
+                            "option redirect_dir= takes on, follow, nofollow or off",
+                        ))
+                    }
+                }
+            }
             "metacopy" => {
                 cfg.metacopy = match value {
                     Some(b"on") => true,
@@ -826,9 +848,9 @@ impl Parser {
             "lazytime" | "async" | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser"
             | "users" | "owner" | "group" | "_netdev" | "nofail" | "defaults" | "context"
             | "fscontext" | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export"
-            | "xino" | "redirect_dir" | "uuid" | "fast_ino" | "large_read" | "big_writes"
-            | "kernel_cache" | "auto_cache" | "noforget" | "clone_fd" | "max_idle_threads"
-            | "max_read" | "nonempty" => {
+            | "xino" | "uuid" | "fast_ino" | "large_read" | "big_writes" | "kernel_cache"
+            | "auto_cache" | "noforget" | "clone_fd" | "max_idle_threads" | "max_read"
+            | "nonempty" => {
                 cfg.ignored.push(text(item));
             }
             k if k.starts_with("x-") || k == "comment" => cfg.ignored.push(text(item)),
@@ -1383,6 +1405,17 @@ fn parse_remount(args: &[OsString]) -> Result<Option<crate::remount::RemountArgs
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_dir_off_forbids_redirects() {
+        assert!(!cfg(&["-o", "lowerdir=/a", "/m"]).no_dir_redirects);
+        assert!(!cfg(&["-o", "lowerdir=/a,redirect_dir=on", "/m"]).no_dir_redirects);
+        for v in ["off", "follow", "nofollow"] {
+            let c = cfg(&["-o", &format!("lowerdir=/a,redirect_dir={v}"), "/m"]);
+            assert!(c.no_dir_redirects && c.ignored.is_empty(), "{v}");
+        }
+        assert!(err(&["-o", "lowerdir=/a,redirect_dir=maybe", "/m"]).contains("redirect_dir="));
+    }
 
     #[test]
     fn dev_fd_mountpoint_is_a_given_connection() {
