@@ -374,7 +374,9 @@ fn squashfuse_killed_mid_walk_gives_bounded_errors_and_keeps_the_upper() {
         Some(true),
         "daemon exit"
     );
-    drop(q.child.take());
+    if let Some(mut c) = q.child.take() {
+        let _ = c.wait();
+    }
     common::unmount_and_reap(&low, None);
     assert_eq!(
         std::fs::read(u.join("new")).unwrap(),
