@@ -425,6 +425,111 @@ fn unprivileged_driver_directory_form() {
     assert_clean_stop(&stop_like_apptainer(&m, child));
 }
 
+/// /dev/fuse usable by the user while held (0666 if it was not; put back on drop).
+struct FuseAccess(Option<u32>);
+
+impl FuseAccess {
+    fn get() -> FuseAccess {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata("/dev/fuse").unwrap().mode() & 0o7777;
+        FuseAccess((mode & 0o666 != 0o666).then(|| {
+            fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+            mode
+        }))
+    }
+}
+
+impl Drop for FuseAccess {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(m) = self.0 {
+            let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(m));
+        }
+    }
+}
+
+/// The unprivileged driver inside the user's namespace, as Apptainer runs it without the
+/// setuid starter: the user is root of a new user and mount namespace, stratafs mounts the
+/// directory itself, the driver waits for it in mountinfo (25 ms steps, 10 s), the
+/// container writes, then `sync -f` (syncfs), umount, and the exit status and output.
+const IN_USERNS: &str = r#"set -e
+out=$1 opts=$2 mnt=$3
+"$4" -f -o "$opts" "$mnt" >"$out/stdout" 2>"$out/stderr" &
+pid=$!
+i=0
+until awk -v m="$mnt" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; do
+  i=$((i + 1)); [ "$i" -le 400 ] || { echo "no mount after 10 s"; exit 1; }
+  sleep 0.025
+done
+(cd "$mnt" && sh -c "$5")
+sync -f "$mnt"
+umount "$mnt"
+set +e
+wait "$pid"
+echo "exit status $?"
+"#;
+
+/// unprivileged mode for real: in a user namespace of the user, writable.
+#[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root")]
+fn unprivileged_driver_in_a_user_namespace() {
+    let s = Scratch::new("apptainer-userns");
+    let (l, u, w, m) = layers(&s, USER);
+    let out = s.dir("out");
+    let st = Command::new("chown")
+        .arg(format!("{USER}:{USER}"))
+        .arg(&out)
+        .arg(&m)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let opts = apptainer_options(false, &overlay_fs_options(&l, Some((&u, &w))));
+    let _fuse = FuseAccess::get();
+    let o = Command::new("setpriv")
+        .args([
+            &format!("--reuid={USER}"),
+            &format!("--regid={USER}"),
+            "--clear-groups",
+        ])
+        .args([
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            IN_USERNS,
+            "sh",
+        ])
+        .arg(&out)
+        .arg(&opts)
+        .arg(&m)
+        .arg(bin())
+        .arg(WORKLOAD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && said.contains("listing: d g2 keep n usr / y"),
+        "{said}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(said.contains("exit status 0"), "{said}");
+    assert_eq!(
+        fs::read_to_string(out.join("stderr")).unwrap(),
+        "",
+        "stderr"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("stdout")).unwrap(),
+        "",
+        "stdout"
+    );
+    // In a user namespace the markers are user.overlay.* (the kernel's userxattr form).
+    check_after_workload(&l, &u, true);
+}
+
 /// A root daemon on a caller's mount without `default_permissions` would do for every user
 /// what root can: refused with one line. With `default_permissions` it serves.
 #[test]
