@@ -227,6 +227,33 @@ fn stop_like_apptainer(target: &Path, mut child: Child) -> Stopped {
     }
 }
 
+/// What a test leaves if it fails half-way: on drop, the mount at `mnt` is detached and
+/// every stratafs process whose command line names the scratch directory is killed.
+struct Leftovers {
+    scratch: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if mount_type(&self.mnt).is_some() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        let tag = self.scratch.as_os_str().as_bytes();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let argv0 = cmd.split(|&b| b == 0).next().unwrap_or_default();
+            if argv0.ends_with(b"stratafs") && cmd.windows(tag.len()).any(|w| w == tag) {
+                // SAFETY: a process of this test (its command line names our scratch dir).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// A SIF-like lower (owned by `owner`, as squashfuse shows it with `uid=`/`gid=`), an
 /// upper and a workdir owned by `owner`, and the mount target.
 fn layers(s: &Scratch, owner: u32) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
@@ -345,6 +372,10 @@ fn assert_clean_stop(st: &Stopped) {
 fn setuid_starter_dev_fd_writable() {
     let s = Scratch::new("apptainer-fd-rw");
     let (l, u, w, m) = layers(&s, USER);
+    let _left = Leftovers {
+        scratch: s.0.clone(),
+        mnt: m.clone(),
+    };
     let fd = starter_mount(&m, USER, USER, false, "");
     let opts = apptainer_options(false, &overlay_fs_options(&l, Some((&u, &w))));
     assert_eq!(
@@ -374,6 +405,10 @@ fn setuid_starter_dev_fd_writable() {
 fn setuid_starter_dev_fd_read_only() {
     let s = Scratch::new("apptainer-fd-ro");
     let (l, _u, _w, m) = layers(&s, USER);
+    let _left = Leftovers {
+        scratch: s.0.clone(),
+        mnt: m.clone(),
+    };
     let fd = starter_mount(&m, USER, USER, true, "");
     let opts = apptainer_options(true, &overlay_fs_options(&l, None));
     assert_eq!(
@@ -400,6 +435,10 @@ fn setuid_starter_dev_fd_read_only() {
 fn unprivileged_driver_directory_form() {
     let s = Scratch::new("apptainer-dir");
     let (l, u, w, m) = layers(&s, 0);
+    let _left = Leftovers {
+        scratch: s.0.clone(),
+        mnt: m.clone(),
+    };
     let opts = apptainer_options(false, &overlay_fs_options(&l, Some((&u, &w))));
     let mut child = spawn_driver(&opts, m.to_str().unwrap(), None, None);
     let took = wait_like_driver(&m, &mut child);
@@ -475,6 +514,10 @@ echo "exit status $?"
 fn unprivileged_driver_in_a_user_namespace() {
     let s = Scratch::new("apptainer-userns");
     let (l, u, w, m) = layers(&s, USER);
+    let _left = Leftovers {
+        scratch: s.0.clone(),
+        mnt: m.clone(),
+    };
     let out = s.dir("out");
     let st = Command::new("chown")
         .arg(format!("{USER}:{USER}"))
@@ -537,6 +580,10 @@ fn unprivileged_driver_in_a_user_namespace() {
 fn dev_fd_as_root_needs_default_permissions() {
     let s = Scratch::new("apptainer-fd-root");
     let (l, u, w, m) = layers(&s, 0);
+    let _left = Leftovers {
+        scratch: s.0.clone(),
+        mnt: m.clone(),
+    };
     let opts = apptainer_options(false, &overlay_fs_options(&l, Some((&u, &w))));
     let fd = starter_mount(&m, 0, 0, false, "");
     let mut child = spawn_driver(&opts, "/dev/fd/3", Some(&fd), None);
@@ -567,6 +614,10 @@ fn dev_fd_as_root_needs_default_permissions() {
 fn dev_fd_that_is_not_fuse() {
     let s = Scratch::new("apptainer-fd-bad");
     let (l, _u, _w, _m) = layers(&s, 0);
+    let _left = Leftovers {
+        scratch: s.0.clone(),
+        mnt: _m.clone(),
+    };
     let opts = apptainer_options(true, &overlay_fs_options(&l, None));
     let null = File::open("/dev/null").unwrap();
     for (target, fd) in [("/dev/fd/3", Some(&null)), ("/dev/fd/97", None)] {
