@@ -128,16 +128,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     // Signals are taken by one thread with sigwait; block them before any thread starts.
     sys::block_exit_signals();
     let fs = Arc::new(UnionFs::new(cfg)?);
-    // udba=reval: nothing cached unless timeout= says otherwise (udba.rs).
-    let ttl = cfg
-        .timeout
-        .map(std::time::Duration::from_secs_f64)
-        .unwrap_or(if cfg.udba == crate::udba::Udba::Reval {
-            std::time::Duration::ZERO
-        } else {
-            DEFAULT_TTL
-        });
-    let adapter = FuseAdapter::new(fs.clone(), ttl);
+    let adapter = FuseAdapter::new(fs.clone(), cache_ttl(cfg));
     let dispatcher = adapter.dispatcher();
     let notifier = adapter.notifier_slot();
     let fuse_dev = dispatcher.dev_slot();
@@ -189,19 +180,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     }
     spawn_signal_thread(cfg, entry.as_ref(), conn, session.unmount_callable())?;
     // The control channel (remount,ro|rw): listening before the mount is reported live.
-    match &entry {
-        Some(e) => {
-            if let Err(e) = crate::control::start_server(fs, cfg, e, invalidator) {
-                warn!("no control channel (remount will not work): {e}");
-            }
-        }
-        None if cfg.mount_fd.is_some() => {
-            info!(
-                "no control channel: the mount of {mnt} is not in this mount namespace's mountinfo"
-            )
-        }
-        None => warn!("no control channel (remount will not work): {mnt} not in mountinfo"),
-    }
+    start_control(fs, cfg, entry.as_ref(), invalidator);
     for i in &cfg.ignored {
         warn!("option {i} accepted and ignored");
     }
@@ -219,6 +198,42 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     session
         .run()
         .map_err(|e| Error::io(e, format!("serving {mnt}")))
+}
+
+/// The kernel's entry/attribute cache lifetime: `timeout=`, else none with udba=reval
+/// (nothing cached, udba.rs), else the default.
+fn cache_ttl(cfg: &Config) -> std::time::Duration {
+    cfg.timeout
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(if cfg.udba == crate::udba::Udba::Reval {
+            std::time::Duration::ZERO
+        } else {
+            DEFAULT_TTL
+        })
+}
+
+/// Starts the control channel on our mount's line of mountinfo, or says why not (at info
+/// level for a caller's `/dev/fd/N` mount in another namespace: nothing on stderr then).
+fn start_control(
+    fs: Arc<UnionFs>,
+    cfg: &Config,
+    entry: Option<&MountEntry>,
+    inval: crate::dispatch::Invalidator,
+) {
+    let mnt = cfg.mountpoint.display();
+    match entry {
+        Some(e) => {
+            if let Err(e) = crate::control::start_server(fs, cfg, e, inval) {
+                warn!("no control channel (remount will not work): {e}");
+            }
+        }
+        None if cfg.mount_fd.is_some() => {
+            info!(
+                "no control channel: the mount of {mnt} is not in this mount namespace's mountinfo"
+            )
+        }
+        None => warn!("no control channel (remount will not work): {mnt} not in mountinfo"),
+    }
 }
 
 /// The paths of the branches on a network or FUSE filesystem.

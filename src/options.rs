@@ -1026,6 +1026,42 @@ fn existing_dir(opt: &str, p: &Path) -> Result<(PathBuf, u64), OptionsError> {
     }
 }
 
+/// Neither of upperdir `u` and workdir `w` (both canonical) is inside the other, the
+/// upper does not overlap a lower, and the workdir is not inside one.
+fn check_nesting(u: &Path, w: &Path, lowers: &[PathBuf]) -> Result<(), OptionsError> {
+    if within(w, u) {
+        return Err(bad(format!(
+            "workdir {}: inside upperdir {}",
+            w.display(),
+            u.display()
+        )));
+    }
+    if within(u, w) {
+        return Err(bad(format!(
+            "upperdir {}: inside workdir {}",
+            u.display(),
+            w.display()
+        )));
+    }
+    for l in lowers {
+        if within(u, l) || within(l, u) {
+            return Err(bad(format!(
+                "upperdir {}: overlaps lowerdir {}",
+                u.display(),
+                l.display()
+            )));
+        }
+        if within(w, l) {
+            return Err(bad(format!(
+                "workdir {}: inside lowerdir {}",
+                w.display(),
+                l.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Is `path` (canonical) the mount point of a mounted filesystem?
 fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -1092,36 +1128,7 @@ impl Config {
             (None, None) => (None, None),
         };
         if let (Some(u), Some(w)) = (&upper, &work) {
-            if within(w, u) {
-                return Err(bad(format!(
-                    "workdir {}: inside upperdir {}",
-                    w.display(),
-                    u.display()
-                )));
-            }
-            if within(u, w) {
-                return Err(bad(format!(
-                    "upperdir {}: inside workdir {}",
-                    u.display(),
-                    w.display()
-                )));
-            }
-            for l in &lowers {
-                if within(u, l) || within(l, u) {
-                    return Err(bad(format!(
-                        "upperdir {}: overlaps lowerdir {}",
-                        u.display(),
-                        l.display()
-                    )));
-                }
-                if within(w, l) {
-                    return Err(bad(format!(
-                        "workdir {}: inside lowerdir {}",
-                        w.display(),
-                        l.display()
-                    )));
-                }
-            }
+            check_nesting(u, w, &lowers)?;
         }
         let branches: Vec<(&str, &PathBuf)> = lowers
             .iter()
