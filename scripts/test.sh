@@ -13,6 +13,9 @@
 #                          a 12-step podman build, --user, rootful and rootless, on a Debian
 #                          image, compared with podman's native overlay; on by default;
 #                          STRATAFS_PODMAN_DEBIAN_TIMEOUT seconds, default 900)
+#   STRATAFS_PACKAGE=0     skip the package stage (scripts/package-debian.sh: the .deb of
+#                          scripts/package.sh installed with dpkg -i in a fresh Debian 12
+#                          root, mount -t fuse.stratafs, man stratafs, dpkg -r; on by default)
 #   STRATAFS_GLUSTER=0     skip the GlusterFS stage (scripts/gluster.sh: layers on a one-brick
 #                          GlusterFS volume in a private network namespace; on by default)
 #   STRATAFS_TEST_TIMEOUT  seconds allowed to each `cargo test` pass (default 1200)
@@ -29,7 +32,8 @@
 #
 # Exit status: 0 only if every test that ran passed and no stratafs mount was left behind.
 # The last line is "summary: N passed, N failed, N skipped", counting cargo's tests plus one
-# entry per extra stage (the dependency audit, pjdfstest and fsx over each transport, podman, podman-deb, gluster, the
+# entry per extra stage (the dependency audit, pjdfstest and fsx over each transport, podman,
+# podman-deb, package, gluster, the
 # left-over-mount check). Here a missing prerequisite is a failure, never a skip: the tests run
 # with STRATAFS_TEST_STRICT=1 (see build.rs) and a stage that cannot run fails; only a stage
 # switched off by its variable counts as skipped.
@@ -47,6 +51,7 @@ run_fsx_stage=${STRATAFS_FSX:-1}
 run_podman_stage=${STRATAFS_PODMAN:-1}
 run_podman_debian_stage=${STRATAFS_PODMAN_DEBIAN:-1}
 run_gluster_stage=${STRATAFS_GLUSTER:-1}
+run_package_stage=${STRATAFS_PACKAGE:-1}
 PJDFSTEST_VERSION=0.2.2 # the version ../shared/testdata/pjdfstest-overlay.toml was calibrated with
 FSX_VERSION=0.2.0
 
@@ -68,7 +73,7 @@ section "Dependencies"
 # each one is for, and the "deps" stage (scripts/deps-audit.sh) checks the two agree, so that a
 # fresh machine installs everything here, not later as some other package's dependency.
 ensure_packages fuse3 attr acl libcap2-bin gcc libc6-dev fuse-overlayfs unionfs-fuse squashfs-tools \
-  squashfuse podman runc uidmap catatonit busybox-static debootstrap python3-minimal \
+  squashfuse fuse2fs dpkg-dev podman runc uidmap catatonit busybox-static debootstrap python3-minimal \
   xfsprogs strace glusterfs-server glusterfs-client glusterfs-cli glusterfs-common iproute2 procps
 require_cargo
 ensure_fuse_device
@@ -147,7 +152,7 @@ bin=${STRATAFS_BIN:-$target_dir/release/stratafs}
 # over /dev/fuse by the classic pass.
 CLASSIC_TESTS="request_counts stress readdir_streams lower_passthrough remove_privs bad_requests
   rootless dino link_count_race chown_ctime remount differential_read differential_write
-  hard_links lower_hard_links mmap_times permissions"
+  hard_links lower_hard_links mmap_times permissions apptainer"
 
 # cargo_pass NAME Y|N [cargo test args...]: one `cargo test` pass with enable_uring=Y|N, its
 # results counted in the summary.
@@ -373,6 +378,33 @@ if [ "$run_podman_debian_stage" = 1 ]; then
 else
   say "off (STRATAFS_PODMAN_DEBIAN=0)"
   stage_result podman-deb skip "switched off by STRATAFS_PODMAN_DEBIAN=0"
+fi
+
+# ---- The Debian package in a fresh Debian 12 root (scripts/package-debian.sh), STRATAFS_PACKAGE=0
+# skips ----
+run_package() {
+  local log="$logs/package-debian.log" rc t0 summary
+  t0=$(date +%s)
+  set +e
+  timeout --kill-after=30 900 "$repo/scripts/package-debian.sh" >"$log" 2>&1
+  rc=$?
+  set -e
+  grep -E '^(ok|FAIL): ' "$log" || true
+  summary=$(grep '^package-debian: ' "$log" | tail -n 1 || true)
+  if [ "$rc" = 0 ]; then
+    stage_result package pass "$summary (dpkg -i, mount -t fuse.stratafs, man, dpkg -r) in $(($(date +%s) - t0)) s"
+  else
+    tail -n 30 "$log"
+    stage_result package fail "exit status $rc, ${summary:-no summary} (full log: $log)"
+  fi
+}
+
+section "Debian package"
+if [ "$run_package_stage" = 1 ]; then
+  run_package
+else
+  say "off (STRATAFS_PACKAGE=0)"
+  stage_result package skip "switched off by STRATAFS_PACKAGE=0"
 fi
 
 # ---- Layers on GlusterFS (scripts/gluster.sh), STRATAFS_GLUSTER=0 skips ----

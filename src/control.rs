@@ -39,26 +39,16 @@ use crate::sys;
 use crate::channel::{address, MAX_LINE};
 pub use crate::channel::{holder_of, Client, Holder, MountEntry, Reply, Request};
 
-/// The daemon's end: listens on the mount's address and answers requests on its own
-/// thread, one connection at a time (requests are rare and short).
+/// The daemon's end: listens on the address of the mount `entry` (ours, as found in
+/// mountinfo) and answers requests on its own thread, one connection at a time (requests
+/// are rare and short).
 pub fn start_server(
     fs: Arc<UnionFs>,
     cfg: &Config,
-    fstype: &str,
+    entry: &MountEntry,
     inval: crate::dispatch::Invalidator,
 ) -> Result<()> {
-    let mountpoint = cfg.mountpoint.as_path();
     let mut cfg = cfg.clone();
-    let entry = MountEntry::all()
-        .into_iter()
-        .rev()
-        .find(|m| m.point == mountpoint && m.fstype == fstype)
-        .ok_or_else(|| {
-            Error::new(
-                libc::ENOENT,
-                format!("control: {} not in mountinfo", mountpoint.display()),
-            )
-        })?;
     let addr = address(&entry.dev).map_err(|e| Error::io(e, "control socket address"))?;
     let what = format!("control socket @stratafs/{}", entry.dev);
     // The name is the superblock's device number, which the kernel gives to the next FUSE

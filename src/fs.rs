@@ -92,6 +92,8 @@ pub struct UnionFs {
     pub volatile: bool,
     /// `metacopy=on`: chmod/chown/utimens/xattr changes copy a file's metadata only.
     pub metacopy: bool,
+    /// `redirect_dir=off`: a directory with a lower part is not renamed (EXDEV).
+    pub no_dir_redirects: bool,
     /// How ids on the branches map to ids shown through the mount.
     pub ids: crate::ids::Ids,
     /// POSIX ACLs are enforced and inherited (not `noacl`).
@@ -216,6 +218,7 @@ impl UnionFs {
             inodes: InodeTable::new(root),
             volatile: cfg.volatile,
             metacopy: cfg.metacopy,
+            no_dir_redirects: cfg.no_dir_redirects,
             ids: cfg.ids.clone(),
             acl: !cfg.noacl && !cfg.noxattrs,
             no_writeback: cfg.no_writeback,

@@ -423,9 +423,11 @@ impl Layers {
             stack: parking_lot::RwLock::new(Arc::new(Stack { gen: 0, lowers })),
             next_id: std::sync::atomic::AtomicUsize::new(n_lowers + 1),
             atime: Policy::from_config(cfg),
-            // Unprivileged processes cannot set trusted.* xattrs: in a user namespace write
-            // the kernel's `userxattr` form, as the kernel overlayfs requires there.
-            xattr_prefix: if cfg.userxattr || sys::in_user_namespace() {
+            // Setting trusted.* xattrs takes CAP_SYS_ADMIN in the initial user namespace: in
+            // a user namespace, or as a plain user (Apptainer's setuid starter runs the
+            // overlay program as the user, on a /dev/fd/N), write the kernel's `userxattr`
+            // form, as the kernel overlayfs requires in a user namespace.
+            xattr_prefix: if cfg.userxattr || !sys::has_initial_ns_sys_admin() {
                 "user.overlay."
             } else {
                 "trusted.overlay."
