@@ -162,6 +162,38 @@ impl Watches {
     }
 
     /// `node` no longer uses watch `wd`; the watch goes with its last user.
+    /// Watches every real directory of directory node `id` (watching one again gives its
+    /// watch again), then gives up those of `old` it no longer has.
+    fn rewatch(
+        &self,
+        st: &mut State,
+        id: u64,
+        dirs: &[(LayerId, Arc<std::os::fd::OwnedFd>)],
+        old: Vec<(LayerId, i32)>,
+    ) {
+        let mut watches = Vec::with_capacity(dirs.len());
+        let mut complete = true;
+        let unwatched = self.unwatched.read();
+        for (layer, fd) in dirs {
+            if unwatched.contains(layer) {
+                continue; // never changes: nothing to see
+            }
+            match self.watch(st, fd.as_fd(), id) {
+                Some(wd) => watches.push((*layer, wd)),
+                None => complete = false,
+            }
+        }
+        for (_, wd) in old {
+            if !watches.iter().any(|&(_, w)| w == wd) {
+                self.unuse(st, wd, id);
+            }
+        }
+        if let Some(k) = st.nodes.get_mut(&id) {
+            k.watches = watches;
+            k.complete = complete;
+        }
+    }
+
     fn unuse(&self, st: &mut State, wd: i32, node: u64) {
         let Some(users) = st.wds.get_mut(&wd) else {
             return;
@@ -347,40 +379,28 @@ impl Observer for Watches {
                 }
             }
         }
-        let loc = crate::inode::Loc {
-            parent,
-            name,
-            top: 0,
-            dirs,
-            data: None,
-            pinned: None,
-            staged: None,
-            lower_attr: None,
-            lower_xattrs: None,
-        };
+        let is_dir = node.is_dir();
         let (old_key, old_watches) = match st.nodes.get_mut(&id) {
             Some(k) => {
-                let old = (k.parent, std::mem::replace(&mut k.name, loc.name.clone()));
-                k.parent = loc.parent;
+                let old = (k.parent, std::mem::replace(&mut k.name, name.clone()));
+                k.parent = parent;
                 k.node = Arc::downgrade(node);
                 (Some(old), std::mem::take(&mut k.watches))
             }
             None => {
-                st.nodes.insert(
-                    id,
-                    Known {
-                        node: Arc::downgrade(node),
-                        parent: loc.parent,
-                        name: loc.name.clone(),
-                        is_dir: node.is_dir(),
-                        watches: Vec::new(),
-                        complete: false,
-                    },
-                );
+                let known = Known {
+                    node: Arc::downgrade(node),
+                    parent,
+                    name: name.clone(),
+                    is_dir,
+                    watches: Vec::new(),
+                    complete: false,
+                };
+                st.nodes.insert(id, known);
                 (None, Vec::new())
             }
         };
-        let key = (loc.parent, loc.name.clone());
+        let key = (parent, name);
         if let Some(old) = old_key.filter(|o| *o != key) {
             if st.names.get(&old) == Some(&id) {
                 st.names.remove(&old);
@@ -389,30 +409,8 @@ impl Observer for Watches {
         if id != ROOT_INO {
             st.names.insert(key, id);
         }
-        if !node.is_dir() {
-            return;
-        }
-        // Watch every real directory (watching one again gives its watch again).
-        let mut watches = Vec::with_capacity(loc.dirs.len());
-        let mut complete = true;
-        let unwatched = self.unwatched.read();
-        for (layer, fd) in &loc.dirs {
-            if unwatched.contains(layer) {
-                continue; // never changes: nothing to see
-            }
-            match self.watch(&mut st, fd.as_fd(), id) {
-                Some(wd) => watches.push((*layer, wd)),
-                None => complete = false,
-            }
-        }
-        for (_, wd) in old_watches {
-            if !watches.iter().any(|&(_, w)| w == wd) {
-                self.unuse(&mut st, wd, id);
-            }
-        }
-        if let Some(k) = st.nodes.get_mut(&id) {
-            k.watches = watches;
-            k.complete = complete;
+        if is_dir {
+            self.rewatch(&mut st, id, &dirs, old_watches);
         }
     }
 
