@@ -40,6 +40,7 @@ const NODES: &[(u64, u64, &str, bool)] = &[
     (5, 1, "big", false),
     (6, 1, "slow", false),
     (7, 1, "stats", false),
+    (8, 1, "gate", false),
 ];
 
 #[derive(Default)]
@@ -47,6 +48,8 @@ struct Tiny {
     big: Mutex<Vec<u8>>,
     ring: AtomicU64,
     dev: AtomicU64,
+    /// Opens of "gate" are parked (`ring::park`) until a WRITE opens the gate.
+    gate: std::sync::atomic::AtomicBool,
 }
 
 impl Tiny {
@@ -190,7 +193,7 @@ fn readdir(r: &RawRequest<'_>) -> RawReply {
     RawReply::Data(out)
 }
 
-fn ring_handle(tiny: &Tiny, r: &RawRequest<'_>) -> RawReply {
+fn ring_handle(tiny: &Arc<Tiny>, r: &RawRequest<'_>) -> RawReply {
     tiny.ring.fetch_add(1, Ordering::SeqCst);
     match r.opcode {
         opcode::LOOKUP => {
@@ -213,6 +216,7 @@ fn ring_handle(tiny: &Tiny, r: &RawRequest<'_>) -> RawReply {
             }
             attr_out(tiny, r.nodeid)
         }
+        opcode::OPEN if r.nodeid == 8 => park_until_the_gate_opens(tiny),
         opcode::OPEN | opcode::OPENDIR => {
             let Some(o) = abi::read::<abi::FuseOpenIn>(r.op_in) else {
                 return RawReply::Error(libc::EIO);
@@ -246,6 +250,7 @@ fn ring_handle(tiny: &Tiny, r: &RawRequest<'_>) -> RawReply {
             if w.size as usize != r.payload.len() {
                 return RawReply::Error(libc::EPROTO);
             }
+            tiny.gate.store(true, Ordering::SeqCst);
             match tiny.write(r.nodeid, w.offset, r.payload) {
                 Ok(size) => {
                     RawReply::Data(abi::bytes_of(&abi::FuseWriteOut { size, padding: 0 }).to_vec())
@@ -273,6 +278,31 @@ fn ring_handle(tiny: &Tiny, r: &RawRequest<'_>) -> RawReply {
         }
         _ => RawReply::Error(libc::ENOSYS),
     }
+}
+
+/// An OPEN of "gate": parked, and answered from another thread once a WRITE has opened the
+/// gate (or EIO after 10 s), as stratafs parks an OPEN that waits for other handles.
+fn park_until_the_gate_opens(tiny: &Arc<Tiny>) -> RawReply {
+    let Some(later) = stratafs::transport::ring::park() else {
+        return RawReply::Error(libc::EIO);
+    };
+    let tiny = tiny.clone();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while !tiny.gate.load(Ordering::SeqCst) {
+            if start.elapsed() > Duration::from_secs(10) {
+                return later.send(RawReply::Error(libc::EIO));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let out = abi::FuseOpenOut {
+            fh: 0,
+            open_flags: 1, // direct I/O
+            backing_id: 0,
+        };
+        later.send(RawReply::Data(abi::bytes_of(&out).to_vec()));
+    });
+    RawReply::Parked
 }
 
 // ---------------------------------------------------------------- fuser side
@@ -656,7 +686,7 @@ fn ring_serves_lookup_getattr_readdir_read_write_statfs() {
         let ls = sh(&format!("ls {}", s.mnt.display()));
         assert_eq!(
             String::from_utf8_lossy(&ls.stdout),
-            "big\nhello\nslow\nstats\nsub\n"
+            "big\ngate\nhello\nslow\nstats\nsub\n"
         );
         let ls = sh(&format!("ls {}", s.p("sub").display()));
         assert_eq!(String::from_utf8_lossy(&ls.stdout), "deep\n");
@@ -831,6 +861,59 @@ fn abort_with_a_request_in_flight_ends_the_ring_cleanly() {
     );
     assert!(got.is_err(), "read after abort succeeded: {got:?}");
     let (st, out) = s.wait_exit(Duration::from_secs(SLOW_SECS + 10));
+    assert!(st.success(), "server: {st:?}\n{out}");
+}
+
+/// A request answered later does not hold its queue: with 2 threads x 1 entry per queue, two
+/// OPENs of "gate" from CPU 0 are parked (`ring::park`) until a WRITE opens the gate — a
+/// WRITE from the same CPU, so its requests need a free entry of queue 0, which both
+/// parked requests hold: the ring registers a spare entry for each. Before parking existed
+/// the handler waited in its thread (as stratafs's waiting OPEN did) and this deadlocked.
+#[test]
+fn a_parked_request_leaves_its_queue_serving() {
+    use stratafs::sys::uring::pin_to_cpu;
+    let _uring = EnableUring::on();
+    let mut s = Server::start("park", "ring", 2, 1, "pin");
+    let openers: Vec<_> = (0..2)
+        .map(|_| {
+            let gate = s.p("gate");
+            std::thread::spawn(move || {
+                pin_to_cpu(0).unwrap();
+                std::fs::File::open(gate).map(drop)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let big = s.p("big");
+    let wrote = within(
+        Duration::from_secs(5),
+        "a write while two opens are parked",
+        move || {
+            pin_to_cpu(0).unwrap();
+            std::fs::write(big, b"opens the gate")
+        },
+    );
+    wrote.unwrap();
+    for o in openers {
+        let opened = within(Duration::from_secs(5), "a parked open", move || {
+            o.join().unwrap()
+        });
+        opened.unwrap();
+    }
+    // The queue serves on with its spare entries, from both CPUs.
+    for cpu in 0..2 {
+        let hello = s.p("hello");
+        let len = within(
+            Duration::from_secs(2),
+            "stat after the parked opens",
+            move || {
+                let _ = pin_to_cpu(cpu);
+                std::fs::read(hello).map(|d| d.len())
+            },
+        );
+        assert_eq!(len.unwrap(), 12);
+    }
+    let (st, out) = s.finish(false, Duration::from_secs(10));
     assert!(st.success(), "server: {st:?}\n{out}");
 }
 

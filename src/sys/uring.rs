@@ -57,6 +57,52 @@ struct EntryBufs {
     state: EntryState,
 }
 
+impl EntryBufs {
+    fn new(payload_size: usize) -> EntryBufs {
+        let header = alloc(HEADER_SIZE);
+        let payload = alloc(payload_size);
+        let iov = Box::new([
+            libc::iovec {
+                iov_base: header.cast(),
+                iov_len: HEADER_SIZE,
+            },
+            libc::iovec {
+                iov_base: payload.cast(),
+                iov_len: payload_size,
+            },
+        ]);
+        EntryBufs {
+            header,
+            payload,
+            iov,
+            state: EntryState::User,
+        }
+    }
+}
+
+/// Pushes one SQE, submitting what is queued first if the submission ring is full.
+///
+/// # Safety
+/// Whatever `sqe` points at must stay valid until its completion is reaped.
+unsafe fn push_sqe(
+    ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
+    sqe: &squeue::Entry128,
+) -> io::Result<()> {
+    if ring.submission().is_full() {
+        ring.submit()?;
+    }
+    ring.submission()
+        .push(sqe)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EBUSY))
+}
+
+/// Signals a ring's wake-up eventfd ([`UringQueue::arm_wake`]).
+pub fn wake(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to a descriptor we hold.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
 /// An io_uring instance with `n` FUSE ring entries registered (or to be registered) on one
 /// `/dev/fuse` connection.
 pub struct UringQueue {
@@ -65,7 +111,24 @@ pub struct UringQueue {
     entries: Vec<EntryBufs>,
     payload_size: usize,
     pub task_run: TaskRun,
+    /// The wake-up eventfd ([`Self::arm_wake`]) and the 8 bytes its read lands in.
+    wake: Option<Wake>,
 }
+
+/// An eventfd whose read is kept in flight on the ring, so that another thread can wake the
+/// ring's thread out of `io_uring_enter` (a reply that was decided off the ring thread).
+struct Wake {
+    fd: std::sync::Arc<OwnedFd>,
+    buf: *mut u8,
+    in_flight: bool,
+}
+
+/// The completion's `user_data` of the wake-up read (entry indexes are small).
+pub const WAKE: u64 = u64::MAX;
+
+/// Fewest SQEs (and half the CQEs) a ring gets: a loop pass can queue a commit per entry,
+/// a REGISTER of a spare entry and the wake-up read.
+const MIN_SQ: u32 = 16;
 
 // The raw pointers are owned allocations moved along with the queue; nothing else aliases
 // them in userspace.
@@ -103,7 +166,7 @@ impl UringQueue {
         modes: &[TaskRun],
     ) -> io::Result<Self> {
         let n = entries.max(1);
-        let sq = n.next_power_of_two();
+        let sq = n.next_power_of_two().max(MIN_SQ);
         let try_build = |mode: TaskRun| {
             let mut b = IoUring::<squeue::Entry128, cqueue::Entry>::builder();
             b.setup_cqsize(sq * 2);
@@ -137,35 +200,59 @@ impl UringQueue {
         payload_size: usize,
     ) -> io::Result<Self> {
         let fuse = fuse.try_clone_to_owned()?;
-        let entries = (0..n)
-            .map(|_| {
-                let header = alloc(HEADER_SIZE);
-                let payload = alloc(payload_size);
-                let iov = Box::new([
-                    libc::iovec {
-                        iov_base: header.cast(),
-                        iov_len: HEADER_SIZE,
-                    },
-                    libc::iovec {
-                        iov_base: payload.cast(),
-                        iov_len: payload_size,
-                    },
-                ]);
-                EntryBufs {
-                    header,
-                    payload,
-                    iov,
-                    state: EntryState::User,
-                }
-            })
-            .collect();
+        let entries = (0..n).map(|_| EntryBufs::new(payload_size)).collect();
         Ok(UringQueue {
             ring,
             fuse,
             entries,
             payload_size,
             task_run,
+            wake: None,
         })
+    }
+
+    /// One more entry (its buffers; REGISTER it with [`Self::push_register`]): a queue whose
+    /// entry holds a request answered later keeps one free for the requests that follow.
+    pub fn add_entry(&mut self) -> usize {
+        self.entries.push(EntryBufs::new(self.payload_size));
+        self.entries.len() - 1
+    }
+
+    /// Creates the wake-up eventfd (once) and queues its read; returns the eventfd, which
+    /// other threads signal with [`wake`]. Its completion comes back with `user_data`
+    /// [`WAKE`]; arm it again after each.
+    pub fn arm_wake(&mut self) -> io::Result<std::sync::Arc<OwnedFd>> {
+        if self.wake.is_none() {
+            // SAFETY: eventfd(2) with valid flags; the result is checked.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a new descriptor that nothing else owns.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            self.wake = Some(Wake {
+                fd: std::sync::Arc::new(fd),
+                buf: alloc(8),
+                in_flight: false,
+            });
+        }
+        let w = self.wake.as_mut().ok_or_else(einval)?;
+        if !w.in_flight {
+            let sqe = opcode::Read::new(types::Fd(w.fd.as_raw_fd()), w.buf, 8)
+                .build()
+                .user_data(WAKE);
+            let sqe: squeue::Entry128 = sqe.into();
+            // SAFETY: the read lands in `w.buf`, 8 bytes freed only in Drop and leaked there
+            // if the read is still in flight.
+            unsafe { push_sqe(&mut self.ring, &sqe) }?;
+            w.in_flight = true;
+        }
+        Ok(w.fd.clone())
+    }
+
+    /// Whether the wake-up read is in flight (the thread may wait on it alone).
+    pub fn wake_armed(&self) -> bool {
+        self.wake.as_ref().is_some_and(|w| w.in_flight)
     }
 
     pub fn len(&self) -> usize {
@@ -215,8 +302,7 @@ impl UringQueue {
         // SAFETY: the SQE points at `ent.iov` and, through it, at the entry's buffers; all
         // stay allocated until every entry is back (see Drop), and we mark the entry as
         // owned by the kernel before anything can complete it.
-        unsafe { self.ring.submission().push(&sqe) }
-            .map_err(|_| io::Error::from_raw_os_error(libc::EBUSY))?;
+        unsafe { push_sqe(&mut self.ring, &sqe) }?;
         ent.state = EntryState::Kernel;
         Ok(())
     }
@@ -238,6 +324,12 @@ impl UringQueue {
     /// done (the caller decides; see [`Self::mark_done`]).
     pub fn next_completion(&mut self) -> Option<(usize, i32)> {
         let cqe = self.ring.completion().next()?;
+        if cqe.user_data() == WAKE {
+            if let Some(w) = self.wake.as_mut() {
+                w.in_flight = false;
+            }
+            return Some((WAKE as usize, cqe.result()));
+        }
         let idx = cqe.user_data() as usize;
         if let Some(ent) = self.entries.get_mut(idx) {
             if ent.state == EntryState::Kernel {
@@ -285,6 +377,12 @@ impl UringQueue {
 
 impl Drop for UringQueue {
     fn drop(&mut self) {
+        if let Some(w) = &self.wake {
+            if !w.in_flight {
+                // SAFETY: allocated by alloc(8) in arm_wake, no read in flight, freed once.
+                unsafe { free(w.buf, 8) };
+            }
+        }
         let all_back = self.entries.iter().all(|e| e.state != EntryState::Kernel);
         if !all_back {
             log::warn!(

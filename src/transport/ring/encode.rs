@@ -12,7 +12,7 @@ use crate::sys::fuse_abi::{self as abi, push};
 
 /// Serves one ring request through `d`. An opcode the dispatcher does not serve gets
 /// ENOSYS (as fuser answers it), one whose bytes do not add up EIO.
-pub fn serve(d: &Dispatcher, r: &RawRequest<'_>) -> RawReply {
+pub fn serve(d: &Arc<Dispatcher>, r: &RawRequest<'_>) -> RawReply {
     if !served(r.opcode) {
         return RawReply::Error(libc::ENOSYS);
     }
@@ -28,25 +28,37 @@ pub fn serve(d: &Dispatcher, r: &RawRequest<'_>) -> RawReply {
         pid: r.pid,
         transport: Transport::Uring,
     };
-    let reply = match d.handle(&ctx, op) {
-        // An OPEN that waits for other handles: this thread waits with it (the other
-        // threads of the queue go on serving).
-        Reply::Wait(p) => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            p.then(move |r| {
-                let _ = tx.send(r);
-            });
-            rx.recv().unwrap_or(Reply::Err(libc::EIO))
-        }
-        r => r,
-    };
+    match d.handle(&ctx, op) {
+        // An OPEN that waits for other handles: parked, so that this thread and its entry's
+        // queue go on serving (the RELEASEs that end the wait may come on this very queue);
+        // answered when the wait is over. Off a ring thread, this thread waits with it.
+        Reply::Wait(p) => match super::park() {
+            Some(later) => {
+                let d = d.clone();
+                p.then(move |reply| later.send(finish(&d, &ctx, reply)));
+                RawReply::Parked
+            }
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                p.then(move |r| {
+                    let _ = tx.send(r);
+                });
+                finish(d, &ctx, rx.recv().unwrap_or(Reply::Err(libc::EIO)))
+            }
+        },
+        reply => finish(d, &ctx, reply),
+    }
+}
+
+/// `reply` as the ring's out bytes, after what must follow a reply ([`Dispatcher::replied`]).
+fn finish(d: &Dispatcher, ctx: &Ctx, reply: Reply) -> RawReply {
     match reply {
         // Moved, not cloned: the ring copies it into the entry's payload and gives a READ's
         // buffer back through `RingHandler::recycle` (what `Dispatcher::replied` does with it).
         Reply::Data(b) | Reply::Readlink(b) | Reply::XattrData(b) => RawReply::Data(b),
         reply => {
             let out = encode(&reply);
-            d.replied(&ctx, reply);
+            d.replied(ctx, reply);
             out
         }
     }

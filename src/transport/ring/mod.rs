@@ -19,9 +19,10 @@
 //! ECANCELED, i.e. at unmount or abort of the connection, or when the daemon dies. Stopping
 //! the threads earlier would strand the requests of their queue, so there is no stop call.
 
+use std::cell::RefCell;
 use std::io;
-use std::os::fd::BorrowedFd;
-use std::sync::mpsc;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ pub mod encode;
 
 use crate::sys::fuse_abi::{self, FUSE_MIN_READ_BUFFER};
 pub use crate::sys::uring::TaskRun;
-use crate::sys::uring::{self, UringQueue};
+use crate::sys::uring::{self, UringQueue, WAKE};
 
 /// How many queues, threads and entries, and how big the payload buffers are.
 #[derive(Debug, Clone)]
@@ -120,7 +121,59 @@ pub enum RawReply {
     /// The out-args back to back (e.g. a `fuse_entry_out`, or READ data), at most the payload
     /// buffer's size.
     Data(Vec<u8>),
+    /// Answered later, through the [`Later`] the handler took with [`park`].
+    Parked,
 }
+
+/// A request's reply decided off its ring thread (an OPEN that waits for other handles to be
+/// released): [`Later::send`] hands it to the thread, which commits it. Meanwhile the entry
+/// stays with the thread and a spare entry is registered in its place, so that the requests
+/// that end the wait (RELEASEs from the same CPU) still find a free entry in the queue.
+pub struct Later {
+    tx: mpsc::Sender<Deferred>,
+    wake: Arc<OwnedFd>,
+    idx: usize,
+    unique: u64,
+    commit_id: u64,
+}
+
+/// A parked entry's reply, on its way back to the ring thread.
+struct Deferred {
+    idx: usize,
+    unique: u64,
+    commit_id: u64,
+    reply: RawReply,
+}
+
+impl Later {
+    /// Hands `reply` to the ring thread (which commits it at its next wake-up).
+    pub fn send(self, reply: RawReply) {
+        let d = Deferred {
+            idx: self.idx,
+            unique: self.unique,
+            commit_id: self.commit_id,
+            reply,
+        };
+        if self.tx.send(d).is_ok() {
+            uring::wake(&self.wake);
+        }
+    }
+}
+
+thread_local! {
+    /// On a ring thread, while a handler runs: what [`park`] needs to make its [`Later`].
+    static PARKING: RefCell<Option<Later>> = const { RefCell::new(None) };
+}
+
+/// Inside a handler: answer this request later. Returns the [`Later`] to send the reply
+/// through, and the handler returns [`RawReply::Parked`]; `None` when not called from a ring
+/// thread's handler (then answer now).
+pub fn park() -> Option<Later> {
+    PARKING.with(|p| p.borrow_mut().take())
+}
+
+/// Most entries a thread registers in all (its own and the spares of parked requests).
+const MAX_ENTRIES_PER_THREAD: usize = 32;
 
 /// What a ring thread runs for each request: any `FnMut(&RawRequest) -> RawReply`, or a type
 /// that also takes back the buffers of its [`RawReply::Data`] once they are copied into the
@@ -247,7 +300,8 @@ where
         }
     };
     drop(fd);
-    let (requests, malformed) = serve_loop(&mut queue, qid, &mut handler)?;
+    let wake = queue.arm_wake()?;
+    let (requests, malformed) = serve_loop(&mut queue, qid, &wake, &mut handler)?;
     Ok(ThreadStats {
         qid,
         thread,
@@ -289,17 +343,37 @@ fn register_all(q: &mut UringQueue, qid: u16, timeout: Duration) -> io::Result<(
     Ok(())
 }
 
-/// Waits for requests, answers them, commits and fetches, until every entry is gone.
-fn serve_loop<H>(q: &mut UringQueue, qid: u16, handler: &mut H) -> io::Result<(u64, u64)>
+/// Waits for requests, answers them, commits and fetches, until every entry is gone. A
+/// request the handler parks ([`park`]) keeps its entry until its reply comes back over
+/// the channel (the wake-up eventfd's read completes), with a spare entry registered for the
+/// queue if this thread had none left in the kernel.
+fn serve_loop<H>(
+    q: &mut UringQueue,
+    qid: u16,
+    wake: &Arc<OwnedFd>,
+    handler: &mut H,
+) -> io::Result<(u64, u64)>
 where
     H: Handler,
 {
-    let (mut requests, mut malformed) = (0u64, 0u64);
+    let (tx, rx) = mpsc::channel::<Deferred>();
+    let (mut requests, mut malformed, mut parked) = (0u64, 0u64, 0usize);
     while q.live() > 0 {
-        if q.in_kernel() > 0 {
-            q.submit_and_wait(1)?;
+        if q.in_kernel() == 0 && !(parked > 0 && q.wake_armed()) {
+            // Only possible if a push failed; nothing can complete any more.
+            return Err(io::Error::other("fuse ring: no entry left in the kernel"));
         }
+        q.submit_and_wait(1)?;
         while let Some((idx, res)) = q.next_completion() {
+            if idx == WAKE as usize {
+                for d in rx.try_iter() {
+                    write_reply(q, d.idx, d.unique, d.reply, handler);
+                    q.push_commit(d.idx, qid, d.commit_id)?;
+                    parked -= 1;
+                }
+                q.arm_wake()?;
+                continue;
+            }
             if res < 0 {
                 match -res {
                     libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV | libc::ECANCELED => {}
@@ -309,31 +383,54 @@ where
                 continue;
             }
             requests += 1;
-            let (commit_id, ok) = answer(q, idx, qid, handler);
-            malformed += u64::from(!ok);
-            q.push_commit(idx, qid, commit_id)?;
-        }
-        if q.in_kernel() == 0 && q.live() > 0 {
-            // Only possible if a push failed; nothing can complete any more.
-            return Err(io::Error::other("fuse ring: no entry left in the kernel"));
+            let later = (&tx, wake);
+            match answer(q, idx, qid, later, handler) {
+                Answered::Now { commit_id, ok } => {
+                    malformed += u64::from(!ok);
+                    q.push_commit(idx, qid, commit_id)?;
+                }
+                Answered::Later => {
+                    parked += 1;
+                    if q.in_kernel() == 0 && q.len() < MAX_ENTRIES_PER_THREAD {
+                        let spare = q.add_entry();
+                        q.push_register(spare, qid)?;
+                    }
+                }
+            }
         }
     }
     Ok((requests, malformed))
 }
 
-/// Decodes entry `idx`, calls the handler, writes the reply into the entry. Returns the
-/// commit id (the request's unique) and whether the request decoded.
-fn answer<H>(q: &mut UringQueue, idx: usize, qid: u16, handler: &mut H) -> (u64, bool)
+/// What [`answer`] did with a request.
+enum Answered {
+    /// The reply is in the entry: commit it for `commit_id`.
+    Now { commit_id: u64, ok: bool },
+    /// The handler parked it: its reply comes back through the channel.
+    Later,
+}
+
+/// Decodes entry `idx`, calls the handler (with [`park`] available to it) and writes the
+/// reply into the entry, unless the handler parked the request.
+fn answer<H>(
+    q: &mut UringQueue,
+    idx: usize,
+    qid: u16,
+    later: (&mpsc::Sender<Deferred>, &Arc<OwnedFd>),
+    handler: &mut H,
+) -> Answered
 where
     H: Handler,
 {
     let Some((header, payload)) = q.buffers(idx) else {
-        return (0, false);
+        return Answered::Now {
+            commit_id: 0,
+            ok: false,
+        };
     };
     let ent: fuse_abi::FuseUringEntInOut =
         fuse_abi::read(&header[fuse_abi::RING_ENT_IN_OUT_OFFSET..]).unwrap_or_default();
-    let mut ok = true;
-    let (unique, reply) = match fuse_abi::split_ring_request(header, payload) {
+    let (unique, reply, ok) = match fuse_abi::split_ring_request(header, payload) {
         Some(r) => {
             let raw = RawRequest {
                 opcode: r.header.opcode,
@@ -347,13 +444,46 @@ where
                 op_in: r.op_in,
                 payload: r.payload,
             };
-            (r.header.unique, handler.handle(&raw))
+            let slot = Later {
+                tx: later.0.clone(),
+                wake: later.1.clone(),
+                idx,
+                unique: raw.unique,
+                commit_id: ent.commit_id,
+            };
+            PARKING.with(|p| *p.borrow_mut() = Some(slot));
+            let reply = handler.handle(&raw);
+            // Still there: the handler did not park (a Parked reply without it is a bug).
+            let unparked = PARKING.with(|p| p.borrow_mut().take()).is_some();
+            match reply {
+                RawReply::Parked if !unparked => return Answered::Later,
+                RawReply::Parked => (raw.unique, RawReply::Error(libc::EIO), true),
+                reply => (raw.unique, reply, true),
+            }
         }
         None => {
             log::warn!("fuse ring q{qid}: malformed request in entry {idx}");
-            ok = false;
-            (ent.commit_id, RawReply::Error(libc::EIO))
+            (ent.commit_id, RawReply::Error(libc::EIO), false)
         }
+    };
+    write_reply(q, idx, unique, reply, handler);
+    Answered::Now {
+        commit_id: ent.commit_id,
+        ok,
+    }
+}
+
+/// Writes `reply` (to request `unique`) into entry `idx`'s buffers: the out-args into the
+/// payload, the error and length into the header.
+fn write_reply<H: Handler>(
+    q: &mut UringQueue,
+    idx: usize,
+    unique: u64,
+    reply: RawReply,
+    handler: &mut H,
+) {
+    let Some((header, payload)) = q.buffers(idx) else {
+        return;
     };
     let (error, len) = match reply {
         RawReply::Data(data) if data.len() <= payload.len() => {
@@ -367,10 +497,9 @@ where
             (-libc::EIO, 0)
         }
         RawReply::Error(e) if (1..512).contains(&e) => (-e, 0),
-        RawReply::Error(_) => (-libc::EIO, 0),
+        RawReply::Error(_) | RawReply::Parked => (-libc::EIO, 0),
     };
     let _ = fuse_abi::put_ring_reply(header, unique, error, len);
-    (ent.commit_id, ok)
 }
 
 #[cfg(test)]
