@@ -240,16 +240,28 @@ fn by_default_a_reader_open_across_a_copy_up_reads_the_copy_like_the_kernel() {
         );
         fs::write(l.join("f"), lower).unwrap();
         let stack = Stack::one(&l, &u, &w);
-        if kind == "k" {
+        let seen = if kind == "k" {
             let _k = Kernel::mount(&stack, "", &m);
             reader_across_a_writer(&m)
         } else {
             let _s = Strata::mount(&stack, "", &m);
             reader_across_a_writer(&m)
-        }
+        };
+        // The write went to the upper copy and the lower layer is as it was (a writer
+        // given the reader's lower backing file would have written the lower layer).
+        (
+            seen,
+            fs::read(l.join("f")).unwrap(),
+            fs::read(u.join("f")).unwrap(),
+        )
     };
     let kernel = run("k");
-    assert_eq!(kernel, b"UPPER data of f\n", "the kernel shows the copy");
+    let copy = b"UPPER data of f\n".to_vec();
+    assert_eq!(
+        kernel,
+        (copy.clone(), lower.to_vec(), copy),
+        "the kernel shows the copy"
+    );
     assert_eq!(
         run("d"),
         kernel,
