@@ -113,7 +113,7 @@ fn reads_match_the_kernel_and_no_read_reaches_the_daemon() {
 
 #[test]
 fn read_only_mounts_pass_lower_files_through_by_default() {
-    // podman's diff mounts are `ro`: nothing can be copied up, so a passthrough reader of a
+    // podman's read-only image mounts have no upper (`podman image mount`): nothing can be copied up, so a passthrough reader of a
     // lower file can never be left on stale data. Reads, preads and mmap as the kernel's.
     let s = Scratch::new("lpt-ro");
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
