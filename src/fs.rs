@@ -72,6 +72,10 @@ impl Real {
     }
 }
 
+/// How long a remount to read-write waits for the RELEASEs of lower passthrough handles
+/// closed just before it (`UnionFs::stop_ro_lower_passthrough`).
+pub const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The union filesystem.
 #[derive(Debug)]
 pub struct UnionFs {
@@ -330,10 +334,17 @@ impl UnionFs {
     /// that did may still be open (a copy-up would make it stale, or have to wait for it):
     /// EBUSY then, and the mount stays read-only. Cleared first, checked after, and an
     /// open reserves first, checks after (`reserve_ro_lower`): one of the two sees the other.
+    /// The kernel sends RELEASE after close(2) has returned, so handles closed just before
+    /// the remount are given up to [`RELEASE_GRACE`] to arrive.
     fn stop_ro_lower_passthrough(&self) -> Result<()> {
         let auto = self.lower_passthrough == crate::options::LowerPassthrough::ReadOnly;
         self.ro_lower_allowed.store(false, Ordering::SeqCst);
-        let n = self.ro_lower_handles.load(Ordering::SeqCst);
+        let start = std::time::Instant::now();
+        let mut n = self.ro_lower_handles.load(Ordering::SeqCst);
+        while n > 0 && start.elapsed() < RELEASE_GRACE {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            n = self.ro_lower_handles.load(Ordering::SeqCst);
+        }
         if n > 0 {
             self.ro_lower_allowed.store(auto, Ordering::SeqCst);
             return Err(Error::new(
