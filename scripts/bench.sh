@@ -3,7 +3,7 @@
 # fuse-overlayfs 1.10 (C, Debian) and unionfs-fuse (cow mode) on one realistic layer stack.
 #
 #   scripts/bench.sh [--quick] [--runs N] [--only W1,W2] [--impl I1,I2] [--no-rootless]
-#                    [--upper-on-disk] [--markdown FILE] [--dir DIR]
+#                    [--upper-on-disk] [--ro] [--markdown FILE] [--dir DIR]
 #   scripts/bench.sh --podman [OPTIONS]   real container workloads in podman (apt-get install,
 #                    a 12-step build, commit, untar; rootful and rootless) with stratafs,
 #                    fuse-overlayfs 1.10 and 2.0 and the native overlay driver: runs
@@ -55,6 +55,10 @@
 #
 # Uppers and workdirs go on a tmpfs the script mounts on DIR/run (--upper-on-disk: on DIR's own
 # file system instead); the lowers stay on DIR's file system.
+# --ro: every implementation mounts the stack read-only (`-o ro`, as podman's diff mounts):
+# only the reading workloads (walk_cold, walk_warm, ls_lR, read_all, fio_read, fio_randread,
+# rss; by default read_all, fio_read, fio_randread), where stratafs passes lower files
+# through by default.
 # --quick: small files (64/192 MiB big files, 200 appends, 2,000-file tarball, 16-file build),
 # one run: a smoke test, not numbers. The mounts live under DIR/run/ and are the only ones
 # this script ever unmounts; an EXIT trap unmounts them even on failure.
@@ -71,6 +75,7 @@ ALL_IMPLS="kernel stratafs stratafs-uring stratafs-lp fo2 fo110 unionfs"
 ALL_WORKLOADS="walk_cold walk_warm ls_lR read_all untar append write_1b rm_rf fio_write fio_read fio_randread build stall rss"
 ROOTLESS_IMPLS="kernel stratafs stratafs-uring fo2 fo110"
 ROOTLESS_WORKLOADS="walk_warm untar append fio_write fio_read"
+RO_WORKLOADS="walk_cold walk_warm ls_lR read_all fio_read fio_randread rss"
 
 # ---------------------------------------------------------------- configuration (exported so
 # that the rootless cells, which re-run this script inside unshare, see the same values)
@@ -358,6 +363,7 @@ mount_impl() {
   local impl="$1" userns="$2" up="$3" wk="$4" mnt="$5" logf="$6"
   local lowers="$DATA/layer2:$DATA/base"
   local ovl="lowerdir=$lowers,upperdir=$up,workdir=$wk"
+  [ "${STRATAFS_BENCH_RO:-0}" = 1 ] && ovl="$ovl,ro"
   STRATAFS_PID=""
   case "$impl" in
     kernel)
@@ -524,7 +530,7 @@ cell() {
 # ---------------------------------------------------------------- report
 report() { # report RESULTS_TSV MARKDOWN_OUT
   python3 - "$1" "$2" "$ALL_IMPLS" "$QUICK" <<'EOF'
-import sys, statistics, collections
+import os, sys, statistics, collections
 res, md_out, impls_all, quick = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4] == "1"
 vals = collections.defaultdict(list)
 fails = collections.defaultdict(int)
@@ -596,10 +602,11 @@ def table(impls, ws, title):
 root_impls = [i for i in impls_all if i in order_i]
 user_impls = [i + "@userns" for i in impls_all if i + "@userns" in order_i]
 ws = [w for w in order_w if any((i, w) in vals or (i, w) in fails for i in root_impls)]
-lines = table(root_impls, ws, "As root")
+ro = " on read-only mounts (-o ro)" if os.environ.get("STRATAFS_BENCH_RO") == "1" else ""
+lines = table(root_impls, ws, "As root" + ro)
 if user_impls:
     uws = [w for w in order_w if any((i, w) in vals or (i, w) in fails for i in user_impls)]
-    lines += ["", ""] + table(user_impls, uws, "Rootless (unshare -Urm)")
+    lines += ["", ""] + table(user_impls, uws, "Rootless (unshare -Urm)" + ro)
 runs = collections.Counter((i, w) for (i, w) in vals)
 text = "\n".join(lines) + "\n"
 print(text)
@@ -622,6 +629,7 @@ main() {
       --impl=*) IMPLS="${1#*=}" ;;
       --no-rootless) ROOTLESS=0 ;;
       --upper-on-disk) UPPER_ON_DISK=1 ;;
+      --ro) export STRATAFS_BENCH_RO=1 ;;
       --markdown) MARKDOWN="$2"; shift ;;
       --markdown=*) MARKDOWN="${1#*=}" ;;
       --dir) BENCH_DIR="$2"; shift ;;
@@ -642,6 +650,10 @@ main() {
   local impls workloads
   impls=$(tr ',' ' ' <<<"${IMPLS:-$ALL_IMPLS}")
   workloads=$(tr ',' ' ' <<<"${ONLY:-$ALL_WORKLOADS}")
+  if [ "${STRATAFS_BENCH_RO:-0}" = 1 ]; then
+    [ -n "$ONLY" ] || workloads="read_all fio_read fio_randread"
+    for w in $workloads; do case " $RO_WORKLOADS " in *" $w "*) ;; *) die "--ro: $w writes (read-only workloads: $RO_WORKLOADS)" ;; esac; done
+  fi
   local i w
   for i in $impls; do case " $ALL_IMPLS " in *" $i "*) ;; *) die "unknown implementation: $i (one of: $ALL_IMPLS)" ;; esac; done
   for w in $workloads; do case " $ALL_WORKLOADS " in *" $w "*) ;; *) die "unknown workload: $w (one of: $ALL_WORKLOADS)" ;; esac; done

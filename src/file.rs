@@ -336,28 +336,46 @@ impl UnionFs {
     /// The fd the kernel may do this handle's I/O on directly (FUSE passthrough), with the
     /// real file's (dev, ino) so one backing file serves all handles of an inode.
     ///
-    /// An upper file qualifies; a lower file (or a metacopy entry's lower data file) only
-    /// for a read-only handle and with `lower_passthrough`. Its fd is read-only, opened
-    /// through the lower's read-only private mount, and no writer ever shares it: the
-    /// kernel allows one backing file per inode, so an open that needs another one (a
-    /// writer's, after its copy-up) waits until the handles on the lower file are closed
-    /// (`Dispatcher::open`). Those handles keep reading the lower data after a copy-up;
-    /// that is the option's trade (docs/guarantees.md). And only while every other open
-    /// handle of the inode is a passthrough one too: a handle served by this daemon reads
-    /// through the FUSE page cache, which writes on the backing file would leave stale.
+    /// An upper file qualifies. A lower file (or a metacopy entry's lower data file) only
+    /// for a read-only handle, and only where no copy-up can make it stale: while the mount
+    /// is read-only (the default; `reserve_ro_lower`), or always with `lower_passthrough`.
+    /// Its fd is read-only, opened through the lower's read-only private mount, and no
+    /// writer ever shares it: the kernel allows one backing file per inode, so with
+    /// `lower_passthrough` an open that needs another one (a writer's, after its copy-up)
+    /// waits until the handles on the lower file are closed (`Dispatcher::open`). Those
+    /// handles keep reading the lower data after a copy-up; that is the option's trade
+    /// (docs/guarantees.md). And only while every other open handle of the inode is a
+    /// passthrough one too: a handle served by this daemon reads through the FUSE page
+    /// cache, which writes on the backing file would leave stale.
     pub fn passthrough_source(&self, fh: u64) -> Option<(Arc<OwnedFd>, (u64, u64))> {
+        use crate::options::LowerPassthrough as Lp;
         let h = self.handle(fh).ok()?;
-        let lower_read = self.lower_passthrough && !wants_write(h.flags);
-        if h.data_only && !lower_read {
-            return None;
-        }
         let node = self.node(h.ino).ok()?;
-        {
+        let lower = {
             let loc = node.loc.read();
-            if loc.pinned.is_some() || (!loc.in_upper() && !lower_read) {
+            if loc.pinned.is_some() {
                 return None;
             }
+            h.data_only || !loc.in_upper()
+        };
+        let off = match self.lower_passthrough {
+            Lp::Never => true,
+            Lp::ReadOnly => !self.ro_lower_allowed.load(Ordering::SeqCst),
+            Lp::Always => false,
+        };
+        if lower && (off || wants_write(h.flags)) {
+            return None;
         }
+        let (fd, id) = self.passthrough_fd(&h, fh)?;
+        if lower && self.lower_passthrough == Lp::ReadOnly && !self.reserve_ro_lower(&h) {
+            return None;
+        }
+        Some((fd, id))
+    }
+
+    /// The fd and (dev, ino) of handle `fh` for passthrough, unless another handle of its
+    /// inode is served here or the file has setuid/setgid bits (see `passthrough_source`).
+    fn passthrough_fd(&self, h: &FileHandle, fh: u64) -> Option<(Arc<OwnedFd>, (u64, u64))> {
         let (mut others_served_here, mut others_passthrough) = (false, false);
         for o in self
             .files
@@ -388,6 +406,23 @@ impl UnionFs {
             return None;
         }
         Some((fd, (st.st_dev, st.st_ino)))
+    }
+
+    /// Counts `h` among the lower passthrough handles of a read-only mount, if the mount is
+    /// still read-only for that purpose: counted first, checked after, against a remount
+    /// to read-write that clears the flag first and checks the count after
+    /// (`UnionFs::stop_ro_lower_passthrough`), so that one of the two sees the other.
+    fn reserve_ro_lower(&self, h: &FileHandle) -> bool {
+        if !h.ro_lower.swap(true, Ordering::SeqCst) {
+            self.ro_lower_handles.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.ro_lower_allowed.load(Ordering::SeqCst) {
+            return true;
+        }
+        if h.ro_lower.swap(false, Ordering::SeqCst) {
+            self.ro_lower_handles.fetch_sub(1, Ordering::SeqCst);
+        }
+        false
     }
 
     /// Whether the kernel may keep the page cache it has of this handle's file from earlier
@@ -435,6 +470,9 @@ impl UnionFs {
         let Some((_, h)) = self.files.remove(&fh) else {
             return false;
         };
+        if h.ro_lower.swap(false, Ordering::SeqCst) {
+            self.ro_lower_handles.fetch_sub(1, Ordering::SeqCst);
+        }
         let unseen = h.passthrough.load(Ordering::Relaxed) && h.writable();
         if unseen {
             self.passthrough_writers.remove_if_mut(&h.ino, |_, n| {

@@ -72,6 +72,10 @@ impl Real {
     }
 }
 
+/// How long a remount to read-write waits for the RELEASEs of lower passthrough handles
+/// closed just before it (`UnionFs::stop_ro_lower_passthrough`).
+pub const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The union filesystem.
 #[derive(Debug)]
 pub struct UnionFs {
@@ -116,9 +120,16 @@ pub struct UnionFs {
     pub(crate) renumbered: DashMap<(u64, u64), u64>,
     /// `writeback=0`: the writeback cache must not be negotiated.
     pub no_writeback: bool,
-    /// `lower_passthrough`: read-only opens of lower files may use FUSE passthrough
-    /// (`passthrough_source`; the trade is in docs/guarantees.md).
-    pub lower_passthrough: bool,
+    /// `lower_passthrough[=0|1]`: when read-only opens of lower files may use FUSE
+    /// passthrough (`passthrough_source`; docs/guarantees.md).
+    pub lower_passthrough: crate::options::LowerPassthrough,
+    /// Read-only lower opens may be passthrough because the mount is read-only (the default
+    /// `LowerPassthrough::ReadOnly`): true while it is. Cleared by a remount to read-write
+    /// before it checks `ro_lower_handles` (file.rs `reserve_ro_lower`).
+    pub(crate) ro_lower_allowed: AtomicBool,
+    /// Handles that took a lower file's passthrough because the mount was read-only; a
+    /// remount to read-write is refused while there are any.
+    pub(crate) ro_lower_handles: AtomicU64,
     /// `xattr_permissions=1|2`: owner and mode overrides in an xattr (override_stat.rs).
     pub override_level: Option<crate::override_stat::Level>,
     /// Some layer shows overrides (`Layer::read_level`: every layer with
@@ -223,6 +234,10 @@ impl UnionFs {
             acl: !cfg.noacl && !cfg.noxattrs,
             no_writeback: cfg.no_writeback,
             lower_passthrough: cfg.lower_passthrough,
+            ro_lower_allowed: AtomicBool::new(
+                read_only && cfg.lower_passthrough == crate::options::LowerPassthrough::ReadOnly,
+            ),
+            ro_lower_handles: AtomicU64::new(0),
             override_level: cfg.xattr_permissions,
             shows_overrides: AtomicBool::new(shows_overrides),
             noxattrs: cfg.noxattrs,
@@ -278,8 +293,10 @@ impl UnionFs {
     /// in-use locks are held from the start whenever there is an upper).
     pub fn set_read_only(&self, on: bool) -> Result<()> {
         let _g = self.switching.lock();
+        let auto = self.lower_passthrough == crate::options::LowerPassthrough::ReadOnly;
         if on {
             self.read_only.store(true, Ordering::SeqCst);
+            self.ro_lower_allowed.store(auto, Ordering::SeqCst);
             if let (Some(u), false) = (&self.layers.upper, self.volatile) {
                 let fd = crate::sys::reopen(u.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
                     .and_then(|fd| crate::sys::syncfs(fd.as_fd()).map(|()| fd));
@@ -298,11 +315,43 @@ impl UnionFs {
                 "no upper branch: the mount cannot be made writable",
             ));
         };
+        self.stop_ro_lower_passthrough()?;
         if self.work.get().is_none() {
-            let staging = crate::util::prepare_staging(w.as_fd())?;
-            let _ = self.work.set(Arc::new(staging));
+            let staging = crate::util::prepare_staging(w.as_fd());
+            match staging {
+                Ok(s) => drop(self.work.set(Arc::new(s))),
+                Err(e) => {
+                    self.ro_lower_allowed.store(auto, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
         }
         self.read_only.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Before going read-write: no new lower open takes passthrough from now on, and none
+    /// that did may still be open (a copy-up would make it stale, or have to wait for it):
+    /// EBUSY then, and the mount stays read-only. Cleared first, checked after, and an
+    /// open reserves first, checks after (`reserve_ro_lower`): one of the two sees the other.
+    /// The kernel sends RELEASE after close(2) has returned, so handles closed just before
+    /// the remount are given up to [`RELEASE_GRACE`] to arrive.
+    fn stop_ro_lower_passthrough(&self) -> Result<()> {
+        let auto = self.lower_passthrough == crate::options::LowerPassthrough::ReadOnly;
+        self.ro_lower_allowed.store(false, Ordering::SeqCst);
+        let start = std::time::Instant::now();
+        let mut n = self.ro_lower_handles.load(Ordering::SeqCst);
+        while n > 0 && start.elapsed() < RELEASE_GRACE {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            n = self.ro_lower_handles.load(Ordering::SeqCst);
+        }
+        if n > 0 {
+            self.ro_lower_allowed.store(auto, Ordering::SeqCst);
+            return Err(Error::new(
+                libc::EBUSY,
+                format!("{n} lower file(s) open for reading through passthrough (taken while the mount was read-only): close them first"),
+            ));
+        }
         Ok(())
     }
 

@@ -115,9 +115,9 @@ pub struct Config {
     pub noxattrs: bool,
     /// `writeback=0`: never negotiate the kernel's writeback cache.
     pub no_writeback: bool,
-    /// `lower_passthrough`: read-only opens of lower files use FUSE passthrough too, at the
-    /// price documented in docs/guarantees.md (file.rs `passthrough_source`).
-    pub lower_passthrough: bool,
+    /// `lower_passthrough[=0|1]`: when read-only opens of lower files use FUSE passthrough
+    /// (file.rs `passthrough_source`; docs/guarantees.md).
+    pub lower_passthrough: LowerPassthrough,
     /// `io_uring` / `noio_uring`: which FUSE transport serves requests (default: the ring
     /// where the kernel offers it, see src/transport/).
     pub io_uring: IoUring,
@@ -134,6 +134,22 @@ pub enum IoUring {
     Require,
     /// `noio_uring`: /dev/fuse only.
     Off,
+}
+
+/// When a read-only open of a lower file is passthrough (the kernel reads the lower file
+/// itself) rather than served by the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LowerPassthrough {
+    /// While the mount is read-only: nothing can be copied up then, so a reader never
+    /// holds a lower file that another opener's copy-up has made stale. A remount to
+    /// read-write is refused (EBUSY) while such a reader is open.
+    #[default]
+    ReadOnly,
+    /// `lower_passthrough` / `=1`: on read-write mounts too, with the trade of
+    /// docs/guarantees.md (a copy-up waits for those readers to close).
+    Always,
+    /// `lower_passthrough=0`: never; every lower read is served by the daemon.
+    Never,
 }
 
 /// One line of `--help`, and one entry of the man page's OPTIONS section.
@@ -401,7 +417,7 @@ pub const OPTIONS: &[OptionDoc] = &[
     doc(
         "lower_passthrough",
         "lower_passthrough[=0|1]",
-        "read-only opens of lower files use passthrough (root only; trades copy-up visibility)",
+        "read-only opens of lower files use passthrough (root only): default on read-only mounts; 1: also read-write ones (trades copy-up visibility); 0: never",
     ),
     doc(
         "io_uring",
@@ -732,7 +748,11 @@ impl Parser {
                 if key == "noxattrs" {
                     cfg.noxattrs = on;
                 } else if key == "lower_passthrough" {
-                    cfg.lower_passthrough = on;
+                    cfg.lower_passthrough = if on {
+                        LowerPassthrough::Always
+                    } else {
+                        LowerPassthrough::Never
+                    };
                 } else {
                     cfg.no_writeback = !on;
                 }
@@ -1686,7 +1706,7 @@ mod tests {
         assert_eq!(c.xattr_permissions, Some(Level::Privileged));
         assert!(!c.noxattrs && !c.no_writeback);
         assert!(cfg(&["-o", "lowerdir=/a,noxattrs", "/m"]).noxattrs);
-        assert!(!c.lower_passthrough);
+        assert_eq!(c.lower_passthrough, LowerPassthrough::ReadOnly);
         assert_eq!(c.io_uring, IoUring::Auto);
         assert_eq!(
             cfg(&["-o", "lowerdir=/a,io_uring", "/m"]).io_uring,
@@ -1696,9 +1716,10 @@ mod tests {
             cfg(&["-o", "lowerdir=/a,noio_uring", "/m"]).io_uring,
             IoUring::Off
         );
-        assert!(cfg(&["-o", "lowerdir=/a,lower_passthrough", "/m"]).lower_passthrough);
-        assert!(cfg(&["-o", "lowerdir=/a,lower_passthrough=1", "/m"]).lower_passthrough);
-        assert!(!cfg(&["-o", "lowerdir=/a,lower_passthrough=0", "/m"]).lower_passthrough);
+        let lp = |o: &str| cfg(&["-o", &format!("lowerdir=/a,{o}"), "/m"]).lower_passthrough;
+        assert_eq!(lp("lower_passthrough"), LowerPassthrough::Always);
+        assert_eq!(lp("lower_passthrough=1"), LowerPassthrough::Always);
+        assert_eq!(lp("lower_passthrough=0"), LowerPassthrough::Never);
         assert!(cfg(&["-o", "lowerdir=/a,xattr_permissions=0", "/m"])
             .xattr_permissions
             .is_none());

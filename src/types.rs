@@ -136,6 +136,9 @@ pub struct FileHandle {
     /// Opening it copied the file up: the kernel's cached attributes are the lower's
     /// (its ctime, and its size before an O_TRUNC) and must be dropped.
     pub copied_up: bool,
+    /// It counts in `UnionFs::ro_lower_handles` (a lower file's passthrough, taken because
+    /// the mount is read-only) until released (file.rs `reserve_ro_lower`).
+    pub(crate) ro_lower: AtomicBool,
 }
 
 impl FileHandle {
@@ -148,6 +151,7 @@ impl FileHandle {
             passthrough: AtomicBool::new(false),
             guard_privs: AtomicBool::new(false),
             copied_up: false,
+            ro_lower: AtomicBool::new(false),
         }
     }
 

@@ -1,5 +1,9 @@
-//! `lower_passthrough`: read-only opens of lower files use FUSE passthrough (the kernel reads
-//! the lower file itself; no READ reaches the daemon). What it trades, tested as what it is:
+//! Passthrough of lower files. By default on read-only mounts (nothing can be copied up
+//! there): read-only opens of lower files use FUSE passthrough (the kernel reads the lower
+//! file itself; no READ reaches the daemon), and a remount to read-write is refused while
+//! one is open; on read-write mounts a reader opened before another opener's copy-up and
+//! write reads the new data, as on the kernel overlayfs (checked side by side).
+//! `-o lower_passthrough`: the same on read-write mounts too. What it trades, tested as what it is:
 //! a handle open on the lower file across a copy-up made without an open (a truncate, here)
 //! keeps reading the lower data, where the default (like the kernel overlayfs, checked
 //! side by side) shows the upper's; an open that needs the upper copy while such handles
@@ -104,6 +108,164 @@ fn reads_match_the_kernel_and_no_read_reaches_the_daemon() {
     assert!(
         count(&m, "read") > before,
         "a setuid file is served by the daemon"
+    );
+}
+
+#[test]
+fn read_only_mounts_pass_lower_files_through_by_default() {
+    // podman's read-only image mounts have no upper (`podman image mount`): nothing can be copied up, so a passthrough reader of a
+    // lower file can never be left on stale data. Reads, preads and mmap as the kernel's.
+    let s = Scratch::new("lpt-ro");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    let (ku, kw, km) = (s.dir("ku"), s.dir("kw"), s.dir("km"));
+    let names = fill_lower(&l);
+    let kernel = {
+        let _k = Kernel::mount(&Stack::one(&l, &ku, &kw), "ro", &km);
+        read_view(&km, &names)
+    };
+    for (opts, lowerdir_only) in [("ro", false), ("", true)] {
+        let stack = if lowerdir_only {
+            Stack {
+                lowers: vec![&l],
+                upper: None,
+            }
+        } else {
+            Stack::one(&l, &u, &w)
+        };
+        let _mnt = Strata::mount(&stack, opts, &m);
+        let before = count(&m, "read");
+        let strata = read_view(&m, &names);
+        assert_eq!(strata.len(), kernel.len());
+        for ((what, a), (_, b)) in strata.iter().zip(&kernel) {
+            assert!(a == b, "{what}: stratafs ({opts:?}) and the kernel differ");
+        }
+        assert_eq!(
+            count(&m, "read") - before,
+            0,
+            "READ requests for lower files on a read-only mount ({opts:?}, no upper: {lowerdir_only})"
+        );
+    }
+    // lower_passthrough=0 turns it off.
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "ro,lower_passthrough=0", &m);
+    let before = count(&m, "read");
+    fs::read(m.join("big")).unwrap();
+    assert!(
+        count(&m, "read") > before,
+        "lower_passthrough=0 serves reads"
+    );
+}
+
+/// `stratafs -o remount,OPTS MNT`.
+fn remount(m: &Path, opts: &str) -> std::process::Output {
+    Command::new(common::bin())
+        .arg("-o")
+        .arg(format!("remount,{opts}"))
+        .arg(m)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn remount_rw_is_refused_while_a_lower_file_is_open_through_passthrough() {
+    // A reader that took the lower file's passthrough while the mount was read-only would
+    // keep reading it after a copy-up: the mount does not become writable under it (EBUSY,
+    // as the kernel refuses remount,ro while a file is open for writing); once it is
+    // closed the remount goes on, and then lower reads are served by the daemon again.
+    let s = Scratch::new("lpt-ro-remount");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::write(l.join("f"), b"lower data\n").unwrap();
+    let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "ro", &m);
+    let reader = fs::File::open(m.join("f")).unwrap();
+    let o = remount(&m, "rw");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success(),
+        "remount,rw with a passthrough reader open"
+    );
+    assert!(err.contains("busy") || err.contains("close them"), "{err}");
+    assert!(fs::write(m.join("x"), b"x").is_err(), "still read-only");
+    let mut b = vec![0u8; 64];
+    let n = reader.read_at(&mut b, 0).unwrap();
+    assert_eq!(&b[..n], b"lower data\n");
+    drop(reader);
+    let o = remount(&m, "rw");
+    assert!(o.status.success(), "remount,rw after the close: {o:?}");
+    // Read-write now: a reader opened before another opener's copy-up and write reads the
+    // new data (served by the daemon), and nothing waits.
+    let reader = fs::File::open(m.join("f")).unwrap();
+    let before = count(&m, "read");
+    let t = Instant::now();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("f"))
+        .unwrap()
+        .write_all(b"UPPER")
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let n = reader.read_at(&mut b, 0).unwrap();
+    assert_eq!(&b[..n], b"UPPER data\n");
+    assert!(count(&m, "read") > before, "read-write: lower reads served");
+    assert_eq!(count(&m, "open_waited"), 0);
+}
+
+/// A reader opens `f`; another opener copies it up by opening it for writing and writes
+/// "UPPER" at 0; what the reader's next pread returns.
+fn reader_across_a_writer(m: &Path) -> Vec<u8> {
+    let f = m.join("f");
+    let r = fs::File::open(&f).unwrap();
+    let mut b = vec![0u8; 64];
+    r.read_at(&mut b, 0).unwrap();
+    let mut w = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    w.write_all(b"UPPER").unwrap();
+    drop(w);
+    let n = r.read_at(&mut b, 0).unwrap();
+    b[..n].to_vec()
+}
+
+#[test]
+fn by_default_a_reader_open_across_a_copy_up_reads_the_copy_like_the_kernel() {
+    // The kernel overlayfs (fs/overlayfs/file.c) reopens the real file on each read once
+    // the file is copied up: a reader opened before another opener's copy-up reads the
+    // upper copy, writes included (only a MAP_SHARED mapping keeps the lower pages,
+    // overlayfs.rst "Non-standard behavior"). So does stratafs's default on a read-write
+    // mount, on both transports.
+    let s = Scratch::new("lpt-across");
+    let lower = b"lower data of f\n";
+    let run = |kind: &str| {
+        let (l, u, w, m) = (
+            s.dir(&format!("{kind}l")),
+            s.dir(&format!("{kind}u")),
+            s.dir(&format!("{kind}w")),
+            s.dir(&format!("{kind}m")),
+        );
+        fs::write(l.join("f"), lower).unwrap();
+        let stack = Stack::one(&l, &u, &w);
+        let seen = if kind == "k" {
+            let _k = Kernel::mount(&stack, "", &m);
+            reader_across_a_writer(&m)
+        } else {
+            let _s = Strata::mount(&stack, "", &m);
+            reader_across_a_writer(&m)
+        };
+        // The write went to the upper copy and the lower layer is as it was (a writer
+        // given the reader's lower backing file would have written the lower layer).
+        (
+            seen,
+            fs::read(l.join("f")).unwrap(),
+            fs::read(u.join("f")).unwrap(),
+        )
+    };
+    let kernel = run("k");
+    let copy = b"UPPER data of f\n".to_vec();
+    assert_eq!(
+        kernel,
+        (copy.clone(), lower.to_vec(), copy),
+        "the kernel shows the copy"
+    );
+    assert_eq!(
+        run("d"),
+        kernel,
+        "stratafs's default: as the kernel overlayfs"
     );
 }
 

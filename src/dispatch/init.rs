@@ -10,6 +10,7 @@ use std::sync::Arc;
 use log::{debug, info, warn};
 
 use super::Dispatcher;
+use crate::options::LowerPassthrough;
 
 /// The largest WRITE (and READ) asked for: also what sizes a ring entry's payload buffer
 /// (`transport::ring::payload_size`), so that no request can be larger than a ring buffer.
@@ -142,25 +143,26 @@ impl Dispatcher {
     fn init_data_path(&self, config: &mut impl InitConfig) {
         let fs = &self.fs;
         let may_passthrough = crate::sys::has_initial_ns_sys_admin();
+        let lp_asked = fs.lower_passthrough == LowerPassthrough::Always;
         if may_passthrough && config.add(FUSE_PASSTHROUGH) && config.set_max_stack_depth(1) {
             self.pt.on.store(true, Ordering::Relaxed);
-            if fs.lower_passthrough {
-                info!("init: FUSE_PASSTHROUGH granted: upper files, and lower files opened read-only (lower_passthrough), do I/O in the kernel");
-            } else {
-                debug!("init: FUSE_PASSTHROUGH granted: upper files do I/O in the kernel");
+            match fs.lower_passthrough {
+                LowerPassthrough::Always => info!("init: FUSE_PASSTHROUGH granted: upper files, and lower files opened read-only (lower_passthrough), do I/O in the kernel"),
+                LowerPassthrough::ReadOnly => debug!("init: FUSE_PASSTHROUGH granted: upper files, and lower files opened read-only while the mount is read-only, do I/O in the kernel"),
+                LowerPassthrough::Never => debug!("init: FUSE_PASSTHROUGH granted: upper files do I/O in the kernel"),
             }
-        } else if fs.lower_passthrough && fs.no_writeback {
+        } else if lp_asked && fs.no_writeback {
             info!("init: lower_passthrough has no effect: passthrough is not usable here (it needs CAP_SYS_ADMIN in the initial user namespace); writeback=0: all I/O goes through the daemon");
         } else if fs.no_writeback {
             warn!("init: writeback=0 and passthrough not usable here: all I/O goes through the daemon");
         } else if config.add(FUSE_WRITEBACK_CACHE) {
             fs.set_writeback_cache(true);
-            if fs.lower_passthrough {
+            if lp_asked {
                 info!("init: lower_passthrough has no effect: passthrough is not usable here (it needs CAP_SYS_ADMIN in the initial user namespace); writeback cache granted instead");
             } else {
                 info!("init: passthrough not usable here; writeback cache granted instead");
             }
-        } else if fs.lower_passthrough {
+        } else if lp_asked {
             info!("init: lower_passthrough has no effect: passthrough is not usable here; neither passthrough nor writeback cache: all I/O goes through the daemon");
         } else {
             info!("init: neither passthrough nor writeback cache; all I/O goes through the daemon");
