@@ -142,6 +142,18 @@ impl Backings {
     }
 
     /// Whether inode `ino` still has a backing file some handle holds.
+    /// The handles holding inode `ino`'s backing file (for the log of an open that gave up).
+    pub fn holders(&self, ino: u64) -> Vec<u64> {
+        let Some(b) = self.map.lock().get(&ino).and_then(|(_, w)| w.upgrade()) else {
+            return Vec::new();
+        };
+        self.by_handle
+            .iter()
+            .filter(|e| Arc::ptr_eq(e.value(), &b))
+            .map(|e| *e.key())
+            .collect()
+    }
+
     pub fn in_use(&self, ino: u64) -> bool {
         self.map
             .lock()

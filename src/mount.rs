@@ -416,7 +416,15 @@ fn start_ring(
         Err(why) => why,
         Ok(()) if !granted => "the kernel did not grant FUSE_OVER_IO_URING at INIT".into(),
         Ok(()) => {
-            let rcfg = ring_config(threads);
+            let mut rcfg = ring_config(threads);
+            // A parked request's queue is kicked through the mount's root (not reachable
+            // by path when the caller mounted it for us: /dev/fd/N). Nothing may touch the
+            // mount here: no request is served until the ring is up.
+            if cfg.mount_fd.is_none() {
+                rcfg.kick = ring::kick::kicker(cfg.mountpoint.clone())
+                    .inspect_err(|e| warn!("fuse ring: no queue kick ({e})"))
+                    .ok();
+            }
             let queues = ring::possible_cpus().map_or(0, |c| c.len());
             match Ring::start(fuse, &rcfg, |_q, _t| ring::encode::handler(d.clone())) {
                 Ok(r) => {

@@ -283,6 +283,9 @@ fn ring_handle(tiny: &Arc<Tiny>, r: &RawRequest<'_>) -> RawReply {
 /// An OPEN of "gate": parked, and answered from another thread once a WRITE has opened the
 /// gate (or EIO after 10 s), as stratafs parks an OPEN that waits for other handles.
 fn park_until_the_gate_opens(tiny: &Arc<Tiny>) -> RawReply {
+    // A slow decision first (stratafs's OPEN copies up before it finds it must wait): a
+    // request arriving now finds every entry of the queue busy and is queued in the kernel.
+    std::thread::sleep(Duration::from_millis(300));
     let Some(later) = stratafs::transport::ring::park() else {
         return RawReply::Error(libc::EIO);
     };
@@ -484,6 +487,9 @@ fn ring_server_child() {
     rcfg.pin = f[4] == "pin";
     if f[5..].contains(&"coop") {
         rcfg.task_run = vec![TaskRun::Cooperative];
+    }
+    if f[5..].contains(&"kick") {
+        rcfg.kick = Some(stratafs::transport::ring::kick::kicker(mnt.clone()).unwrap());
     }
     if f[5..].contains(&"small") {
         // Smaller than the kernel's max_payload_sz: REGISTER fails with EINVAL.
@@ -915,6 +921,63 @@ fn a_parked_request_leaves_its_queue_serving() {
     }
     let (st, out) = s.finish(false, Duration::from_secs(10));
     assert!(st.success(), "server: {st:?}\n{out}");
+}
+
+/// A request that came while every entry of its queue was busy waits in the kernel for the
+/// next COMMIT_AND_FETCH of that queue (a REGISTER does not fetch it). Here both entries of
+/// queue 0 are busy with OPENs of "gate" that will park when the WRITE that opens the gate
+/// arrives: the WRITE is queued, the two OPENs park (spares registered), and nothing on the
+/// queue commits. The ring's kick (one GETATTR of the mount root from CPU 0, served by a
+/// spare and committed) fetches the WRITE. Without the kick (`nokick`) it stays queued and
+/// the parked opens time out: the second half checks that the kick is what saves it.
+#[test]
+fn a_request_queued_behind_parked_entries_is_fetched_by_the_kick() {
+    use stratafs::sys::uring::pin_to_cpu;
+    let _uring = EnableUring::on();
+    for kick in [true, false] {
+        let mut s = Server::start("kick", "ring", 2, 1, if kick { "pin;kick" } else { "pin" });
+        let openers: Vec<_> = (0..2)
+            .map(|_| {
+                let gate = s.p("gate");
+                std::thread::spawn(move || {
+                    pin_to_cpu(0).unwrap();
+                    std::fs::File::open(gate).map(drop)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let big = s.p("big");
+        let writer = std::thread::spawn(move || {
+            pin_to_cpu(0).unwrap();
+            std::fs::write(big, b"opens the gate")
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(writer.join().unwrap());
+        });
+        let wrote = rx.recv_timeout(Duration::from_secs(3));
+        if kick {
+            wrote
+                .expect("write queued behind parked entries: still waiting after 3 s")
+                .unwrap();
+            for o in openers {
+                let opened = within(Duration::from_secs(5), "a parked open", move || {
+                    o.join().unwrap()
+                });
+                opened.unwrap();
+            }
+            let (st, out) = s.finish(false, Duration::from_secs(10));
+            assert!(st.success(), "server: {st:?}\n{out}");
+        } else {
+            assert!(
+                wrote.is_err(),
+                "without the kick the queued write got through: {wrote:?}"
+            );
+            // The parked opens give up after 10 s (EIO); then the queue commits and the write
+            // goes through. Let the server go.
+            drop(s);
+        }
+    }
 }
 
 /// INTERRUPT of a blocked request. A signal to a process whose READ a ring thread is still

@@ -110,7 +110,8 @@ impl Pending {
             }
             if start.elapsed() >= OPEN_WAIT {
                 drop(one_at_a_time);
-                warn!("open of {ino:#x}: its lower file is still open through passthrough after {OPEN_WAIT:?} (lower_passthrough); failing with ETXTBSY");
+                let holders = o.pt.holders(ino);
+                warn!("open of {ino:#x}: its lower file is still open through passthrough after {OPEN_WAIT:?} (lower_passthrough; held by handles {holders:?}); failing with ETXTBSY");
                 o.fs.release(fh);
                 return Reply::Err(libc::ETXTBSY);
             }

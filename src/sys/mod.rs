@@ -180,6 +180,25 @@ pub fn statx_cached(path: &CStr) -> io::Result<(u64, u64)> {
     ))
 }
 
+/// One GETATTR of what `path` leads to, asked of its filesystem whatever its caches hold
+/// (`AT_STATX_FORCE_SYNC`: a FUSE mount always sends the request). No descriptor is kept,
+/// so the caller never makes a mount busy.
+pub fn statx_force_sync(path: &Path) -> io::Result<()> {
+    let c = cstr(path.as_os_str())?;
+    let mut st = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: st points to writable memory of the right size; c is NUL-terminated.
+    cvt(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_MODE,
+            st.as_mut_ptr(),
+        )
+    })?;
+    Ok(())
+}
+
 /// The link count the kernel has cached for what `path` names (not following a last
 /// symlink): `AT_STATX_DONT_SYNC`, so a FUSE filesystem is not asked (tests compare it
 /// with what the filesystem says).

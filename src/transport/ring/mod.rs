@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 mod decode;
 pub mod encode;
+pub mod kick;
 
 use crate::sys::fuse_abi::{self, FUSE_MIN_READ_BUFFER};
 pub use crate::sys::uring::TaskRun;
@@ -49,6 +50,26 @@ pub struct RingConfig {
     pub register_timeout: Duration,
     /// Completion modes to try in order (the first the kernel accepts is used).
     pub task_run: Vec<TaskRun>,
+    /// Called with the queue's id after a request was parked and the spare entry (if one was
+    /// needed) is registered: something that makes one request on that queue's CPU (see
+    /// [`Kick`]).
+    pub kick: Option<Kick>,
+}
+
+/// Makes the kernel hand a queue's waiting requests to its entries. A REGISTER only makes
+/// its entry available to requests that come *after* it (`fuse_uring_do_register`); the
+/// requests already queued because every entry was busy are fetched by the next
+/// COMMIT_AND_FETCH of that queue. When every busy entry of a queue is parked, nothing would
+/// commit, and a RELEASE queued meanwhile (the very one a parked OPEN waits for) would stay
+/// there until the wait times out: one fresh request, served by the spare entry and
+/// committed, fetches them.
+#[derive(Clone)]
+pub struct Kick(pub Arc<dyn Fn(u16) + Send + Sync>);
+
+impl std::fmt::Debug for Kick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kick")
+    }
 }
 
 impl RingConfig {
@@ -61,6 +82,7 @@ impl RingConfig {
             pin: false,
             register_timeout: Duration::from_secs(5),
             task_run: vec![TaskRun::Deferred, TaskRun::Cooperative, TaskRun::Plain],
+            kick: None,
         }
     }
 }
@@ -301,7 +323,11 @@ where
     };
     drop(fd);
     let wake = queue.arm_wake()?;
-    let (requests, malformed) = serve_loop(&mut queue, qid, &wake, &mut handler)?;
+    let ends = LoopEnds {
+        wake,
+        kick: cfg.kick.clone(),
+    };
+    let (requests, malformed) = serve_loop(&mut queue, qid, &ends, &mut handler)?;
     Ok(ThreadStats {
         qid,
         thread,
@@ -347,10 +373,17 @@ fn register_all(q: &mut UringQueue, qid: u16, timeout: Duration) -> io::Result<(
 /// request the handler parks ([`park`]) keeps its entry until its reply comes back over
 /// the channel (the wake-up eventfd's read completes), with a spare entry registered for the
 /// queue if this thread had none left in the kernel.
+/// What a thread's loop hands out beside its queue: the eventfd that brings parked replies
+/// back, and the queue kick.
+struct LoopEnds {
+    wake: Arc<OwnedFd>,
+    kick: Option<Kick>,
+}
+
 fn serve_loop<H>(
     q: &mut UringQueue,
     qid: u16,
-    wake: &Arc<OwnedFd>,
+    ends: &LoopEnds,
     handler: &mut H,
 ) -> io::Result<(u64, u64)>
 where
@@ -383,7 +416,7 @@ where
                 continue;
             }
             requests += 1;
-            let later = (&tx, wake);
+            let later = (&tx, &ends.wake);
             match answer(q, idx, qid, later, handler) {
                 Answered::Now { commit_id, ok } => {
                     malformed += u64::from(!ok);
@@ -394,6 +427,12 @@ where
                     if q.in_kernel() == 0 && q.len() < MAX_ENTRIES_PER_THREAD {
                         let spare = q.add_entry();
                         q.push_register(spare, qid)?;
+                    }
+                    // The spare (and every other queued command) in the kernel first, so the
+                    // kick's request finds an entry.
+                    q.submit_and_wait(0)?;
+                    if let Some(k) = &ends.kick {
+                        (k.0)(qid);
                     }
                 }
             }
