@@ -514,6 +514,9 @@ impl UnionFs {
             _ => make_special(src, st, w, tmp)?,
         }
         self.copy_attrs(src, st, w, tmp)?;
+        if matches!(kind, Kind::File | Kind::Dir) {
+            self.copy_fileattr(src, w, tmp)?;
+        }
         let origin = self.layers.marker("origin");
         let _ = xattr::set(w, tmp, &origin, &self.origin_value(kind, src, st), 0);
         copy_times(w, tmp, st)

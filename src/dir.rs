@@ -25,6 +25,7 @@ use crate::attr::Attr;
 use crate::copy_up::{remove_tree, tmp_name, CopyUp};
 use crate::error::{err, Error, Result};
 use crate::file::FileHandle;
+use crate::fileattr::Change;
 use crate::fs::{Caller, UnionFs};
 use crate::inode::{Kind, Loc, Node};
 use crate::layers::{ROOT_INO, UPPER};
@@ -174,6 +175,7 @@ impl UnionFs {
         let seen = crate::inode::epoch();
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
+        self.check_change(&pnode, Change::AddEntry)?;
         let work = self.staging()?;
         let upper_whiteout = match lookup::probe_create(&self.layers, &pnode.loc(), name)? {
             Slot::Taken => return err(libc::EEXIST),
@@ -338,6 +340,7 @@ impl UnionFs {
             dirs,
             data: None,
             xattr_names: None,
+            prot: crate::fileattr::PROT_KNOWN,
         };
         let attr = self.enter(parent, &ploc, name, found, seen)?;
         let fh = match (file, kind) {
@@ -402,6 +405,8 @@ impl UnionFs {
         if lookup::lookup(&self.layers, &pnode.loc(), newname)?.is_some() {
             return err(libc::EEXIST);
         }
+        self.check_change(&node, Change::Name)?;
+        self.check_change(&pnode, Change::AddEntry)?;
         // Links and renames of a metadata-only copy would need a redirect to its data;
         // bring the data up instead.
         self.copy_up(&node, CopyUp::Data)?;
@@ -433,6 +438,8 @@ impl UnionFs {
             (true, false) => return err(libc::ENOTDIR),
             _ => {}
         }
+        self.check_change(&pnode, Change::RemoveEntry)?;
+        self.check_found(&found, &pnode, &cname, Change::Name)?;
         let work = self.staging()?;
         if dir {
             let floc = Loc {
@@ -647,6 +654,12 @@ impl UnionFs {
             }
             _ => {}
         }
+        self.check_rename(
+            &pnode,
+            &npnode,
+            (&src, &cname),
+            dst.as_ref().map(|d| (d, &*cnew)),
+        )?;
         let work = self.staging()?;
         let w = work.as_fd();
         // Counted lookups give us nodes to copy up; released at the end.

@@ -13,6 +13,7 @@ use parking_lot::RwLock;
 
 use crate::copy_up::CopyUp;
 use crate::error::{err, Error, Result};
+use crate::fileattr::Change;
 use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
 use crate::sys::{self, ops};
@@ -94,6 +95,8 @@ impl UnionFs {
             if self.is_read_only() {
                 return err(libc::EROFS);
             }
+            let append = flags & libc::O_APPEND != 0 && flags & libc::O_TRUNC == 0;
+            self.check_change(&node, Change::Write { append })?;
             // With O_TRUNC the old data is not needed: copy up an empty file.
             let want = if flags & libc::O_TRUNC != 0 && node.kind == Kind::File {
                 CopyUp::Empty

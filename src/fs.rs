@@ -502,7 +502,11 @@ impl UnionFs {
                 .xattr_names
                 .filter(|_| self.keep_lower_attrs && found.top != crate::layers::UPPER),
         };
+        let prot = found.prot;
         let node = self.inodes.remember(key, kind, loc, seen);
+        // What the lookup saw (an upper entry's marker), or unknown (a lower entry's flags,
+        // read again at the next change asked of it).
+        node.prot.store(prot, std::sync::atomic::Ordering::Relaxed);
         if node.kind != kind {
             // The same number now names an object of another type (reused behind our
             // back): refuse rather than confuse the kernel's inode cache.

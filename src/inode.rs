@@ -69,7 +69,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::mapref::entry::Entry;
@@ -256,6 +256,9 @@ pub struct Node {
     /// reads to its end. A leaf lock, but held while the listing is built (which reads
     /// this node's and other nodes' `loc`); nothing takes it holding another lock.
     pub(crate) dir: Mutex<Option<Box<crate::readdir::DirState>>>,
+    /// What protects it from changes: `fileattr::PROT_KNOWN` and its immutable and
+    /// append-only flags, once known (0: not read yet; fileattr.rs).
+    pub prot: AtomicU8,
 }
 
 impl Node {
@@ -361,6 +364,7 @@ impl InodeTable {
                 removed_at: AtomicU64::new(0),
                 copy_lock: Mutex::new(()),
                 dir: Mutex::new(None),
+                prot: AtomicU8::new(0),
             }),
         );
         t
@@ -487,6 +491,7 @@ impl InodeTable {
                     removed_at: AtomicU64::new(0),
                     copy_lock: Mutex::new(()),
                     dir: Mutex::new(None),
+                    prot: AtomicU8::new(0),
                 });
                 v.insert(node.clone());
                 (node, (None, parent))

@@ -20,6 +20,7 @@ pub mod dir;
 pub mod dispatch;
 pub mod error;
 pub mod file;
+pub mod fileattr;
 pub mod fs;
 pub mod ids;
 pub mod inode;

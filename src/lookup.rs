@@ -19,7 +19,7 @@
 //!   recorded), the entry of the same name below.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
@@ -44,6 +44,9 @@ pub struct Found {
     /// The topmost real entry's xattr names, when a lower's and read on the way
     /// (`Loc::lower_xattrs`).
     pub xattr_names: Option<Arc<[u8]>>,
+    /// An upper entry's `overlay.protattr`, as `Node::prot` holds it (fileattr.rs); 0 for a
+    /// lower entry (not read until a change asks).
+    pub prot: u8,
 }
 
 impl Found {
@@ -295,6 +298,7 @@ fn resolve(
                             want_origin = mk.has(fd.as_fd(), c".", "origin");
                         }
                         let redirect = mk.get(fd.as_fd(), c".", "redirect");
+                        let prot = upper_prot(layer, &mk, fd.as_fd(), c".");
                         found = Some(Found {
                             top: layer,
                             st,
@@ -302,6 +306,7 @@ fn resolve(
                             data: None,
                             ino: 0,
                             xattr_names: (layer != UPPER).then(|| mk.names()).flatten(),
+                            prot,
                         });
                         if opaque {
                             break 'layers;
@@ -340,6 +345,7 @@ fn resolve(
                             data: None,
                             ino: 0,
                             xattr_names: (layer != UPPER).then(|| mk.names()).flatten(),
+                            prot: upper_prot(layer, mk, dir.as_fd(), &n),
                         });
                         if !want_origin && !metacopy {
                             break 'layers;
@@ -413,4 +419,13 @@ fn resolve(
         f.ino = origin_ino.unwrap_or_else(|| layers.ino(f.st.st_dev, f.st.st_ino));
         f
     }))
+}
+
+/// The `Node::prot` of an entry found in `layer` with markers `mk`: an upper entry's from
+/// its `overlay.protattr` (no call unless it has one), unknown for a lower entry.
+fn upper_prot(layer: LayerId, mk: &Markers, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> u8 {
+    if layer != UPPER {
+        return 0;
+    }
+    crate::fileattr::prot_of_marker(mk.get(dir, name, "protattr").as_deref())
 }

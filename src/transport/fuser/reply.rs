@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ::fuser::{
     Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow as FuserTime,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow as FuserTime,
 };
 use log::warn;
 
@@ -130,6 +130,16 @@ impl Answer for ReplyXattr {
         match r {
             Reply::Xattr { size } => self.size(*size),
             Reply::XattrData(d) => self.data(d),
+            Reply::Err(e) => self.error(err(*e)),
+            r => self.error(mismatch(r)),
+        }
+    }
+}
+
+impl Answer for ReplyIoctl {
+    fn answer(self, r: &Reply) {
+        match r {
+            Reply::Ioctl { result, data } => self.ioctl(*result, data),
             Reply::Err(e) => self.error(err(*e)),
             r => self.error(mismatch(r)),
         }
