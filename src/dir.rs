@@ -421,7 +421,15 @@ impl UnionFs {
             return Err(e);
         }
         self.mark_impure(updir.as_fd(), &cname);
-        self.lookup(newparent, newname)
+        let attr = self.lookup(newparent, newname)?;
+        if self.nfs_export {
+            let alias = crate::inode::Ghost {
+                parent: newparent,
+                name: newname.to_os_string(),
+            };
+            self.inodes.note_alias(attr.node, alias);
+        }
+        Ok(attr)
     }
 
     /// unlink(2) and rmdir(2).

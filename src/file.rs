@@ -397,12 +397,6 @@ impl UnionFs {
             return None;
         }
         let node = self.node(h.ino).ok()?;
-        {
-            let loc = node.loc.read();
-            if loc.pinned.is_some() || (!loc.in_upper() && !lower_read) {
-                return None;
-            }
-        }
         let (mut others_served_here, mut others_passthrough) = (false, false);
         for o in self
             .files
@@ -417,6 +411,16 @@ impl UnionFs {
         }
         if others_served_here {
             return None;
+        }
+        {
+            // A file whose name is gone is served here, unless a handle opened before is
+            // passthrough: the kernel then refuses any other kind of open (ETXTBSY; an
+            // open by file handle of an unlinked open file, xfstests generic/467).
+            let loc = node.loc.read();
+            let pinned_alone = loc.pinned.is_some() && !(others_passthrough && loc.in_upper());
+            if pinned_alone || (!loc.in_upper() && !lower_read) {
+                return None;
+            }
         }
         let fd = h.fd();
         let st = sys::fstat(fd.as_fd()).ok()?;

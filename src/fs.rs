@@ -124,6 +124,8 @@ pub struct UnionFs {
     pub(crate) shows_overrides: AtomicBool,
     /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
     pub noxattrs: bool,
+    /// `nfs_export=on`: file handles outlive the kernel's caches and remounts (export.rs).
+    pub nfs_export: bool,
     /// No `timeout=` and `udba=none`: the branches are assumed not to change behind the mount, so a lower
     /// entry's attributes are kept once read (`Loc::lower_attr`).
     pub(crate) keep_lower_attrs: bool,
@@ -223,6 +225,7 @@ impl UnionFs {
             override_level: cfg.xattr_permissions,
             shows_overrides: AtomicBool::new(shows_overrides),
             noxattrs: cfg.noxattrs,
+            nfs_export: cfg.nfs_export,
             keep_lower_attrs: cfg.timeout.is_none() && cfg.udba == crate::udba::Udba::None,
             static_nlink: cfg.static_nlink,
             work,
@@ -244,6 +247,10 @@ impl UnionFs {
         };
         if let Some(w) = &fs.watches {
             fs.inodes.set_observer(w.clone());
+        }
+        if fs.nfs_export {
+            fs.inodes.keep_ghosts();
+            fs.load_ghosts();
         }
         Ok(fs)
     }
@@ -432,6 +439,10 @@ impl UnionFs {
     /// Resolves `name` in directory `parent` and counts one kernel reference on the result.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         check_component(name)?;
+        if self.nfs_export && name.as_bytes() == b"." && !self.has_node(parent) {
+            // A file handle of a node the kernel forgot (export.rs).
+            return self.revive(parent);
+        }
         let pnode = self.node(parent)?;
         if !pnode.is_dir() {
             return err(libc::ENOTDIR);

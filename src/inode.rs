@@ -336,6 +336,16 @@ pub struct InodeTable {
     /// Nodes removed since the table last checked whether to shrink.
     removed: AtomicU64,
     observer: OnceLock<Arc<dyn Observer>>,
+    /// `nfs_export=on` (export.rs): where each node the kernel forgot was, by node id, so
+    /// that a file handle naming it can still be answered. Off (unset) by default.
+    ghosts: OnceLock<DashMap<u64, Ghost>>,
+}
+
+/// Where a node the kernel forgot was (export.rs): its parent node and its name there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ghost {
+    pub parent: u64,
+    pub name: OsString,
 }
 
 /// After this many removals the table checks whether it should give memory back.
@@ -349,6 +359,7 @@ impl InodeTable {
             next_name_id: AtomicU64::new(1),
             removed: AtomicU64::new(0),
             observer: OnceLock::new(),
+            ghosts: OnceLock::new(),
         };
         t.nodes.insert(
             ROOT_INO,
@@ -397,6 +408,57 @@ impl InodeTable {
 
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Keeps a [`Ghost`] of every node the kernel forgets, from now on (`nfs_export=on`).
+    pub fn keep_ghosts(&self) {
+        let _ = self.ghosts.set(DashMap::new());
+    }
+
+    /// Where node `id`, forgotten by the kernel, was (None: unknown, or ghosts not kept).
+    pub fn ghost(&self, id: u64) -> Option<Ghost> {
+        self.ghosts.get()?.get(&id).map(|g| g.clone())
+    }
+
+    /// Records where node `id` was (a ghost read back at mount time, export.rs); a name
+    /// node's id stays its name's, and new name ids are given above it.
+    pub fn add_ghost(&self, id: u64, g: Ghost) {
+        let Some(ghosts) = self.ghosts.get() else {
+            return;
+        };
+        if is_name_id(id) {
+            self.names.insert((g.parent, g.name.clone()), id);
+            self.next_name_id
+                .fetch_max((id & !NAME_IDS) + 1, Ordering::Relaxed);
+        }
+        ghosts.insert(id, g);
+    }
+
+    /// Records another name of live node `id` (a link made through the mount): should the
+    /// name the node is at go while it lives on (pinned), its ghost is this one.
+    pub fn note_alias(&self, id: u64, g: Ghost) {
+        if let Some(ghosts) = self.ghosts.get() {
+            ghosts.insert(id, g);
+        }
+    }
+
+    /// Every ghost and every live node but the root, as ghosts (what export.rs saves).
+    pub fn all_ghosts(&self) -> Vec<(u64, Ghost)> {
+        let Some(ghosts) = self.ghosts.get() else {
+            return Vec::new();
+        };
+        let mut all: Vec<(u64, Ghost)> = ghosts.iter().map(|e| (*e.key(), e.clone())).collect();
+        for e in self.nodes.iter() {
+            let l = e.loc.read();
+            if *e.key() != ROOT_INO && l.pinned.is_none() {
+                let g = Ghost {
+                    parent: l.parent,
+                    name: l.name.clone(),
+                };
+                all.push((*e.key(), g));
+            }
+        }
+        all
     }
 
     /// Every live node (a copy of the table's values: no shard stays locked).
@@ -479,6 +541,9 @@ impl InodeTable {
                 (node, parents)
             }
             Entry::Vacant(v) => {
+                if let Some(g) = self.ghosts.get() {
+                    g.remove(&id);
+                }
                 let parent = loc.parent;
                 let node = Arc::new(Node {
                     id,
@@ -571,7 +636,21 @@ impl InodeTable {
             });
             match removed {
                 Some((_, node)) => {
-                    if let Some(key) = &node.name_key {
+                    let ghosts = self.ghosts.get();
+                    if let Some(g) = ghosts {
+                        let l = node.loc.read();
+                        // A node whose name is gone (pinned) keeps the ghost it has, if
+                        // any (another name, `note_alias`).
+                        if l.pinned.is_none() {
+                            let ghost = Ghost {
+                                parent: l.parent,
+                                name: l.name.clone(),
+                            };
+                            g.insert(node.id, ghost);
+                        }
+                    }
+                    // A name node keeps its id for its name while ghosts are kept.
+                    if let Some(key) = node.name_key.as_ref().filter(|_| ghosts.is_none()) {
                         // Unless a lookup revived the node meanwhile (lock order: names,
                         // then nodes).
                         self.names

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod dir;
 pub mod dispatch;
 pub mod error;
+pub mod export;
 pub mod file;
 pub mod fileattr;
 pub mod fs;

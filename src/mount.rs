@@ -215,15 +215,21 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     if let Some(d) = &dev {
         let _ = bdi.set(d.clone());
     }
+    let saver = fs.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = sys::wait_exit_signal() {
                 end_on_signal(sig, &mountpoint, dev.as_deref(), own_mount, &mut unmounter);
+                // The session did not end (its mount is held elsewhere): what the normal
+                // end keeps is kept before the exit.
+                saver.save_ghosts();
+                exit_after_signal(sig);
             }
         })
         .map_err(|e| Error::io(e, "signal thread"))?;
     // The control channel (remount,ro|rw): listening before the mount is reported live.
+    let kept = fs.clone();
     if let Err(e) = crate::control::start_server(fs, cfg, &fstype, invalidator) {
         warn!("no control channel (remount will not work): {e}");
     }
@@ -235,9 +241,11 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         cfg.fsname, mnt, cfg.lowerdirs, cfg.upperdir, cfg.workdir
     );
     ready();
-    session
+    let served = session
         .run()
-        .map_err(|e| Error::io(e, format!("serving {mnt}")))
+        .map_err(|e| Error::io(e, format!("serving {mnt}")));
+    kept.save_ghosts();
+    served
 }
 
 /// The fuse module's switch for FUSE over io_uring.
@@ -344,7 +352,7 @@ const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// daemons do on these signals: the kernel aborts the connection and the remaining copies
 /// answer ENOTCONN. Exiting loses nothing acknowledged: the daemon keeps no write-back state
 /// (every reply comes after the upper was changed; fsync and syncfs replies after the data
-/// is on disk unless `volatile`).
+/// is on disk unless `volatile`; `nfs_export=on` writes its handle places before the exit).
 fn end_on_signal(
     sig: i32,
     mountpoint: &std::path::Path,
@@ -374,6 +382,10 @@ fn end_on_signal(
         );
     }
     std::thread::sleep(SIGNAL_GRACE);
+}
+
+/// After [`end_on_signal`], when the session is still there.
+fn exit_after_signal(sig: i32) -> ! {
     warn!(
         "signal {sig}: the session did not end within {SIGNAL_GRACE:?} (the mount is still held \
          elsewhere: another mount namespace or open files of a lazy unmount): exiting"

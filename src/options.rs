@@ -97,6 +97,8 @@ pub struct Config {
     /// `metacopy=on`: metadata-only copy-up, in the kernel's format (off by default, as in
     /// the kernel; a kernel mount of such an upper needs `metacopy=on` too).
     pub metacopy: bool,
+    /// `nfs_export=on`: file handles outlive the kernel's caches and remounts (export.rs).
+    pub nfs_export: bool,
     /// uid/gid mapping and squashing (`uidmapping=`, `gidmapping=`, `squash_to_*`).
     pub ids: crate::ids::Ids,
     /// `xattr_permissions=1|2`: ownership and mode overrides kept in an xattr.
@@ -319,6 +321,11 @@ pub const OPTIONS: &[OptionDoc] = &[
         "log every request (without -f: to syslog or --log-file)",
     ),
     doc(
+        "nfs_export",
+        "nfs_export=on|off",
+        "file handles (open_by_handle_at, NFS) outlive the kernel's caches and remounts (default off)",
+    ),
+    doc(
         "metacopy",
         "metacopy=on|off",
         "metadata-only copy-up in the kernel's format (default off)",
@@ -355,7 +362,7 @@ pub const OPTIONS: &[OptionDoc] = &[
     ),
     doc(
         "index",
-        "index=, nfs_export=, xino=, redirect_dir=, uuid=, verity=off",
+        "index=, xino=, redirect_dir=, uuid=, verity=off",
         "kernel overlayfs tuning: accepted and logged",
     ),
     doc(
@@ -725,6 +732,13 @@ impl Parser {
             "userxattr" => cfg.userxattr = true,
             "noacl" => cfg.noacl = true,
             "acl" => cfg.noacl = false,
+            "nfs_export" => {
+                cfg.nfs_export = match value {
+                    Some(b"on") => true,
+                    Some(b"off") => false,
+                    _ => return Err(bad("option nfs_export= takes on or off")),
+                }
+            }
             "metacopy" => {
                 cfg.metacopy = match value {
                     Some(b"on") => true,
@@ -819,8 +833,8 @@ impl Parser {
             // and podman; they do not change what the mount shows.
             "lazytime" | "async" | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser"
             | "users" | "owner" | "group" | "_netdev" | "nofail" | "defaults" | "context"
-            | "fscontext" | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export"
-            | "xino" | "redirect_dir" | "uuid" | "fast_ino" | "large_read" | "big_writes"
+            | "fscontext" | "defcontext" | "rootcontext" | "seclabel" | "index" | "xino"
+            | "redirect_dir" | "uuid" | "fast_ino" | "large_read" | "big_writes"
             | "kernel_cache" | "auto_cache" | "noforget" | "clone_fd" | "max_idle_threads"
             | "max_read" | "nonempty" => {
                 cfg.ignored.push(text(item));
