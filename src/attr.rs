@@ -129,6 +129,12 @@ impl UnionFs {
                         let layer = self.node(ino).map(|n| n.loc.read().top).unwrap_or(0);
                         self.show_override(&mut st, layer, h.fd().as_fd(), c"");
                     }
+                    if self.index.is_some()
+                        && st.st_nlink > 1
+                        && self.node(ino).is_ok_and(|n| n.loc.read().in_upper())
+                    {
+                        st.st_nlink = crate::index::union_nlink(h.fd().as_fd(), c"", &st);
+                    }
                     let mut a = self.attr(&st, self.shown_ino(ino, &st), false);
                     a.node = ino;
                     return Ok(a);
@@ -148,6 +154,10 @@ impl UnionFs {
                     if let Ok(d) = sys::fstat(data.as_fd()) {
                         st.st_blocks = d.st_blocks;
                     }
+                }
+                if self.index.is_some() && real.loc.in_upper() && !node.is_dir() && st.st_nlink > 1
+                {
+                    st.st_nlink = crate::index::union_nlink(real.dir.as_fd(), &real.name, &st);
                 }
                 if keep {
                     let mut l = node.loc.write();

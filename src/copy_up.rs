@@ -326,13 +326,17 @@ impl UnionFs {
     pub fn copy_up(&self, node: &Arc<Node>, want: CopyUp) -> Result<()> {
         {
             let loc = node.loc.read();
-            if loc.in_upper() && (loc.data.is_none() || want == CopyUp::Meta) {
+            let alias = loc.pinned.is_some() && loc.indexed.is_some();
+            if loc.in_upper() && (loc.data.is_none() || want == CopyUp::Meta) && !alias {
                 return Ok(());
             }
         }
         let work = self.staging()?;
         let _guard = node.copy_lock.lock();
         let loc = node.loc();
+        if let (true, Some(_), Some(hex)) = (loc.in_upper(), &loc.pinned, &loc.indexed) {
+            return self.link_up_alias(node, &loc, hex);
+        }
         if loc.in_upper() {
             // Upper already, but metadata only: bring the data up now if it is wanted.
             return match (loc.data.is_some(), want) {
@@ -406,12 +410,25 @@ impl UnionFs {
         if let Some(key) = number {
             self.renumbered.insert(key, node.id);
         }
-        if let Err(e) = crate::util::rename_noreplace(w, &tmp, upper_parent.as_fd(), &name) {
+        // index=on: a lower hard link goes through workdir/index (index.rs).
+        let hex = if self.indexed_copy(node.kind == Kind::Dir, &st) {
+            crate::index::index_name(&self.origin_value(node.kind, &src, &st))
+        } else {
+            None
+        };
+        let placed = match &hex {
+            Some(hex) => self
+                .mark_indexed(w, &tmp, st.st_nlink)
+                .and_then(|()| self.place_indexed(w, &tmp, hex, upper_parent.as_fd(), &name)),
+            None => crate::util::rename_noreplace(w, &tmp, upper_parent.as_fd(), &name)
+                .map_err(|e| Error::io(e, "copy-up rename")),
+        };
+        if let Err(e) = placed {
             if let Some(key) = number {
                 self.renumbered.remove(&key);
             }
             let _ = remove_tree(w, &tmp);
-            return Err(Error::io(e, "copy-up rename"));
+            return Err(e);
         }
         let impure = self.layers.marker("impure");
         let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
@@ -424,6 +441,7 @@ impl UnionFs {
                 l.dirs.insert(0, (UPPER, fd));
             }
             l.data = data_fd;
+            l.indexed = hex.map(Arc::new);
         }
         if gained_dir {
             // udba=notify watches the new upper part too.
@@ -431,6 +449,31 @@ impl UnionFs {
         }
         if !meta_only {
             self.switch_handles_to_upper(node.id);
+        }
+        Ok(())
+    }
+
+    /// index=on: a name of a lower hard link shown from the index entry (another name was
+    /// copied up) gets its own upper link of that entry before it changes (the kernel's
+    /// link-up). Where the name cannot take it (it was removed while the node lives on),
+    /// the node goes on with the index entry, which is the file. Caller holds `copy_lock`.
+    fn link_up_alias(&self, node: &Arc<Node>, loc: &crate::inode::Loc, hex: &CStr) -> Result<()> {
+        let parent = self.node(loc.parent)?;
+        self.copy_up(&parent, CopyUp::Meta)?;
+        let upper_parent = parent
+            .loc
+            .read()
+            .dir_in(UPPER)
+            .ok_or_else(|| Error::new(libc::EIO, "parent has no upper after copy-up"))?;
+        let name = whiteout::c_name(&loc.name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let pst = sys::fstatat(upper_parent.as_fd(), c".")
+            .map_err(|e| Error::io(e, "copy-up parent stat"))?;
+        if self.link_up(hex, upper_parent.as_fd(), &name).is_ok() {
+            self.index_lower_name_gone(hex);
+            let impure = self.layers.marker("impure");
+            let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
+            let _ = copy_times(upper_parent.as_fd(), c".", &pst);
+            node.loc_mut().pinned = None;
         }
         Ok(())
     }
@@ -526,7 +569,7 @@ impl UnionFs {
     /// except for a file with several links, whose copies must not all claim it (the
     /// kernel records no origin there without `index`; an empty one here, as before).
     fn origin_value(&self, kind: Kind, src: &crate::fs::Real, st: &Stat) -> Vec<u8> {
-        if kind != Kind::Dir && st.st_nlink > 1 {
+        if kind != Kind::Dir && st.st_nlink > 1 && self.index.is_none() {
             return Vec::new();
         }
         let uuid = self.layers.stack().lower(src.loc.top).and_then(|l| l.uuid);

@@ -341,6 +341,7 @@ impl UnionFs {
             data: None,
             xattr_names: None,
             prot: crate::fileattr::PROT_KNOWN,
+            index_alias: None,
         };
         let attr = self.enter(parent, &ploc, name, found, seen)?;
         let fh = match (file, kind) {
@@ -440,6 +441,7 @@ impl UnionFs {
         let ploc = pnode.loc();
         let mut found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        self.find_index(&ploc, name, &mut found);
         let key = self.identify(parent, name, &mut found);
         match (dir, found.is_dir()) {
             (false, true) => return err(libc::EISDIR),
@@ -460,6 +462,7 @@ impl UnionFs {
                 staged: None,
                 lower_attr: None,
                 lower_xattrs: None,
+                indexed: None,
             };
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
@@ -469,18 +472,26 @@ impl UnionFs {
         let ploc = pnode.loc();
         // Found in a lower layer: the merged view shows it from there, so it takes a
         // whiteout (no need to probe the lowers again).
-        let needs_whiteout = found.top != UPPER || lower_positive(&ploc, name, &cname);
+        // index=on: a name shown from the index entry is in its lower layer only.
+        let alias = found.index_alias.clone();
+        let top = alias.as_ref().map(|a| a.lower).unwrap_or(found.top);
+        let needs_whiteout = top != UPPER || lower_positive(&ploc, name, &cname);
         let node = self.inodes.find(&key).filter(|_| !dir);
         let was_pinned = node.as_ref().map(|n| n.loc.read().pinned.clone());
         if let Some(node) = &node {
-            self.pin_before_remove(node, &ploc, found.top, &cname);
+            if !self.pin_to_index(node) {
+                self.pin_before_remove(node, &ploc, top, &cname);
+            }
         }
-        if !dir && found.top == UPPER {
+        if !dir && top == UPPER {
             self.drop_number(updir.as_fd(), &cname);
         }
         // The kernel's link count of the node must settle (inode.rs); to the end.
         let _going = node.as_ref().map(|n| n.name_going());
-        let r = self.remove_real(&work, &updir, &cname, found.top, dir, needs_whiteout);
+        let r = self.remove_real(&work, &updir, &cname, top, dir, needs_whiteout);
+        if let (Ok(()), Some(a)) = (&r, &alias) {
+            self.index_lower_name_gone(&a.name);
+        }
         match (&r, node, was_pinned) {
             // The name is still there (e.g. no space for the whiteout): unpin it.
             (Err(_), Some(node), Some(prev)) => node.loc_mut().pinned = prev,
@@ -622,8 +633,12 @@ impl UnionFs {
         let npnode = self.dir_node(newparent)?;
         let mut src = lookup::lookup(&self.layers, &pnode.loc(), name)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
+        self.find_index(&pnode.loc(), name, &mut src);
         let src_key = self.identify(parent, name, &mut src);
         let mut dst = lookup::lookup(&self.layers, &npnode.loc(), newname)?;
+        if let Some(d) = dst.as_mut() {
+            self.find_index(&npnode.loc(), newname, d);
+        }
         let dst_key = dst.as_mut().map(|d| self.identify(newparent, newname, d));
         if parent == newparent && name == newname {
             return Ok(());
@@ -652,6 +667,7 @@ impl UnionFs {
                             staged: None,
                             lower_attr: None,
                             lower_xattrs: None,
+                            indexed: None,
                         };
                         if readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2 {
                             return err(libc::ENOTEMPTY);

@@ -126,6 +126,8 @@ pub struct UnionFs {
     pub noxattrs: bool,
     /// `nfs_export=on`: file handles outlive the kernel's caches and remounts (export.rs).
     pub nfs_export: bool,
+    /// `index=on`: `workdir/index`, opened at mount (index.rs); None without the option.
+    pub(crate) index: Option<Arc<OwnedFd>>,
     /// No `timeout=` and `udba=none`: the branches are assumed not to change behind the mount, so a lower
     /// entry's attributes are kept once read (`Loc::lower_attr`).
     pub(crate) keep_lower_attrs: bool,
@@ -192,6 +194,7 @@ impl UnionFs {
             staged: None,
             lower_attr: None,
             lower_xattrs: None,
+            indexed: None,
         };
         let read_only = !cfg.writable();
         let shows_overrides = cfg.xattr_permissions.is_some()
@@ -226,6 +229,7 @@ impl UnionFs {
             shows_overrides: AtomicBool::new(shows_overrides),
             noxattrs: cfg.noxattrs,
             nfs_export: cfg.nfs_export,
+            index: None,
             keep_lower_attrs: cfg.timeout.is_none() && cfg.udba == crate::udba::Udba::None,
             static_nlink: cfg.static_nlink,
             work,
@@ -247,6 +251,10 @@ impl UnionFs {
         };
         if let Some(w) = &fs.watches {
             fs.inodes.set_observer(w.clone());
+        }
+        let mut fs = fs;
+        if cfg.index && !read_only {
+            fs.index = Some(crate::index::open_index_dir(&fs.layers)?);
         }
         if fs.nfs_export {
             fs.inodes.keep_ghosts();
@@ -372,8 +380,10 @@ impl UnionFs {
         if f.is_dir() {
             return NodeKey::Object(f.ino);
         }
-        if f.top != crate::layers::UPPER {
-            if f.st.st_nlink > 1 {
+        if f.top != crate::layers::UPPER || f.index_alias.is_some() {
+            // With the index, all names of a lower hard link are one inode (its number),
+            // as the kernel's (hashed by the lower inode).
+            if f.st.st_nlink > 1 && self.index.is_none() {
                 return NodeKey::Name(parent, name.to_os_string());
             }
             return NodeKey::Object(f.ino);
@@ -466,8 +476,9 @@ impl UnionFs {
         // meanwhile through another name (see `inode.rs`).
         let seen = inode::epoch();
         let ploc = pnode.loc();
-        let found =
+        let mut found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        self.find_index(&ploc, name, &mut found);
         self.enter(parent, &ploc, name, found, seen)
     }
 
@@ -506,12 +517,13 @@ impl UnionFs {
             top: found.top,
             dirs: found.dirs,
             data: found.data,
-            pinned: None,
+            pinned: found.index_alias.as_ref().map(|a| a.fd.clone()),
             staged: None,
             lower_attr: None,
             lower_xattrs: found
                 .xattr_names
                 .filter(|_| self.keep_lower_attrs && found.top != crate::layers::UPPER),
+            indexed: found.index_alias.map(|a| a.name),
         };
         let prot = found.prot;
         let node = self.inodes.remember(key, kind, loc, seen);

@@ -175,6 +175,10 @@ pub struct Loc {
     /// branch (`ls -l` asks security.selinux of every entry, and the kernel caches no
     /// answer of a FUSE mount).
     pub lower_xattrs: Option<Arc<[u8]>>,
+    /// `index=on` (index.rs): set for a name of a lower hard link whose copy-up went
+    /// through the index under this name (then `pinned` holds the index entry until the
+    /// name itself is linked up).
+    pub indexed: Option<Arc<std::ffi::CString>>,
 }
 
 /// A copy kept under a name in the staging directory instead of unlinked: GlusterFS (like
@@ -705,6 +709,7 @@ mod tests {
             staged: None,
             lower_attr: None,
             lower_xattrs: None,
+            indexed: None,
         }
     }
 

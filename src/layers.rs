@@ -194,6 +194,8 @@ pub struct Layers {
     pub atime: Policy,
     /// `"trusted.overlay."` or, with `userxattr`, `"user.overlay."`: the prefix we write.
     pub xattr_prefix: &'static str,
+    /// `index=on`: an upper copy of a lower hard link takes the lower's number (index.rs).
+    pub index: bool,
     fsidx: DashMap<u64, u64>,
     next_fsidx: AtomicU64,
     overflow: DashMap<(u64, u64), u64>,
@@ -425,6 +427,7 @@ impl Layers {
             atime: Policy::from_config(cfg),
             // Unprivileged processes cannot set trusted.* xattrs: in a user namespace write
             // the kernel's `userxattr` form, as the kernel overlayfs requires there.
+            index: cfg.index,
             xattr_prefix: if cfg.userxattr || sys::in_user_namespace() {
                 "user.overlay."
             } else {

@@ -24,6 +24,7 @@ pub mod file;
 pub mod fileattr;
 pub mod fs;
 pub mod ids;
+pub mod index;
 pub mod inode;
 pub mod layers;
 pub mod lookup;

@@ -47,6 +47,9 @@ pub struct Found {
     /// An upper entry's `overlay.protattr`, as `Node::prot` holds it (fileattr.rs); 0 for a
     /// lower entry (not read until a change asks).
     pub prot: u8,
+    /// `index=on`: a name of a lower hard link copied up through another name: the index
+    /// entry that now holds the file (index.rs `find_index`).
+    pub index_alias: Option<crate::index::Alias>,
 }
 
 impl Found {
@@ -199,11 +202,13 @@ pub fn probe_create(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Slot>
 
 /// The number an upper non-directory with origin value `v` (non-empty) takes from it:
 /// its decoded origin's, when that has one link (as the kernel: copies of a hard-linked
-/// lower may not all claim it) or its link count is unknown (see `origin.rs`); none when
+/// lower may not all claim it, unless `index=on` keeps them one file) or its link count is unknown (see `origin.rs`); none when
 /// the handle does not decode (the kernel's fallback: the entry's own number).
 fn decoded_ino(layers: &Layers, v: &[u8], st: &sys::Stat) -> Option<u64> {
     match crate::origin::decode(layers, v, st.st_mode & libc::S_IFMT) {
-        crate::origin::Origin::Found { dev, ino, nlink } if nlink.unwrap_or(1) == 1 => {
+        crate::origin::Origin::Found { dev, ino, nlink }
+            if nlink.unwrap_or(1) == 1 || layers.index =>
+        {
             Some(layers.ino(dev, ino))
         }
         _ => None,
@@ -307,6 +312,7 @@ fn resolve(
                             ino: 0,
                             xattr_names: (layer != UPPER).then(|| mk.names()).flatten(),
                             prot,
+                            index_alias: None,
                         });
                         if opaque {
                             break 'layers;
@@ -346,6 +352,7 @@ fn resolve(
                             ino: 0,
                             xattr_names: (layer != UPPER).then(|| mk.names()).flatten(),
                             prot: upper_prot(layer, mk, dir.as_fd(), &n),
+                            index_alias: None,
                         });
                         if !want_origin && !metacopy {
                             break 'layers;

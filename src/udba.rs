@@ -416,6 +416,7 @@ impl Observer for Watches {
             staged: None,
             lower_attr: None,
             lower_xattrs: None,
+            indexed: None,
         };
         let (old_key, old_watches) = match st.nodes.get_mut(&id) {
             Some(k) => {

@@ -1,0 +1,119 @@
+//! `index=on`: the names of a lower hard link stay one file after a copy-up (content,
+//! st_ino, link count), also after a remount, in the kernel overlayfs's on-disk format: a
+//! differential against `mount -t overlay -o index=on` on the same layers, and the same
+//! upper mounted by the other one (stratafs then kernel, kernel then stratafs).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{sh_script, Kernel, Scratch, Stack, Strata};
+
+/// First mount: the names before and after a copy-up through one of them, a change through
+/// another (link-up), a removal.
+const FIRST: &str = r#"
+cd "$1" || exit 1
+same() { [ "$(stat -c %i "$1")" = "$(stat -c %i "$2")" ] && echo "$1=$2" || echo "$1!=$2"; }
+show() { for n in a b c d/x y; do [ -e "$n" ] && echo "$n: $(stat -c %h "$n") $(cat "$n" | tr '\n' ' ')"; done; same a b; same a c; same d/x y; same a single; }
+show
+echo more >> a
+show
+echo c >> c
+show
+rm b
+show
+"#;
+
+/// Second mount: the same names again, and one more change.
+const SECOND: &str = r#"
+cd "$1" || exit 1
+same() { [ "$(stat -c %i "$1")" = "$(stat -c %i "$2")" ] && echo "$1=$2" || echo "$1!=$2"; }
+show() { for n in a b c d/x y; do [ -e "$n" ] && echo "$n: $(stat -c %h "$n") $(cat "$n" | tr '\n' ' ')"; done; same a c; same d/x y; }
+show
+echo y >> y
+show
+"#;
+
+/// What the upper holds: the index entries, each a hard link whose `overlay.origin` is the
+/// handle its name spells. (Which upper names link it up may differ: FUSE tells the daemon
+/// the inode written to, not the name it was opened by.)
+const UPPER: &str = r##"
+cd "$1" || exit 1
+# (The kernel also keeps its reusable whiteout, "#N", in the index directory.)
+echo "index entries: $(ls w/index | grep -vc '^#')"
+for e in w/index/[!#]*; do
+  o=$(getfattr --absolute-names -n trusted.overlay.origin -e hex "$e" 2>/dev/null | sed -n 's/^trusted.overlay.origin=//p')
+  [ "$o" = "0x$(basename "$e")" ] && echo "entry named by its origin" || echo "entry $e: origin $o"
+  [ "$(stat -c %h "$e")" -ge 2 ] && echo "entry linked up" || echo "entry $e: not linked"
+done
+"##;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Who {
+    Kernel,
+    Strata,
+}
+
+fn lower(l: &Path) {
+    fs::create_dir_all(l.join("d")).unwrap();
+    fs::write(l.join("a"), "hl\n").unwrap();
+    fs::hard_link(l.join("a"), l.join("b")).unwrap();
+    fs::hard_link(l.join("a"), l.join("c")).unwrap();
+    fs::write(l.join("d/x"), "x\n").unwrap();
+    fs::hard_link(l.join("d/x"), l.join("y")).unwrap();
+    fs::write(l.join("single"), "s\n").unwrap();
+}
+
+fn run(s: &Scratch, first: Who, second: Who) -> String {
+    let tag = format!("{first:?}-{second:?}");
+    let root = s.dir(&tag);
+    let (l, u, w, m) = (
+        s.dir(&format!("{tag}/l")),
+        s.dir(&format!("{tag}/u")),
+        s.dir(&format!("{tag}/w")),
+        s.dir(&format!("{tag}/m")),
+    );
+    lower(&l);
+    let stack = Stack::one(&l, &u, &w);
+    let mut out = String::new();
+    for (who, script) in [(first, FIRST), (second, SECOND)] {
+        out += &match who {
+            Who::Kernel => {
+                let _k = Kernel::mount(&stack, "index=on", &m);
+                sh_script(script, &m)
+            }
+            Who::Strata => {
+                let _s = Strata::mount(&stack, "index=on", &m);
+                sh_script(script, &m)
+            }
+        };
+        out += "--\n";
+        out += &sh_script(UPPER, &root);
+        out += "--\n";
+    }
+    out
+}
+
+#[test]
+#[cfg_attr(
+    not(have = "root"),
+    ignore = "needs root (trusted xattrs, the kernel overlayfs)"
+)]
+fn lower_hard_links_stay_one_file_as_with_the_kernel_index() {
+    let s = Scratch::new("index");
+    let kernel = run(&s, Who::Kernel, Who::Kernel);
+    assert!(kernel.contains("a: 3 hl more"), "{kernel}");
+    assert!(kernel.contains("b: 3 hl more"), "{kernel}");
+    for (first, second) in [
+        (Who::Strata, Who::Strata),
+        (Who::Strata, Who::Kernel),
+        (Who::Kernel, Who::Strata),
+    ] {
+        let got = run(&s, first, second);
+        assert_eq!(
+            kernel, got,
+            "kernel overlayfs twice:\n{kernel}\n{first:?} then {second:?}:\n{got}"
+        );
+    }
+}
