@@ -77,19 +77,17 @@ pub fn index_name(origin: &[u8]) -> Option<CString> {
 /// `overlay.nlink` ("U+N", "U-N"); `st`'s own when it has none or another form.
 pub fn union_nlink(dir: BorrowedFd<'_>, name: &CStr, st: &Stat) -> u64 {
     let own = st.st_nlink;
-    let Some(v) = whiteout::marker(dir, name, "nlink") else {
-        return own;
-    };
-    let Some(rest) = v.strip_prefix(b"U") else {
-        return own;
-    };
-    match std::str::from_utf8(rest)
-        .ok()
-        .and_then(|t| t.parse::<i64>().ok())
-    {
+    match nlink_delta(dir, name) {
         Some(n) if own as i64 + n > 0 => (own as i64 + n) as u64,
         _ => own,
     }
+}
+
+/// N of `overlay.nlink` "U+N" / "U-N" of `dir/name` (None: no such marker, or another form).
+pub fn nlink_delta(dir: BorrowedFd<'_>, name: &CStr) -> Option<i64> {
+    let v = whiteout::marker(dir, name, "nlink")?;
+    let rest = v.strip_prefix(b"U")?;
+    std::str::from_utf8(rest).ok()?.parse::<i64>().ok()
 }
 
 fn nlink_value(n: i64) -> Vec<u8> {
@@ -217,12 +215,7 @@ impl UnionFs {
     /// less.
     pub(crate) fn index_lower_name_gone(&self, hex: &CStr) {
         let Some(index) = &self.index else { return };
-        let n = whiteout::marker(index.as_fd(), hex, "nlink")
-            .and_then(|v| {
-                let t = v.strip_prefix(b"U")?;
-                std::str::from_utf8(t).ok()?.parse::<i64>().ok()
-            })
-            .unwrap_or(0);
+        let n = nlink_delta(index.as_fd(), hex).unwrap_or(0);
         let _ = xattr::set(
             index.as_fd(),
             hex,

@@ -117,3 +117,57 @@ fn lower_hard_links_stay_one_file_as_with_the_kernel_index() {
         );
     }
 }
+
+fn check(u: &Path, w: &Path, l: &Path, repair: bool) -> (bool, String) {
+    let mut c = std::process::Command::new(common::bin());
+    c.arg("check")
+        .arg(u)
+        .arg("--workdir")
+        .arg(w)
+        .arg("--lower")
+        .arg(l);
+    if repair {
+        c.arg("--repair");
+    }
+    let o = c.output().expect("stratafs check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+/// `stratafs check` judges the index as the kernel does at mount time: an entry no name
+/// shows any more (all removed) is an orphan, one not named by its origin is refused; the
+/// repair removes the orphan, as the kernel's next mount would.
+#[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root (trusted xattrs)")]
+fn check_verifies_the_index() {
+    let s = Scratch::new("index-check");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    lower(&l);
+    let stack = Stack::one(&l, &u, &w);
+    {
+        let _s = Strata::mount(&stack, "index=on", &m);
+        sh_script("cd \"$1\" && echo more >> a && echo y >> y", &m);
+    }
+    let (ok, text) = check(&u, &w, &l, false);
+    assert!(ok && !text.contains("index"), "a clean index: {text}");
+    {
+        let _s = Strata::mount(&stack, "index=on", &m);
+        sh_script("cd \"$1\" && rm a b c", &m);
+    }
+    fs::write(w.join("index/00fb"), "x").unwrap();
+    let (_, text) = check(&u, &w, &l, false);
+    assert!(text.contains("orphan index entry"), "{text}");
+    assert!(text.contains("not named by its overlay.origin"), "{text}");
+    assert_eq!(text.matches("orphan").count(), 1, "only a's entry: {text}");
+    let (_, text) = check(&u, &w, &l, true);
+    assert!(text.contains("removed"), "{text}");
+    fs::remove_file(w.join("index/00fb")).unwrap();
+    let (ok, text) = check(&u, &w, &l, false);
+    assert!(ok && !text.contains("index"), "repaired: {text}");
+    let entries = fs::read_dir(w.join("index")).unwrap().count();
+    assert_eq!(entries, 1, "y's entry stays");
+}
