@@ -66,7 +66,12 @@ fn lower(l: &Path) {
 }
 
 fn run(s: &Scratch, first: Who, second: Who) -> String {
-    let tag = format!("{first:?}-{second:?}");
+    run_with(s, first, second, "index=on", "index=on")
+}
+
+/// [`run`] with these mount options for the kernel overlayfs and for stratafs.
+fn run_with(s: &Scratch, first: Who, second: Who, kopts: &str, sopts: &str) -> String {
+    let tag = format!("{first:?}-{second:?}-{}", kopts.replace([',', '='], "_"));
     let root = s.dir(&tag);
     let (l, u, w, m) = (
         s.dir(&format!("{tag}/l")),
@@ -80,11 +85,11 @@ fn run(s: &Scratch, first: Who, second: Who) -> String {
     for (who, script) in [(first, FIRST), (second, SECOND)] {
         out += &match who {
             Who::Kernel => {
-                let _k = Kernel::mount(&stack, "index=on", &m);
+                let _k = Kernel::mount(&stack, kopts, &m);
                 sh_script(script, &m)
             }
             Who::Strata => {
-                let _s = Strata::mount(&stack, "index=on", &m);
+                let _s = Strata::mount(&stack, sopts, &m);
                 sh_script(script, &m)
             }
         };
@@ -111,6 +116,39 @@ fn lower_hard_links_stay_one_file_as_with_the_kernel_index() {
         (Who::Kernel, Who::Strata),
     ] {
         let got = run(&s, first, second);
+        assert_eq!(
+            kernel, got,
+            "kernel overlayfs twice:\n{kernel}\n{first:?} then {second:?}:\n{got}"
+        );
+    }
+}
+
+/// The kernel's `nfs_export=on` indexes every copy-up (directories too): its upper mounts
+/// with stratafs's `index=on,nfs_export=on` and the other way round, the hard links as one
+/// file throughout. (Not compared: the index entries themselves, which the kernel makes for
+/// every copy-up and stratafs only for hard links.)
+#[test]
+#[cfg_attr(
+    not(have = "root"),
+    ignore = "needs root (trusted xattrs, the kernel overlayfs)"
+)]
+fn an_nfs_export_upper_mounts_both_ways() {
+    let s = Scratch::new("index-export");
+    let (k, st) = ("index=on,nfs_export=on", "index=on,nfs_export=on");
+    let merged = |out: String| -> String {
+        out.split("--\n")
+            .step_by(2)
+            .collect::<Vec<_>>()
+            .join("--\n")
+    };
+    let kernel = merged(run_with(&s, Who::Kernel, Who::Kernel, k, st));
+    assert!(kernel.contains("c: 2 hl more c"), "{kernel}");
+    for (first, second) in [
+        (Who::Strata, Who::Strata),
+        (Who::Strata, Who::Kernel),
+        (Who::Kernel, Who::Strata),
+    ] {
+        let got = merged(run_with(&s, first, second, k, st));
         assert_eq!(
             kernel, got,
             "kernel overlayfs twice:\n{kernel}\n{first:?} then {second:?}:\n{got}"
