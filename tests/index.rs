@@ -209,3 +209,51 @@ fn check_verifies_the_index() {
     let entries = fs::read_dir(w.join("index")).unwrap().count();
     assert_eq!(entries, 1, "y's entry stays");
 }
+
+/// With `index=on`, every entry keeps its st_ino across a remount: lower, copied-up, new,
+/// renamed (lower and new), the names of a lower hard link (copied up through one, and not
+/// copied up), directories; and the names of a lower hard link show one number, the
+/// lower's (without the index the copied-up name takes its own: that part fails there).
+#[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root (trusted xattrs)")]
+fn inode_numbers_survive_a_remount() {
+    let s = Scratch::new("index-ino");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    lower(&l);
+    fs::write(l.join("r"), "r\n").unwrap();
+    fs::create_dir(l.join("rd")).unwrap();
+    fs::write(l.join("h1"), "h\n").unwrap();
+    fs::hard_link(l.join("h1"), l.join("h2")).unwrap();
+    let stack = Stack::one(&l, &u, &w);
+    let names = [
+        "a", "b", "c", "d", "d/x", "y", "single", "new", "r2", "new2", "rd2", "h1", "h2",
+    ];
+    let inos = |m: &Path| -> Vec<(String, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        names
+            .iter()
+            .map(|n| (n.to_string(), fs::metadata(m.join(n)).unwrap().ino()))
+            .collect()
+    };
+    let before = {
+        let _s = Strata::mount(&stack, "index=on", &m);
+        sh_script(
+            "cd \"$1\" && echo more >> a && echo s >> single && echo n > new && echo n > n0 \
+             && mv r r2 && mv n0 new2 && mv rd rd2",
+            &m,
+        );
+        inos(&m)
+    };
+    let after = {
+        let _s = Strata::mount(&stack, "index=on", &m);
+        inos(&m)
+    };
+    assert_eq!(before, after);
+    // And the names of a lower hard link are one inode, the lower's number, copied up or not.
+    let ino = |n: &str| after.iter().find(|(m, _)| m == n).unwrap().1;
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(ino("a"), fs::metadata(l.join("a")).unwrap().ino());
+    assert_eq!((ino("b"), ino("c")), (ino("a"), ino("a")));
+    assert_eq!(ino("h1"), ino("h2"));
+    assert_eq!(ino("d/x"), ino("y"));
+}
