@@ -18,11 +18,14 @@
 //! non-directory with several links one `getxattr` (its link count); a copy-up of a hard
 //! link one rename and one link more. Nothing without it.
 //!
-//! Not done (see docs/guarantees.md): the kernel's mount-time checks of the index
-//! (`overlay.origin` of the upper root, `overlay.upper` of the index directory, stale and
-//! orphan entries; the kernel writes the first two itself when it mounts such an upper),
-//! `nfs_export`'s indexing of every copy-up, and the link count of links and renames made
-//! through the mount over indexed names.
+//! At mount, as the kernel: the upper root's `overlay.origin` (the topmost lower root) and
+//! the index directory's `overlay.upper` (the upper root) are written the first time and
+//! must match after (ESTALE otherwise). `stratafs check` judges the entries (tools/check.rs).
+//!
+//! Not done (see docs/guarantees.md): the kernel's mount-time clean-up of stale and orphan
+//! entries (`stratafs check --repair` does it offline), `nfs_export`'s indexing of every
+//! copy-up, and the link count of links and renames made through the mount over indexed
+//! names.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -48,12 +51,28 @@ pub struct Alias {
     pub lower: LayerId,
 }
 
-/// Makes (if needed) and opens `workdir/index`.
+/// Makes (if needed) and opens `workdir/index`, after the kernel's mount-time checks that
+/// the upper goes with these layers: the upper root's `overlay.origin` is the topmost
+/// lower root's handle, the index directory's `overlay.upper` the upper root's (written at
+/// the first mount with the index, as the kernel does; a mismatch refuses the mount with
+/// ESTALE, as the kernel's).
 pub fn open_index_dir(layers: &Layers) -> Result<Arc<OwnedFd>> {
-    let work = layers
-        .work
-        .as_ref()
-        .ok_or_else(|| Error::new(libc::EINVAL, "index=on needs an upper and a workdir"))?;
+    let (Some(work), Some(upper)) = (layers.work.as_ref(), layers.upper.as_ref()) else {
+        return Err(Error::new(
+            libc::EINVAL,
+            "index=on needs an upper and a workdir",
+        ));
+    };
+    if let Some(lower) = layers.stack().lowers.first() {
+        let want = crate::origin::encode(lower.root.as_fd(), c".", lower.uuid);
+        verify_or_set(
+            layers,
+            upper.root.as_fd(),
+            "origin",
+            &want,
+            "upper root origin",
+        )?;
+    }
     match ops::mkdirat(work.as_fd(), c"index", 0) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -61,7 +80,44 @@ pub fn open_index_dir(layers: &Layers) -> Result<Arc<OwnedFd>> {
     }
     let fd = sys::open_dir_path(work.as_fd(), c"index")
         .map_err(|e| Error::io(e, "open workdir/index"))?;
+    let mut want = crate::origin::encode(upper.root.as_fd(), c".", upper.uuid);
+    if let Some(flags) = want.get_mut(3) {
+        *flags |= FLAG_PATH_UPPER;
+    }
+    verify_or_set(
+        layers,
+        fd.as_fd(),
+        "upper",
+        &want,
+        "index directory's upper",
+    )?;
     Ok(Arc::new(fd))
+}
+
+/// The ovl_fh flag of a handle of an upper object (`OVL_FH_FLAG_PATH_UPPER`).
+const FLAG_PATH_UPPER: u8 = 1 << 2;
+
+/// Marker `suffix` of directory `dir` must be `want`: set if absent, ESTALE if another.
+/// (Nothing to compare with where no handle could be had.)
+fn verify_or_set(
+    layers: &Layers,
+    dir: BorrowedFd<'_>,
+    suffix: &str,
+    want: &[u8],
+    what: &str,
+) -> Result<()> {
+    if want.is_empty() {
+        return Ok(());
+    }
+    match whiteout::marker(dir, c".", suffix) {
+        Some(v) if v == want => Ok(()),
+        Some(_) => Err(Error::new(
+            libc::ESTALE,
+            format!("index=on: the {what} does not match these layers (mount them with index=off, or use the layers it was made with)"),
+        )),
+        None => xattr::set(dir, c".", &layers.marker(suffix), want, 0)
+            .map_err(|e| Error::io(e, format!("index=on: set the {what}"))),
+    }
 }
 
 /// The index entry name of an origin value: its bytes in lowercase hex.

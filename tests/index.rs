@@ -257,3 +257,84 @@ fn inode_numbers_survive_a_remount() {
     assert_eq!(ino("h1"), ino("h2"));
     assert_eq!(ino("d/x"), ino("y"));
 }
+
+/// Does stratafs mount `lowerdir=l,upperdir=u,workdir=w,index=on` (then unmounted)?
+fn strata_mounts(l: &Path, u: &Path, w: &Path, m: &Path) -> bool {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},index=on",
+        l.display(),
+        u.display(),
+        w.display()
+    );
+    let st = std::process::Command::new(common::bin())
+        .arg("-o")
+        .arg(&opts)
+        .arg(m)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run stratafs");
+    if st.success() {
+        common::unmount_and_reap(m, None);
+    }
+    st.success()
+}
+
+/// Does the kernel overlayfs mount it with `index=on` (then unmounted)?
+fn kernel_mounts(l: &Path, u: &Path, w: &Path, m: &Path) -> bool {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},index=on",
+        l.display(),
+        u.display(),
+        w.display()
+    );
+    let st = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(&opts)
+        .arg(m)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run mount");
+    if st.success() {
+        common::unmount_and_reap(m, None);
+    }
+    st.success()
+}
+
+/// With the index, an upper goes with the layers it was first mounted with: the kernel
+/// records the lower root in the upper root's `overlay.origin` and refuses another lower
+/// (ESTALE); stratafs records and checks the same, so each refuses what the other
+/// recorded, and accepts the right layers.
+#[test]
+#[cfg_attr(
+    not(have = "root"),
+    ignore = "needs root (trusted xattrs, the kernel overlayfs)"
+)]
+fn an_upper_goes_with_its_layers() {
+    let s = Scratch::new("index-verify");
+    let (la, lb, m) = (s.dir("la"), s.dir("lb"), s.dir("m"));
+    fs::write(la.join("a"), "a\n").unwrap();
+    fs::write(lb.join("b"), "b\n").unwrap();
+    for first_kernel in [false, true] {
+        let tag = if first_kernel { "k" } else { "s" };
+        let (u, w) = (s.dir(&format!("{tag}-u")), s.dir(&format!("{tag}-w")));
+        let first = if first_kernel {
+            kernel_mounts(&la, &u, &w, &m)
+        } else {
+            strata_mounts(&la, &u, &w, &m)
+        };
+        assert!(first, "first mount ({tag})");
+        assert!(
+            !kernel_mounts(&lb, &u, &w, &m),
+            "kernel, other lower ({tag})"
+        );
+        assert!(
+            !strata_mounts(&lb, &u, &w, &m),
+            "stratafs, other lower ({tag})"
+        );
+        assert!(kernel_mounts(&la, &u, &w, &m), "kernel, same lower ({tag})");
+        assert!(
+            strata_mounts(&la, &u, &w, &m),
+            "stratafs, same lower ({tag})"
+        );
+    }
+}
