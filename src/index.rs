@@ -23,9 +23,9 @@
 //! must match after (ESTALE otherwise). `stratafs check` judges the entries (tools/check.rs).
 //!
 //! Not done (see docs/guarantees.md): the kernel's mount-time clean-up of stale and orphan
-//! entries (`stratafs check --repair` does it offline), `nfs_export`'s indexing of every
-//! copy-up, and the link count of links and renames made through the mount over indexed
-//! names.
+//! entries (`stratafs check --repair` does it offline) and `nfs_export`'s indexing of every
+//! copy-up. (Links and renames of an indexed file need nothing more: a new or moved upper
+//! name changes the union count and the upper inode's alike.)
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

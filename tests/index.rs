@@ -23,6 +23,14 @@ echo c >> c
 show
 rm b
 show
+ln a l1
+show
+mv c c2
+ls -i c2 >/dev/null && echo "c2: $(stat -c %h c2) $(cat c2 | tr '\n' ' ')"
+same a c2
+rm l1
+show
+mv c2 c
 "#;
 
 /// Second mount: the same names again, and one more change.
