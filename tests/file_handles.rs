@@ -262,3 +262,47 @@ fn without_nfs_export_nothing_is_kept() {
     }
     assert!(!t.w.join("stratafs.handles").exists());
 }
+
+/// xfstests generic/777: connectable handles (AT_HANDLE_CONNECTABLE: the parent's id too)
+/// of files and their directory decode after a remount, after the parent and then the
+/// grandparent were renamed.
+#[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root (open_by_handle_at)")]
+fn connectable_handles_after_renames_and_remount() {
+    let t = layers("connectable");
+    let stack = Stack::one(&t.l, &t.u, &t.w);
+    let m = &t.m;
+    let encode_all = |m: &Path, dir: &str| -> Seen {
+        let mut all = Vec::new();
+        for n in ["f1", "f2", "f3"] {
+            let p = m.join(dir).join(n);
+            let d = fs::File::open(p.parent().unwrap()).unwrap();
+            let name = CString::new(n).unwrap();
+            let h = handle::name_to_handle_flags(d.as_fd(), &name, handle::AT_HANDLE_CONNECTABLE)
+                .unwrap_or_else(|e| panic!("{p:?}: {e}"));
+            let now = open(m, &h).unwrap();
+            all.push((format!("{dir}/{n}"), h, now));
+        }
+        let h = handle_of(&m.join(dir));
+        let now = open(m, &h).unwrap();
+        all.push((dir.to_string(), h, now));
+        all
+    };
+    let seen = {
+        let _s = Strata::mount(&stack, "nfs_export=on", m);
+        fs::create_dir_all(m.join("root/dir")).unwrap();
+        for n in ["f1", "f2", "f3"] {
+            fs::write(m.join("root/dir").join(n), n).unwrap();
+        }
+        let seen = encode_all(m, "root/dir");
+        fs::rename(m.join("root/dir"), m.join("root/dir.renamed")).unwrap();
+        seen
+    };
+    {
+        let _s = Strata::mount(&stack, "nfs_export=on", m);
+        check_all(m, &seen, "a rename of the parent and a remount");
+        fs::rename(m.join("root"), m.join("root.renamed")).unwrap();
+    }
+    let _s = Strata::mount(&stack, "nfs_export=on", m);
+    check_all(m, &seen, "a rename of the grandparent and a remount");
+}
