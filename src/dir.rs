@@ -427,6 +427,7 @@ impl UnionFs {
             let alias = crate::inode::Ghost {
                 parent: newparent,
                 name: newname.to_os_string(),
+                generation: node.generation,
             };
             self.inodes.note_alias(attr.node, alias);
         }

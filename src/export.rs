@@ -17,10 +17,14 @@
 //! costs a lookup that fails). Costs: a ghost per forgotten node (~80 bytes and the
 //! name), and nothing at all without `nfs_export=on`.
 //!
+//! Each node gets a generation (which the kernel puts in the handle and compares): a
+//! ghost's is kept, a new node takes the next of a counter seeded from the clock at mount
+//! and raised above every generation read back, so a new object that reuses a removed
+//! one's number (ext4 reuses them at once) does not answer the removed one's handles.
+//! Without the option every generation stays 0, as before.
+//!
 //! Assumes the branches do not change behind the mount between a handle's encoding and
-//! its use (as the kernel overlayfs's index does); an inode number reused by the upper
-//! filesystem for a new file at the same name would be taken for the old one (the
-//! generation FUSE carries is 0).
+//! its use (as the kernel overlayfs's index does).
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -38,8 +42,8 @@ use crate::sys::{self, ops};
 /// The file in the workdir that keeps the ghosts across a remount.
 const HANDLES: &std::ffi::CStr = c"stratafs.handles";
 const HANDLES_TMP: &std::ffi::CStr = c"stratafs.handles.tmp";
-/// The file's first bytes (format version 1).
-const MAGIC: &[u8; 8] = b"sfsghst1";
+/// The file's first bytes (format version 2).
+const MAGIC: &[u8; 8] = b"sfsghst2";
 
 /// How many parents up a revival may go (deeper than any real tree).
 const MAX_DEPTH: u32 = 4096;
@@ -128,13 +132,15 @@ fn write_file(dir: std::os::fd::BorrowedFd<'_>, bytes: &[u8]) -> std::io::Result
     ops::renameat2(dir, HANDLES_TMP, dir, HANDLES, 0)
 }
 
-/// `MAGIC`, then per entry: id (u64 LE), parent (u64 LE), name length (u32 LE), name.
+/// `MAGIC`, then per entry: id (u64 LE), parent (u64 LE), generation (u32 LE), name length
+/// (u32 LE), name.
 fn render(all: &[(u64, Ghost)]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     for (id, g) in all {
         let name = g.name.as_bytes();
         out.extend_from_slice(&id.to_le_bytes());
         out.extend_from_slice(&g.parent.to_le_bytes());
+        out.extend_from_slice(&g.generation.to_le_bytes());
         out.extend_from_slice(&(name.len() as u32).to_le_bytes());
         out.extend_from_slice(name);
     }
@@ -151,8 +157,9 @@ fn parse(bytes: &[u8]) -> Option<Vec<(u64, Ghost)>> {
     while !rest.is_empty() {
         let id = u64_at(rest)?;
         let parent = u64_at(rest.get(8..)?)?;
-        let len = u32::from_le_bytes(rest.get(16..20)?.try_into().ok()?) as usize;
-        let name = rest.get(20..20 + len)?;
+        let generation = u32::from_le_bytes(rest.get(16..20)?.try_into().ok()?);
+        let len = u32::from_le_bytes(rest.get(20..24)?.try_into().ok()?) as usize;
+        let name = rest.get(24..24 + len)?;
         if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
             return None;
         }
@@ -161,9 +168,10 @@ fn parse(bytes: &[u8]) -> Option<Vec<(u64, Ghost)>> {
             Ghost {
                 parent,
                 name: OsString::from_vec(name.to_vec()),
+                generation,
             },
         ));
-        rest = &rest[20 + len..];
+        rest = &rest[24 + len..];
     }
     Some(all)
 }
@@ -180,6 +188,7 @@ mod tests {
                 Ghost {
                     parent: 1,
                     name: "a".into(),
+                    generation: 5,
                 },
             ),
             (
@@ -187,6 +196,7 @@ mod tests {
                 Ghost {
                     parent: 7,
                     name: "b c".into(),
+                    generation: u32::MAX,
                 },
             ),
         ];
@@ -197,6 +207,7 @@ mod tests {
             Ghost {
                 parent: 1,
                 name: "x".into(),
+                generation: 1,
             },
         )]);
         cut.pop();

@@ -257,7 +257,13 @@ impl UnionFs {
             fs.index = Some(crate::index::open_index_dir(&fs.layers)?);
         }
         if fs.nfs_export {
-            fs.inodes.keep_ghosts();
+            // New generations differ from an earlier mount's (a number per second, read back
+            // ones raise it further: export.rs).
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            fs.inodes.keep_ghosts(((secs as u32) << 10) | 1);
             fs.load_ghosts();
         }
         Ok(fs)
@@ -682,6 +688,14 @@ impl UnionFs {
     }
 
     /// Whether the table has a node with id `ino` (no reference counted).
+    /// The generation the entries of node `ino` go out with (0 without `nfs_export`).
+    pub fn generation_of(&self, ino: u64) -> u64 {
+        if !self.nfs_export {
+            return 0;
+        }
+        self.inodes.get(ino).map_or(0, |n| u64::from(n.generation))
+    }
+
     pub fn has_node(&self, ino: u64) -> bool {
         self.inodes.get(ino).is_some()
     }

@@ -263,6 +263,10 @@ pub struct Node {
     /// What protects it from changes: `fileattr::PROT_KNOWN` and its immutable and
     /// append-only flags, once known (0: not read yet; fileattr.rs).
     pub prot: AtomicU8,
+    /// The generation its entries are sent with (0 without `nfs_export`, export.rs): a new
+    /// object that reuses a removed one's number gets another, so the removed one's file
+    /// handles stay stale.
+    pub generation: u32,
 }
 
 impl Node {
@@ -343,6 +347,8 @@ pub struct InodeTable {
     /// `nfs_export=on` (export.rs): where each node the kernel forgot was, by node id, so
     /// that a file handle naming it can still be answered. Off (unset) by default.
     ghosts: OnceLock<DashMap<u64, Ghost>>,
+    /// The generation the next new node gets while ghosts are kept.
+    next_generation: std::sync::atomic::AtomicU32,
 }
 
 /// Where a node the kernel forgot was (export.rs): its parent node and its name there.
@@ -350,6 +356,8 @@ pub struct InodeTable {
 pub struct Ghost {
     pub parent: u64,
     pub name: OsString,
+    /// The node's generation (`Node::generation`), which its file handles carry.
+    pub generation: u32,
 }
 
 /// After this many removals the table checks whether it should give memory back.
@@ -364,6 +372,7 @@ impl InodeTable {
             removed: AtomicU64::new(0),
             observer: OnceLock::new(),
             ghosts: OnceLock::new(),
+            next_generation: std::sync::atomic::AtomicU32::new(1),
         };
         t.nodes.insert(
             ROOT_INO,
@@ -380,6 +389,7 @@ impl InodeTable {
                 copy_lock: Mutex::new(()),
                 dir: Mutex::new(None),
                 prot: AtomicU8::new(0),
+                generation: 0,
             }),
         );
         t
@@ -414,9 +424,30 @@ impl InodeTable {
         self.nodes.len()
     }
 
-    /// Keeps a [`Ghost`] of every node the kernel forgets, from now on (`nfs_export=on`).
-    pub fn keep_ghosts(&self) {
+    /// Keeps a [`Ghost`] of every node the kernel forgets, from now on (`nfs_export=on`),
+    /// and gives new nodes generations from `seed` (made to differ from earlier mounts').
+    pub fn keep_ghosts(&self, seed: u32) {
         let _ = self.ghosts.set(DashMap::new());
+        self.next_generation.store(seed.max(1), Ordering::Relaxed);
+    }
+
+    /// The generation of a node created now for `id`: its ghost's (a node the kernel
+    /// forgot, whose handles are still good), a new one, or 0 without ghosts.
+    fn generation_for(&self, id: u64) -> u32 {
+        let Some(g) = self.ghosts.get() else {
+            return 0;
+        };
+        match g.remove(&id) {
+            Some((_, ghost)) => ghost.generation,
+            None => {
+                let n = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                if n == 0 {
+                    self.next_generation.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    n
+                }
+            }
+        }
     }
 
     /// Where node `id`, forgotten by the kernel, was (None: unknown, or ghosts not kept).
@@ -430,6 +461,8 @@ impl InodeTable {
         let Some(ghosts) = self.ghosts.get() else {
             return;
         };
+        self.next_generation
+            .fetch_max(g.generation.wrapping_add(1).max(1), Ordering::Relaxed);
         if is_name_id(id) {
             self.names.insert((g.parent, g.name.clone()), id);
             self.next_name_id
@@ -458,6 +491,7 @@ impl InodeTable {
                 let g = Ghost {
                     parent: l.parent,
                     name: l.name.clone(),
+                    generation: e.generation,
                 };
                 all.push((*e.key(), g));
             }
@@ -545,9 +579,7 @@ impl InodeTable {
                 (node, parents)
             }
             Entry::Vacant(v) => {
-                if let Some(g) = self.ghosts.get() {
-                    g.remove(&id);
-                }
+                let generation = self.generation_for(id);
                 let parent = loc.parent;
                 let node = Arc::new(Node {
                     id,
@@ -561,6 +593,7 @@ impl InodeTable {
                     copy_lock: Mutex::new(()),
                     dir: Mutex::new(None),
                     prot: AtomicU8::new(0),
+                    generation,
                 });
                 v.insert(node.clone());
                 (node, (None, parent))
@@ -649,6 +682,7 @@ impl InodeTable {
                             let ghost = Ghost {
                                 parent: l.parent,
                                 name: l.name.clone(),
+                                generation: node.generation,
                             };
                             g.insert(node.id, ghost);
                         }

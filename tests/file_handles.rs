@@ -306,3 +306,45 @@ fn connectable_handles_after_renames_and_remount() {
     let _s = Strata::mount(&stack, "nfs_export=on", m);
     check_all(m, &seen, "a rename of the grandparent and a remount");
 }
+
+/// A removed file's handle stays stale when the upper filesystem gives its inode number to
+/// a new file (ext4 does at once).
+#[test]
+#[cfg_attr(not(have = "root"), ignore = "needs root (open_by_handle_at)")]
+fn a_reused_inode_number_is_not_the_old_file() {
+    use std::os::unix::fs::MetadataExt;
+    let t = layers("reuse");
+    let stack = Stack::one(&t.l, &t.u, &t.w);
+    let m = &t.m;
+    let _s = Strata::mount(&stack, "nfs_export=on", m);
+    fs::write(m.join("old"), "old\n").unwrap();
+    let ino = fs::metadata(m.join("old")).unwrap().ino();
+    let h = handle_of(&m.join("old"));
+    fs::remove_file(m.join("old")).unwrap();
+    let mut reused = false;
+    for i in 0..50 {
+        let p = m.join(format!("new{i}"));
+        fs::write(&p, "new\n").unwrap();
+        if fs::metadata(&p).unwrap().ino() == ino {
+            reused = true;
+            break;
+        }
+    }
+    if !reused {
+        eprintln!("the upper did not reuse the number: nothing to check");
+        return;
+    }
+    let r = open(m, &h);
+    assert_eq!(
+        r.as_ref().err().and_then(|e| e.raw_os_error()),
+        Some(libc::ESTALE),
+        "{r:?}"
+    );
+    drop_caches();
+    let r = open(m, &h);
+    assert_eq!(
+        r.as_ref().err().and_then(|e| e.raw_os_error()),
+        Some(libc::ESTALE),
+        "after drop_caches: {r:?}"
+    );
+}

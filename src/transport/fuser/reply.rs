@@ -93,7 +93,10 @@ impl Answer for ReplyCreate {
                     FopenFlags::from_bits_retain(open.open_flags),
                 );
                 match open.backing_id {
-                    Some(id) => fuser_created_passthrough(self, ttl, &attr, fh, flags, id),
+                    Some(id) => {
+                        let g = entry.generation;
+                        fuser_created_passthrough(self, ttl, &attr, fh, g, flags, id)
+                    }
                     None => self.created(ttl, &attr, Generation(entry.generation), fh, flags),
                 }
             }
