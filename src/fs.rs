@@ -255,6 +255,8 @@ impl UnionFs {
         let mut fs = fs;
         if cfg.index && !read_only {
             fs.index = Some(crate::index::open_index_dir(&fs.layers)?);
+        } else if cfg.index {
+            log::warn!("index=on: off for a mount started read-only (also after remount,rw)");
         }
         if fs.nfs_export {
             // New generations differ from an earlier mount's (a number per second, read back
