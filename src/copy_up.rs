@@ -410,26 +410,17 @@ impl UnionFs {
         if let Some(key) = number {
             self.renumbered.insert(key, node.id);
         }
-        // index=on: a lower hard link goes through workdir/index (index.rs).
-        let hex = if self.indexed_copy(node.kind == Kind::Dir, &st) {
-            crate::index::index_name(&self.origin_value(node.kind, &src, &st))
-        } else {
-            None
-        };
-        let placed = match &hex {
-            Some(hex) => self
-                .mark_indexed(w, &tmp, st.st_nlink)
-                .and_then(|()| self.place_indexed(w, &tmp, hex, upper_parent.as_fd(), &name)),
-            None => crate::util::rename_noreplace(w, &tmp, upper_parent.as_fd(), &name)
-                .map_err(|e| Error::io(e, "copy-up rename")),
-        };
-        if let Err(e) = placed {
-            if let Some(key) = number {
-                self.renumbered.remove(&key);
+        let placed = self.place_copy(node.kind, (&src, &st), w, &tmp, upper_parent.as_fd(), &name);
+        let hex = match placed {
+            Ok(hex) => hex,
+            Err(e) => {
+                if let Some(key) = number {
+                    self.renumbered.remove(&key);
+                }
+                let _ = remove_tree(w, &tmp);
+                return Err(e);
             }
-            let _ = remove_tree(w, &tmp);
-            return Err(e);
-        }
+        };
         let impure = self.layers.marker("impure");
         let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
         let _ = copy_times(upper_parent.as_fd(), c".", &pst);
@@ -451,6 +442,34 @@ impl UnionFs {
             self.switch_handles_to_upper(node.id);
         }
         Ok(())
+    }
+
+    /// Puts the staged copy `w/tmp` of `src` (stat `st`) at `updir/name`: renamed there, or
+    /// with `index=on` for a lower hard link through `workdir/index` (index.rs), whose
+    /// entry name it then returns.
+    fn place_copy(
+        &self,
+        kind: Kind,
+        (src, st): (&crate::fs::Real, &Stat),
+        w: BorrowedFd<'_>,
+        tmp: &CStr,
+        updir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<Option<CString>> {
+        let hex = if self.indexed_copy(kind == Kind::Dir, st) {
+            crate::index::index_name(&self.origin_value(kind, src, st))
+        } else {
+            None
+        };
+        match &hex {
+            Some(hex) => {
+                self.mark_indexed(w, tmp, st.st_nlink)?;
+                self.place_indexed(w, tmp, hex, updir, name)?;
+            }
+            None => crate::util::rename_noreplace(w, tmp, updir, name)
+                .map_err(|e| Error::io(e, "copy-up rename"))?,
+        }
+        Ok(hex)
     }
 
     /// index=on: a name of a lower hard link shown from the index entry (another name was
