@@ -23,6 +23,7 @@ const PROGRAMS: &[&str] = &[
     "podman",
     "mksquashfs",
     "squashfuse",
+    "fuse2fs",
 ];
 const BIN_DIRS: &[&str] = &[
     "/usr/local/sbin",

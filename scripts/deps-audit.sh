@@ -21,7 +21,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 stage_scripts=(scripts/test.sh scripts/common.sh scripts/podman.sh scripts/podman-lib.sh
   scripts/podman-debian.sh scripts/podman-debian/check-apt scripts/podman-debian/check-built
   scripts/podman-debian/check-user scripts/podman-manifest.py scripts/gluster.sh
-  scripts/live-cd.sh scripts/stress.sh scripts/deps-audit.sh tests/common/nameless_ops.pl)
+  scripts/live-cd.sh scripts/stress.sh scripts/deps-audit.sh scripts/package.sh
+  scripts/package-debian.sh tests/common/nameless_ops.pl)
 
 # The package list of test.sh's dependency step: the `ensure_packages` command at the start of
 # a line, with its backslash-continued lines.

@@ -13,6 +13,9 @@
 #                          a 12-step podman build, --user, rootful and rootless, on a Debian
 #                          image, compared with podman's native overlay; on by default;
 #                          STRATAFS_PODMAN_DEBIAN_TIMEOUT seconds, default 900)
+#   STRATAFS_PACKAGE=0     skip the package stage (scripts/package-debian.sh: the .deb of
+#                          scripts/package.sh installed with dpkg -i in a fresh Debian 12
+#                          root, mount -t fuse.stratafs, man stratafs, dpkg -r; on by default)
 #   STRATAFS_GLUSTER=0     skip the GlusterFS stage (scripts/gluster.sh: layers on a one-brick
 #                          GlusterFS volume in a private network namespace; on by default)
 #   STRATAFS_TEST_TIMEOUT  seconds allowed to each `cargo test` pass (default 1200)
@@ -29,7 +32,8 @@
 #
 # Exit status: 0 only if every test that ran passed and no stratafs mount was left behind.
 # The last line is "summary: N passed, N failed, N skipped", counting cargo's tests plus one
-# entry per extra stage (the dependency audit, pjdfstest, fsx, podman, podman-deb, gluster, the
+# entry per extra stage (the dependency audit, pjdfstest and fsx over each transport, podman,
+# podman-deb, package, gluster, the
 # left-over-mount check). Here a missing prerequisite is a failure, never a skip: the tests run
 # with STRATAFS_TEST_STRICT=1 (see build.rs) and a stage that cannot run fails; only a stage
 # switched off by its variable counts as skipped.
@@ -47,6 +51,7 @@ run_fsx_stage=${STRATAFS_FSX:-1}
 run_podman_stage=${STRATAFS_PODMAN:-1}
 run_podman_debian_stage=${STRATAFS_PODMAN_DEBIAN:-1}
 run_gluster_stage=${STRATAFS_GLUSTER:-1}
+run_package_stage=${STRATAFS_PACKAGE:-1}
 PJDFSTEST_VERSION=0.2.2 # the version ../shared/testdata/pjdfstest-overlay.toml was calibrated with
 FSX_VERSION=0.2.0
 
@@ -68,7 +73,7 @@ section "Dependencies"
 # each one is for, and the "deps" stage (scripts/deps-audit.sh) checks the two agree, so that a
 # fresh machine installs everything here, not later as some other package's dependency.
 ensure_packages fuse3 attr acl libcap2-bin gcc libc6-dev fuse-overlayfs unionfs-fuse squashfs-tools \
-  squashfuse podman runc uidmap catatonit busybox-static debootstrap python3-minimal \
+  squashfuse fuse2fs dpkg-dev podman runc uidmap catatonit busybox-static debootstrap python3-minimal \
   xfsprogs strace glusterfs-server glusterfs-client glusterfs-cli glusterfs-common iproute2 procps
 require_cargo
 ensure_fuse_device
@@ -147,7 +152,7 @@ bin=${STRATAFS_BIN:-$target_dir/release/stratafs}
 # over /dev/fuse by the classic pass.
 CLASSIC_TESTS="request_counts stress readdir_streams lower_passthrough remove_privs bad_requests
   rootless dino link_count_race chown_ctime remount differential_read differential_write
-  hard_links lower_hard_links mmap_times permissions"
+  hard_links lower_hard_links mmap_times permissions apptainer"
 
 # cargo_pass NAME Y|N [cargo test args...]: one `cargo test` pass with enable_uring=Y|N, its
 # results counted in the summary.
@@ -195,15 +200,16 @@ esac
 stage_uring=
 [ -w "$URING_PARAM" ] && [ -z "${STRATAFS_BIN:-}" ] && stage_uring=,io_uring
 
-# stage_mount NAME: a fresh lower/upper/work under the scratch dir and a read-write stratafs
-# mount of it at $stage_mnt. Options can be changed with STRATAFS_STAGE_OPTS.
+# stage_mount NAME [TRANSPORT]: a fresh lower/upper/work under the scratch dir and a
+# read-write stratafs mount of it at $stage_mnt, over the ring (TRANSPORT empty: $stage_uring)
+# or over /dev/fuse (TRANSPORT ",noio_uring"). Options can be changed with STRATAFS_STAGE_OPTS.
 stage_mount() {
-  local d="$scratch/$1"
+  local d="$scratch/$1" transport=${2-$stage_uring}
   mkdir -p "$d/lower" "$d/upper" "$d/work" "$d/mnt"
   printf 'a file that starts in the lower layer\n' >"$d/lower/lower-file"
   stage_mnt="$d/mnt"
   mount_stratafs "$bin" \
-    "lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work,${STRATAFS_STAGE_OPTS:-allow_other,default_permissions$stage_uring}" \
+    "lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work,${STRATAFS_STAGE_OPTS:-allow_other,default_permissions$transport}" \
     "$stage_mnt" "$d/stratafs.log"
 }
 stage_unmount() {
@@ -212,26 +218,28 @@ stage_unmount() {
 }
 
 # ---- pjdfstest (POSIX conformance), gated by STRATAFS_PJDFSTEST / --pjdfstest ----
+# run_pjdfstest [classic]: over the ring (as the stages run), or over /dev/fuse.
 run_pjdfstest() {
-  local config log="$logs/pjdfstest.log" rc summary
+  local name=pjdfstest${1:+-$1} transport=${1:+,noio_uring}
+  local config log="$logs/$name.log" rc summary
   config=${PJDFSTEST_CONFIG:-$repo/../shared/testdata/pjdfstest-overlay.toml}
   [ -f "$config" ] || config="$repo/tests/pjdfstest-overlay.toml"
   if [ ! -f "$config" ]; then
-    stage_result pjdfstest fail "no config (../shared/testdata/pjdfstest-overlay.toml nor tests/pjdfstest-overlay.toml)"
+    stage_result "$name" fail "no config (../shared/testdata/pjdfstest-overlay.toml nor tests/pjdfstest-overlay.toml)"
     return
   fi
   if ! cargo install --locked --version "$PJDFSTEST_VERSION" pjdfstest; then
-    stage_result pjdfstest fail "cargo install pjdfstest failed"
+    stage_result "$name" fail "cargo install pjdfstest failed"
     return
   fi
   # A second filesystem for the EXDEV cases.
   mkdir -p "$secondary"
   if ! mount -t tmpfs -o size=64m sfs-secondary "$secondary"; then
-    stage_result pjdfstest fail "could not mount the secondary tmpfs"
+    stage_result "$name" fail "could not mount the secondary tmpfs"
     return
   fi
-  if ! stage_mount pjdfstest; then
-    stage_result pjdfstest fail "mount failed"
+  if ! stage_mount "$name" "${transport:-$stage_uring}"; then
+    stage_result "$name" fail "mount failed"
     return
   fi
   set +e
@@ -245,21 +253,25 @@ run_pjdfstest() {
   summary=$(grep -E '^Summary:' "$log" | tail -n 1)
   [ -n "$summary" ] || tail -n 40 "$log"
   if [ "$rc" = 0 ]; then
-    stage_result pjdfstest pass "${summary:-exit status 0} (config $config)"
+    stage_result "$name" pass "${summary:-exit status 0} (config $config)"
   else
-    stage_result pjdfstest fail "${summary:-exit status $rc} (full log: $log)"
+    stage_result "$name" fail "${summary:-exit status $rc} (full log: $log)"
   fi
 }
 
 # ---- fsx (random read/write/truncate/mmap, data verified), gated by STRATAFS_FSX / --fsx ----
+# run_fsx [classic]: over the ring (as the stages run), or over /dev/fuse with a fifth of the
+# operations (the long runs are the ring's; this one shows the classic path's data is right).
 run_fsx() {
-  local log="$logs/fsx.log" rc=0 ops=${STRATAFS_FSX_OPS:-100000} run target config n
+  local name=fsx${1:+-$1} transport=${1:+,noio_uring}
+  local log="$logs/$name.log" rc=0 ops=${STRATAFS_FSX_OPS:-100000} run target config n
+  [ -z "${1:-}" ] || ops=$((ops / 5))
   if ! cargo install --locked --version "$FSX_VERSION" fsx; then
-    stage_result fsx fail "cargo install fsx failed"
+    stage_result "$name" fail "cargo install fsx failed"
     return
   fi
-  if ! stage_mount fsx; then
-    stage_result fsx fail "mount failed"
+  if ! stage_mount "$name" "${transport:-$stage_uring}"; then
+    stage_result "$name" fail "mount failed"
     return
   fi
   # A file created in the upper; one that starts in the lower (copied up when fsx opens
@@ -276,15 +288,21 @@ run_fsx() {
   tail -n 40 "$log"
   stage_unmount
   if [ "$rc" = 0 ]; then
-    stage_result fsx pass "$ops operations each on a new file, a lower file and with every operation; $((ops / 10)) with mapread"
+    stage_result "$name" pass "$ops operations each on a new file, a lower file and with every operation; $((ops / 10)) with mapread"
   else
-    stage_result fsx fail "exit status $rc (full log: $log)"
+    stage_result "$name" fail "exit status $rc (full log: $log)"
   fi
 }
 
 section "pjdfstest"
 if [ "$run_pjdfstest_stage" = 1 ]; then
   run_pjdfstest
+  section "pjdfstest over /dev/fuse (-o noio_uring)"
+  if [ -z "${STRATAFS_BIN:-}" ]; then
+    run_pjdfstest classic
+  else
+    stage_result pjdfstest-classic skip "STRATAFS_BIN is another program: no -o noio_uring"
+  fi
 else
   say "off (STRATAFS_PJDFSTEST=0)"
   stage_result pjdfstest skip "switched off by STRATAFS_PJDFSTEST=0"
@@ -293,6 +311,12 @@ fi
 section "fsx"
 if [ "$run_fsx_stage" = 1 ]; then
   run_fsx
+  section "fsx over /dev/fuse (-o noio_uring)"
+  if [ -z "${STRATAFS_BIN:-}" ]; then
+    run_fsx classic
+  else
+    stage_result fsx-classic skip "STRATAFS_BIN is another program: no -o noio_uring"
+  fi
 else
   say "off (STRATAFS_FSX=0)"
   stage_result fsx skip "switched off by STRATAFS_FSX=0"
@@ -354,6 +378,33 @@ if [ "$run_podman_debian_stage" = 1 ]; then
 else
   say "off (STRATAFS_PODMAN_DEBIAN=0)"
   stage_result podman-deb skip "switched off by STRATAFS_PODMAN_DEBIAN=0"
+fi
+
+# ---- The Debian package in a fresh Debian 12 root (scripts/package-debian.sh), STRATAFS_PACKAGE=0
+# skips ----
+run_package() {
+  local log="$logs/package-debian.log" rc t0 summary
+  t0=$(date +%s)
+  set +e
+  timeout --kill-after=30 900 "$repo/scripts/package-debian.sh" >"$log" 2>&1
+  rc=$?
+  set -e
+  grep -E '^(ok|FAIL): ' "$log" || true
+  summary=$(grep '^package-debian: ' "$log" | tail -n 1 || true)
+  if [ "$rc" = 0 ]; then
+    stage_result package pass "$summary (dpkg -i, mount -t fuse.stratafs, man, dpkg -r) in $(($(date +%s) - t0)) s"
+  else
+    tail -n 30 "$log"
+    stage_result package fail "exit status $rc, ${summary:-no summary} (full log: $log)"
+  fi
+}
+
+section "Debian package"
+if [ "$run_package_stage" = 1 ]; then
+  run_package
+else
+  say "off (STRATAFS_PACKAGE=0)"
+  stage_result package skip "switched off by STRATAFS_PACKAGE=0"
 fi
 
 # ---- Layers on GlusterFS (scripts/gluster.sh), STRATAFS_GLUSTER=0 skips ----

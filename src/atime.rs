@@ -14,25 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::options::Config;
 use crate::sys::{self, ops};
 
-/// When a read updates the access time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Atime {
-    /// `noatime`: never.
-    Never,
-    /// `relatime` (the default): when the atime is not after the mtime or the ctime, or
-    /// is a day old.
-    Relative,
-    /// `strictatime`: on every read.
-    Strict,
-}
+pub use crate::types::Atime;
 
-/// A mount's access-time policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    pub atime: Atime,
-    /// `nodiratime`: listing a directory never updates its atime.
-    pub nodiratime: bool,
-}
+pub use crate::types::Policy;
 
 /// Seconds and nanoseconds.
 pub type Time = (i64, i64);

@@ -15,27 +15,7 @@ use crate::layers::UPPER;
 use crate::sys::{self, ops, xattr, Stat};
 use crate::whiteout;
 
-/// Attributes of a merged entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attr {
-    /// The st_ino shown.
-    pub ino: u64,
-    /// The node the entry is (its FUSE node id): `ino` except for name nodes (inode.rs).
-    pub node: u64,
-    pub size: u64,
-    pub blocks: u64,
-    pub atime: SystemTime,
-    pub mtime: SystemTime,
-    pub ctime: SystemTime,
-    pub kind: Kind,
-    /// Permission bits incl. setuid/setgid/sticky.
-    pub perm: u16,
-    pub nlink: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u32,
-    pub blksize: u32,
-}
+pub use crate::types::Attr;
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
     let nsec = nsec.clamp(0, 999_999_999) as u32;

@@ -644,6 +644,14 @@ impl UnionFs {
         if parent == newparent && name == newname {
             return Ok(());
         }
+        // redirect_dir=off: a directory with a lower part stays where it is (the kernel's
+        // `ovl_can_move`); mv(1) copies it instead.
+        let has_lower = |f: &lookup::Found| f.is_dir() && f.dirs.iter().any(|(l, _)| *l != UPPER);
+        if self.no_dir_redirects
+            && (has_lower(&src) || (exchange && dst.as_ref().is_some_and(has_lower)))
+        {
+            return err(libc::EXDEV);
+        }
         match (&dst, exchange, noreplace) {
             (None, true, _) => return err(libc::ENOENT),
             (Some(_), _, true) => return err(libc::EEXIST),

@@ -7,9 +7,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use parking_lot::RwLock;
+use std::sync::atomic::Ordering;
 
 use crate::copy_up::CopyUp;
 use crate::error::{err, Error, Result};
@@ -18,47 +16,7 @@ use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
 use crate::sys::{self, ops};
 
-/// An open file.
-#[derive(Debug)]
-pub struct FileHandle {
-    pub ino: u64,
-    fd: RwLock<Arc<OwnedFd>>,
-    /// The open(2) flags it was opened with.
-    pub flags: i32,
-    /// The fd is a metacopy entry's data file, not the entry itself.
-    pub data_only: bool,
-    /// The kernel does this handle's I/O on the backing file itself (FUSE passthrough).
-    passthrough: AtomicBool,
-    /// Opened for write on a file with setuid/setgid bits: its writes go through this
-    /// daemon, which drops the bits the kernel's rules say a write drops (cred.rs).
-    guard_privs: AtomicBool,
-    /// Opening it copied the file up: the kernel's cached attributes are the lower's
-    /// (its ctime, and its size before an O_TRUNC) and must be dropped.
-    pub copied_up: bool,
-}
-
-impl FileHandle {
-    pub fn new(ino: u64, fd: OwnedFd, flags: i32, data_only: bool) -> Self {
-        FileHandle {
-            ino,
-            fd: RwLock::new(Arc::new(fd)),
-            flags,
-            data_only,
-            passthrough: AtomicBool::new(false),
-            guard_privs: AtomicBool::new(false),
-            copied_up: false,
-        }
-    }
-
-    pub fn fd(&self) -> Arc<OwnedFd> {
-        self.fd.read().clone()
-    }
-
-    /// Opened for writing (a shared mapping of it may be writable).
-    fn writable(&self) -> bool {
-        self.flags & libc::O_ACCMODE != libc::O_RDONLY
-    }
-}
+pub use crate::types::FileHandle;
 
 /// What a write through the daemon did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

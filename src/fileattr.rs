@@ -32,27 +32,11 @@ use crate::sys::fileattr::{
 use crate::sys::{self, xattr};
 use crate::whiteout;
 
-/// `Node::prot` holds what protects the node once known: this bit, then the
-/// `FS_IMMUTABLE_FL | FS_APPEND_FL` bits (which fit a byte).
-pub const PROT_KNOWN: u8 = 1;
+pub use crate::whiteout::{prot_of_marker, PROT_KNOWN};
 const PROT_FLAGS: u32 = FS_IMMUTABLE_FL | FS_APPEND_FL;
 const PROT_XFLAGS: u32 = FS_XFLAG_IMMUTABLE | FS_XFLAG_APPEND;
 /// The flags a copy-up carries to the upper inode.
 const COPY_FLAGS: u32 = FS_SYNC_FL | FS_NOATIME_FL;
-
-/// The `Node::prot` value for an `overlay.protattr` value read from an upper entry (`None`:
-/// no such marker). An unknown letter makes the kernel ignore the whole value.
-pub fn prot_of_marker(v: Option<&[u8]>) -> u8 {
-    let mut bits = 0u32;
-    for &c in v.unwrap_or_default() {
-        match c {
-            b'a' => bits |= FS_APPEND_FL,
-            b'i' => bits |= FS_IMMUTABLE_FL,
-            _ => return PROT_KNOWN,
-        }
-    }
-    PROT_KNOWN | bits as u8
-}
 
 fn marker_value(bits: u32) -> Vec<u8> {
     let mut v = Vec::new();

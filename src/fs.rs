@@ -11,14 +11,14 @@ use std::sync::{Arc, OnceLock};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use crate::attr::Attr;
 use crate::error::{err, Error, Result};
-use crate::file::FileHandle;
 use crate::inode::{self, InodeTable, Kind, Loc, Node, NodeKey};
 use crate::layers::{Layers, ROOT_INO};
 use crate::lookup;
 use crate::options::Config;
 use crate::readdir::{self, DirEntry};
+use crate::types::Attr;
+use crate::types::FileHandle;
 
 /// Longest name a directory entry may have.
 pub const NAME_MAX: usize = 255;
@@ -92,6 +92,8 @@ pub struct UnionFs {
     pub volatile: bool,
     /// `metacopy=on`: chmod/chown/utimens/xattr changes copy a file's metadata only.
     pub metacopy: bool,
+    /// `redirect_dir=off`: a directory with a lower part is not renamed (EXDEV).
+    pub no_dir_redirects: bool,
     /// How ids on the branches map to ids shown through the mount.
     pub ids: crate::ids::Ids,
     /// POSIX ACLs are enforced and inherited (not `noacl`).
@@ -138,10 +140,10 @@ pub struct UnionFs {
     /// stream's listing older than this is rebuilt before it is read on (readdir.rs).
     names_gen: AtomicU64,
     /// `udba=`: what is done about direct changes to the branches (udba.rs).
-    pub udba: crate::udba::Udba,
+    pub udba: crate::types::Udba,
     /// `udba=notify`: the watches on the real directories of the directory nodes (None
     /// when inotify is not available: every directory is then checked on access).
-    pub(crate) watches: Option<Arc<crate::udba::Watches>>,
+    pub(crate) watches: Option<Arc<crate::watch::Watches>>,
     /// Held (shared) from reading a parent's location to remembering the node a lookup
     /// found, and (exclusive) by a branch change while it swaps the stack and re-resolves
     /// the nodes (`stack.rs`): no node is remembered with a location resolved in the old
@@ -201,12 +203,12 @@ impl UnionFs {
             || layers.stack().lowers.iter().any(|l| l.read_level.is_some());
         let work = OnceLock::new();
         if let (Some(w), false) = (&layers.work, read_only) {
-            let _ = work.set(Arc::new(crate::copy_up::prepare_staging(
+            let _ = work.set(Arc::new(crate::util::prepare_staging(
                 std::os::fd::AsFd::as_fd(&**w),
             )?));
         }
         let watches = match cfg.udba {
-            crate::udba::Udba::Notify => match crate::udba::Watches::new(cfg.udba_max_watches) {
+            crate::types::Udba::Notify => match crate::watch::Watches::new(cfg.udba_max_watches) {
                 Ok(w) => Some(Arc::new(w)),
                 Err(e) => {
                     log::warn!(
@@ -221,6 +223,7 @@ impl UnionFs {
             inodes: InodeTable::new(root),
             volatile: cfg.volatile,
             metacopy: cfg.metacopy,
+            no_dir_redirects: cfg.no_dir_redirects,
             ids: cfg.ids.clone(),
             acl: !cfg.noacl && !cfg.noxattrs,
             no_writeback: cfg.no_writeback,
@@ -230,7 +233,7 @@ impl UnionFs {
             noxattrs: cfg.noxattrs,
             nfs_export: cfg.nfs_export,
             index: None,
-            keep_lower_attrs: cfg.timeout.is_none() && cfg.udba == crate::udba::Udba::None,
+            keep_lower_attrs: cfg.timeout.is_none() && cfg.udba == crate::types::Udba::None,
             static_nlink: cfg.static_nlink,
             work,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
@@ -254,7 +257,7 @@ impl UnionFs {
         }
         let mut fs = fs;
         if cfg.index && !read_only {
-            fs.index = Some(crate::index::open_index_dir(&fs.layers)?);
+            fs.open_index()?;
         } else if cfg.index {
             log::warn!("index=on: off for a mount started read-only (also after remount,rw)");
         }
@@ -319,7 +322,7 @@ impl UnionFs {
             ));
         };
         if self.work.get().is_none() {
-            let staging = crate::copy_up::prepare_staging(w.as_fd())?;
+            let staging = crate::util::prepare_staging(w.as_fd())?;
             let _ = self.work.set(Arc::new(staging));
         }
         self.read_only.store(false, Ordering::SeqCst);
@@ -653,7 +656,7 @@ impl UnionFs {
                 return Ok(l.clone());
             }
         }
-        if self.udba == crate::udba::Udba::Reval && ino != ROOT_INO {
+        if self.udba == crate::types::Udba::Reval && ino != ROOT_INO {
             // Checked on access: the directory may be listed with no lookup of its name
             // (a working directory), so its real directories are resolved again here.
             let (p, n) = {

@@ -35,28 +35,17 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::fs::UnionFs;
 use crate::inode::Loc;
-use crate::layers::{LayerId, Layers, UPPER};
-use crate::lookup::Found;
+use crate::layers::{Layers, UPPER};
+use crate::lookup::{Alias, Found};
 use crate::sys::{self, ops, xattr, Stat};
 use crate::whiteout;
-
-/// A name of a lower hard link whose copy-up went through another name: the index entry.
-#[derive(Debug, Clone)]
-pub struct Alias {
-    /// `O_PATH` fd of the index entry.
-    pub fd: Arc<OwnedFd>,
-    /// Its name in `workdir/index`.
-    pub name: Arc<CString>,
-    /// The lower layer the name itself is in.
-    pub lower: LayerId,
-}
 
 /// Makes (if needed) and opens `workdir/index`, after the kernel's mount-time checks that
 /// the upper goes with these layers: the upper root's `overlay.origin` is the topmost
 /// lower root's handle, the index directory's `overlay.upper` the upper root's (written at
 /// the first mount with the index, as the kernel does; a mismatch refuses the mount with
 /// ESTALE, as the kernel's).
-pub fn open_index_dir(layers: &Layers) -> Result<Arc<OwnedFd>> {
+fn open_index_dir(layers: &Layers) -> Result<Arc<OwnedFd>> {
     let (Some(work), Some(upper)) = (layers.work.as_ref(), layers.upper.as_ref()) else {
         return Err(Error::new(
             libc::EINVAL,
@@ -151,6 +140,12 @@ fn nlink_value(n: i64) -> Vec<u8> {
 }
 
 impl UnionFs {
+    /// At mount, with `index=on` and an upper: `workdir/index` (see [`open_index_dir`]).
+    pub(crate) fn open_index(&mut self) -> Result<()> {
+        self.index = Some(open_index_dir(&self.layers)?);
+        Ok(())
+    }
+
     /// At lookup, with the index: an upper non-directory with several links shows the
     /// union link count; a name of a lower hard link whose copy-up went through another
     /// name shows the index entry (`found.index_alias`).

@@ -101,17 +101,7 @@ fn now_ns() -> u64 {
         + 1
 }
 
-/// File type of a node; fixed for the node's life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Fifo,
-    Socket,
-    CharDev,
-    BlockDev,
-}
+pub use crate::types::Kind;
 
 impl Kind {
     pub fn from_mode(mode: u32) -> Kind {
@@ -259,7 +249,7 @@ pub struct Node {
     /// every stream of the directory; dropped with the node (FORGET) or when a stream
     /// reads to its end. A leaf lock, but held while the listing is built (which reads
     /// this node's and other nodes' `loc`); nothing takes it holding another lock.
-    pub(crate) dir: Mutex<Option<Box<crate::readdir::DirState>>>,
+    pub(crate) dir: Mutex<Option<Box<crate::types::DirState>>>,
     /// What protects it from changes: `fileattr::PROT_KNOWN` and its immutable and
     /// append-only flags, once known (0: not read yet; fileattr.rs).
     pub prot: AtomicU8,

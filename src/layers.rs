@@ -50,10 +50,10 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::atime::Policy;
 use crate::error::{Error, Result};
 use crate::options::Config;
 use crate::sys;
+use crate::types::Policy;
 
 /// Identity of a branch: [`UPPER`] or a lower's id (stable, never reused; not a position).
 pub type LayerId = usize;
@@ -129,7 +129,7 @@ pub struct Layer {
     pub mode: Mode,
     /// Owner/mode overrides shown from this branch (`xattr_permissions`, or detected on a
     /// lower's root), see `override_stat.rs`.
-    pub read_level: Option<crate::override_stat::Level>,
+    pub read_level: Option<crate::types::Level>,
     /// `O_PATH` fd of the branch root.
     pub root: Arc<OwnedFd>,
     pub dev: u64,
@@ -231,7 +231,7 @@ fn open_layer(id: LayerId, opt: &str, path: &std::path::Path, mode: Mode) -> Res
 /// `index=on` and otherwise warns; stratafs always refuses. A daemon that dies in any way
 /// (SIGKILL included) drops the lock with its last fd.
 pub fn lock_in_use(opt: &str, path: &std::path::Path, root: &OwnedFd) -> Result<OwnedFd> {
-    use crate::control::Holder;
+    use crate::channel::Holder;
     let what = |e: std::io::Error| Error::io(e, format!("{opt} {}", path.display()));
     let fd = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(what)?;
     // `umount` returns before the old daemon has exited (it still has to see the end of
@@ -243,7 +243,7 @@ pub fn lock_in_use(opt: &str, path: &std::path::Path, root: &OwnedFd) -> Result<
             Ok(()) => return Ok(fd),
             Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
                 let st = sys::fstat(fd.as_fd()).map_err(what)?;
-                let holder = crate::control::holder_of(st.st_dev, st.st_ino);
+                let holder = crate::channel::holder_of(st.st_dev, st.st_ino);
                 let waiting = !matches!(holder, Holder::Mount { .. });
                 if !waiting || std::time::Instant::now() >= deadline {
                     return Err(Error::new(
@@ -348,7 +348,7 @@ fn privatize_upper(
 
 /// The overrides a lower shows: `xattr_permissions`, else whatever its root is marked with
 /// (as fuse-overlayfs).
-fn lower_read_level(cfg: &Config, l: &Layer) -> Option<crate::override_stat::Level> {
+fn lower_read_level(cfg: &Config, l: &Layer) -> Option<crate::types::Level> {
     let detected = crate::override_stat::detect(l.root.as_fd());
     if cfg.xattr_permissions.is_none() && detected.is_some() {
         log::info!(
@@ -425,10 +425,12 @@ impl Layers {
             stack: parking_lot::RwLock::new(Arc::new(Stack { gen: 0, lowers })),
             next_id: std::sync::atomic::AtomicUsize::new(n_lowers + 1),
             atime: Policy::from_config(cfg),
-            // Unprivileged processes cannot set trusted.* xattrs: in a user namespace write
-            // the kernel's `userxattr` form, as the kernel overlayfs requires there.
             index: cfg.index,
-            xattr_prefix: if cfg.userxattr || sys::in_user_namespace() {
+            // Setting trusted.* xattrs takes CAP_SYS_ADMIN in the initial user namespace: in
+            // a user namespace, or as a plain user (Apptainer's setuid starter runs the
+            // overlay program as the user, on a /dev/fd/N), write the kernel's `userxattr`
+            // form, as the kernel overlayfs requires in a user namespace.
+            xattr_prefix: if cfg.userxattr || !sys::has_initial_ns_sys_admin() {
                 "user.overlay."
             } else {
                 "trusted.overlay."

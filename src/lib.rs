@@ -12,6 +12,7 @@ pub mod atime;
 pub mod attr;
 pub mod backing;
 pub mod branch;
+pub mod channel;
 pub mod control;
 pub mod copy_up;
 pub mod cred;
@@ -42,6 +43,7 @@ pub mod transport;
 pub mod types;
 pub mod udba;
 pub mod util;
+pub mod watch;
 pub mod whiteout;
 
 pub use error::{Error, Result};

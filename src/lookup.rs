@@ -49,7 +49,19 @@ pub struct Found {
     pub prot: u8,
     /// `index=on`: a name of a lower hard link copied up through another name: the index
     /// entry that now holds the file (index.rs `find_index`).
-    pub index_alias: Option<crate::index::Alias>,
+    pub index_alias: Option<Alias>,
+}
+
+/// `index=on` (index.rs): a name of a lower hard link whose copy-up went through another
+/// name: the index entry that holds the file now.
+#[derive(Debug, Clone)]
+pub struct Alias {
+    /// `O_PATH` fd of the index entry.
+    pub fd: Arc<OwnedFd>,
+    /// Its name in `workdir/index`.
+    pub name: Arc<std::ffi::CString>,
+    /// The lower layer the name itself is in.
+    pub lower: LayerId,
 }
 
 impl Found {
@@ -434,5 +446,5 @@ fn upper_prot(layer: LayerId, mk: &Markers, dir: BorrowedFd<'_>, name: &std::ffi
     if layer != UPPER {
         return 0;
     }
-    crate::fileattr::prot_of_marker(mk.get(dir, name, "protattr").as_deref())
+    whiteout::prot_of_marker(mk.get(dir, name, "protattr").as_deref())
 }

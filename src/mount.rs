@@ -11,6 +11,7 @@ use std::sync::Arc;
 use fuser::{MountOption, Session, SessionACL};
 use log::{info, warn};
 
+use crate::control::MountEntry;
 use crate::dispatch::init::MAX_WRITE;
 use crate::dispatch::DEFAULT_TTL;
 use crate::error::{Error, Result};
@@ -107,77 +108,46 @@ fn mount_args(cfg: &Config) -> sys::FuseMountArgs {
     }
 }
 
-/// Mounts `cfg`, calls `ready` once the mount is live (the kernel has completed INIT), and
-/// serves requests until unmounted.
+/// Who made the FUSE connection, and so who ends it.
+#[derive(Debug)]
+enum Connection {
+    /// Our own mount(2) (root): a signal makes us unmount it.
+    Own,
+    /// fusermount3's mount (no privilege for mount(2)): fuser's unmounter.
+    Fusermount,
+    /// The caller's (`/dev/fd/N`), with its mountinfo line when we can see it: the caller
+    /// unmounts; a signal only ends the daemon (the kernel aborts the connection when its
+    /// last descriptor closes, as for a libfuse daemon on such a descriptor).
+    Given(Option<MountEntry>),
+}
+
+/// Mounts `cfg` (or takes over the caller's connection, `/dev/fd/N`), calls `ready` once
+/// the mount is live (the kernel has completed INIT), and serves requests until unmounted.
 pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     sys::raise_nofile_limit();
     // Signals are taken by one thread with sigwait; block them before any thread starts.
     sys::block_exit_signals();
     let fs = Arc::new(UnionFs::new(cfg)?);
-    // udba=reval: nothing cached unless timeout= says otherwise (udba.rs).
-    let ttl = cfg
-        .timeout
-        .map(std::time::Duration::from_secs_f64)
-        .unwrap_or(if cfg.udba == crate::udba::Udba::Reval {
-            std::time::Duration::ZERO
-        } else {
-            DEFAULT_TTL
-        });
-    let adapter = FuseAdapter::new(fs.clone(), ttl);
+    let adapter = FuseAdapter::new(fs.clone(), cache_ttl(cfg));
     let dispatcher = adapter.dispatcher();
     let notifier = adapter.notifier_slot();
     let fuse_dev = dispatcher.dev_slot();
     let bdi = adapter.bdi_slot();
     let invalidator = adapter.invalidator();
     let mnt = cfg.mountpoint.display().to_string();
-    let remote: Vec<String> = fs
-        .layers
-        .remote_branches()
-        .iter()
-        .map(|l| l.path.display().to_string())
-        .collect();
-    let fcfg = fuser_config(cfg, !remote.is_empty());
-    let fcfg_threads = fcfg.n_threads.unwrap_or(1);
+    let remote = remote_branches(&fs);
+    let mut fcfg = fuser_config(cfg, !remote.is_empty());
+    if !sys::dev_fuse_openable() {
+        // fuser clones the connection per thread by opening /dev/fuse: a user it is not
+        // open to (serving a /dev/fd/N it was handed) shares the one descriptor instead.
+        fcfg.clone_fd = false;
+    }
+    let threads = fcfg.n_threads.unwrap_or(1);
     // FUSE over io_uring is asked for at INIT only where a ring can serve it.
     let offered = uring_usable(cfg)?;
     dispatcher.set_want_uring(offered.is_ok());
-    if !remote.is_empty() {
-        info!(
-            "branches on a network or FUSE filesystem ({}): {} threads{}",
-            remote.join(", "),
-            fcfg.n_threads.unwrap_or(0),
-            if cfg.threads.is_some() {
-                " (threads=)"
-            } else {
-                " (at least 16 with such a branch)"
-            }
-        );
-    }
-    // Mount ourselves so /proc/mounts says `fuse.stratafs` (fuser's own mount always says
-    // `fuse`); without the privilege for mount(2), fusermount3 does it and sets the subtype.
-    // auto_unmount is fusermount3's: it keeps a process that unmounts when we die.
-    let direct = if cfg.auto_unmount {
-        Err(std::io::Error::from_raw_os_error(libc::EPERM))
-    } else {
-        sys::fuse_mount(&cfg.mountpoint, &mount_args(cfg))
-    };
-    let (session, own_mount) = match direct {
-        Ok(fd) => {
-            let acl = fcfg.acl;
-            let s = Session::from_fd(adapter, fd, acl, fcfg).map_err(|e| {
-                let _ = sys::umount_detach(&cfg.mountpoint);
-                Error::io(e, format!("mount {mnt}"))
-            })?;
-            (s, true)
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            let s = Session::new(adapter, &cfg.mountpoint, &fcfg)
-                .map_err(|e| Error::io(e, format!("mount {mnt}")))?;
-            (s, false)
-        }
-        Err(e) => return Err(Error::io(e, format!("mount {mnt}"))),
-    };
-    let mut session = session;
+    log_remote(cfg, &remote, threads);
+    let (mut session, conn) = open_session(cfg, adapter, fcfg)?;
     let _ = notifier.set(session.notifier());
     // Passthrough backing files are registered on the connection's /dev/fuse fd.
     match session.as_fd().try_clone_to_owned() {
@@ -187,11 +157,12 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         Err(e) => warn!("no /dev/fuse fd to register passthrough backing files on: {e}"),
     }
     // INIT is answered by now: the ring's queues register here, if INIT granted them.
-    let threads = fcfg_threads;
     let _ring = match start_ring(cfg, &dispatcher, session.as_fd(), offered, threads) {
         Ok(ring) => ring,
         Err(e) => {
-            let _ = sys::umount_detach(&cfg.mountpoint);
+            if !matches!(conn, Connection::Given(_)) {
+                let _ = sys::umount_detach(&cfg.mountpoint);
+            }
             return Err(e);
         }
     };
@@ -203,49 +174,219 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         }
     })
     .map_err(|e| Error::io(e, "udba thread"))?;
-    let mut unmounter = session.unmount_callable();
-    let mountpoint = cfg.mountpoint.clone();
-    let fstype = format!("fuse.{}", cfg.subtype.as_deref().unwrap_or("stratafs"));
-    // Our superblock's device number, to tell our mount from a later one on the same path.
-    let dev = crate::control::MountEntry::all()
-        .into_iter()
-        .rev()
-        .find(|m| m.point == mountpoint && m.fstype == fstype)
-        .map(|m| m.dev);
-    if let Some(d) = &dev {
-        let _ = bdi.set(d.clone());
+    let entry = our_mount_entry(cfg, &conn);
+    if let Some(e) = &entry {
+        let _ = bdi.set(e.dev.clone());
     }
     let saver = fs.clone();
+    spawn_signal_thread(
+        cfg,
+        entry.as_ref(),
+        conn,
+        session.unmount_callable(),
+        fs.clone(),
+    )?;
+    // The control channel (remount,ro|rw): listening before the mount is reported live.
+    start_control(fs, cfg, entry.as_ref(), invalidator);
+    for i in &cfg.ignored {
+        warn!("option {i} accepted and ignored");
+    }
+    info!(
+        "mounted {} on {} (lower {:?}, upper {:?}, work {:?})",
+        cfg.fsname,
+        entry
+            .as_ref()
+            .map_or(mnt.clone(), |e| e.point.display().to_string()),
+        cfg.lowerdirs,
+        cfg.upperdir,
+        cfg.workdir
+    );
+    ready();
+    let served = session
+        .run()
+        .map_err(|e| Error::io(e, format!("serving {mnt}")));
+    saver.save_ghosts();
+    served
+}
+
+/// The kernel's entry/attribute cache lifetime: `timeout=`, else none with udba=reval
+/// (nothing cached, udba.rs), else the default.
+fn cache_ttl(cfg: &Config) -> std::time::Duration {
+    cfg.timeout
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(if cfg.udba == crate::udba::Udba::Reval {
+            std::time::Duration::ZERO
+        } else {
+            DEFAULT_TTL
+        })
+}
+
+/// Starts the control channel on our mount's line of mountinfo, or says why not (at info
+/// level for a caller's `/dev/fd/N` mount in another namespace: nothing on stderr then).
+fn start_control(
+    fs: Arc<UnionFs>,
+    cfg: &Config,
+    entry: Option<&MountEntry>,
+    inval: crate::dispatch::Invalidator,
+) {
+    let mnt = cfg.mountpoint.display();
+    match entry {
+        Some(e) => {
+            if let Err(e) = crate::control::start_server(fs, cfg, e, inval) {
+                warn!("no control channel (remount will not work): {e}");
+            }
+        }
+        None if cfg.mount_fd.is_some() => {
+            info!(
+                "no control channel: the mount of {mnt} is not in this mount namespace's mountinfo"
+            )
+        }
+        None => warn!("no control channel (remount will not work): {mnt} not in mountinfo"),
+    }
+}
+
+/// The paths of the branches on a network or FUSE filesystem.
+fn remote_branches(fs: &UnionFs) -> Vec<String> {
+    fs.layers
+        .remote_branches()
+        .iter()
+        .map(|l| l.path.display().to_string())
+        .collect()
+}
+
+fn log_remote(cfg: &Config, remote: &[String], threads: usize) {
+    if !remote.is_empty() {
+        info!(
+            "branches on a network or FUSE filesystem ({}): {threads} threads{}",
+            remote.join(", "),
+            if cfg.threads.is_some() {
+                " (threads=)"
+            } else {
+                " (at least 16 with such a branch)"
+            }
+        );
+    }
+}
+
+/// The FUSE session: on the caller's descriptor (`/dev/fd/N`), on our own mount(2), or
+/// through fusermount3 when mount(2) is not ours to call. Returns after INIT.
+fn open_session(
+    cfg: &Config,
+    adapter: FuseAdapter,
+    fcfg: fuser::Config,
+) -> Result<(Session<FuseAdapter>, Connection)> {
+    let mnt = cfg.mountpoint.display().to_string();
+    if let Some(n) = cfg.mount_fd {
+        let fd = sys::take_fuse_fd(n).map_err(|e| Error::io(e, format!("mountpoint {mnt}")))?;
+        let entry = given_mount_entry(n)?;
+        let acl = fcfg.acl;
+        let s = Session::from_fd(adapter, fd, acl, fcfg)
+            .map_err(|e| Error::io(e, format!("serving {mnt}")))?;
+        return Ok((s, Connection::Given(entry)));
+    }
+    // Mount ourselves so /proc/mounts says `fuse.stratafs` (fuser's own mount always says
+    // `fuse`); without the privilege for mount(2), fusermount3 does it and sets the subtype.
+    // auto_unmount is fusermount3's: it keeps a process that unmounts when we die.
+    let direct = if cfg.auto_unmount {
+        Err(std::io::Error::from_raw_os_error(libc::EPERM))
+    } else {
+        sys::fuse_mount(&cfg.mountpoint, &mount_args(cfg))
+    };
+    match direct {
+        Ok(fd) => {
+            let acl = fcfg.acl;
+            let s = Session::from_fd(adapter, fd, acl, fcfg).map_err(|e| {
+                let _ = sys::umount_detach(&cfg.mountpoint);
+                Error::io(e, format!("mount {mnt}"))
+            })?;
+            Ok((s, Connection::Own))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let s = Session::new(adapter, &cfg.mountpoint, &fcfg)
+                .map_err(|e| Error::io(e, format!("mount {mnt}")))?;
+            Ok((s, Connection::Fusermount))
+        }
+        Err(e) => Err(Error::io(e, format!("mount {mnt}"))),
+    }
+}
+
+/// The caller's mount of descriptor `fd`, found by the connection number the kernel shows
+/// in fdinfo (`None` on kernels without it, or when the mount is in another namespace).
+///
+/// Permissions: the kernel checks them only if the caller's mount has `default_permissions`
+/// (stratafs's own mounts always do); without it every request is done with the daemon's
+/// credentials. A daemon running as the real root would then let every user of the mount
+/// do what root can, so that is refused; as a plain user (Apptainer's setuid starter runs
+/// the overlay program as the user) or root of a user namespace, the daemon's credentials
+/// bound what the mount can do, as with fuse-overlayfs.
+fn given_mount_entry(fd: i32) -> Result<Option<MountEntry>> {
+    let entry = sys::proc::fuse_connection(fd).and_then(|c| {
+        let dev = format!("0:{c}");
+        MountEntry::all().into_iter().rev().find(|m| m.dev == dev)
+    });
+    let real_root = sys::geteuid() == 0 && !sys::in_user_namespace();
+    if let Some(e) = &entry {
+        if real_root && !e.super_opts.iter().any(|o| o == "default_permissions") {
+            return Err(Error::new(
+                libc::EPERM,
+                format!(
+                    "mountpoint /dev/fd/{fd}: the caller's mount on {} has no default_permissions: \
+                     served by root, every user of it could do what root can (add \
+                     default_permissions to its mount options, or run stratafs as the mount's user)",
+                    e.point.display()
+                ),
+            ));
+        }
+    }
+    Ok(entry)
+}
+
+/// Our mount's line of mountinfo: the caller's for `/dev/fd/N`, else the last FUSE mount
+/// of our type on the mountpoint.
+fn our_mount_entry(cfg: &Config, conn: &Connection) -> Option<MountEntry> {
+    if let Connection::Given(e) = conn {
+        return e.clone();
+    }
+    let fstype = format!("fuse.{}", cfg.subtype.as_deref().unwrap_or("stratafs"));
+    MountEntry::all()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == cfg.mountpoint && m.fstype == fstype)
+}
+
+/// The thread that takes SIGTERM/SIGINT/SIGHUP (see [`end_on_signal`]).
+fn spawn_signal_thread(
+    cfg: &Config,
+    entry: Option<&MountEntry>,
+    conn: Connection,
+    mut unmounter: fuser::SessionUnmounter,
+    saver: Arc<UnionFs>,
+) -> Result<()> {
+    let mountpoint = cfg.mountpoint.clone();
+    // Our superblock's device number, to tell our mount from a later one on the same path.
+    let dev = entry.map(|e| e.dev.clone());
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = sys::wait_exit_signal() {
-                end_on_signal(sig, &mountpoint, dev.as_deref(), own_mount, &mut unmounter);
+                if matches!(conn, Connection::Given(_)) {
+                    info!(
+                        "signal {sig}: ending the daemon (the caller unmounts {})",
+                        mountpoint.display()
+                    );
+                    saver.save_ghosts();
+                    std::process::exit(0);
+                }
+                let own = matches!(conn, Connection::Own);
+                end_on_signal(sig, &mountpoint, dev.as_deref(), own, &mut unmounter);
                 // The session did not end (its mount is held elsewhere): what the normal
                 // end keeps is kept before the exit.
                 saver.save_ghosts();
                 exit_after_signal(sig);
             }
         })
-        .map_err(|e| Error::io(e, "signal thread"))?;
-    // The control channel (remount,ro|rw): listening before the mount is reported live.
-    let kept = fs.clone();
-    if let Err(e) = crate::control::start_server(fs, cfg, &fstype, invalidator) {
-        warn!("no control channel (remount will not work): {e}");
-    }
-    for i in &cfg.ignored {
-        warn!("option {i} accepted and ignored");
-    }
-    info!(
-        "mounted {} on {} (lower {:?}, upper {:?}, work {:?})",
-        cfg.fsname, mnt, cfg.lowerdirs, cfg.upperdir, cfg.workdir
-    );
-    ready();
-    let served = session
-        .run()
-        .map_err(|e| Error::io(e, format!("serving {mnt}")));
-    kept.save_ghosts();
-    served
+        .map(|_| ())
+        .map_err(|e| Error::io(e, "signal thread"))
 }
 
 /// The fuse module's switch for FUSE over io_uring.

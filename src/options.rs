@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 pub enum Command {
     Mount(Box<Config>),
     /// `-o remount,…`: change a live mount through its daemon (remount.rs).
-    Remount(crate::remount::RemountArgs),
+    Remount(RemountArgs),
     Help,
     Version,
 }
@@ -48,6 +48,10 @@ pub struct Config {
     /// The workdir was chosen by us (`UPPER.stratafs-work`); [`Config::prepare`] creates it.
     pub auto_workdir: bool,
     pub mountpoint: PathBuf,
+    /// The mountpoint was `/dev/fd/N` (libfuse 3's convention, as Apptainer's starter uses
+    /// it): the caller opened /dev/fuse and mounted it; we serve descriptor N and mount
+    /// nothing (mount.rs).
+    pub mount_fd: Option<i32>,
     /// Shown as the source in /proc/mounts: the source argument, `fsname=`, or "stratafs".
     pub fsname: String,
     pub subtype: Option<String>,
@@ -88,12 +92,18 @@ pub struct Config {
     /// `timeout=`: entry/attr cache lifetime in seconds, if given.
     pub timeout: Option<f64>,
     /// `udba=none|reval|notify`: what is done about direct changes to the branches (udba.rs).
-    pub udba: crate::udba::Udba,
+    pub udba: crate::types::Udba,
     /// `udba_max_watches=N`: at most N inotify watches with `udba=notify`.
     pub udba_max_watches: Option<usize>,
     pub log_file: Option<PathBuf>,
     /// Options accepted but without effect, kept for one log line at startup.
     pub ignored: Vec<String>,
+    /// `redirect_dir=off|follow|nofollow`: renaming a directory that has a lower part answers
+    /// EXDEV (callers such as mv(1) copy instead), as the kernel overlayfs with those values
+    /// and fuse-overlayfs do, so the upper holds no `overlay.redirect` (tools that parse an
+    /// upper themselves, CernVM-FS's publisher, do not follow one). `redirect_dir=on`, the
+    /// default, records such renames as redirects. Existing redirects are read either way.
+    pub no_dir_redirects: bool,
     /// `metacopy=on`: metadata-only copy-up, in the kernel's format (off by default, as in
     /// the kernel; a kernel mount of such an upper needs `metacopy=on` too).
     pub metacopy: bool,
@@ -104,7 +114,7 @@ pub struct Config {
     /// uid/gid mapping and squashing (`uidmapping=`, `gidmapping=`, `squash_to_*`).
     pub ids: crate::ids::Ids,
     /// `xattr_permissions=1|2`: ownership and mode overrides kept in an xattr.
-    pub xattr_permissions: Option<crate::override_stat::Level>,
+    pub xattr_permissions: Option<crate::types::Level>,
     /// `noxattrs=1`: no xattrs through the mount (ENOTSUP), as fuse-overlayfs's option.
     pub noxattrs: bool,
     /// `writeback=0`: never negotiate the kernel's writeback cache.
@@ -368,8 +378,13 @@ pub const OPTIONS: &[OptionDoc] = &[
         "SELinux labels: accepted, logged, not applied",
     ),
     doc(
+        "redirect_dir",
+        "redirect_dir=on|off",
+        "off (or follow, nofollow): renaming a lower directory answers EXDEV, no redirects",
+    ),
+    doc(
         "xino",
-        "xino=, redirect_dir=, uuid=, verity=off",
+        "xino=, uuid=, verity=off",
         "kernel overlayfs tuning: accepted and logged",
     ),
     doc(
@@ -430,6 +445,8 @@ pub fn help_text() -> String {
          \x20      stratafs MOUNTPOINT -o br=/upper=rw:/lower1=ro[,OPTS]\n\
          \x20      mount -t fuse.stratafs -o lowerdir=...,upperdir=...,workdir=... stratafs MOUNTPOINT\n\
          \x20      stratafs branch [--force] MOUNTPOINT OP...   (add:I:DIR[=MODE] append: prepend: del: mod:)\n\
+         MOUNTPOINT /dev/fd/N: serve the FUSE descriptor N its caller opened and mounted\n\
+         (libfuse 3's convention, as Apptainer uses it); the caller unmounts.\n\
          Returns once the mount is live (or failed); the daemon stays until umount.\n\
          With br=/dirs=/a branch list and no workdir=, the workdir is UPPER.stratafs-work.\n\
          Unknown options are refused.\n\noptions:\n",
@@ -715,7 +732,7 @@ impl Parser {
                 cfg.xattr_permissions = v
                     .parse::<u32>()
                     .ok()
-                    .and_then(crate::override_stat::Level::from_option)
+                    .and_then(crate::types::Level::from_option)
                     .ok_or_else(|| {
                         bad(format!("option xattr_permissions={v}: expected 0, 1 or 2"))
                     })?;
@@ -751,6 +768,17 @@ impl Parser {
                     Some(b"on") => true,
                     Some(b"off") => false,
                     _ => return Err(bad("option nfs_export= takes on or off")),
+                }
+            }
+            "redirect_dir" => {
+                cfg.no_dir_redirects = match value {
+                    Some(b"on") => false,
+                    Some(b"off" | b"follow" | b"nofollow") => true,
+                    _ => {
+                        return Err(bad(
+                            "option redirect_dir= takes on, follow, nofollow or off",
+                        ))
+                    }
                 }
             }
             "metacopy" => {
@@ -815,7 +843,7 @@ impl Parser {
             }
             "udba" => {
                 let v = need(value)?;
-                cfg.udba = crate::udba::Udba::parse(&v).ok_or_else(|| {
+                cfg.udba = crate::types::Udba::parse(&v).ok_or_else(|| {
                     bad(format!(
                         "option udba={}: expected none, reval or notify",
                         text(&v)
@@ -847,8 +875,8 @@ impl Parser {
             // and podman; they do not change what the mount shows.
             "lazytime" | "async" | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser"
             | "users" | "owner" | "group" | "_netdev" | "nofail" | "defaults" | "context"
-            | "fscontext" | "defcontext" | "rootcontext" | "seclabel" | "xino" | "redirect_dir"
-            | "uuid" | "fast_ino" | "large_read" | "big_writes" | "kernel_cache" | "auto_cache"
+            | "fscontext" | "defcontext" | "rootcontext" | "seclabel" | "xino" | "uuid"
+            | "fast_ino" | "large_read" | "big_writes" | "kernel_cache" | "auto_cache"
             | "noforget" | "clone_fd" | "max_idle_threads" | "max_read" | "nonempty" => {
                 cfg.ignored.push(text(item));
             }
@@ -885,6 +913,7 @@ impl Parser {
         if self.cfg.mountpoint.as_os_str().is_empty() {
             return Err(bad("mountpoint: empty path"));
         }
+        self.cfg.mount_fd = fd_mountpoint(&self.cfg.mountpoint);
         if let Some((syntax, branches)) = self.branches.take() {
             self.resolve_branches(syntax, branches)?;
         }
@@ -1001,6 +1030,65 @@ pub fn unescape_mountinfo(s: &str) -> PathBuf {
     PathBuf::from(OsString::from_vec(out))
 }
 
+/// `/dev/fd/N` → N: libfuse 3's spelling of "serve the FUSE connection on descriptor N,
+/// which the caller has mounted already". Only that exact form (no `/proc/self/fd/N`).
+pub fn fd_mountpoint(p: &Path) -> Option<i32> {
+    let n = p.as_os_str().as_bytes().strip_prefix(b"/dev/fd/")?;
+    if n.is_empty() || !n.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(n).ok()?.parse().ok()
+}
+
+/// `p` as a canonical directory, and its device; the error names `opt`.
+fn existing_dir(opt: &str, p: &Path) -> Result<(PathBuf, u64), OptionsError> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => {
+            let c =
+                std::fs::canonicalize(p).map_err(|e| bad(format!("{opt} {}: {e}", display(p))))?;
+            Ok((c, m.dev()))
+        }
+        Ok(_) => Err(bad(format!("{opt} {}: not a directory", display(p)))),
+        Err(e) => Err(bad(format!("{opt} {}: {e}", display(p)))),
+    }
+}
+
+/// Neither of upperdir `u` and workdir `w` (both canonical) is inside the other, the
+/// upper does not overlap a lower, and the workdir is not inside one.
+fn check_nesting(u: &Path, w: &Path, lowers: &[PathBuf]) -> Result<(), OptionsError> {
+    if within(w, u) {
+        return Err(bad(format!(
+            "workdir {}: inside upperdir {}",
+            w.display(),
+            u.display()
+        )));
+    }
+    if within(u, w) {
+        return Err(bad(format!(
+            "upperdir {}: inside workdir {}",
+            u.display(),
+            w.display()
+        )));
+    }
+    for l in lowers {
+        if within(u, l) || within(l, u) {
+            return Err(bad(format!(
+                "upperdir {}: overlaps lowerdir {}",
+                u.display(),
+                l.display()
+            )));
+        }
+        if within(w, l) {
+            return Err(bad(format!(
+                "workdir {}: inside lowerdir {}",
+                w.display(),
+                l.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Is `path` (canonical) the mount point of a mounted filesystem?
 fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -1018,17 +1106,7 @@ impl Config {
     /// directory that is not inside a branch nor already a mount point. One line per
     /// error, naming the option and the path.
     pub fn validate(&mut self) -> Result<(), OptionsError> {
-        fn dir(opt: &str, p: &Path) -> Result<(PathBuf, u64), OptionsError> {
-            match std::fs::metadata(p) {
-                Ok(m) if m.is_dir() => {
-                    let c = std::fs::canonicalize(p)
-                        .map_err(|e| bad(format!("{opt} {}: {e}", display(p))))?;
-                    Ok((c, m.dev()))
-                }
-                Ok(_) => Err(bad(format!("{opt} {}: not a directory", display(p)))),
-                Err(e) => Err(bad(format!("{opt} {}: {e}", display(p)))),
-            }
-        }
+        let dir = existing_dir;
         if self.lowerdirs.is_empty() {
             return Err(bad("option lowerdir= is missing or empty"));
         }
@@ -1077,43 +1155,45 @@ impl Config {
             (None, None) => (None, None),
         };
         if let (Some(u), Some(w)) = (&upper, &work) {
-            if within(w, u) {
-                return Err(bad(format!(
-                    "workdir {}: inside upperdir {}",
-                    w.display(),
-                    u.display()
-                )));
-            }
-            if within(u, w) {
-                return Err(bad(format!(
-                    "upperdir {}: inside workdir {}",
-                    u.display(),
-                    w.display()
-                )));
-            }
-            for l in &lowers {
-                if within(u, l) || within(l, u) {
-                    return Err(bad(format!(
-                        "upperdir {}: overlaps lowerdir {}",
-                        u.display(),
-                        l.display()
-                    )));
-                }
-                if within(w, l) {
-                    return Err(bad(format!(
-                        "workdir {}: inside lowerdir {}",
-                        w.display(),
-                        l.display()
-                    )));
-                }
-            }
+            check_nesting(u, w, &lowers)?;
         }
-        let (mnt, _) = dir("mountpoint", &self.mountpoint)?;
-        let branches = lowers
+        let branches: Vec<(&str, &PathBuf)> = lowers
             .iter()
             .map(|l| ("lowerdir", l))
             .chain(upper.iter().map(|u| ("upperdir", u)))
-            .chain(work.iter().map(|w| ("workdir", w)));
+            .chain(work.iter().map(|w| ("workdir", w)))
+            .collect();
+        let mnt = self.validate_mountpoint(&branches)?;
+        self.lowerdirs = lowers;
+        self.upperdir = upper;
+        self.workdir = work;
+        self.mountpoint = mnt;
+        if let Some(f) = &self.log_file {
+            if let Ok(a) = std::path::absolute(f) {
+                self.log_file = Some(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// The mountpoint's checks: a directory outside every branch and not a mount point
+    /// yet; or, for `/dev/fd/N`, an open read-write descriptor of /dev/fuse (which the
+    /// caller mounted: there is no directory of ours to check). Returns it canonical.
+    fn validate_mountpoint(&self, branches: &[(&str, &PathBuf)]) -> Result<PathBuf, OptionsError> {
+        if let Some(fd) = self.mount_fd {
+            if self.auto_unmount {
+                return Err(bad(format!(
+                    "option auto_unmount: not with mountpoint /dev/fd/{fd} (the caller mounted it and unmounts it)"
+                )));
+            }
+            crate::sys::check_fuse_fd(fd).map_err(|e| {
+                bad(format!(
+                    "mountpoint /dev/fd/{fd}: not an open read-write descriptor of /dev/fuse ({e})"
+                ))
+            })?;
+            return Ok(self.mountpoint.clone());
+        }
+        let (mnt, _) = existing_dir("mountpoint", &self.mountpoint)?;
         for (opt, b) in branches {
             if within(&mnt, b) {
                 return Err(bad(format!(
@@ -1129,16 +1209,7 @@ impl Config {
                 mnt.display()
             )));
         }
-        self.lowerdirs = lowers;
-        self.upperdir = upper;
-        self.workdir = work;
-        self.mountpoint = mnt;
-        if let Some(f) = &self.log_file {
-            if let Ok(a) = std::path::absolute(f) {
-                self.log_file = Some(a);
-            }
-        }
-        Ok(())
+        Ok(mnt)
     }
 
     /// Creates what the mount may create before it starts: the automatic workdir.
@@ -1324,7 +1395,7 @@ pub fn remount_unchanged(running: &Config, items: &[String]) -> Result<(), Optio
 
 /// `[SOURCE] MOUNTPOINT -o …remount…`: the remount form (what mount.fuse3 runs for
 /// `mount -o remount,…`). `None` when no `-o` item is `remount`.
-fn parse_remount(args: &[OsString]) -> Result<Option<crate::remount::RemountArgs>, OptionsError> {
+fn parse_remount(args: &[OsString]) -> Result<Option<RemountArgs>, OptionsError> {
     let mut items: Vec<String> = Vec::new();
     let mut positional = Vec::new();
     let mut it = args.iter().skip(1);
@@ -1359,7 +1430,7 @@ fn parse_remount(args: &[OsString]) -> Result<Option<crate::remount::RemountArgs
             ))
         }
     };
-    Ok(Some(crate::remount::RemountArgs {
+    Ok(Some(RemountArgs {
         mountpoint,
         options: items.into_iter().filter(|i| i != "remount").collect(),
     }))
@@ -1368,6 +1439,37 @@ fn parse_remount(args: &[OsString]) -> Result<Option<crate::remount::RemountArgs
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_dir_off_forbids_redirects() {
+        assert!(!cfg(&["-o", "lowerdir=/a", "/m"]).no_dir_redirects);
+        assert!(!cfg(&["-o", "lowerdir=/a,redirect_dir=on", "/m"]).no_dir_redirects);
+        for v in ["off", "follow", "nofollow"] {
+            let c = cfg(&["-o", &format!("lowerdir=/a,redirect_dir={v}"), "/m"]);
+            assert!(c.no_dir_redirects && c.ignored.is_empty(), "{v}");
+        }
+        assert!(err(&["-o", "lowerdir=/a,redirect_dir=maybe", "/m"]).contains("redirect_dir="));
+    }
+
+    #[test]
+    fn dev_fd_mountpoint_is_a_given_connection() {
+        assert_eq!(fd_mountpoint(Path::new("/dev/fd/3")), Some(3));
+        assert_eq!(fd_mountpoint(Path::new("/dev/fd/17")), Some(17));
+        for p in [
+            "/dev/fd/",
+            "/dev/fd/3x",
+            "/dev/fd/-1",
+            "/proc/self/fd/3",
+            "/dev/fd/3/",
+            "/mnt",
+        ] {
+            assert_eq!(fd_mountpoint(Path::new(p)), None, "{p}");
+        }
+        let c = cfg(&["-f", "-o", "allow_other,ro,lowerdir=/a,noacl", "/dev/fd/3"]);
+        assert_eq!(c.mount_fd, Some(3));
+        assert!(c.foreground && c.read_only && c.noacl && c.allow_other);
+        assert_eq!(cfg(&["-o", "lowerdir=/a", "/mnt"]).mount_fd, None);
+    }
 
     #[test]
     fn remount_checks_mount_time_options_against_the_running_config() {
@@ -1460,7 +1562,7 @@ mod tests {
     /// noatime, relatime undoes neither, atime/nostrictatime/diratime undo theirs.
     #[test]
     fn atime_options() {
-        use crate::atime::{Atime, Policy};
+        use crate::types::{Atime, Policy};
         let pol = |o: &str| {
             let c = cfg(&["-o", &format!("lowerdir=/a,{o}"), "/m"]);
             Policy::from_config(&c)
@@ -1573,7 +1675,7 @@ mod tests {
 
     #[test]
     fn udba_options() {
-        use crate::udba::Udba;
+        use crate::types::Udba;
         assert_eq!(cfg(&["-o", "lowerdir=/a", "/m"]).udba, Udba::None);
         for (v, want) in [
             ("none", Udba::None),
@@ -1593,7 +1695,7 @@ mod tests {
 
     #[test]
     fn fuse_overlayfs_xattr_and_cache_options() {
-        use crate::override_stat::Level;
+        use crate::types::Level;
         let c = cfg(&["-o", "lowerdir=/a", "/m"]);
         assert!(c.xattr_permissions.is_none() && !c.noxattrs && !c.no_writeback);
         let c = cfg(&[
@@ -2038,4 +2140,12 @@ mod tests {
         again.validate().expect("still valid");
         again.prepare().expect("prepare again");
     }
+}
+
+/// A remount asked on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemountArgs {
+    pub mountpoint: PathBuf,
+    /// Every `-o` item but `remount` itself.
+    pub options: Vec<String>,
 }

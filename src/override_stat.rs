@@ -22,14 +22,7 @@ use std::os::fd::BorrowedFd;
 
 use crate::sys::{xattr, Stat};
 
-/// Which xattr holds the overrides (`xattr_permissions=1|2`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    /// `security.fuseoverlayfs.override_stat` (privileged; also works on symlinks).
-    Privileged,
-    /// `user.containers.override_stat` (containers-storage's force_mask).
-    Containers,
-}
+pub use crate::types::Level;
 
 pub const PRIVILEGED_XATTR: &CStr = c"security.fuseoverlayfs.override_stat";
 pub const CONTAINERS_XATTR: &CStr = c"user.containers.override_stat";
@@ -177,8 +170,8 @@ impl Override {
 
     /// The type a real regular file carrying this override shows as, when it is not a
     /// regular file (a device, pipe or socket stored as a file).
-    pub fn special_kind(&self) -> Option<crate::inode::Kind> {
-        use crate::inode::Kind;
+    pub fn special_kind(&self) -> Option<crate::types::Kind> {
+        use crate::types::Kind;
         match self.kind? {
             Type::Pipe => Some(Kind::Fifo),
             Type::Socket => Some(Kind::Socket),

@@ -23,7 +23,6 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
-use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::inode::{Kind, Loc};
@@ -32,22 +31,9 @@ use crate::lookup;
 use crate::sys;
 use crate::whiteout::{self, Opaque};
 
-/// One merged directory entry.
-#[derive(Debug, Clone)]
-pub struct DirEntry {
-    pub name: OsString,
-    pub kind: Kind,
-    pub ino: u64,
-    /// The offset that follows this entry: its cookie.
-    pub off: u64,
-}
+pub use crate::types::DirEntry;
 
-/// A directory node's listing state (see the module docs).
-#[derive(Debug, Default)]
-pub struct DirState {
-    /// The listing its streams read on in, and the `UnionFs::names_gen` it was built at.
-    pub(crate) listing: Option<(u64, Arc<Vec<DirEntry>>)>,
-}
+pub use crate::types::DirState;
 
 /// The cookie of a name other than `.` and `..`: a hash in 3..i64::MAX (the kernel's
 /// offsets are signed), the same for the life of the process.

@@ -28,13 +28,7 @@ use std::path::{Path, PathBuf};
 use crate::control::{Client, MountEntry, Reply, Request};
 use crate::sys::{self, RemountFlags};
 
-/// A remount asked on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemountArgs {
-    pub mountpoint: PathBuf,
-    /// Every `-o` item but `remount` itself.
-    pub options: Vec<String>,
-}
+pub use crate::options::RemountArgs;
 
 /// Options that only mount(8) reads (fstab): no effect on a mounted filesystem.
 const USERSPACE_ONLY: &[&str] = &[

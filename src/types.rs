@@ -1,9 +1,26 @@
 //! What every layer shares, at the bottom of the imports (as the kernel's
 //! fs/overlayfs/overlayfs.h is for its files): plain types that code above and below the
 //! dispatcher both name. Imports run one way, down this list: `transport` (how requests
-//! arrive) → `dispatch` (what a request asks of the daemon) → the operations (`fs`, `dir`,
-//! `file`, `attr`, `copy_up`, ...) → the model (`inode`, `layers`, `lookup`, `whiteout`,
-//! ...) → `sys`; any of them may name `types`.
+//! arrive) → `dispatch` (what a request asks of the daemon) → the operations (`dir`,
+//! `file`, `attr`, `copy_up`, `udba`, ...) → the union (`fs`: the mount's state and its
+//! lookups) → the model (`inode`, `readdir`, `lookup`, `layers`, `watch`, `whiteout`,
+//! `channel`, ...) → `options` → `types` → `sys`. tests/layering.rs fails on any import
+//! that closes a cycle.
+//!
+//! Here: who asks ([`Caller`]) and over what ([`Transport`]); the configuration values other
+//! modules interpret ([`Atime`]/[`Policy`]: atime.rs, [`Udba`]: udba.rs, [`Level`]:
+//! override_stat.rs); what an entry is ([`Kind`], [`Attr`]: attr.rs), an open file
+//! ([`FileHandle`]: file.rs) and a directory listing ([`DirEntry`], [`DirState`]:
+//! readdir.rs). Each type's behaviour stays in the file named after it; the definitions
+//! are here so that the model can hold them without importing the operations.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::RwLock;
 
 /// Who is asking (from the FUSE request header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,4 +45,135 @@ pub enum Transport {
     Classic,
     /// FUSE over io_uring (`IORING_OP_URING_CMD` on /dev/fuse).
     Uring,
+}
+
+/// When a read updates the access time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atime {
+    /// `noatime`: never.
+    Never,
+    /// `relatime` (the default): when the atime is not after the mtime or the ctime, or
+    /// is a day old.
+    Relative,
+    /// `strictatime`: on every read.
+    Strict,
+}
+
+/// A mount's access-time policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub atime: Atime,
+    /// `nodiratime`: listing a directory never updates its atime.
+    pub nodiratime: bool,
+}
+
+/// `udba=`: which changes made to the branches behind the mount's back are noticed (udba.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Udba {
+    #[default]
+    None,
+    Reval,
+    Notify,
+}
+
+/// Which xattr holds the overrides (`xattr_permissions=1|2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// `security.fuseoverlayfs.override_stat` (privileged; also works on symlinks).
+    Privileged,
+    /// `user.containers.override_stat` (containers-storage's force_mask).
+    Containers,
+}
+
+/// File type of a node; fixed for the node's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+/// Attributes of a merged entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// The st_ino shown.
+    pub ino: u64,
+    /// The node the entry is (its FUSE node id): `ino` except for name nodes (inode.rs).
+    pub node: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub kind: Kind,
+    /// Permission bits incl. setuid/setgid/sticky.
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+/// An open file.
+#[derive(Debug)]
+pub struct FileHandle {
+    pub ino: u64,
+    pub(crate) fd: RwLock<Arc<OwnedFd>>,
+    /// The open(2) flags it was opened with.
+    pub flags: i32,
+    /// The fd is a metacopy entry's data file, not the entry itself.
+    pub data_only: bool,
+    /// The kernel does this handle's I/O on the backing file itself (FUSE passthrough).
+    pub(crate) passthrough: AtomicBool,
+    /// Opened for write on a file with setuid/setgid bits: its writes go through this
+    /// daemon, which drops the bits the kernel's rules say a write drops (cred.rs).
+    pub(crate) guard_privs: AtomicBool,
+    /// Opening it copied the file up: the kernel's cached attributes are the lower's
+    /// (its ctime, and its size before an O_TRUNC) and must be dropped.
+    pub copied_up: bool,
+}
+
+impl FileHandle {
+    pub fn new(ino: u64, fd: OwnedFd, flags: i32, data_only: bool) -> Self {
+        FileHandle {
+            ino,
+            fd: RwLock::new(Arc::new(fd)),
+            flags,
+            data_only,
+            passthrough: AtomicBool::new(false),
+            guard_privs: AtomicBool::new(false),
+            copied_up: false,
+        }
+    }
+
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.read().clone()
+    }
+
+    /// Opened for writing (a shared mapping of it may be writable).
+    pub(crate) fn writable(&self) -> bool {
+        self.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
+}
+
+/// One merged directory entry.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub kind: Kind,
+    pub ino: u64,
+    /// The offset that follows this entry: its cookie.
+    pub off: u64,
+}
+
+/// A directory node's listing state (readdir.rs).
+#[derive(Debug, Default)]
+pub struct DirState {
+    /// The listing its streams read on in, and the `UnionFs::names_gen` it was built at.
+    pub(crate) listing: Option<(u64, Arc<Vec<DirEntry>>)>,
 }

@@ -14,12 +14,25 @@
 //!   point the lower entry (if any) shows again and the staged one is discarded with the
 //!   rest of `work/` at the next mount.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::copy_up::tmp_name;
+use crate::error::{Error, Result};
 use crate::sys::{self, ops};
+use crate::whiteout;
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh temporary name in the staging directory.
+pub fn tmp_name() -> CString {
+    // The process id, read once (std::process::id() is a getpid(2) per call).
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = PID.get_or_init(std::process::id);
+    CString::new(format!("#sfs.{pid}.{n:x}")).unwrap_or_default()
+}
 
 /// Whether a flagged rename failed only because the filesystem lacks the flag.
 fn no_flags(e: &io::Error) -> bool {
@@ -68,4 +81,32 @@ pub fn exchange_staged(
         }
         r => r,
     }
+}
+
+/// Creates `workdir/work` afresh (removing a previous one, with any leftovers of a crash)
+/// and returns its `O_PATH` fd.
+pub fn prepare_staging(workdir: BorrowedFd<'_>) -> Result<OwnedFd> {
+    remove_tree(workdir, c"work").map_err(|e| Error::io(e, "workdir: cleaning work/"))?;
+    ops::mkdirat(workdir, c"work", 0o700).map_err(|e| Error::io(e, "workdir: creating work/"))?;
+    sys::open_dir_path(workdir, c"work").map_err(|e| Error::io(e, "workdir: opening work/"))
+}
+
+/// Removes `dir/name` and, for a directory, everything below it, never following a
+/// symlink (used on our own staging area only).
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<()> {
+    match ops::unlinkat(dir, name, 0) {
+        Ok(()) => return Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    {
+        let sub = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        for e in sys::read_dir(sub.as_fd())? {
+            if let Some(c) = whiteout::c_name(&e.name) {
+                remove_tree(sub.as_fd(), &c)?;
+            }
+        }
+    }
+    ops::unlinkat(dir, name, libc::AT_REMOVEDIR)
 }

@@ -149,3 +149,10 @@ fn write_path_matches_kernel_overlayfs() {
 fn metacopy_write_path_matches_kernel_overlayfs() {
     differential("dwm", "redirect_dir=on,metacopy=on", "metacopy=on");
 }
+
+/// The kernel's default `redirect_dir=off` against stratafs's: renaming a directory with a
+/// lower part answers EXDEV on both, and everything else is the same.
+#[test]
+fn redirect_dir_off_write_path_matches_kernel_overlayfs() {
+    differential("dwr", "redirect_dir=off", "redirect_dir=off");
+}

@@ -10,6 +10,7 @@
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -830,6 +831,79 @@ fn abort_with_a_request_in_flight_ends_the_ring_cleanly() {
     );
     assert!(got.is_err(), "read after abort succeeded: {got:?}");
     let (st, out) = s.wait_exit(Duration::from_secs(SLOW_SECS + 10));
+    assert!(st.success(), "server: {st:?}\n{out}");
+}
+
+/// INTERRUPT of a blocked request. A signal to a process whose READ a ring thread is still
+/// answering makes the kernel queue an INTERRUPT — on /dev/fuse, never on the ring — which
+/// fuser answers ENOSYS (the kernel then stops sending them for this connection). The kernel
+/// keeps waiting for the READ's answer: a caller with a handled signal gets its whole data, a
+/// SIGKILLed one dies once the answer is in; the entry that held the request goes back to its
+/// queue and the ring keeps serving; nothing reaches the filesystem over /dev/fuse.
+#[test]
+fn interrupt_of_a_blocked_request_leaves_the_ring_serving() {
+    use std::os::unix::thread::JoinHandleExt;
+    extern "C" fn noop(_: libc::c_int) {}
+    let _uring = EnableUring::on();
+    let mut s = Server::start("intr", "ring", 2, 1, "nopin");
+    let (ring0, dev0) = s.counts();
+    // A caught signal (no SA_RESTART) while the READ is in the handler.
+    // SAFETY: installs a handler that does nothing, for a signal nothing else here uses.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = noop as *const () as usize;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+    let slow = s.p("slow");
+    let t = Instant::now();
+    let reader = std::thread::spawn(move || std::fs::read(slow));
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: the thread is alive (its READ takes SLOW_SECS) and handles SIGUSR1.
+    assert_eq!(
+        unsafe { libc::pthread_kill(reader.as_pthread_t(), libc::SIGUSR1) },
+        0
+    );
+    let got = within(
+        Duration::from_secs(SLOW_SECS + 5),
+        "read interrupted by a caught signal",
+        move || reader.join().unwrap(),
+    );
+    assert_eq!(got.unwrap(), b"slow\n", "the interrupted read's data");
+    assert!(t.elapsed() >= Duration::from_secs(SLOW_SECS) - Duration::from_millis(200));
+    // SIGKILL of a process blocked in the same READ: it dies when the answer is in.
+    let mut cat = Command::new("cat")
+        .arg(s.p("slow"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    cat.kill().unwrap();
+    let st = within(
+        Duration::from_secs(SLOW_SECS + 5),
+        "SIGKILLed reader",
+        move || cat.wait().unwrap(),
+    );
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    // Every entry is back in the kernel: requests from both CPUs are answered at once.
+    for cpu in 0..2 {
+        let hello = s.p("hello");
+        let len = within(
+            Duration::from_secs(2),
+            "stat after the interrupts",
+            move || {
+                let _ = stratafs::sys::uring::pin_to_cpu(cpu);
+                std::fs::metadata(hello).map(|m| m.len())
+            },
+        );
+        assert_eq!(len.unwrap(), 12);
+    }
+    let (ring1, dev1) = s.counts();
+    assert!(
+        ring1 > ring0,
+        "no request over the ring ({ring0} → {ring1})"
+    );
+    assert_eq!(dev1, dev0, "requests reached the filesystem over /dev/fuse");
+    let (st, out) = s.finish(false, Duration::from_secs(10));
     assert!(st.success(), "server: {st:?}\n{out}");
 }
 

@@ -363,3 +363,9 @@ fn xattr_reply(size: u32, data: Vec<u8>) -> Reply {
         Reply::XattrData(data)
     }
 }
+
+/// A READ's buffer (or any reply buffer) after a transport sent it without going through
+/// [`Dispatcher::replied`]: kept for the thread's next READ.
+pub fn recycle_read_buf(buf: Vec<u8>) {
+    open::give_back_read_buf(buf);
+}

@@ -46,10 +46,17 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Keeps `buf` as the thread's READ buffer if it is larger than the one kept (a small reply
+/// buffer — a readlink's, an xattr's — never replaces a READ buffer grown to 1 MiB).
 pub(super) fn give_back_read_buf(mut buf: Vec<u8>) {
     if buf.capacity() <= READ_BUF_KEEP {
         buf.clear();
-        READ_BUF.with(|b| *b.borrow_mut() = buf);
+        READ_BUF.with(|b| {
+            let mut kept = b.borrow_mut();
+            if buf.capacity() > kept.capacity() {
+                *kept = buf;
+            }
+        });
     }
 }
 

@@ -473,6 +473,55 @@ pub fn fuse_mount(target: &Path, args: &FuseMountArgs) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The FUSE device's numbers (misc major 10, minor 229: linux/miscdevice.h).
+const FUSE_DEV_MAJOR: u64 = 10;
+const FUSE_DEV_MINOR: u64 = 229;
+
+/// Checks that descriptor number `fd` (a `/dev/fd/N` mountpoint, libfuse 3's convention
+/// for a FUSE connection the caller opened and mounted) is open, read-write, and the FUSE
+/// device. Only fstat/fcntl on the number: nothing is taken over.
+pub fn check_fuse_fd(fd: RawFd) -> io::Result<()> {
+    let mut st = std::mem::MaybeUninit::<Stat>::zeroed();
+    // SAFETY: fstat on any number is memory-safe (EBADF when it is not open).
+    cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: filled by fstat.
+    let st = unsafe { st.assume_init() };
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR
+        || st.st_rdev != makedev(FUSE_DEV_MAJOR, FUSE_DEV_MINOR)
+    {
+        return Err(io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    // SAFETY: as above.
+    let fl = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    if fl & libc::O_ACCMODE != libc::O_RDWR {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    Ok(())
+}
+
+/// Takes over descriptor number `fd` after [`check_fuse_fd`], close-on-exec from now on
+/// (nothing we start must hold the connection open after we exit).
+pub fn take_fuse_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    check_fuse_fd(fd)?;
+    // SAFETY: the number is open (checked) and from here on owned by this process's one
+    // FUSE session only: main() takes it once, before any other thread exists.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fcntl on an open fd.
+    cvt(unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    Ok(owned)
+}
+
+/// Whether this process may open /dev/fuse (for fuser's per-thread clones of the
+/// connection): not so for a user the device is not open to, serving a descriptor it was
+/// handed (`/dev/fd/N`).
+pub fn dev_fuse_openable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+}
+
 /// `flock(fd, LOCK_EX | LOCK_NB)`: EWOULDBLOCK when another open file description holds
 /// a lock on the same object. The lock ends when the last fd of this description closes
 /// (so with the process, however it dies).

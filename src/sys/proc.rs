@@ -50,6 +50,21 @@ pub fn same_user_ns(tid: u32) -> Option<bool> {
     Some(theirs == ours)
 }
 
+/// The FUSE connection number of our descriptor `fd` of /dev/fuse, from the
+/// `fuse_connection:` line of /proc/self/fdinfo (Linux 6.x): the minor device number of
+/// the connection's superblock (`0:N` in /proc/self/mountinfo). `None` on kernels without it.
+pub fn fuse_connection(fd: i32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    parse_fuse_connection(&text)
+}
+
+/// The `fuse_connection:` value of an fdinfo text.
+pub fn parse_fuse_connection(text: &str) -> Option<u32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("fuse_connection:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +80,13 @@ mod tests {
         let none = parse_status("Uid:\t1\t1\t1\t1\nGid:\t1\t1\t1\t1\nGroups:\t\nCapEff:\t0\n");
         assert_eq!(none.unwrap().groups, Vec::<u32>::new());
         assert!(parse_status("Uid:\t1\n").is_none());
+    }
+
+    #[test]
+    fn reads_the_fuse_connection_of_fdinfo() {
+        let t = "pos:\t0\nflags:\t02100002\nmnt_id:\t24\nino:\t89\nfuse_connection:\t40\n";
+        assert_eq!(parse_fuse_connection(t), Some(40));
+        assert_eq!(parse_fuse_connection("pos:\t0\nflags:\t02\n"), None);
     }
 
     #[test]

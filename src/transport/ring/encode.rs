@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::decode::{decode, served};
-use super::{RawReply, RawRequest};
+use super::{Handler, RawReply, RawRequest};
 use crate::dispatch::{Ctx, Dispatcher, EntryOut, FileAttrOut, OpenOut, Reply, Transport};
 use crate::sys::fuse_abi::{self as abi, push};
 
@@ -40,14 +40,34 @@ pub fn serve(d: &Dispatcher, r: &RawRequest<'_>) -> RawReply {
         }
         r => r,
     };
-    let out = encode(&reply);
-    d.replied(&ctx, reply);
-    out
+    match reply {
+        // Moved, not cloned: the ring copies it into the entry's payload and gives a READ's
+        // buffer back through `RingHandler::recycle` (what `Dispatcher::replied` does with it).
+        Reply::Data(b) | Reply::Readlink(b) | Reply::XattrData(b) => RawReply::Data(b),
+        reply => {
+            let out = encode(&reply);
+            d.replied(&ctx, reply);
+            out
+        }
+    }
 }
 
-/// The handler factory for `Ring::start`: every thread serves through the one dispatcher.
-pub fn handler(d: Arc<Dispatcher>) -> impl FnMut(&RawRequest<'_>) -> RawReply + Send + 'static {
-    move |r| serve(&d, r)
+/// What every ring thread runs: decode, dispatch, encode through the one dispatcher.
+pub struct RingHandler(Arc<Dispatcher>);
+
+impl Handler for RingHandler {
+    fn handle(&mut self, r: &RawRequest<'_>) -> RawReply {
+        serve(&self.0, r)
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        crate::dispatch::recycle_read_buf(buf);
+    }
+}
+
+/// The handler for `Ring::start`.
+pub fn handler(d: Arc<Dispatcher>) -> RingHandler {
+    RingHandler(d)
 }
 
 /// `r` as out bytes (an error as its errno).

@@ -122,6 +122,22 @@ pub enum RawReply {
     Data(Vec<u8>),
 }
 
+/// What a ring thread runs for each request: any `FnMut(&RawRequest) -> RawReply`, or a type
+/// that also takes back the buffers of its [`RawReply::Data`] once they are copied into the
+/// ring's payload (so a READ's buffer is reused, not cloned nor reallocated).
+pub trait Handler: Send + 'static {
+    /// Answers one request.
+    fn handle(&mut self, r: &RawRequest<'_>) -> RawReply;
+    /// The buffer of a `RawReply::Data`, after the ring copied it out.
+    fn recycle(&mut self, _buf: Vec<u8>) {}
+}
+
+impl<F: FnMut(&RawRequest<'_>) -> RawReply + Send + 'static> Handler for F {
+    fn handle(&mut self, r: &RawRequest<'_>) -> RawReply {
+        self(r)
+    }
+}
+
 /// What one ring thread did, returned by [`Ring::join`].
 #[derive(Debug, Clone)]
 pub struct ThreadStats {
@@ -147,7 +163,7 @@ impl Ring {
     pub fn start<F, H>(fuse: BorrowedFd<'_>, cfg: &RingConfig, make_handler: F) -> io::Result<Ring>
     where
         F: Fn(u16, usize) -> H,
-        H: FnMut(&RawRequest<'_>) -> RawReply + Send + 'static,
+        H: Handler,
     {
         let cpus = possible_cpus()?;
         let (tx, rx) = mpsc::channel::<io::Result<()>>();
@@ -202,7 +218,7 @@ fn serve_thread<H>(
     mut handler: H,
 ) -> io::Result<ThreadStats>
 where
-    H: FnMut(&RawRequest<'_>) -> RawReply,
+    H: Handler,
 {
     use std::os::fd::AsFd;
     if let Some(cpu) = pin {
@@ -276,7 +292,7 @@ fn register_all(q: &mut UringQueue, qid: u16, timeout: Duration) -> io::Result<(
 /// Waits for requests, answers them, commits and fetches, until every entry is gone.
 fn serve_loop<H>(q: &mut UringQueue, qid: u16, handler: &mut H) -> io::Result<(u64, u64)>
 where
-    H: FnMut(&RawRequest<'_>) -> RawReply,
+    H: Handler,
 {
     let (mut requests, mut malformed) = (0u64, 0u64);
     while q.live() > 0 {
@@ -309,7 +325,7 @@ where
 /// commit id (the request's unique) and whether the request decoded.
 fn answer<H>(q: &mut UringQueue, idx: usize, qid: u16, handler: &mut H) -> (u64, bool)
 where
-    H: FnMut(&RawRequest<'_>) -> RawReply,
+    H: Handler,
 {
     let Some((header, payload)) = q.buffers(idx) else {
         return (0, false);
@@ -331,7 +347,7 @@ where
                 op_in: r.op_in,
                 payload: r.payload,
             };
-            (r.header.unique, handler(&raw))
+            (r.header.unique, handler.handle(&raw))
         }
         None => {
             log::warn!("fuse ring q{qid}: malformed request in entry {idx}");
@@ -342,9 +358,14 @@ where
     let (error, len) = match reply {
         RawReply::Data(data) if data.len() <= payload.len() => {
             payload[..data.len()].copy_from_slice(&data);
-            (0, data.len() as u32)
+            let len = data.len() as u32;
+            handler.recycle(data);
+            (0, len)
         }
-        RawReply::Data(_) => (-libc::EIO, 0),
+        RawReply::Data(data) => {
+            handler.recycle(data);
+            (-libc::EIO, 0)
+        }
         RawReply::Error(e) if (1..512).contains(&e) => (-e, 0),
         RawReply::Error(_) => (-libc::EIO, 0),
     };
