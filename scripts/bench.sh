@@ -32,6 +32,8 @@
 #                 into the page cache first, outside the timing
 #   untar         tar xf small.tar (~20,000 files) into a new directory of the mount
 #   append        append one byte to each of 2,000 lower files (copy-up of each)
+#   append_hl     append one byte to one name of each of 2,000 lower files that have two names
+#                 (copy-up of a hard link: through workdir/index with index=on)
 #   write_1b      write 1 byte in the middle of the 1 GiB lower file (copy-up of 1 GiB; the
 #                 lower file is read into the page cache first, outside the timing)
 #   rm_rf         rm -rf of a lower subtree (the kernel headers' include/, ~6,000 entries)
@@ -46,8 +48,8 @@
 # Implementations (--impl): kernel, stratafs (on /dev/fuse: -o noio_uring), stratafs-uring
 # (-o io_uring: FUSE over io_uring; the script sets the fuse module's enable_uring to Y for the
 # run and puts the old value back), stratafs-lp (stratafs -o lower_passthrough: lower files read
-# through FUSE passthrough too; as root only, the option does nothing rootless), fo2, fo110,
-# unionfs.
+# through FUSE passthrough too; as root only, the option does nothing rootless), stratafs-index
+# (stratafs -o index=on), stratafs-export (stratafs -o nfs_export=on), fo2, fo110, unionfs.
 # Rootless (unshare -Urm, as root mapped to root in a new user namespace; no passthrough
 # there): walk_warm, untar, append, fio_write, fio_read for stratafs, fuse-overlayfs 1.10 and
 # the kernel overlayfs (userxattr) as the reference. /dev/fuse is used as it is (mode 0666 on
@@ -71,8 +73,8 @@ SELF="$HERE/bench.sh"
 # shellcheck source=scripts/common.sh
 . "$HERE/common.sh"
 
-ALL_IMPLS="kernel stratafs stratafs-uring stratafs-lp fo2 fo110 unionfs"
-ALL_WORKLOADS="walk_cold walk_warm ls_lR read_all untar append write_1b rm_rf fio_write fio_read fio_randread build stall rss"
+ALL_IMPLS="kernel stratafs stratafs-uring stratafs-lp stratafs-index stratafs-export fo2 fo110 unionfs"
+ALL_WORKLOADS="walk_cold walk_warm ls_lR read_all untar append append_hl write_1b rm_rf fio_write fio_read fio_randread build stall rss"
 ROOTLESS_IMPLS="kernel stratafs stratafs-uring fo2 fo110"
 ROOTLESS_WORKLOADS="walk_warm untar append fio_write fio_read"
 RO_WORKLOADS="walk_cold walk_warm ls_lR read_all fio_read fio_randread rss"
@@ -97,6 +99,8 @@ impl_label() {
     stratafs) echo "stratafs" ;;
     stratafs-uring) echo "stratafs -o io_uring" ;;
     stratafs-lp) echo "stratafs -o lower_passthrough" ;;
+    stratafs-index) echo "stratafs -o index=on" ;;
+    stratafs-export) echo "stratafs -o nfs_export=on" ;;
     fo2) echo "fuse-overlayfs 2.0" ;;
     fo110) echo "fuse-overlayfs 1.10" ;;
     unionfs) echo "unionfs-fuse" ;;
@@ -285,6 +289,21 @@ build_bench_files() {
   touch "$b/.ok"
 }
 
+# Lower hard links for append_hl: NAPPEND files with a second name each. Added to an existing
+# dataset without rebuilding it (nothing in layer2 refers to them).
+build_hardlinks() {
+  local d="$DATA/base/$BENCHSUB/hl" i n
+  [ -e "$d/.ok" ] && return 0
+  rm -rf --one-file-system "$d"
+  mkdir -p "$d"
+  for ((i = 0; i < NAPPEND; i++)); do
+    n="$d/h$(printf %04d "$i")"
+    printf 'hard link %d\n' "$i" >"$n"
+    ln "$n" "$n.2"
+  done
+  touch "$d/.ok"
+}
+
 # layer2: written by the kernel overlayfs over base. Rebuilt whenever base/bench* changes,
 # since overlay.origin markers refer to base's inodes.
 build_layer2() {
@@ -332,6 +351,7 @@ build_dataset() {
   build_rootfs
   set_sizes
   build_bench_files
+  build_hardlinks
   build_layer2
   local tarf="$DATA/small-$NTAR.tar"
   if [ ! -e "$tarf" ]; then
@@ -373,6 +393,8 @@ mount_impl() {
     stratafs) mount_stratafs "$STRATAFS_BIN" "$ovl,noio_uring" "$mnt" "$logf" || return 1 ;;
     stratafs-uring) mount_stratafs "$STRATAFS_BIN" "$ovl,io_uring" "$mnt" "$logf" || return 1 ;;
     stratafs-lp) mount_stratafs "$STRATAFS_BIN" "$ovl,noio_uring,lower_passthrough" "$mnt" "$logf" || return 1 ;;
+    stratafs-index) mount_stratafs "$STRATAFS_BIN" "$ovl,noio_uring,index=on" "$mnt" "$logf" || return 1 ;;
+    stratafs-export) mount_stratafs "$STRATAFS_BIN" "$ovl,noio_uring,nfs_export=on" "$mnt" "$logf" || return 1 ;;
     fo2) mount_stratafs "$FO2_BIN" "$ovl" "$mnt" "$logf" || return 1 ;;
     fo110) mount_stratafs "$FO110_BIN" "$ovl" "$mnt" "$logf" || return 1 ;;
     unionfs) mount_stratafs "$UNIONFS_BIN" "cow,dirs=$up=RW:$DATA/layer2=RO:$DATA/base=RO" "$mnt" "$logf" || return 1 ;;
@@ -452,6 +474,10 @@ cell() {
     append)
       t0=$(now)
       timeout "$T" bash -c 'for f in "$1"/a*; do printf x >>"$f" || exit 1; done' _ "$b/append" || ok=0
+      t1=$(now) ;;
+    append_hl)
+      t0=$(now)
+      timeout "$T" bash -c 'for f in "$1"/h????; do printf x >>"$f" || exit 1; done' _ "$b/hl" || ok=0
       t1=$(now) ;;
     write_1b)
       cat "$DATA/base/$BENCHSUB/big1g" >/dev/null # the lower in the page cache, as for fio_read
@@ -549,11 +575,12 @@ for line in open(res):
     p = line.rstrip("\n").split("\t")
     if len(p) == 3 and p[0] == "NA":
         na[p[1]] = p[2]
-labels = {"kernel": "kernel", "stratafs": "stratafs", "stratafs-uring": "stratafs io_uring", "stratafs-lp": "stratafs lower_passthrough", "fo2": "fuse-overlayfs 2.0",
+labels = {"kernel": "kernel", "stratafs": "stratafs", "stratafs-uring": "stratafs io_uring", "stratafs-lp": "stratafs lower_passthrough", "stratafs-index": "stratafs index=on", "stratafs-export": "stratafs nfs_export=on", "fo2": "fuse-overlayfs 2.0",
           "fo110": "fuse-overlayfs 1.10", "unionfs": "unionfs-fuse"}
 wl_label = {
  "walk_cold": "find walk, cold", "walk_warm": "find walk, warm", "ls_lR": "ls -lR",
  "read_all": "read every file (tar)", "untar": "untar small files", "append": "append to lower files (copy-up)",
+ "append_hl": "append to lower hard links (copy-up)",
  "write_1b": "1-byte write to 1 GiB lower file", "rm_rf": "rm -rf lower subtree",
  "fio_write": "fio seq write 1 GiB", "fio_read": "fio seq read 1 GiB", "fio_randread": "fio 4k random read",
  "build": "C build (make -j2)", "stall_max": "stat during 3 GiB copy-up (max, ms)", "copyup_3g": "3 GiB copy-up (append 1 byte)",
@@ -660,7 +687,7 @@ main() {
 
   local start=$SECONDS
   case " $impls " in
-    *" stratafs "*|*" stratafs-uring "*|*" stratafs-lp "*)
+    *" stratafs "*|*" stratafs-uring "*|*" stratafs-lp "*|*" stratafs-index "*|*" stratafs-export "*)
       section "building stratafs (cargo build --release)"
       require_cargo
       (cd "$ROOT" && cargo build --release -q) || die "cargo build failed" ;;

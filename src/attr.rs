@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::copy_up::CopyUp;
 use crate::error::{err, Error, Result};
+use crate::fileattr::Change;
 use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
 use crate::layers::UPPER;
@@ -108,6 +109,12 @@ impl UnionFs {
                         let layer = self.node(ino).map(|n| n.loc.read().top).unwrap_or(0);
                         self.show_override(&mut st, layer, h.fd().as_fd(), c"");
                     }
+                    if self.index.is_some()
+                        && st.st_nlink > 1
+                        && self.node(ino).is_ok_and(|n| n.loc.read().in_upper())
+                    {
+                        st.st_nlink = crate::index::union_nlink(h.fd().as_fd(), c"", &st);
+                    }
                     let mut a = self.attr(&st, self.shown_ino(ino, &st), false);
                     a.node = ino;
                     return Ok(a);
@@ -127,6 +134,10 @@ impl UnionFs {
                     if let Ok(d) = sys::fstat(data.as_fd()) {
                         st.st_blocks = d.st_blocks;
                     }
+                }
+                if self.index.is_some() && real.loc.in_upper() && !node.is_dir() && st.st_nlink > 1
+                {
+                    st.st_nlink = crate::index::union_nlink(real.dir.as_fd(), &real.name, &st);
                 }
                 if keep {
                     let mut l = node.loc.write();
@@ -388,6 +399,7 @@ impl UnionFs {
         if s.size.is_some() && node.kind == Kind::Dir {
             return err(libc::EISDIR);
         }
+        self.check_change(&node, setattr_change(&s))?;
         // No field at all: chown(-1, -1), or a write's removal of privileges (see
         // `drop_privs_for`); either way a change of the inode, made as one below.
         let touch = s.is_empty();
@@ -645,6 +657,7 @@ impl UnionFs {
         }
         let cname = std::ffi::CString::new(real_name).map_err(|_| Error::errno(libc::EINVAL))?;
         let node = self.node(ino)?;
+        self.check_change(&node, Change::Meta)?;
         if set.is_none() {
             // Removing what is not there must not copy anything up.
             self.getxattr(ino, name)?;
@@ -656,6 +669,25 @@ impl UnionFs {
             None => xattr::remove(real.dir.as_fd(), &real.name, &cname),
         }
         .map_err(|e| Error::io(e, "xattr"))
+    }
+}
+
+/// What a SETATTR changes, for the immutable and append-only checks: the owner, mode, size
+/// or a given time are refused for both; times set to now only for an immutable file (the
+/// VFS asks write permission then, which an append-only file gives).
+fn setattr_change(s: &SetAttr) -> Change {
+    let given = |t: &Option<ops::SetTime>| matches!(t, Some(ops::SetTime::At(..)));
+    if s.mode.is_some()
+        || s.uid.is_some()
+        || s.gid.is_some()
+        || s.size.is_some()
+        || given(&s.atime)
+        || given(&s.mtime)
+    {
+        Change::Meta
+    } else {
+        // Times set to now, or nothing (a write's removal of privileges).
+        Change::Write { append: true }
     }
 }
 

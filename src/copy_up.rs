@@ -288,13 +288,17 @@ impl UnionFs {
     pub fn copy_up(&self, node: &Arc<Node>, want: CopyUp) -> Result<()> {
         {
             let loc = node.loc.read();
-            if loc.in_upper() && (loc.data.is_none() || want == CopyUp::Meta) {
+            let alias = loc.pinned.is_some() && loc.indexed.is_some();
+            if loc.in_upper() && (loc.data.is_none() || want == CopyUp::Meta) && !alias {
                 return Ok(());
             }
         }
         let work = self.staging()?;
         let _guard = node.copy_lock.lock();
         let loc = node.loc();
+        if let (true, Some(_), Some(hex)) = (loc.in_upper(), &loc.pinned, &loc.indexed) {
+            return self.link_up_alias(node, &loc, hex);
+        }
         if loc.in_upper() {
             // Upper already, but metadata only: bring the data up now if it is wanted.
             return match (loc.data.is_some(), want) {
@@ -368,13 +372,17 @@ impl UnionFs {
         if let Some(key) = number {
             self.renumbered.insert(key, node.id);
         }
-        if let Err(e) = crate::util::rename_noreplace(w, &tmp, upper_parent.as_fd(), &name) {
-            if let Some(key) = number {
-                self.renumbered.remove(&key);
+        let placed = self.place_copy(node.kind, (&src, &st), w, &tmp, upper_parent.as_fd(), &name);
+        let hex = match placed {
+            Ok(hex) => hex,
+            Err(e) => {
+                if let Some(key) = number {
+                    self.renumbered.remove(&key);
+                }
+                let _ = remove_tree(w, &tmp);
+                return Err(e);
             }
-            let _ = remove_tree(w, &tmp);
-            return Err(Error::io(e, "copy-up rename"));
-        }
+        };
         let impure = self.layers.marker("impure");
         let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
         let _ = copy_times(upper_parent.as_fd(), c".", &pst);
@@ -386,6 +394,7 @@ impl UnionFs {
                 l.dirs.insert(0, (UPPER, fd));
             }
             l.data = data_fd;
+            l.indexed = hex.map(Arc::new);
         }
         if gained_dir {
             // udba=notify watches the new upper part too.
@@ -393,6 +402,59 @@ impl UnionFs {
         }
         if !meta_only {
             self.switch_handles_to_upper(node.id);
+        }
+        Ok(())
+    }
+
+    /// Puts the staged copy `w/tmp` of `src` (stat `st`) at `updir/name`: renamed there, or
+    /// with `index=on` for a lower hard link through `workdir/index` (index.rs), whose
+    /// entry name it then returns.
+    fn place_copy(
+        &self,
+        kind: Kind,
+        (src, st): (&crate::fs::Real, &Stat),
+        w: BorrowedFd<'_>,
+        tmp: &CStr,
+        updir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<Option<CString>> {
+        let hex = if self.indexed_copy(kind == Kind::Dir, st) {
+            crate::index::index_name(&self.origin_value(kind, src, st))
+        } else {
+            None
+        };
+        match &hex {
+            Some(hex) => {
+                self.mark_indexed(w, tmp, st.st_nlink)?;
+                self.place_indexed(w, tmp, hex, updir, name)?;
+            }
+            None => crate::util::rename_noreplace(w, tmp, updir, name)
+                .map_err(|e| Error::io(e, "copy-up rename"))?,
+        }
+        Ok(hex)
+    }
+
+    /// index=on: a name of a lower hard link shown from the index entry (another name was
+    /// copied up) gets its own upper link of that entry before it changes (the kernel's
+    /// link-up). Where the name cannot take it (it was removed while the node lives on),
+    /// the node goes on with the index entry, which is the file. Caller holds `copy_lock`.
+    fn link_up_alias(&self, node: &Arc<Node>, loc: &crate::inode::Loc, hex: &CStr) -> Result<()> {
+        let parent = self.node(loc.parent)?;
+        self.copy_up(&parent, CopyUp::Meta)?;
+        let upper_parent = parent
+            .loc
+            .read()
+            .dir_in(UPPER)
+            .ok_or_else(|| Error::new(libc::EIO, "parent has no upper after copy-up"))?;
+        let name = whiteout::c_name(&loc.name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let pst = sys::fstatat(upper_parent.as_fd(), c".")
+            .map_err(|e| Error::io(e, "copy-up parent stat"))?;
+        if self.link_up(hex, upper_parent.as_fd(), &name).is_ok() {
+            self.index_lower_name_gone(hex);
+            let impure = self.layers.marker("impure");
+            let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
+            let _ = copy_times(upper_parent.as_fd(), c".", &pst);
+            node.loc_mut().pinned = None;
         }
         Ok(())
     }
@@ -476,6 +538,9 @@ impl UnionFs {
             _ => make_special(src, st, w, tmp)?,
         }
         self.copy_attrs(src, st, w, tmp)?;
+        if matches!(kind, Kind::File | Kind::Dir) {
+            self.copy_fileattr(src, w, tmp)?;
+        }
         let origin = self.layers.marker("origin");
         let _ = xattr::set(w, tmp, &origin, &self.origin_value(kind, src, st), 0);
         copy_times(w, tmp, st)
@@ -485,7 +550,7 @@ impl UnionFs {
     /// except for a file with several links, whose copies must not all claim it (the
     /// kernel records no origin there without `index`; an empty one here, as before).
     fn origin_value(&self, kind: Kind, src: &crate::fs::Real, st: &Stat) -> Vec<u8> {
-        if kind != Kind::Dir && st.st_nlink > 1 {
+        if kind != Kind::Dir && st.st_nlink > 1 && self.index.is_none() {
             return Vec::new();
         }
         let uuid = self.layers.stack().lower(src.loc.top).and_then(|l| l.uuid);

@@ -25,6 +25,7 @@ use crate::attr::Attr;
 use crate::copy_up::{remove_tree, tmp_name, CopyUp};
 use crate::error::{err, Error, Result};
 use crate::file::FileHandle;
+use crate::fileattr::Change;
 use crate::fs::{Caller, UnionFs};
 use crate::inode::{Kind, Loc, Node};
 use crate::layers::{ROOT_INO, UPPER};
@@ -174,6 +175,7 @@ impl UnionFs {
         let seen = crate::inode::epoch();
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
+        self.check_change(&pnode, Change::AddEntry)?;
         let work = self.staging()?;
         let upper_whiteout = match lookup::probe_create(&self.layers, &pnode.loc(), name)? {
             Slot::Taken => return err(libc::EEXIST),
@@ -338,6 +340,8 @@ impl UnionFs {
             dirs,
             data: None,
             xattr_names: None,
+            prot: crate::fileattr::PROT_KNOWN,
+            index_alias: None,
         };
         let attr = self.enter(parent, &ploc, name, found, seen)?;
         let fh = match (file, kind) {
@@ -402,6 +406,8 @@ impl UnionFs {
         if lookup::lookup(&self.layers, &pnode.loc(), newname)?.is_some() {
             return err(libc::EEXIST);
         }
+        self.check_change(&node, Change::Name)?;
+        self.check_change(&pnode, Change::AddEntry)?;
         // Links and renames of a metadata-only copy would need a redirect to its data;
         // bring the data up instead.
         self.copy_up(&node, CopyUp::Data)?;
@@ -416,7 +422,16 @@ impl UnionFs {
             return Err(e);
         }
         self.mark_impure(updir.as_fd(), &cname);
-        self.lookup(newparent, newname)
+        let attr = self.lookup(newparent, newname)?;
+        if self.nfs_export {
+            let alias = crate::inode::Ghost {
+                parent: newparent,
+                name: newname.to_os_string(),
+                generation: node.generation,
+            };
+            self.inodes.note_alias(attr.node, alias);
+        }
+        Ok(attr)
     }
 
     /// unlink(2) and rmdir(2).
@@ -427,12 +442,15 @@ impl UnionFs {
         let ploc = pnode.loc();
         let mut found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        self.find_index(&ploc, name, &mut found);
         let key = self.identify(parent, name, &mut found);
         match (dir, found.is_dir()) {
             (false, true) => return err(libc::EISDIR),
             (true, false) => return err(libc::ENOTDIR),
             _ => {}
         }
+        self.check_change(&pnode, Change::RemoveEntry)?;
+        self.check_found(&found, &pnode, &cname, Change::Name)?;
         let work = self.staging()?;
         if dir {
             let floc = Loc {
@@ -445,6 +463,7 @@ impl UnionFs {
                 staged: None,
                 lower_attr: None,
                 lower_xattrs: None,
+                indexed: None,
             };
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
@@ -454,18 +473,26 @@ impl UnionFs {
         let ploc = pnode.loc();
         // Found in a lower layer: the merged view shows it from there, so it takes a
         // whiteout (no need to probe the lowers again).
-        let needs_whiteout = found.top != UPPER || lower_positive(&ploc, name, &cname);
+        // index=on: a name shown from the index entry is in its lower layer only.
+        let alias = found.index_alias.clone();
+        let top = alias.as_ref().map(|a| a.lower).unwrap_or(found.top);
+        let needs_whiteout = top != UPPER || lower_positive(&ploc, name, &cname);
         let node = self.inodes.find(&key).filter(|_| !dir);
         let was_pinned = node.as_ref().map(|n| n.loc.read().pinned.clone());
         if let Some(node) = &node {
-            self.pin_before_remove(node, &ploc, found.top, &cname);
+            if !self.pin_to_index(node) {
+                self.pin_before_remove(node, &ploc, top, &cname);
+            }
         }
-        if !dir && found.top == UPPER {
+        if !dir && top == UPPER {
             self.drop_number(updir.as_fd(), &cname);
         }
         // The kernel's link count of the node must settle (inode.rs); to the end.
         let _going = node.as_ref().map(|n| n.name_going());
-        let r = self.remove_real(&work, &updir, &cname, found.top, dir, needs_whiteout);
+        let r = self.remove_real(&work, &updir, &cname, top, dir, needs_whiteout);
+        if let (Ok(()), Some(a)) = (&r, &alias) {
+            self.index_lower_name_gone(&a.name);
+        }
         match (&r, node, was_pinned) {
             // The name is still there (e.g. no space for the whiteout): unpin it.
             (Err(_), Some(node), Some(prev)) => node.loc_mut().pinned = prev,
@@ -607,8 +634,12 @@ impl UnionFs {
         let npnode = self.dir_node(newparent)?;
         let mut src = lookup::lookup(&self.layers, &pnode.loc(), name)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
+        self.find_index(&pnode.loc(), name, &mut src);
         let src_key = self.identify(parent, name, &mut src);
         let mut dst = lookup::lookup(&self.layers, &npnode.loc(), newname)?;
+        if let Some(d) = dst.as_mut() {
+            self.find_index(&npnode.loc(), newname, d);
+        }
         let dst_key = dst.as_mut().map(|d| self.identify(newparent, newname, d));
         if parent == newparent && name == newname {
             return Ok(());
@@ -645,6 +676,7 @@ impl UnionFs {
                             staged: None,
                             lower_attr: None,
                             lower_xattrs: None,
+                            indexed: None,
                         };
                         if readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2 {
                             return err(libc::ENOTEMPTY);
@@ -655,6 +687,12 @@ impl UnionFs {
             }
             _ => {}
         }
+        self.check_rename(
+            &pnode,
+            &npnode,
+            (&src, &cname),
+            dst.as_ref().map(|d| (d, &*cnew)),
+        )?;
         let work = self.staging()?;
         let w = work.as_fd();
         // Counted lookups give us nodes to copy up; released at the end.

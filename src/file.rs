@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use crate::copy_up::CopyUp;
 use crate::error::{err, Error, Result};
+use crate::fileattr::Change;
 use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
 use crate::sys::{self, ops};
@@ -52,6 +53,8 @@ impl UnionFs {
             if self.is_read_only() {
                 return err(libc::EROFS);
             }
+            let append = flags & libc::O_APPEND != 0 && flags & libc::O_TRUNC == 0;
+            self.check_change(&node, Change::Write { append })?;
             // With O_TRUNC the old data is not needed: copy up an empty file.
             let want = if flags & libc::O_TRUNC != 0 && node.kind == Kind::File {
                 CopyUp::Empty
@@ -351,13 +354,7 @@ impl UnionFs {
         use crate::options::LowerPassthrough as Lp;
         let h = self.handle(fh).ok()?;
         let node = self.node(h.ino).ok()?;
-        let lower = {
-            let loc = node.loc.read();
-            if loc.pinned.is_some() {
-                return None;
-            }
-            h.data_only || !loc.in_upper()
-        };
+        let lower = h.data_only || !node.loc.read().in_upper();
         let off = match self.lower_passthrough {
             Lp::Never => true,
             Lp::ReadOnly => !self.ro_lower_allowed.load(Ordering::SeqCst),
@@ -366,7 +363,7 @@ impl UnionFs {
         if lower && (off || wants_write(h.flags)) {
             return None;
         }
-        let (fd, id) = self.passthrough_fd(&h, fh)?;
+        let (fd, id) = self.passthrough_fd(&h, fh, &node)?;
         if lower && self.lower_passthrough == Lp::ReadOnly && !self.reserve_ro_lower(&h) {
             return None;
         }
@@ -374,8 +371,14 @@ impl UnionFs {
     }
 
     /// The fd and (dev, ino) of handle `fh` for passthrough, unless another handle of its
-    /// inode is served here or the file has setuid/setgid bits (see `passthrough_source`).
-    fn passthrough_fd(&self, h: &FileHandle, fh: u64) -> Option<(Arc<OwnedFd>, (u64, u64))> {
+    /// inode is served here, the file's name is gone (see below) or it has setuid/setgid
+    /// bits (see `passthrough_source`).
+    fn passthrough_fd(
+        &self,
+        h: &FileHandle,
+        fh: u64,
+        node: &crate::inode::Node,
+    ) -> Option<(Arc<OwnedFd>, (u64, u64))> {
         let (mut others_served_here, mut others_passthrough) = (false, false);
         for o in self
             .files
@@ -390,6 +393,15 @@ impl UnionFs {
         }
         if others_served_here {
             return None;
+        }
+        {
+            // A file whose name is gone is served here, unless a handle opened before is
+            // passthrough: the kernel then refuses any other kind of open (ETXTBSY; an
+            // open by file handle of an unlinked open file, xfstests generic/467).
+            let loc = node.loc.read();
+            if loc.pinned.is_some() && !(others_passthrough && loc.in_upper()) {
+                return None;
+            }
         }
         let fd = h.fd();
         let st = sys::fstat(fd.as_fd()).ok()?;

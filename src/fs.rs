@@ -137,6 +137,10 @@ pub struct UnionFs {
     pub(crate) shows_overrides: AtomicBool,
     /// `noxattrs`: xattr calls through the mount fail with ENOTSUP.
     pub noxattrs: bool,
+    /// `nfs_export=on`: file handles outlive the kernel's caches and remounts (export.rs).
+    pub nfs_export: bool,
+    /// `index=on`: `workdir/index`, opened at mount (index.rs); None without the option.
+    pub(crate) index: Option<Arc<OwnedFd>>,
     /// No `timeout=` and `udba=none`: the branches are assumed not to change behind the mount, so a lower
     /// entry's attributes are kept once read (`Loc::lower_attr`).
     pub(crate) keep_lower_attrs: bool,
@@ -203,6 +207,7 @@ impl UnionFs {
             staged: None,
             lower_attr: None,
             lower_xattrs: None,
+            indexed: None,
         };
         let read_only = !cfg.writable();
         let shows_overrides = cfg.xattr_permissions.is_some()
@@ -241,6 +246,8 @@ impl UnionFs {
             override_level: cfg.xattr_permissions,
             shows_overrides: AtomicBool::new(shows_overrides),
             noxattrs: cfg.noxattrs,
+            nfs_export: cfg.nfs_export,
+            index: None,
             keep_lower_attrs: cfg.timeout.is_none() && cfg.udba == crate::types::Udba::None,
             static_nlink: cfg.static_nlink,
             work,
@@ -262,6 +269,22 @@ impl UnionFs {
         };
         if let Some(w) = &fs.watches {
             fs.inodes.set_observer(w.clone());
+        }
+        let mut fs = fs;
+        if cfg.index && !read_only {
+            fs.open_index()?;
+        } else if cfg.index {
+            log::warn!("index=on: off for a mount started read-only (also after remount,rw)");
+        }
+        if fs.nfs_export {
+            // New generations differ from an earlier mount's (a number per second, read back
+            // ones raise it further: export.rs).
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            fs.inodes.keep_ghosts(((secs as u32) << 10) | 1);
+            fs.load_ghosts();
         }
         Ok(fs)
     }
@@ -417,8 +440,10 @@ impl UnionFs {
         if f.is_dir() {
             return NodeKey::Object(f.ino);
         }
-        if f.top != crate::layers::UPPER {
-            if f.st.st_nlink > 1 {
+        if f.top != crate::layers::UPPER || f.index_alias.is_some() {
+            // With the index, all names of a lower hard link are one inode (its number),
+            // as the kernel's (hashed by the lower inode).
+            if f.st.st_nlink > 1 && self.index.is_none() {
                 return NodeKey::Name(parent, name.to_os_string());
             }
             return NodeKey::Object(f.ino);
@@ -484,6 +509,10 @@ impl UnionFs {
     /// Resolves `name` in directory `parent` and counts one kernel reference on the result.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         check_component(name)?;
+        if self.nfs_export && name.as_bytes() == b"." && !self.has_node(parent) {
+            // A file handle of a node the kernel forgot (export.rs).
+            return self.revive(parent);
+        }
         let pnode = self.node(parent)?;
         if !pnode.is_dir() {
             return err(libc::ENOTDIR);
@@ -507,8 +536,9 @@ impl UnionFs {
         // meanwhile through another name (see `inode.rs`).
         let seen = inode::epoch();
         let ploc = pnode.loc();
-        let found =
+        let mut found =
             lookup::lookup(&self.layers, &ploc, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        self.find_index(&ploc, name, &mut found);
         self.enter(parent, &ploc, name, found, seen)
     }
 
@@ -547,14 +577,19 @@ impl UnionFs {
             top: found.top,
             dirs: found.dirs,
             data: found.data,
-            pinned: None,
+            pinned: found.index_alias.as_ref().map(|a| a.fd.clone()),
             staged: None,
             lower_attr: None,
             lower_xattrs: found
                 .xattr_names
                 .filter(|_| self.keep_lower_attrs && found.top != crate::layers::UPPER),
+            indexed: found.index_alias.map(|a| a.name),
         };
+        let prot = found.prot;
         let node = self.inodes.remember(key, kind, loc, seen);
+        // What the lookup saw (an upper entry's marker), or unknown (a lower entry's flags,
+        // read again at the next change asked of it).
+        node.prot.store(prot, std::sync::atomic::Ordering::Relaxed);
         if node.kind != kind {
             // The same number now names an object of another type (reused behind our
             // back): refuse rather than confuse the kernel's inode cache.
@@ -707,6 +742,14 @@ impl UnionFs {
     }
 
     /// Whether the table has a node with id `ino` (no reference counted).
+    /// The generation the entries of node `ino` go out with (0 without `nfs_export`).
+    pub fn generation_of(&self, ino: u64) -> u64 {
+        if !self.nfs_export {
+            return 0;
+        }
+        self.inodes.get(ino).map_or(0, |n| u64::from(n.generation))
+    }
+
     pub fn has_node(&self, ino: u64) -> bool {
         self.inodes.get(ino).is_some()
     }

@@ -69,7 +69,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::mapref::entry::Entry;
@@ -165,6 +165,10 @@ pub struct Loc {
     /// branch (`ls -l` asks security.selinux of every entry, and the kernel caches no
     /// answer of a FUSE mount).
     pub lower_xattrs: Option<Arc<[u8]>>,
+    /// `index=on` (index.rs): set for a name of a lower hard link whose copy-up went
+    /// through the index under this name (then `pinned` holds the index entry until the
+    /// name itself is linked up).
+    pub indexed: Option<Arc<std::ffi::CString>>,
 }
 
 /// A copy kept under a name in the staging directory instead of unlinked: GlusterFS (like
@@ -246,6 +250,13 @@ pub struct Node {
     /// reads to its end. A leaf lock, but held while the listing is built (which reads
     /// this node's and other nodes' `loc`); nothing takes it holding another lock.
     pub(crate) dir: Mutex<Option<Box<crate::types::DirState>>>,
+    /// What protects it from changes: `fileattr::PROT_KNOWN` and its immutable and
+    /// append-only flags, once known (0: not read yet; fileattr.rs).
+    pub prot: AtomicU8,
+    /// The generation its entries are sent with (0 without `nfs_export`, export.rs): a new
+    /// object that reuses a removed one's number gets another, so the removed one's file
+    /// handles stay stale.
+    pub generation: u32,
 }
 
 impl Node {
@@ -323,6 +334,20 @@ pub struct InodeTable {
     /// Nodes removed since the table last checked whether to shrink.
     removed: AtomicU64,
     observer: OnceLock<Arc<dyn Observer>>,
+    /// `nfs_export=on` (export.rs): where each node the kernel forgot was, by node id, so
+    /// that a file handle naming it can still be answered. Off (unset) by default.
+    ghosts: OnceLock<DashMap<u64, Ghost>>,
+    /// The generation the next new node gets while ghosts are kept.
+    next_generation: std::sync::atomic::AtomicU32,
+}
+
+/// Where a node the kernel forgot was (export.rs): its parent node and its name there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ghost {
+    pub parent: u64,
+    pub name: OsString,
+    /// The node's generation (`Node::generation`), which its file handles carry.
+    pub generation: u32,
 }
 
 /// After this many removals the table checks whether it should give memory back.
@@ -336,6 +361,8 @@ impl InodeTable {
             next_name_id: AtomicU64::new(1),
             removed: AtomicU64::new(0),
             observer: OnceLock::new(),
+            ghosts: OnceLock::new(),
+            next_generation: std::sync::atomic::AtomicU32::new(1),
         };
         t.nodes.insert(
             ROOT_INO,
@@ -351,6 +378,8 @@ impl InodeTable {
                 removed_at: AtomicU64::new(0),
                 copy_lock: Mutex::new(()),
                 dir: Mutex::new(None),
+                prot: AtomicU8::new(0),
+                generation: 0,
             }),
         );
         t
@@ -383,6 +412,81 @@ impl InodeTable {
 
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Keeps a [`Ghost`] of every node the kernel forgets, from now on (`nfs_export=on`),
+    /// and gives new nodes generations from `seed` (made to differ from earlier mounts').
+    pub fn keep_ghosts(&self, seed: u32) {
+        let _ = self.ghosts.set(DashMap::new());
+        self.next_generation.store(seed.max(1), Ordering::Relaxed);
+    }
+
+    /// The generation of a node created now for `id`: its ghost's (a node the kernel
+    /// forgot, whose handles are still good), a new one, or 0 without ghosts.
+    fn generation_for(&self, id: u64) -> u32 {
+        let Some(g) = self.ghosts.get() else {
+            return 0;
+        };
+        match g.remove(&id) {
+            Some((_, ghost)) => ghost.generation,
+            None => {
+                let n = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                if n == 0 {
+                    self.next_generation.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    n
+                }
+            }
+        }
+    }
+
+    /// Where node `id`, forgotten by the kernel, was (None: unknown, or ghosts not kept).
+    pub fn ghost(&self, id: u64) -> Option<Ghost> {
+        self.ghosts.get()?.get(&id).map(|g| g.clone())
+    }
+
+    /// Records where node `id` was (a ghost read back at mount time, export.rs); a name
+    /// node's id stays its name's, and new name ids are given above it.
+    pub fn add_ghost(&self, id: u64, g: Ghost) {
+        let Some(ghosts) = self.ghosts.get() else {
+            return;
+        };
+        self.next_generation
+            .fetch_max(g.generation.wrapping_add(1).max(1), Ordering::Relaxed);
+        if is_name_id(id) {
+            self.names.insert((g.parent, g.name.clone()), id);
+            self.next_name_id
+                .fetch_max((id & !NAME_IDS) + 1, Ordering::Relaxed);
+        }
+        ghosts.insert(id, g);
+    }
+
+    /// Records another name of live node `id` (a link made through the mount): should the
+    /// name the node is at go while it lives on (pinned), its ghost is this one.
+    pub fn note_alias(&self, id: u64, g: Ghost) {
+        if let Some(ghosts) = self.ghosts.get() {
+            ghosts.insert(id, g);
+        }
+    }
+
+    /// Every ghost and every live node but the root, as ghosts (what export.rs saves).
+    pub fn all_ghosts(&self) -> Vec<(u64, Ghost)> {
+        let Some(ghosts) = self.ghosts.get() else {
+            return Vec::new();
+        };
+        let mut all: Vec<(u64, Ghost)> = ghosts.iter().map(|e| (*e.key(), e.clone())).collect();
+        for e in self.nodes.iter() {
+            let l = e.loc.read();
+            if *e.key() != ROOT_INO && l.pinned.is_none() {
+                let g = Ghost {
+                    parent: l.parent,
+                    name: l.name.clone(),
+                    generation: e.generation,
+                };
+                all.push((*e.key(), g));
+            }
+        }
+        all
     }
 
     /// Every live node (a copy of the table's values: no shard stays locked).
@@ -465,6 +569,7 @@ impl InodeTable {
                 (node, parents)
             }
             Entry::Vacant(v) => {
+                let generation = self.generation_for(id);
                 let parent = loc.parent;
                 let node = Arc::new(Node {
                     id,
@@ -477,6 +582,8 @@ impl InodeTable {
                     removed_at: AtomicU64::new(0),
                     copy_lock: Mutex::new(()),
                     dir: Mutex::new(None),
+                    prot: AtomicU8::new(0),
+                    generation,
                 });
                 v.insert(node.clone());
                 (node, (None, parent))
@@ -556,7 +663,22 @@ impl InodeTable {
             });
             match removed {
                 Some((_, node)) => {
-                    if let Some(key) = &node.name_key {
+                    let ghosts = self.ghosts.get();
+                    if let Some(g) = ghosts {
+                        let l = node.loc.read();
+                        // A node whose name is gone (pinned) keeps the ghost it has, if
+                        // any (another name, `note_alias`).
+                        if l.pinned.is_none() {
+                            let ghost = Ghost {
+                                parent: l.parent,
+                                name: l.name.clone(),
+                                generation: node.generation,
+                            };
+                            g.insert(node.id, ghost);
+                        }
+                    }
+                    // A name node keeps its id for its name while ghosts are kept.
+                    if let Some(key) = node.name_key.as_ref().filter(|_| ghosts.is_none()) {
                         // Unless a lookup revived the node meanwhile (lock order: names,
                         // then nodes).
                         self.names
@@ -611,6 +733,7 @@ mod tests {
             staged: None,
             lower_attr: None,
             lower_xattrs: None,
+            indexed: None,
         }
     }
 

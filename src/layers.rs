@@ -194,6 +194,8 @@ pub struct Layers {
     pub atime: Policy,
     /// `"trusted.overlay."` or, with `userxattr`, `"user.overlay."`: the prefix we write.
     pub xattr_prefix: &'static str,
+    /// `index=on`: an upper copy of a lower hard link takes the lower's number (index.rs).
+    pub index: bool,
     fsidx: DashMap<u64, u64>,
     next_fsidx: AtomicU64,
     overflow: DashMap<(u64, u64), u64>,
@@ -423,6 +425,7 @@ impl Layers {
             stack: parking_lot::RwLock::new(Arc::new(Stack { gen: 0, lowers })),
             next_id: std::sync::atomic::AtomicUsize::new(n_lowers + 1),
             atime: Policy::from_config(cfg),
+            index: cfg.index,
             // Setting trusted.* xattrs takes CAP_SYS_ADMIN in the initial user namespace: in
             // a user namespace, or as a plain user (Apptainer's setuid starter runs the
             // overlay program as the user, on a /dev/fd/N), write the kernel's `userxattr`

@@ -19,7 +19,7 @@
 //!   recorded), the entry of the same name below.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
@@ -44,6 +44,24 @@ pub struct Found {
     /// The topmost real entry's xattr names, when a lower's and read on the way
     /// (`Loc::lower_xattrs`).
     pub xattr_names: Option<Arc<[u8]>>,
+    /// An upper entry's `overlay.protattr`, as `Node::prot` holds it (fileattr.rs); 0 for a
+    /// lower entry (not read until a change asks).
+    pub prot: u8,
+    /// `index=on`: a name of a lower hard link copied up through another name: the index
+    /// entry that now holds the file (index.rs `find_index`).
+    pub index_alias: Option<Alias>,
+}
+
+/// `index=on` (index.rs): a name of a lower hard link whose copy-up went through another
+/// name: the index entry that holds the file now.
+#[derive(Debug, Clone)]
+pub struct Alias {
+    /// `O_PATH` fd of the index entry.
+    pub fd: Arc<OwnedFd>,
+    /// Its name in `workdir/index`.
+    pub name: Arc<std::ffi::CString>,
+    /// The lower layer the name itself is in.
+    pub lower: LayerId,
 }
 
 impl Found {
@@ -196,11 +214,13 @@ pub fn probe_create(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Slot>
 
 /// The number an upper non-directory with origin value `v` (non-empty) takes from it:
 /// its decoded origin's, when that has one link (as the kernel: copies of a hard-linked
-/// lower may not all claim it) or its link count is unknown (see `origin.rs`); none when
+/// lower may not all claim it, unless `index=on` keeps them one file) or its link count is unknown (see `origin.rs`); none when
 /// the handle does not decode (the kernel's fallback: the entry's own number).
 fn decoded_ino(layers: &Layers, v: &[u8], st: &sys::Stat) -> Option<u64> {
     match crate::origin::decode(layers, v, st.st_mode & libc::S_IFMT) {
-        crate::origin::Origin::Found { dev, ino, nlink } if nlink.unwrap_or(1) == 1 => {
+        crate::origin::Origin::Found { dev, ino, nlink }
+            if nlink.unwrap_or(1) == 1 || layers.index =>
+        {
             Some(layers.ino(dev, ino))
         }
         _ => None,
@@ -295,6 +315,7 @@ fn resolve(
                             want_origin = mk.has(fd.as_fd(), c".", "origin");
                         }
                         let redirect = mk.get(fd.as_fd(), c".", "redirect");
+                        let prot = upper_prot(layer, &mk, fd.as_fd(), c".");
                         found = Some(Found {
                             top: layer,
                             st,
@@ -302,6 +323,8 @@ fn resolve(
                             data: None,
                             ino: 0,
                             xattr_names: (layer != UPPER).then(|| mk.names()).flatten(),
+                            prot,
+                            index_alias: None,
                         });
                         if opaque {
                             break 'layers;
@@ -340,6 +363,8 @@ fn resolve(
                             data: None,
                             ino: 0,
                             xattr_names: (layer != UPPER).then(|| mk.names()).flatten(),
+                            prot: upper_prot(layer, mk, dir.as_fd(), &n),
+                            index_alias: None,
                         });
                         if !want_origin && !metacopy {
                             break 'layers;
@@ -413,4 +438,13 @@ fn resolve(
         f.ino = origin_ino.unwrap_or_else(|| layers.ino(f.st.st_dev, f.st.st_ino));
         f
     }))
+}
+
+/// The `Node::prot` of an entry found in `layer` with markers `mk`: an upper entry's from
+/// its `overlay.protattr` (no call unless it has one), unknown for a lower entry.
+fn upper_prot(layer: LayerId, mk: &Markers, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> u8 {
+    if layer != UPPER {
+        return 0;
+    }
+    whiteout::prot_of_marker(mk.get(dir, name, "protattr").as_deref())
 }

@@ -178,7 +178,14 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     if let Some(e) = &entry {
         let _ = bdi.set(e.dev.clone());
     }
-    spawn_signal_thread(cfg, entry.as_ref(), conn, session.unmount_callable())?;
+    let saver = fs.clone();
+    spawn_signal_thread(
+        cfg,
+        entry.as_ref(),
+        conn,
+        session.unmount_callable(),
+        fs.clone(),
+    )?;
     // The control channel (remount,ro|rw): listening before the mount is reported live.
     start_control(fs, cfg, entry.as_ref(), invalidator);
     for i in &cfg.ignored {
@@ -195,9 +202,11 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         cfg.workdir
     );
     ready();
-    session
+    let served = session
         .run()
-        .map_err(|e| Error::io(e, format!("serving {mnt}")))
+        .map_err(|e| Error::io(e, format!("serving {mnt}")));
+    saver.save_ghosts();
+    served
 }
 
 /// The kernel's entry/attribute cache lifetime: `timeout=`, else none with udba=reval
@@ -351,6 +360,7 @@ fn spawn_signal_thread(
     entry: Option<&MountEntry>,
     conn: Connection,
     mut unmounter: fuser::SessionUnmounter,
+    saver: Arc<UnionFs>,
 ) -> Result<()> {
     let mountpoint = cfg.mountpoint.clone();
     // Our superblock's device number, to tell our mount from a later one on the same path.
@@ -364,10 +374,15 @@ fn spawn_signal_thread(
                         "signal {sig}: ending the daemon (the caller unmounts {})",
                         mountpoint.display()
                     );
+                    saver.save_ghosts();
                     std::process::exit(0);
                 }
                 let own = matches!(conn, Connection::Own);
                 end_on_signal(sig, &mountpoint, dev.as_deref(), own, &mut unmounter);
+                // The session did not end (its mount is held elsewhere): what the normal
+                // end keeps is kept before the exit.
+                saver.save_ghosts();
+                exit_after_signal(sig);
             }
         })
         .map(|_| ())
@@ -486,7 +501,7 @@ const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// daemons do on these signals: the kernel aborts the connection and the remaining copies
 /// answer ENOTCONN. Exiting loses nothing acknowledged: the daemon keeps no write-back state
 /// (every reply comes after the upper was changed; fsync and syncfs replies after the data
-/// is on disk unless `volatile`).
+/// is on disk unless `volatile`; `nfs_export=on` writes its handle places before the exit).
 fn end_on_signal(
     sig: i32,
     mountpoint: &std::path::Path,
@@ -516,6 +531,10 @@ fn end_on_signal(
         );
     }
     std::thread::sleep(SIGNAL_GRACE);
+}
+
+/// After [`end_on_signal`], when the session is still there.
+fn exit_after_signal(sig: i32) -> ! {
     warn!(
         "signal {sig}: the session did not end within {SIGNAL_GRACE:?} (the mount is still held \
          elsewhere: another mount namespace or open files of a lazy unmount): exiting"

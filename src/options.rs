@@ -107,6 +107,10 @@ pub struct Config {
     /// `metacopy=on`: metadata-only copy-up, in the kernel's format (off by default, as in
     /// the kernel; a kernel mount of such an upper needs `metacopy=on` too).
     pub metacopy: bool,
+    /// `nfs_export=on`: file handles outlive the kernel's caches and remounts (export.rs).
+    pub nfs_export: bool,
+    /// `index=on`: lower hard links stay one file across copy-up (index.rs).
+    pub index: bool,
     /// uid/gid mapping and squashing (`uidmapping=`, `gidmapping=`, `squash_to_*`).
     pub ids: crate::ids::Ids,
     /// `xattr_permissions=1|2`: ownership and mode overrides kept in an xattr.
@@ -345,6 +349,16 @@ pub const OPTIONS: &[OptionDoc] = &[
         "log every request (without -f: to syslog or --log-file)",
     ),
     doc(
+        "index",
+        "index=on|off",
+        "lower hard links stay one file after a copy-up, in the kernel's workdir/index format (default off)",
+    ),
+    doc(
+        "nfs_export",
+        "nfs_export=on|off",
+        "file handles (open_by_handle_at, NFS) outlive the kernel's caches and remounts (default off)",
+    ),
+    doc(
         "metacopy",
         "metacopy=on|off",
         "metadata-only copy-up in the kernel's format (default off)",
@@ -385,8 +399,8 @@ pub const OPTIONS: &[OptionDoc] = &[
         "off (or follow, nofollow): renaming a lower directory answers EXDEV, no redirects",
     ),
     doc(
-        "index",
-        "index=, nfs_export=, xino=, uuid=, verity=off",
+        "xino",
+        "xino=, uuid=, verity=off",
         "kernel overlayfs tuning: accepted and logged",
     ),
     doc(
@@ -762,6 +776,20 @@ impl Parser {
             "userxattr" => cfg.userxattr = true,
             "noacl" => cfg.noacl = true,
             "acl" => cfg.noacl = false,
+            "index" => {
+                cfg.index = match value {
+                    Some(b"on") => true,
+                    Some(b"off") => false,
+                    _ => return Err(bad("option index= takes on or off")),
+                }
+            }
+            "nfs_export" => {
+                cfg.nfs_export = match value {
+                    Some(b"on") => true,
+                    Some(b"off") => false,
+                    _ => return Err(bad("option nfs_export= takes on or off")),
+                }
+            }
             "redirect_dir" => {
                 cfg.no_dir_redirects = match value {
                     Some(b"on") => false,
@@ -867,10 +895,9 @@ impl Parser {
             // and podman; they do not change what the mount shows.
             "lazytime" | "async" | "sync" | "dirsync" | "auto" | "noauto" | "user" | "nouser"
             | "users" | "owner" | "group" | "_netdev" | "nofail" | "defaults" | "context"
-            | "fscontext" | "defcontext" | "rootcontext" | "seclabel" | "index" | "nfs_export"
-            | "xino" | "uuid" | "fast_ino" | "large_read" | "big_writes" | "kernel_cache"
-            | "auto_cache" | "noforget" | "clone_fd" | "max_idle_threads" | "max_read"
-            | "nonempty" => {
+            | "fscontext" | "defcontext" | "rootcontext" | "seclabel" | "xino" | "uuid"
+            | "fast_ino" | "large_read" | "big_writes" | "kernel_cache" | "auto_cache"
+            | "noforget" | "clone_fd" | "max_idle_threads" | "max_read" | "nonempty" => {
                 cfg.ignored.push(text(item));
             }
             k if k.starts_with("x-") || k == "comment" => cfg.ignored.push(text(item)),

@@ -355,6 +355,7 @@ impl UnionFs {
                         dirs: roots,
                         lower_attr: None,
                         lower_xattrs: None,
+                        indexed: None,
                         ..old.clone()
                     })
                 } else if detached.contains(&old.parent) || old.pinned.is_some() {
@@ -369,6 +370,7 @@ impl UnionFs {
                             pinned: None,
                             lower_attr: None,
                             lower_xattrs: None,
+                            indexed: None,
                             ..old.clone()
                         })
                 };

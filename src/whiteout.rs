@@ -166,6 +166,26 @@ impl Markers {
     }
 }
 
+/// `Node::prot` (fileattr.rs) holds what protects a node once known: this bit, then the
+/// `FS_IMMUTABLE_FL | FS_APPEND_FL` bits (which fit a byte).
+pub const PROT_KNOWN: u8 = 1;
+
+/// The `Node::prot` value for an `overlay.protattr` value read from an upper entry (`None`:
+/// no such marker): "a" append-only, "i" immutable; an unknown letter makes the kernel
+/// ignore the whole value.
+pub fn prot_of_marker(v: Option<&[u8]>) -> u8 {
+    use crate::sys::fileattr::{FS_APPEND_FL, FS_IMMUTABLE_FL};
+    let mut bits = 0u32;
+    for &c in v.unwrap_or_default() {
+        match c {
+            b'a' => bits |= FS_APPEND_FL,
+            b'i' => bits |= FS_IMMUTABLE_FL,
+            _ => return PROT_KNOWN,
+        }
+    }
+    PROT_KNOWN | bits as u8
+}
+
 /// A zero-size regular file carrying `overlay.whiteout` (only meaningful inside a
 /// directory whose opaque state is [`Opaque::XattrWhiteouts`]).
 pub fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &std::ffi::CStr, st: &Stat) -> bool {

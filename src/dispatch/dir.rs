@@ -245,7 +245,7 @@ impl Dispatcher {
                 self.settle_count(&attr);
                 EntryOut {
                     nodeid: attr.node,
-                    generation: 0,
+                    generation: self.fs.generation_of(attr.node),
                     entry_valid: ttl,
                     attr_valid: ttl,
                     attr: super::entry::attr_out(&attr, attr.node),

@@ -211,7 +211,7 @@ impl Dispatcher {
     pub(super) fn entry_out(&self, parent: u64, a: &Attr) -> EntryOut {
         EntryOut {
             nodeid: a.node,
-            generation: 0,
+            generation: self.fs.generation_of(a.node),
             entry_valid: self.entry_ttl(parent),
             attr_valid: self.attr_ttl(a),
             attr: attr_out(a, a.node),

@@ -181,6 +181,13 @@ impl Dispatcher {
             op @ Op::Fallocate { .. } => self.fallocate(ctx, op),
             Op::Lseek { fh, offset, whence } => self.lseek(fh, offset, whence),
             op @ Op::CopyFileRange { .. } => self.copy_file_range(ctx, op),
+            Op::Ioctl {
+                flags,
+                cmd,
+                in_data,
+                out_size,
+                ..
+            } => self.ioctl(ctx, flags, cmd, in_data, out_size),
         }
     }
 
@@ -265,6 +272,39 @@ impl Dispatcher {
     fn removexattr(&self, ctx: &Ctx, name: &OsStr) -> Reply {
         self.stats.count(Count::Removexattr);
         empty("removexattr", self.fs.removexattr(ctx.nodeid, name))
+    }
+
+    /// FUSE_IOCTL: the file attribute commands (`chattr`, `lsattr`; the kernel sends them
+    /// for regular files and directories, FS_IOC_GETFLAGS/SETFLAGS with an `int`); any
+    /// other command ENOTTY, as a filesystem that does not know it answers.
+    fn ioctl(&self, ctx: &Ctx, flags: u32, cmd: u32, data: &[u8], out_size: u32) -> Reply {
+        use crate::fileattr::Request as R;
+        use crate::sys::fileattr as fa;
+        const UNRESTRICTED: u32 = 1 << 1;
+        if flags & UNRESTRICTED != 0 {
+            return Reply::Err(libc::ENOSYS);
+        }
+        let int = |d: &[u8]| {
+            d.get(..4)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let req = match cmd {
+            fa::FS_IOC_GETFLAGS | fa::FS_IOC32_GETFLAGS => Some(R::GetFlags),
+            fa::FS_IOC_SETFLAGS | fa::FS_IOC32_SETFLAGS => int(data).map(R::SetFlags),
+            fa::FS_IOC_FSGETXATTR => Some(R::GetXattr),
+            fa::FS_IOC_FSSETXATTR => fa::Fsxattr::from_bytes(data).map(R::SetXattr),
+            _ => return Reply::Err(libc::ENOTTY),
+        };
+        let Some(req) = req else {
+            return Reply::Err(libc::EINVAL);
+        };
+        match self.fs.fileattr(ctx.nodeid, req) {
+            Ok(mut data) => {
+                data.resize(out_size as usize, 0);
+                Reply::Ioctl { result: 0, data }
+            }
+            Err(e) => errno("ioctl", e),
+        }
     }
 
     fn access(&self, ctx: &Ctx, mask: i32) -> Reply {

@@ -182,6 +182,15 @@ pub enum Op<'a> {
         offset: i64,
         whence: i32,
     },
+    /// FUSE_IOCTL (`struct fuse_ioctl_in` and the in-data); only the file attribute
+    /// commands are served (fileattr.rs).
+    Ioctl {
+        fh: u64,
+        flags: u32,
+        cmd: u32,
+        in_data: &'a [u8],
+        out_size: u32,
+    },
     CopyFileRange {
         fh_in: u64,
         off_in: u64,
@@ -314,6 +323,12 @@ pub enum Reply {
     XattrData(Vec<u8>),
     Lseek {
         offset: i64,
+    },
+    /// IOCTL: `fuse_ioctl_out.result` and the out-data (exactly the request's `out_size`
+    /// bytes, which is what the kernel expects of a restricted ioctl).
+    Ioctl {
+        result: i32,
+        data: Vec<u8>,
     },
     /// As many entries as fit in the request's size.
     Dir(Vec<DirEntryOut>),

@@ -109,12 +109,13 @@ pub fn fuser_created_passthrough(
     ttl: &std::time::Duration,
     attr: &fuser::FileAttr,
     fh: fuser::FileHandle,
+    generation: u64,
     flags: fuser::FopenFlags,
     id: u32,
 ) {
     // SAFETY: as in fuser_opened_passthrough.
     let b = unsafe { reply.wrap_backing(id) };
-    reply.created_passthrough(ttl, attr, fuser::Generation(0), fh, flags, &b);
+    reply.created_passthrough(ttl, attr, fuser::Generation(generation), fh, flags, &b);
     let _ = b.into_raw();
 }
 

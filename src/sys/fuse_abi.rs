@@ -217,6 +217,15 @@ abi_struct! {
     }
     pub struct FuseLseekIn = 24 { pub fh: u64, pub offset: u64, pub whence: u32, pub padding: u32, }
     pub struct FuseLseekOut = 8 { pub offset: u64, }
+    /// IOCTL, followed by `in_size` bytes of in-data.
+    pub struct FuseIoctlIn = 32 {
+        pub fh: u64, pub flags: u32, pub cmd: u32, pub arg: u64, pub in_size: u32,
+        pub out_size: u32,
+    }
+    /// The IOCTL reply, followed by the out-data.
+    pub struct FuseIoctlOut = 16 {
+        pub result: i32, pub flags: u32, pub in_iovs: u32, pub out_iovs: u32,
+    }
     /// COPY_FILE_RANGE (reply [`FuseWriteOut`]) and COPY_FILE_RANGE_64 (reply
     /// [`FuseCopyFileRangeOut`]).
     pub struct FuseCopyFileRangeIn = 56 {

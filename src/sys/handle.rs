@@ -26,20 +26,34 @@ pub struct Handle {
     pub bytes: Vec<u8>,
 }
 
+/// `AT_HANDLE_CONNECTABLE` (Linux 6.13): a handle that also names the parent, so that a
+/// decode can return a connected path (xfstests generic/777).
+pub const AT_HANDLE_CONNECTABLE: libc::c_int = 0x002;
+
 /// The handle of `dir/name`, never following a symlink (non-connectable: the inode alone,
 /// as the kernel overlayfs encodes a lower origin).
 pub fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Handle> {
+    name_to_handle_flags(dir, name, 0)
+}
+
+/// [`name_to_handle`] with extra flags (`AT_HANDLE_CONNECTABLE`).
+pub fn name_to_handle_flags(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    extra: libc::c_int,
+) -> io::Result<Handle> {
     let mut buf = HandleBuf {
         bytes: MAX_HANDLE_BYTES as libc::c_uint,
         kind: 0,
         data: [0; MAX_HANDLE_BYTES / 4],
     };
     let mut mount_id: libc::c_int = 0;
-    let flags = if name.is_empty() {
-        libc::AT_EMPTY_PATH
-    } else {
-        0
-    };
+    let flags = extra
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
     // SAFETY: buf is a file_handle header followed by `bytes` writable bytes; name is
     // NUL-terminated; mount_id is a valid out pointer; dir is live for the call.
     cvt(unsafe {

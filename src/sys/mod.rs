@@ -8,6 +8,7 @@
 pub mod backing;
 pub mod daemon;
 pub mod dirent;
+pub mod fileattr;
 pub mod fuse_abi;
 pub mod handle;
 pub mod inotify;

@@ -26,6 +26,10 @@
 //!   `impure` (a kernel mount's readdir then gives wrong `d_ino`s): `impure` set. A superfluous
 //!   `impure` is not an error (the kernel leaves it and drops it lazily).
 //!
+//! - `W/index` (`index=on`): an entry not named by the hex of its own `overlay.origin`:
+//!   reported; an orphan (no name left by its `overlay.nlink`) or, with `--lower`, a stale
+//!   one (its origin in no lower): removed, as the kernel's next mount would;
+//!
 //! Whiteouts, opaque markers and metacopy data can only be judged against the lowers:
 //! without `--lower` they are counted and the report says they were not judged.
 
@@ -459,6 +463,46 @@ pub fn run(a: &CheckArgs) -> Result<Report> {
     Ok(c.report)
 }
 
+/// `W/index` (`index=on`, index.rs), as the kernel verifies it at mount time: every entry
+/// but a whiteout is a non-directory named by the hex of its own `overlay.origin`; one no
+/// name links up any more (union link count 0 by its `overlay.nlink`) is an orphan, one whose
+/// origin no lower decodes (with `--lower`) is stale: both removed by `--repair` (the
+/// kernel's clean-up; neither shows in the merged view). Directory entries (the kernel's
+/// `nfs_export`) are not judged.
+fn check_index(c: &mut Checker, index: &OwnedFd, at: &str) -> Result<()> {
+    for (name, st) in layer::list(index.as_fd())? {
+        let fmt = st.st_mode & libc::S_IFMT;
+        if whiteout::is_whiteout_stat(&st) || fmt == libc::S_IFDIR {
+            continue;
+        }
+        let p = format!("{at}/{}", String::from_utf8_lossy(name.to_bytes()));
+        let origin = whiteout::marker(index.as_fd(), &name, "origin").unwrap_or_default();
+        if crate::index::index_name(&origin).as_deref() != Some(name.as_c_str()) {
+            c.found(
+                &p,
+                "index entry not named by its overlay.origin (the kernel refuses it)",
+                None,
+            );
+            continue;
+        }
+        // As the kernel: the union count is the entry's links plus N; none (or no valid
+        // overlay.nlink) with only the entry's own link left is an orphan.
+        let delta = crate::index::nlink_delta(index.as_fd(), &name);
+        let orphan = st.st_nlink == 1 && delta.is_none_or(|d| d < 0);
+        let stale = c.stale_origin(&origin, &st);
+        if orphan || stale {
+            let why = if stale {
+                "stale index entry (its origin is in no lower)"
+            } else {
+                "orphan index entry (no name of it is left)"
+            };
+            let fix = c.fix(|| ops::unlinkat(index.as_fd(), &name, 0), "removed");
+            c.found(&p, why, fix);
+        }
+    }
+    Ok(())
+}
+
 fn check_workdir(c: &mut Checker, w: &std::path::Path) -> Result<()> {
     let wd = layer::open_root("workdir", w)?;
     if let Ok(work) = layer::open_dir(wd.as_fd(), c"work") {
@@ -480,6 +524,9 @@ fn check_workdir(c: &mut Checker, w: &std::path::Path) -> Result<()> {
                 fix,
             );
         }
+    }
+    if let Ok(index) = layer::open_dir(wd.as_fd(), c"index") {
+        check_index(c, &index, &format!("{}/index", w.display()))?;
     }
     if sys::fstatat(wd.as_fd(), c"incompat/volatile").is_ok() {
         c.found(

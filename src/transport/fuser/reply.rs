@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ::fuser::{
     Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow as FuserTime,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow as FuserTime,
 };
 use log::warn;
 
@@ -93,7 +93,10 @@ impl Answer for ReplyCreate {
                     FopenFlags::from_bits_retain(open.open_flags),
                 );
                 match open.backing_id {
-                    Some(id) => fuser_created_passthrough(self, ttl, &attr, fh, flags, id),
+                    Some(id) => {
+                        let g = entry.generation;
+                        fuser_created_passthrough(self, ttl, &attr, fh, g, flags, id)
+                    }
                     None => self.created(ttl, &attr, Generation(entry.generation), fh, flags),
                 }
             }
@@ -130,6 +133,16 @@ impl Answer for ReplyXattr {
         match r {
             Reply::Xattr { size } => self.size(*size),
             Reply::XattrData(d) => self.data(d),
+            Reply::Err(e) => self.error(err(*e)),
+            r => self.error(mismatch(r)),
+        }
+    }
+}
+
+impl Answer for ReplyIoctl {
+    fn answer(self, r: &Reply) {
+        match r {
+            Reply::Ioctl { result, data } => self.ioctl(*result, data),
             Reply::Err(e) => self.error(err(*e)),
             r => self.error(mismatch(r)),
         }

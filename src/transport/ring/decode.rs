@@ -73,6 +73,7 @@ pub fn served(op: u32) -> bool {
             | CREATE
             | FALLOCATE
             | LSEEK
+            | IOCTL
             | COPY_FILE_RANGE
     )
 }
@@ -119,9 +120,8 @@ pub fn decode<'a>(r: &RawRequest<'a>) -> Option<Op<'a>> {
             name: only_name(r)?,
         }),
         SYMLINK | MKNOD | MKDIR | CREATE | LINK | RENAME | RENAME2 => names_op(r),
-        OPEN | READ | WRITE | RELEASE | FLUSH | FSYNC | FALLOCATE | LSEEK | COPY_FILE_RANGE => {
-            file_op(r)
-        }
+        OPEN | READ | WRITE | RELEASE | FLUSH | FSYNC | FALLOCATE | LSEEK | IOCTL
+        | COPY_FILE_RANGE => file_op(r),
         OPENDIR | READDIR | READDIRPLUS | RELEASEDIR | FSYNCDIR => dir_op(r),
         SETXATTR | GETXATTR | LISTXATTR | ACCESS => xattr_op(r),
         _ => None,
@@ -281,6 +281,16 @@ fn file_op2<'a>(r: &RawRequest<'a>) -> Option<Op<'a>> {
                 offset: i.offset,
                 length: i.length,
                 mode: i.mode as i32,
+            })
+        }
+        IOCTL => {
+            let i: abi::FuseIoctlIn = read(r.op_in)?;
+            Some(Op::Ioctl {
+                fh: i.fh,
+                flags: i.flags,
+                cmd: i.cmd,
+                in_data: args(r)?.get(..i.in_size as usize)?,
+                out_size: i.out_size,
             })
         }
         LSEEK => {

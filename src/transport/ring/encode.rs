@@ -141,6 +141,16 @@ pub fn encode(r: &Reply) -> RawReply {
                 offset: *offset as u64,
             },
         ),
+        Reply::Ioctl { result, data } => {
+            push(
+                &mut out,
+                &abi::FuseIoctlOut {
+                    result: *result,
+                    ..Default::default()
+                },
+            );
+            out.extend_from_slice(data);
+        }
         Reply::Dir(entries) => {
             for e in entries {
                 let name = std::os::unix::ffi::OsStrExt::as_bytes(e.name.as_os_str());
