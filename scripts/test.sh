@@ -152,7 +152,7 @@ bin=${STRATAFS_BIN:-$target_dir/release/stratafs}
 # over /dev/fuse by the classic pass.
 CLASSIC_TESTS="request_counts stress readdir_streams lower_passthrough remove_privs bad_requests
   rootless dino link_count_race chown_ctime remount differential_read differential_write
-  hard_links lower_hard_links mmap_times permissions apptainer"
+  hard_links lower_hard_links mmap_times permissions apptainer file_handles index"
 
 # cargo_pass NAME Y|N [cargo test args...]: one `cargo test` pass with enable_uring=Y|N, its
 # results counted in the summary.
