@@ -166,14 +166,7 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
             return Err(e);
         }
     };
-    // udba=notify: the thread that turns direct changes into invalidations.
-    let slot = notifier.clone();
-    crate::udba::spawn(fs.clone(), move |i| {
-        if let Some(n) = slot.get() {
-            crate::dispatch::send_inval(n, i);
-        }
-    })
-    .map_err(|e| Error::io(e, "udba thread"))?;
+    spawn_udba(&fs, notifier.clone())?;
     let entry = our_mount_entry(cfg, &conn);
     if let Some(e) = &entry {
         let _ = bdi.set(e.dev.clone());
@@ -191,15 +184,12 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
     for i in &cfg.ignored {
         warn!("option {i} accepted and ignored");
     }
+    let shown = entry
+        .as_ref()
+        .map_or(mnt.clone(), |e| e.point.display().to_string());
     info!(
-        "mounted {} on {} (lower {:?}, upper {:?}, work {:?})",
-        cfg.fsname,
-        entry
-            .as_ref()
-            .map_or(mnt.clone(), |e| e.point.display().to_string()),
-        cfg.lowerdirs,
-        cfg.upperdir,
-        cfg.workdir
+        "mounted {} on {shown} (lower {:?}, upper {:?}, work {:?})",
+        cfg.fsname, cfg.lowerdirs, cfg.upperdir, cfg.workdir
     );
     ready();
     let served = session
@@ -207,6 +197,20 @@ pub fn run(cfg: &Config, ready: impl FnOnce()) -> Result<()> {
         .map_err(|e| Error::io(e, format!("serving {mnt}")));
     saver.save_ghosts();
     served
+}
+
+/// udba=notify: the thread that turns direct changes into invalidations, sent through the
+/// session's notifier once it is set.
+fn spawn_udba(
+    fs: &Arc<UnionFs>,
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+) -> Result<()> {
+    crate::udba::spawn(fs.clone(), move |i| {
+        if let Some(n) = notifier.get() {
+            crate::dispatch::send_inval(n, i);
+        }
+    })
+    .map_err(|e| Error::io(e, "udba thread"))
 }
 
 /// The kernel's entry/attribute cache lifetime: `timeout=`, else none with udba=reval

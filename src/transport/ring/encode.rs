@@ -114,20 +114,7 @@ pub fn encode(r: &Reply) -> RawReply {
                 padding: 0,
             },
         ),
-        Reply::Statfs(s) => {
-            let st = abi::FuseKstatfs {
-                blocks: s.blocks,
-                bfree: s.bfree,
-                bavail: s.bavail,
-                files: s.files,
-                ffree: s.ffree,
-                bsize: s.bsize,
-                namelen: s.namelen,
-                frsize: s.frsize,
-                ..Default::default()
-            };
-            push(&mut out, &abi::FuseStatfsOut { st });
-        }
+        Reply::Statfs(s) => push(&mut out, &statfs_out(s)),
         Reply::Xattr { size } => push(
             &mut out,
             &abi::FuseGetxattrOut {
@@ -165,6 +152,22 @@ pub fn encode(r: &Reply) -> RawReply {
         }
     }
     RawReply::Data(out)
+}
+
+/// A STATFS reply's `fuse_statfs_out`.
+fn statfs_out(s: &crate::dispatch::StatfsOut) -> abi::FuseStatfsOut {
+    let st = abi::FuseKstatfs {
+        blocks: s.blocks,
+        bfree: s.bfree,
+        bavail: s.bavail,
+        files: s.files,
+        ffree: s.ffree,
+        bsize: s.bsize,
+        namelen: s.namelen,
+        frsize: s.frsize,
+        ..Default::default()
+    };
+    abi::FuseStatfsOut { st }
 }
 
 /// One `fuse_direntplus` and its name, padded to 8 bytes. The dirent's ino is the
