@@ -870,6 +870,19 @@ fn abort_with_a_request_in_flight_ends_the_ring_cleanly() {
     assert!(st.success(), "server: {st:?}\n{out}");
 }
 
+/// Two threads on CPU 0 opening "gate" (their OPENs park until a WRITE opens the gate).
+fn open_gate_twice_from_cpu0(s: &Server) -> Vec<std::thread::JoinHandle<std::io::Result<()>>> {
+    (0..2)
+        .map(|_| {
+            let gate = s.p("gate");
+            std::thread::spawn(move || {
+                stratafs::sys::uring::pin_to_cpu(0).unwrap();
+                std::fs::File::open(gate).map(drop)
+            })
+        })
+        .collect()
+}
+
 /// A request answered later does not hold its queue: with 2 threads x 1 entry per queue, two
 /// OPENs of "gate" from CPU 0 are parked (`ring::park`) until a WRITE opens the gate — a
 /// WRITE from the same CPU, so its requests need a free entry of queue 0, which both
@@ -880,15 +893,7 @@ fn a_parked_request_leaves_its_queue_serving() {
     use stratafs::sys::uring::pin_to_cpu;
     let _uring = EnableUring::on();
     let mut s = Server::start("park", "ring", 2, 1, "pin");
-    let openers: Vec<_> = (0..2)
-        .map(|_| {
-            let gate = s.p("gate");
-            std::thread::spawn(move || {
-                pin_to_cpu(0).unwrap();
-                std::fs::File::open(gate).map(drop)
-            })
-        })
-        .collect();
+    let openers = open_gate_twice_from_cpu0(&s);
     std::thread::sleep(Duration::from_millis(500));
     let big = s.p("big");
     let wrote = within(
@@ -936,15 +941,7 @@ fn a_request_queued_behind_parked_entries_is_fetched_by_the_kick() {
     let _uring = EnableUring::on();
     for kick in [true, false] {
         let mut s = Server::start("kick", "ring", 2, 1, if kick { "pin;kick" } else { "pin" });
-        let openers: Vec<_> = (0..2)
-            .map(|_| {
-                let gate = s.p("gate");
-                std::thread::spawn(move || {
-                    pin_to_cpu(0).unwrap();
-                    std::fs::File::open(gate).map(drop)
-                })
-            })
-            .collect();
+        let openers = open_gate_twice_from_cpu0(&s);
         std::thread::sleep(Duration::from_millis(100));
         let big = s.p("big");
         let writer = std::thread::spawn(move || {
