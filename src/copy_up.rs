@@ -312,13 +312,7 @@ impl UnionFs {
             // file holds it, so the copy cannot go there.
             return self.copy_up_nameless(node, &work, want);
         }
-        let parent = self.node(loc.parent)?;
-        self.copy_up(&parent, CopyUp::Meta)?;
-        let upper_parent = parent
-            .loc
-            .read()
-            .dir_in(UPPER)
-            .ok_or_else(|| Error::new(libc::EIO, "parent has no upper after copy-up"))?;
+        let upper_parent = self.upper_parent_of(loc.parent)?;
         let src = self.real(node)?;
         let st =
             sys::fstatat(src.dir.as_fd(), &src.name).map_err(|e| Error::io(e, "copy-up stat"))?;
@@ -438,14 +432,16 @@ impl UnionFs {
     /// copied up) gets its own upper link of that entry before it changes (the kernel's
     /// link-up). Where the name cannot take it (it was removed while the node lives on),
     /// the node goes on with the index entry, which is the file. Caller holds `copy_lock`.
-    fn link_up_alias(&self, node: &Arc<Node>, loc: &crate::inode::Loc, hex: &CStr) -> Result<()> {
-        let parent = self.node(loc.parent)?;
+    /// The upper directory of node `parent`, copied up first (metadata only) if needed.
+    fn upper_parent_of(&self, parent: u64) -> Result<Arc<OwnedFd>> {
+        let parent = self.node(parent)?;
         self.copy_up(&parent, CopyUp::Meta)?;
-        let upper_parent = parent
-            .loc
-            .read()
-            .dir_in(UPPER)
-            .ok_or_else(|| Error::new(libc::EIO, "parent has no upper after copy-up"))?;
+        let dir = parent.loc.read().dir_in(UPPER);
+        dir.ok_or_else(|| Error::new(libc::EIO, "parent has no upper after copy-up"))
+    }
+
+    fn link_up_alias(&self, node: &Arc<Node>, loc: &crate::inode::Loc, hex: &CStr) -> Result<()> {
+        let upper_parent = self.upper_parent_of(loc.parent)?;
         let name = whiteout::c_name(&loc.name).ok_or_else(|| Error::errno(libc::EINVAL))?;
         let pst = sys::fstatat(upper_parent.as_fd(), c".")
             .map_err(|e| Error::io(e, "copy-up parent stat"))?;

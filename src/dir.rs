@@ -453,18 +453,7 @@ impl UnionFs {
         self.check_found(&found, &pnode, &cname, Change::Name)?;
         let work = self.staging()?;
         if dir {
-            let floc = Loc {
-                parent,
-                name: name.to_os_string(),
-                top: found.top,
-                dirs: found.dirs,
-                data: None,
-                pinned: None,
-                staged: None,
-                lower_attr: None,
-                lower_xattrs: None,
-                indexed: None,
-            };
+            let floc = Loc::new(parent, name.to_os_string(), found.top, found.dirs);
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
             }

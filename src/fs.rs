@@ -197,18 +197,8 @@ impl UnionFs {
     /// Opens the branches of `cfg` (already validated) and builds the root.
     pub fn new(cfg: &Config) -> Result<UnionFs> {
         let layers = Layers::open(cfg)?;
-        let root = Loc {
-            parent: ROOT_INO,
-            name: Default::default(),
-            top: layers.roots().first().map(|(l, _)| *l).unwrap_or(1),
-            dirs: layers.roots(),
-            data: None,
-            pinned: None,
-            staged: None,
-            lower_attr: None,
-            lower_xattrs: None,
-            indexed: None,
-        };
+        let top = layers.roots().first().map(|(l, _)| *l).unwrap_or(1);
+        let root = Loc::new(ROOT_INO, Default::default(), top, layers.roots());
         let read_only = !cfg.writable();
         let shows_overrides = cfg.xattr_permissions.is_some()
             || layers.stack().lowers.iter().any(|l| l.read_level.is_some());

@@ -188,6 +188,28 @@ impl Drop for StagedName {
 }
 
 impl Loc {
+    /// An entry named `name` in directory node `parent`, its attributes from layer `top`,
+    /// with `dirs` its real directories (empty for a non-directory) and nothing else known.
+    pub fn new(
+        parent: u64,
+        name: OsString,
+        top: LayerId,
+        dirs: Vec<(LayerId, Arc<OwnedFd>)>,
+    ) -> Loc {
+        Loc {
+            parent,
+            name,
+            top,
+            dirs,
+            data: None,
+            pinned: None,
+            staged: None,
+            lower_attr: None,
+            lower_xattrs: None,
+            indexed: None,
+        }
+    }
+
     pub fn in_upper(&self) -> bool {
         self.top == UPPER
     }
@@ -723,18 +745,7 @@ mod tests {
     use super::*;
 
     fn loc(parent: u64, name: &str) -> Loc {
-        Loc {
-            parent,
-            name: name.into(),
-            top: UPPER,
-            dirs: Vec::new(),
-            data: None,
-            pinned: None,
-            staged: None,
-            lower_attr: None,
-            lower_xattrs: None,
-            indexed: None,
-        }
+        Loc::new(parent, name.into(), UPPER, Vec::new())
     }
 
     /// A file with a name in each of two directories, looked up through both side by side
