@@ -281,25 +281,29 @@ fn expected(extra: &[&str]) -> BTreeSet<String> {
     v
 }
 
-#[test]
-#[cfg_attr(
-    not(all(have = "root", have = "squashfuse", have = "mksquashfs")),
-    ignore = "needs root, squashfuse_ll, mksquashfs"
-)]
-fn publisher_reads_the_same_changes_from_stratafs_and_the_kernel() {
-    let s = Scratch::new("cvmfs");
-    let repo = Repo::mount(&s);
+/// Runs `script` in a kernel overlay mount and in a stratafs mount (`redirect_dir=off`),
+/// each over the repository with an upper of its own, and checks that the merged views
+/// agree. Returns the kernel's upper, stratafs's upper and stratafs's merged view.
+fn on_kernel_and_stratafs(
+    s: &Scratch,
+    repo: &Repo,
+    script: &str,
+) -> (
+    PathBuf,
+    PathBuf,
+    std::collections::BTreeMap<Vec<u8>, common::Entry>,
+) {
     let since = now();
     let (ku, kw, km) = (s.dir("k/u"), s.dir("k/w"), s.dir("k/m"));
     let (su, sw, sm) = (s.dir("s/u"), s.dir("s/w"), s.dir("s/m"));
     let kview = {
         let _k = Kernel::mount(&Stack::one(&repo.mnt, &ku, &kw), "", &km);
-        run(TRANSACTION, &km);
+        run(script, &km);
         snapshot(&km)
     };
     let sview = {
         let m = Strata::mount(&Stack::one(&repo.mnt, &su, &sw), "redirect_dir=off", &sm);
-        run(TRANSACTION, &sm);
+        run(script, &sm);
         let v = snapshot(&sm);
         assert_eq!(m.unmount().map(|s| s.success()), Some(true));
         v
@@ -309,6 +313,18 @@ fn publisher_reads_the_same_changes_from_stratafs_and_the_kernel() {
         &timeless(kview, since),
         &timeless(sview.clone(), since),
     );
+    (ku, su, sview)
+}
+
+#[test]
+#[cfg_attr(
+    not(all(have = "root", have = "squashfuse", have = "mksquashfs")),
+    ignore = "needs root, squashfuse_ll, mksquashfs"
+)]
+fn publisher_reads_the_same_changes_from_stratafs_and_the_kernel() {
+    let s = Scratch::new("cvmfs");
+    let repo = Repo::mount(&s);
+    let (ku, su, _) = on_kernel_and_stratafs(&s, &repo, TRANSACTION);
     let kernel = publish(&ku, &repo.mnt);
     let strata = publish(&su, &repo.mnt);
     assert_eq!(
@@ -327,26 +343,7 @@ fn publisher_reads_the_same_changes_from_stratafs_and_the_kernel() {
 fn hard_linked_repository_file_is_broken_up_as_by_the_kernel_and_refused_by_the_publisher() {
     let s = Scratch::new("cvmfs-links");
     let repo = Repo::mount(&s);
-    let since = now();
-    let (ku, kw, km) = (s.dir("k/u"), s.dir("k/w"), s.dir("k/m"));
-    let (su, sw, sm) = (s.dir("s/u"), s.dir("s/w"), s.dir("s/m"));
-    let kview = {
-        let _k = Kernel::mount(&Stack::one(&repo.mnt, &ku, &kw), "", &km);
-        run(HARD_LINK_WRITE, &km);
-        snapshot(&km)
-    };
-    let sview = {
-        let m = Strata::mount(&Stack::one(&repo.mnt, &su, &sw), "redirect_dir=off", &sm);
-        run(HARD_LINK_WRITE, &sm);
-        let v = snapshot(&sm);
-        assert_eq!(m.unmount().map(|s| s.success()), Some(true));
-        v
-    };
-    assert_same(
-        "merged views, kernel vs stratafs",
-        &timeless(kview, since),
-        &timeless(sview.clone(), since),
-    );
+    let (ku, su, sview) = on_kernel_and_stratafs(&s, &repo, HARD_LINK_WRITE);
     for u in [&ku, &su] {
         // index=off: the written name alone is copied up, as a file with one link; the
         // other name still shows the repository's file.
