@@ -68,37 +68,7 @@ const FSIDX_SHIFT: u32 = 56;
 const REAL_INO_MASK: u64 = (1 << FSIDX_SHIFT) - 1;
 const OVERFLOW_BASE: u64 = 0xff << FSIDX_SHIFT;
 
-/// How a branch takes part in the union (aufs's branch permissions, `branch.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The writable upper.
-    Rw,
-    /// `ro+wh`: read-only, its whiteouts and opaque markers are honoured. Every lower of a
-    /// mount made from options is one (the kernel overlayfs honours them on every lower).
-    RoWh,
-    /// `ro`: read-only with no whiteouts: whiteouts and opaque markers on it are ignored
-    /// (they hide nothing and are not listed), as aufs looks up no whiteouts on `ro`.
-    Ro,
-    /// `rr`: like `ro`, and promised never to change (a squashfs, an ISO image): nothing
-    /// needs to watch or revalidate it (udba).
-    Rr,
-}
-
-impl Mode {
-    /// Do whiteouts and opaque markers on this branch hide what is below?
-    pub fn honours_whiteouts(self) -> bool {
-        matches!(self, Mode::Rw | Mode::RoWh)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Rw => "rw",
-            Mode::RoWh => "ro+wh",
-            Mode::Ro => "ro",
-            Mode::Rr => "rr",
-        }
-    }
-}
+pub use crate::types::Mode;
 
 /// Whether `f_type` names a filesystem served over a network or by another daemon.
 pub fn is_remote_fs(f_type: i64) -> bool {

@@ -122,6 +122,19 @@ pub struct Config {
     /// `lower_passthrough[=0|1]`: when read-only opens of lower files use FUSE passthrough
     /// (file.rs `passthrough_source`; docs/guarantees.md).
     pub lower_passthrough: LowerPassthrough,
+    /// The mode of each of `lowerdirs`, in the same order (aufs's branch permissions, given
+    /// with `br=`): `Rw` makes a branch below the top writable (`wbr_policy.rs`). Missing
+    /// entries are `RoWh`, the kernel overlayfs's lowers (see [`Config::lower_mode`]).
+    pub lower_modes: Vec<crate::types::Mode>,
+    /// `create=`: where new entries go among several writable branches.
+    pub create: crate::types::Create,
+    /// `cpup=`: which writable branch a copy-up goes to.
+    pub cpup: crate::types::Cpup,
+    /// `sum`: statfs shows the writable branches' totals (aufs's `sum`), not the top one's.
+    pub sum: bool,
+    /// Whiteouts and opaque markers are written in aufs's `.wh.` format (aufs-syntax
+    /// mounts, `br=`), not the kernel's.
+    pub aufs_whiteouts: bool,
     /// `io_uring` / `noio_uring`: which FUSE transport serves requests (default: the ring
     /// where the kernel offers it, see src/transport/).
     pub io_uring: IoUring,
@@ -1260,6 +1273,14 @@ impl Config {
     }
 
     /// True when writes are possible at all.
+    /// The mode of lower `i` (`lower_modes`, `RoWh` by default).
+    pub fn lower_mode(&self, i: usize) -> crate::types::Mode {
+        self.lower_modes
+            .get(i)
+            .copied()
+            .unwrap_or(crate::types::Mode::RoWh)
+    }
+
     pub fn writable(&self) -> bool {
         self.upperdir.is_some() && !self.read_only
     }

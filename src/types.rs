@@ -85,6 +85,76 @@ pub enum Level {
     Containers,
 }
 
+/// How a branch takes part in the union (aufs's branch permissions, `branch.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `rw` (`rw+nolwh` too: every whiteout stratafs writes is a file of its own, never a
+    /// hard link, which is all aufs's `nolwh` asks): writable. The upper, and with aufs's
+    /// branch model any branch below it (`wbr_policy.rs`).
+    Rw,
+    /// `ro+wh`: read-only, its whiteouts and opaque markers are honoured. Every lower of a
+    /// mount made from options is one (the kernel overlayfs honours them on every lower).
+    RoWh,
+    /// `ro`: read-only with no whiteouts: whiteouts and opaque markers on it are ignored
+    /// (they hide nothing and are not listed), as aufs looks up no whiteouts on `ro`.
+    Ro,
+    /// `rr`: like `ro`, and promised never to change (a squashfs, an ISO image): nothing
+    /// needs to watch or revalidate it (udba).
+    Rr,
+}
+
+impl Mode {
+    /// Do whiteouts and opaque markers on this branch hide what is below?
+    pub fn honours_whiteouts(self) -> bool {
+        matches!(self, Mode::Rw | Mode::RoWh)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Rw => "rw",
+            Mode::RoWh => "ro+wh",
+            Mode::Ro => "ro",
+            Mode::Rr => "rr",
+        }
+    }
+}
+
+/// aufs's `create=`: where a new entry goes when several branches are writable
+/// (`wbr_policy.rs`). Seconds are how long a measured free space is trusted; LOW a number
+/// of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Create {
+    /// `tdp` (top-down-parent, the default): the highest writable branch holding the
+    /// parent directory; where none does, the parent is copied up bottom-up first.
+    #[default]
+    Tdp,
+    /// `rr` (round-robin): the writable branches in turn.
+    Rr,
+    /// `mfs[:SECONDS]` (most-free-space).
+    Mfs { secs: u64 },
+    /// `mfsrr:LOW[:SECONDS]`: most-free-space while it is at least LOW, else round-robin.
+    MfsRr { low: u64, secs: u64 },
+    /// `pmfs[:SECONDS]` (parent-mfs): most-free-space among the branches holding the parent.
+    Pmfs { secs: u64 },
+    /// `pmfsrr:LOW[:SECONDS]`: pmfs while its free space is at least LOW, else round-robin.
+    PmfsRr { low: u64, secs: u64 },
+}
+
+/// aufs's `cpup=`: the writable branch a copy-up goes to (`wbr_policy.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cpup {
+    /// `tdp` (the default): the highest writable branch above the source holding the
+    /// parent directory, else as `bu`.
+    #[default]
+    Tdp,
+    /// `bup` (bottom-up-parent): the nearest writable branch above the source holding the
+    /// parent directory, else as `bu`.
+    Bup,
+    /// `bu` (bottom-up): the nearest writable branch above the source; the parent is
+    /// copied up to it where missing.
+    Bu,
+}
+
 /// File type of a node; fixed for the node's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
