@@ -111,7 +111,9 @@ impl UnionFs {
                     }
                     if self.index.is_some()
                         && st.st_nlink > 1
-                        && self.node(ino).is_ok_and(|n| n.loc.read().in_upper())
+                        && self
+                            .node(ino)
+                            .is_ok_and(|n| self.layers.writable(n.loc.read().top))
                     {
                         st.st_nlink = crate::index::union_nlink(h.fd().as_fd(), c"", &st);
                     }
@@ -123,7 +125,9 @@ impl UnionFs {
         }
         let node = self.node(ino)?;
         let real = self.real(&node)?;
-        let keep = self.keep_lower_attrs && !real.loc.in_upper() && real.loc.pinned.is_none();
+        let keep = self.keep_lower_attrs
+            && !self.layers.writable(real.loc.top)
+            && real.loc.pinned.is_none();
         let st = match &real.loc.lower_attr {
             Some(st) if keep => **st,
             _ => {
@@ -135,14 +139,17 @@ impl UnionFs {
                         st.st_blocks = d.st_blocks;
                     }
                 }
-                if self.index.is_some() && real.loc.in_upper() && !node.is_dir() && st.st_nlink > 1
+                if self.index.is_some()
+                    && self.layers.writable(real.loc.top)
+                    && !node.is_dir()
+                    && st.st_nlink > 1
                 {
                     st.st_nlink = crate::index::union_nlink(real.dir.as_fd(), &real.name, &st);
                 }
                 if keep {
                     let mut l = node.loc.write();
                     // Still the same lower entry (no copy-up or new lookup meanwhile).
-                    if l.top == real.loc.top && l.pinned.is_none() && !l.in_upper() {
+                    if l.top == real.loc.top && l.pinned.is_none() && !self.layers.writable(l.top) {
                         l.lower_attr = Some(std::sync::Arc::new(st));
                     }
                 }
@@ -151,7 +158,7 @@ impl UnionFs {
         };
         let lowers = real.loc.dirs.iter().filter(|(l, _)| *l != UPPER).count();
         let merged = node.is_dir()
-            && if real.loc.in_upper() {
+            && if self.layers.writable(real.loc.top) {
                 lowers > 0
             } else {
                 lowers > 1
@@ -182,20 +189,24 @@ impl UnionFs {
         sys::readlinkat(real.dir.as_fd(), &real.name).map_err(|e| Error::io(e, "readlink"))
     }
 
-    /// Statistics of the upper's filesystem (the highest lower's when read-only).
+    /// Statistics of the highest writable branch's filesystem (the highest lower's when
+    /// none is writable); with `sum`, of every writable branch's filesystem added up, each
+    /// filesystem once (aufs's `sum`: a pool of disks shows its total size and free space).
     pub fn statfs(&self) -> Result<Statfs> {
-        let root = match &self.layers.upper {
-            Some(u) => u.root.clone(),
-            None => self
-                .layers
-                .stack()
-                .lowers
-                .first()
-                .map(|l| l.root.clone())
-                .ok_or_else(|| Error::errno(libc::EIO))?,
-        };
-        let s = sys::fstatvfs(root.as_fd())?;
-        Ok(Statfs {
+        let stack = self.layers.stack();
+        let writable: Vec<&std::sync::Arc<crate::layers::Layer>> = self
+            .layers
+            .upper
+            .iter()
+            .chain(stack.writable_lowers())
+            .collect();
+        let first = writable
+            .first()
+            .copied()
+            .or_else(|| stack.lowers.first())
+            .ok_or_else(|| Error::errno(libc::EIO))?;
+        let s = sys::fstatvfs(first.root.as_fd())?;
+        let mut out = Statfs {
             blocks: s.f_blocks,
             bfree: s.f_bfree,
             bavail: s.f_bavail,
@@ -204,7 +215,27 @@ impl UnionFs {
             bsize: s.f_bsize as u32,
             namelen: crate::fs::NAME_MAX as u32,
             frsize: s.f_frsize as u32,
-        })
+        };
+        if !self.sum {
+            return Ok(out);
+        }
+        let unit = s.f_frsize.max(1);
+        // Each filesystem once (two branches on one disk are one disk's space).
+        let mut seen = vec![first.dev];
+        for l in writable.iter().skip(1) {
+            if seen.contains(&l.dev) {
+                continue;
+            }
+            seen.push(l.dev);
+            let v = sys::fstatvfs(l.root.as_fd())?;
+            let scale = |n: u64| n.saturating_mul(v.f_frsize) / unit;
+            out.blocks = out.blocks.saturating_add(scale(v.f_blocks));
+            out.bfree = out.bfree.saturating_add(scale(v.f_bfree));
+            out.bavail = out.bavail.saturating_add(scale(v.f_bavail));
+            out.files = out.files.saturating_add(v.f_files);
+            out.ffree = out.ffree.saturating_add(v.f_ffree);
+        }
+        Ok(out)
     }
 
     /// One xattr of the topmost real entry; overlay markers do not exist, and names in the
@@ -247,7 +278,7 @@ impl UnionFs {
         }
         let l = node.loc.read();
         match &l.lower_xattrs {
-            Some(names) if !l.in_upper() && l.pinned.is_none() => {
+            Some(names) if !self.layers.writable(l.top) && l.pinned.is_none() => {
                 !names.split(|&b| b == 0).any(|n| n == real_name)
             }
             _ => false,
@@ -261,7 +292,7 @@ impl UnionFs {
         real_name: &[u8],
     ) -> bool {
         if !self.keep_lower_attrs
-            || real.loc.in_upper()
+            || self.layers.writable(real.loc.top)
             || real.loc.pinned.is_some()
             || !listed_xattr_ns(real_name)
         {
@@ -276,7 +307,7 @@ impl UnionFs {
                 let names: std::sync::Arc<[u8]> = std::sync::Arc::from(list.as_slice());
                 let mut l = node.loc.write();
                 // Still the same lower entry (no copy-up or new lookup meanwhile).
-                if l.top == real.loc.top && l.pinned.is_none() && !l.in_upper() {
+                if l.top == real.loc.top && l.pinned.is_none() && !self.layers.writable(l.top) {
                     l.lower_xattrs = Some(names.clone());
                 }
                 names
@@ -415,7 +446,7 @@ impl UnionFs {
         };
         {
             let loc = node.loc.read();
-            let nameless_lower = loc.pinned.is_some() && !loc.in_upper();
+            let nameless_lower = loc.pinned.is_some() && !self.layers.writable(loc.top);
             drop(loc);
             // A lower file whose name is gone would be copied to an anonymous file that
             // nothing else can see: not for a change that changes nothing. (The kernel's

@@ -16,7 +16,12 @@
 //!
 //! Modes (`layers::Mode`): `ro+wh` (whiteouts and opaque markers honoured; the default,
 //! as for every `lowerdir` of a fresh mount), `ro` (they are ignored), `rr` (ignored, and
-//! the branch never changes). `rw` is refused: the upper is the one writable branch.
+//! the branch never changes), `rw` (`rw+nolwh`): writable, below the upper (aufs's branch
+//! model, `wbr_policy.rs`): entries on it change in place, and it takes new entries and
+//! copy-ups by the mount's `create=`/`cpup=` policies. A branch whose mode changes to or
+//! from `rw` is opened again (a writable one is used through the host's mount, locked in
+//! use, with its staging directory; a read-only one through a private read-only mount);
+//! open files keep the file they opened.
 //!
 //! Refused, with one line and no change: a DIR that is not a directory, is already a
 //! branch, or overlaps one (inside another branch, the upper or the workdir, or holding
@@ -76,11 +81,9 @@ pub fn parse_mode(m: &str) -> Result<Mode, String> {
         "ro+wh" | "rr+wh" => Ok(Mode::RoWh),
         "ro" => Ok(Mode::Ro),
         "rr" => Ok(Mode::Rr),
-        "rw" | "rw+nolwh" => Err(format!(
-            "mode {m}: the upper is the only writable branch (a second upper is not possible)"
-        )),
+        "rw" | "rw+nolwh" => Ok(Mode::Rw),
         _ => Err(format!(
-            "unknown branch mode {m} (expected ro, rr or ro+wh)"
+            "unknown branch mode {m} (expected rw, ro, rr or ro+wh)"
         )),
     }
 }
@@ -94,7 +97,7 @@ fn dir_mode(s: &str, default: Option<Mode>) -> Result<(PathBuf, Option<Mode>), S
         }
         if default.is_none() {
             return Err(format!(
-                "unknown branch mode {m} (expected ro, rr or ro+wh)"
+                "unknown branch mode {m} (expected rw, ro, rr or ro+wh)"
             ));
         }
     }
@@ -410,7 +413,6 @@ mod tests {
             "add:/a",
             "add:x:/a",
             "add:1:",
-            "append:/a=rw",
             "mod:/a",
             "mod:/a=zz",
             "del:",
@@ -419,7 +421,20 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
-        assert!(parse("append:/a=rw").unwrap_err().contains("second upper"));
+        assert_eq!(
+            parse("append:/a=RW+nolwh"),
+            Ok(Op::Append {
+                dir: "/a".into(),
+                mode: Mode::Rw
+            })
+        );
+        assert_eq!(
+            parse("mod:/a=rw"),
+            Ok(Op::Mod {
+                dir: "/a".into(),
+                mode: Mode::Rw
+            })
+        );
         assert!(is_op("add:1:/x") && is_op("lowerdir+=/x") && !is_op("lowerdir=/x"));
     }
 

@@ -283,23 +283,58 @@ impl UnionFs {
             .ok_or_else(|| Error::errno(libc::EROFS))
     }
 
-    /// Makes `node` exist in the upper (its parents first), with as much of its data as
-    /// `want` asks for.
+    /// The staging directory of writable layer `t` (the upper's `workdir/work`, a
+    /// writable branch's `.wh..wh.orph/work`), or EROFS.
+    pub(crate) fn staging_on(&self, t: crate::layers::LayerId) -> Result<Arc<OwnedFd>> {
+        if t == UPPER {
+            return self.staging();
+        }
+        self.check_writable()?;
+        let l = self.layers.get(t)?;
+        let Some(orph) = &l.orph else {
+            return Err(Error::new(
+                libc::EROFS,
+                format!("layer {t} is not writable"),
+            ));
+        };
+        if let Some(w) = l.work.get() {
+            return Ok(w.clone());
+        }
+        // Made once per opening of the branch (a race makes it twice: the loser's is gone
+        // before anything is staged in it, as only the winner's is handed out).
+        let _g = self.staging_made.lock();
+        if let Some(w) = l.work.get() {
+            return Ok(w.clone());
+        }
+        let w = Arc::new(prepare_staging(orph.as_fd())?);
+        let _ = l.work.set(w.clone());
+        Ok(w)
+    }
+
+    /// Makes `node` exist in a writable layer (its parents first), with as much of its data
+    /// as `want` asks for: nothing to do where its top layer is writable (a change happens
+    /// in place there), else a copy to the branch the `cpup=` policy picks above it
+    /// (`wbr_policy.rs`; the upper, on a mount of the kernel's shape).
     pub fn copy_up(&self, node: &Arc<Node>, want: CopyUp) -> Result<()> {
         {
             let loc = node.loc.read();
             let alias = loc.pinned.is_some() && loc.indexed.is_some();
-            if loc.in_upper() && (loc.data.is_none() || want == CopyUp::Meta) && !alias {
+            if self.layers.writable(loc.top)
+                && (loc.data.is_none() || want == CopyUp::Meta)
+                && !alias
+            {
                 return Ok(());
             }
         }
-        let work = self.staging()?;
+        self.check_writable()?;
         let _guard = node.copy_lock.lock();
         let loc = node.loc();
-        if let (true, Some(_), Some(hex)) = (loc.in_upper(), &loc.pinned, &loc.indexed) {
+        if let (true, Some(_), Some(hex)) =
+            (self.layers.writable(loc.top), &loc.pinned, &loc.indexed)
+        {
             return self.link_up_alias(node, &loc, hex);
         }
-        if loc.in_upper() {
+        if self.layers.writable(loc.top) {
             // Upper already, but metadata only: bring the data up now if it is wanted.
             return match (loc.data.is_some(), want) {
                 (true, CopyUp::Data) => self.copy_up_data(node),
@@ -307,12 +342,55 @@ impl UnionFs {
                 _ => Ok(()), // another request copied it while we waited
             };
         }
+        let parent = self.node(loc.parent)?.loc();
+        let t = self
+            .wbr
+            .copy_up_target(&self.layers, self.cpup, loc.top, &parent)?;
+        let work = self.staging_on(t)?;
         if loc.pinned.is_some() {
             // Its name is gone (unlinked or replaced while open): a whiteout or another
             // file holds it, so the copy cannot go there.
-            return self.copy_up_nameless(node, &work, want);
+            return self.copy_up_nameless(node, &work, want, t);
         }
-        let upper_parent = self.upper_parent_of(loc.parent)?;
+        self.copy_up_locked(node, &loc, want, t, &work)
+    }
+
+    /// Directory `node` made on writable layer `t` (copied there, metadata only, its own
+    /// parents first) where it is not yet: a parent of an entry placed on `t`. Its top
+    /// layer stays where it is when `t` is below it.
+    pub(crate) fn dir_on(
+        &self,
+        node: &Arc<Node>,
+        t: crate::layers::LayerId,
+    ) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = node.loc.read().dir_in(t) {
+            return Ok(fd);
+        }
+        let work = self.staging_on(t)?;
+        {
+            let _guard = node.copy_lock.lock();
+            let loc = node.loc();
+            if loc.dir_in(t).is_none() {
+                self.copy_up_locked(node, &loc, CopyUp::Meta, t, &work)?;
+            }
+        }
+        node.loc
+            .read()
+            .dir_in(t)
+            .ok_or_else(|| Error::new(libc::EIO, "directory missing on its branch after copy-up"))
+    }
+
+    /// The copy of `node` (as `loc`) to writable layer `t` through staging directory
+    /// `work`. Caller holds `copy_lock`.
+    fn copy_up_locked(
+        &self,
+        node: &Arc<Node>,
+        loc: &crate::inode::Loc,
+        want: CopyUp,
+        t: crate::layers::LayerId,
+        work: &Arc<OwnedFd>,
+    ) -> Result<()> {
+        let upper_parent = self.parent_on(loc.parent, t)?;
         let src = self.real(node)?;
         let st =
             sys::fstatat(src.dir.as_fd(), &src.name).map_err(|e| Error::io(e, "copy-up stat"))?;
@@ -381,20 +459,29 @@ impl UnionFs {
         let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
         let _ = copy_times(upper_parent.as_fd(), c".", &pst);
         let gained_dir = dirfd.is_some();
-        {
+        let became_top = {
+            let stack = self.layers.stack();
+            let pos = |id| stack.pos(id).unwrap_or(usize::MAX);
             let mut l = node.loc_mut();
-            l.top = UPPER;
-            if let Some(fd) = dirfd {
-                l.dirs.insert(0, (UPPER, fd));
+            if pos(t) < pos(l.top) {
+                l.top = t;
             }
-            l.data = data_fd;
-            l.indexed = hex.map(Arc::new);
-        }
+            if let Some(fd) = dirfd {
+                let end = l.dirs.len();
+                let at = l.dirs.iter().position(|(d, _)| pos(*d) > pos(t));
+                l.dirs.insert(at.unwrap_or(end), (t, fd));
+            }
+            if l.top == t {
+                l.data = data_fd;
+                l.indexed = hex.map(Arc::new);
+            }
+            l.top == t
+        };
         if gained_dir {
             // udba=notify watches the new upper part too.
             self.inodes.located(node.id);
         }
-        if !meta_only {
+        if !meta_only && became_top {
             self.switch_handles_to_upper(node.id);
         }
         Ok(())
@@ -432,16 +519,14 @@ impl UnionFs {
     /// copied up) gets its own upper link of that entry before it changes (the kernel's
     /// link-up). Where the name cannot take it (it was removed while the node lives on),
     /// the node goes on with the index entry, which is the file. Caller holds `copy_lock`.
-    /// The upper directory of node `parent`, copied up first (metadata only) if needed.
-    fn upper_parent_of(&self, parent: u64) -> Result<Arc<OwnedFd>> {
-        let parent = self.node(parent)?;
-        self.copy_up(&parent, CopyUp::Meta)?;
-        let dir = parent.loc.read().dir_in(UPPER);
-        dir.ok_or_else(|| Error::new(libc::EIO, "parent has no upper after copy-up"))
+    /// The directory of node `parent` on writable layer `t`, made there first (metadata
+    /// only) if needed.
+    fn parent_on(&self, parent: u64, t: crate::layers::LayerId) -> Result<Arc<OwnedFd>> {
+        self.dir_on(&self.node(parent)?, t)
     }
 
     fn link_up_alias(&self, node: &Arc<Node>, loc: &crate::inode::Loc, hex: &CStr) -> Result<()> {
-        let upper_parent = self.upper_parent_of(loc.parent)?;
+        let upper_parent = self.parent_on(loc.parent, UPPER)?;
         let name = whiteout::c_name(&loc.name).ok_or_else(|| Error::errno(libc::EINVAL))?;
         let pst = sys::fstatat(upper_parent.as_fd(), c".")
             .map_err(|e| Error::io(e, "copy-up parent stat"))?;
@@ -603,7 +688,13 @@ impl UnionFs {
     /// the copy is made under a temporary name in `work/` that stays until the node goes
     /// (`StagedName`): GlusterFS refuses attribute changes to a file without a name
     /// (ESTALE), as NFS would. Caller holds `copy_lock`.
-    fn copy_up_nameless(&self, node: &Arc<Node>, work: &Arc<OwnedFd>, want: CopyUp) -> Result<()> {
+    fn copy_up_nameless(
+        &self,
+        node: &Arc<Node>,
+        work: &Arc<OwnedFd>,
+        want: CopyUp,
+        t: crate::layers::LayerId,
+    ) -> Result<()> {
         let w = work.as_fd();
         let src = self.real(node)?;
         let st = sys::fstat(src.dir.as_fd()).map_err(|e| Error::io(e, "copy-up stat"))?;
@@ -624,7 +715,7 @@ impl UnionFs {
                         &src,
                         &st,
                         out.as_fd(),
-                        self.layers.upper.as_ref().map(|u| u.dev),
+                        self.layers.get(t).ok().map(|l| l.dev),
                     )?;
                 }
                 (out, staged)
@@ -647,7 +738,7 @@ impl UnionFs {
         copy_times(copy.as_fd(), c"", &st)?;
         {
             let mut l = node.loc_mut();
-            l.top = UPPER;
+            l.top = t;
             l.pinned = Some(Arc::new(copy));
             l.staged = staged.map(Arc::new);
             l.data = None;

@@ -52,28 +52,58 @@ fn upper_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<UpperAt> {
     }
 }
 
-/// Does a lower layer of `parent` show something at `name` (so removing it needs a
-/// whiteout)? Stops at the first whiteout or opaque boundary, as lookup does.
-fn lower_positive(parent: &Loc, name: &OsStr, cname: &CStr) -> bool {
-    for (_, fd) in parent.lower_dirs() {
-        match sys::fstatat(fd.as_fd(), cname) {
-            Ok(st) => return !whiteout::is_whiteout_stat(&st),
-            Err(_) => {
-                if whiteout::has_aufs_whiteout(fd.as_fd(), name) {
-                    return false;
+/// The directories of `parent` below layer `t`, top first.
+fn dirs_below<'a>(
+    stack: &'a crate::layers::Stack,
+    parent: &'a Loc,
+    t: crate::layers::LayerId,
+) -> impl Iterator<Item = &'a (crate::layers::LayerId, Arc<OwnedFd>)> + 'a {
+    let tp = stack.pos(t).unwrap_or(usize::MAX);
+    parent
+        .dirs
+        .iter()
+        .filter(move |(l, _)| stack.pos(*l).is_some_and(|p| p > tp))
+}
+
+impl UnionFs {
+    /// Does a layer of `parent` below `t` show something at `name` (so removing it from
+    /// `t` needs a whiteout)? Stops at the first whiteout or opaque boundary, as lookup does.
+    fn lower_positive(
+        &self,
+        parent: &Loc,
+        t: crate::layers::LayerId,
+        name: &OsStr,
+        cname: &CStr,
+    ) -> bool {
+        let stack = self.layers.stack();
+        for (_, fd) in dirs_below(&stack, parent, t) {
+            match sys::fstatat(fd.as_fd(), cname) {
+                Ok(st) => return !whiteout::is_whiteout_stat(&st),
+                Err(_) => {
+                    if whiteout::has_aufs_whiteout(fd.as_fd(), name) {
+                        return false;
+                    }
                 }
             }
         }
+        false
     }
-    false
-}
 
-/// Does any lower layer of `parent` have anything at `name`, whiteouts included? A new
-/// directory there is made opaque.
-fn lower_has_any(parent: &Loc, name: &OsStr, cname: &CStr) -> bool {
-    parent.lower_dirs().any(|(_, fd)| {
-        sys::fstatat(fd.as_fd(), cname).is_ok() || whiteout::has_aufs_whiteout(fd.as_fd(), name)
-    })
+    /// Does any layer of `parent` below `t` have anything at `name`, whiteouts included?
+    /// A new directory there is made opaque.
+    fn lower_has_any(
+        &self,
+        parent: &Loc,
+        t: crate::layers::LayerId,
+        name: &OsStr,
+        cname: &CStr,
+    ) -> bool {
+        let stack = self.layers.stack();
+        let found = dirs_below(&stack, parent, t).any(|(_, fd)| {
+            sys::fstatat(fd.as_fd(), cname).is_ok() || whiteout::has_aufs_whiteout(fd.as_fd(), name)
+        });
+        found
+    }
 }
 
 fn check_name(name: &OsStr) -> Result<CString> {
@@ -101,23 +131,45 @@ fn make_whiteout(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     ops::mknodat(dir, name, libc::S_IFCHR, 0).map_err(|e| Error::io(e, "whiteout"))
 }
 
+/// Makes aufs's whiteout of `name` in `dir`: an empty file `.wh.NAME`, mode 0444, its own
+/// (never a hard link of a shared one, which is all `rw+nolwh` asks of aufs).
+fn make_aufs_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let wh = whiteout::aufs_name(name).ok_or_else(|| Error::errno(libc::ENAMETOOLONG))?;
+    match sys::openat(
+        dir,
+        &wh,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0o444,
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(Error::io(e, "aufs whiteout")),
+    }
+}
+
 impl UnionFs {
+    /// Marks new directory `dir/name` opaque: the kernel's `overlay.opaque`, or on an
+    /// aufs-format mount a `.wh..wh..opq` inside it.
+    fn make_opaque(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+        if self.aufs_whiteouts {
+            let d = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .map_err(|e| Error::io(e, "open new directory"))?;
+            let opq =
+                CString::new(whiteout::AUFS_OPAQUE).map_err(|_| Error::errno(libc::EINVAL))?;
+            return sys::openat(d.as_fd(), &opq, libc::O_CREAT | libc::O_WRONLY, 0o444)
+                .map(drop)
+                .map_err(|e| Error::io(e, "aufs opaque marker"));
+        }
+        let opaque = self.layers.marker("opaque");
+        xattr::set(dir, name, &opaque, b"y", 0).map_err(|e| Error::io(e, "set opaque"))
+    }
+
     fn dir_node(&self, ino: u64) -> Result<Arc<Node>> {
         let n = self.node(ino)?;
         if !n.is_dir() {
             return err(libc::ENOTDIR);
         }
         Ok(n)
-    }
-
-    /// The parent's upper directory fd, copying the parent up first.
-    fn upper_dir_of(&self, parent: &Arc<Node>) -> Result<Arc<OwnedFd>> {
-        self.copy_up(parent, CopyUp::Meta)?;
-        parent
-            .loc
-            .read()
-            .dir_in(UPPER)
-            .ok_or_else(|| Error::new(libc::EIO, "no upper directory after copy-up"))
     }
 
     /// Moves the staged `work/tmp` to `dir/name`, replacing (or, for a directory, swapping
@@ -176,10 +228,9 @@ impl UnionFs {
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
         self.check_change(&pnode, Change::AddEntry)?;
-        let work = self.staging()?;
-        let upper_whiteout = match lookup::probe_create(&self.layers, &pnode.loc(), name)? {
+        let whiteout_at = match lookup::probe_create(&self.layers, &pnode.loc(), name)? {
             Slot::Taken => return err(libc::EEXIST),
-            Slot::Free { upper_whiteout } => upper_whiteout,
+            Slot::Free { whiteout } => whiteout,
         };
         if let NewKind::Node { rdev: 0 } = kind {
             if mode & libc::S_IFMT == libc::S_IFCHR {
@@ -187,7 +238,14 @@ impl UnionFs {
                 return err(libc::EPERM);
             }
         }
-        let updir = self.upper_dir_of(&pnode)?;
+        // The writable branch it goes to (`wbr_policy.rs`; the upper on a kernel-shaped
+        // mount), and whether it replaces a whiteout there.
+        let t = self
+            .wbr
+            .create_target(&self.layers, self.create, &pnode.loc(), whiteout_at)?;
+        let work = self.staging_on(t)?;
+        let upper_whiteout = whiteout_at == Some(t);
+        let updir = self.dir_on(&pnode, t)?;
         let ploc = pnode.loc();
         // The owner is the caller's ids as stored (mapped, the overflow id where no range
         // covers them); under a setgid directory the group is the directory's own, as
@@ -297,12 +355,16 @@ impl UnionFs {
                 }
             }
             if is_dir && upper_whiteout {
-                let opaque = self.layers.marker("opaque");
-                xattr::set(d, n, &opaque, b"y", 0).map_err(|e| Error::io(e, "set opaque"))?;
+                self.make_opaque(d, n)?;
             }
             if staged {
                 self.place(d, n, updir.as_fd(), &cname, is_dir)?;
                 changed = true; // a rename may move the ctime too
+                                // An aufs whiteout of the name on this branch has done its job: the new
+                                // entry hides what it hid.
+                if let Some(wh) = whiteout::aufs_name(name) {
+                    let _ = ops::unlinkat(updir.as_fd(), &wh, 0);
+                }
             }
             if changed {
                 st = match &file {
@@ -329,12 +391,12 @@ impl UnionFs {
         let dirs = if is_dir {
             let fd = sys::open_dir_path(updir.as_fd(), &cname)
                 .map_err(|e| Error::io(e, "open new directory"))?;
-            vec![(UPPER, Arc::new(fd))]
+            vec![(t, Arc::new(fd))]
         } else {
             Vec::new()
         };
         let found = lookup::Found {
-            top: UPPER,
+            top: t,
             ino: self.layers.ino(st.st_dev, st.st_ino),
             st,
             dirs,
@@ -403,17 +465,24 @@ impl UnionFs {
             return err(libc::EPERM);
         }
         let pnode = self.dir_node(newparent)?;
-        if lookup::lookup(&self.layers, &pnode.loc(), newname)?.is_some() {
-            return err(libc::EEXIST);
-        }
+        let whiteout_at = match lookup::probe_create(&self.layers, &pnode.loc(), newname)? {
+            Slot::Taken => return err(libc::EEXIST),
+            Slot::Free { whiteout } => whiteout,
+        };
         self.check_change(&node, Change::Name)?;
         self.check_change(&pnode, Change::AddEntry)?;
         // Links and renames of a metadata-only copy would need a redirect to its data;
         // bring the data up instead.
         self.copy_up(&node, CopyUp::Data)?;
-        let updir = self.upper_dir_of(&pnode)?;
+        // The link is made on the file's own (writable) branch: EXDEV where a name made
+        // there would not show.
+        let t = node.loc.read().top;
+        if !crate::wbr_policy::shows_on(&self.layers, &pnode.loc(), whiteout_at, t) {
+            return err(libc::EXDEV);
+        }
+        let updir = self.dir_on(&pnode, t)?;
         let src = self.real(&node)?;
-        let work = self.staging()?;
+        let work = self.staging_on(t)?;
         let tmp = tmp_name();
         ops::linkat(src.dir.as_fd(), &src.name, work.as_fd(), &tmp)
             .map_err(|e| Error::io(e, "link"))?;
@@ -451,21 +520,29 @@ impl UnionFs {
         }
         self.check_change(&pnode, Change::RemoveEntry)?;
         self.check_found(&found, &pnode, &cname, Change::Name)?;
-        let work = self.staging()?;
+        // index=on: a name shown from the index entry is in its lower layer only.
+        let alias = found.index_alias.clone();
+        let top = alias.as_ref().map(|a| a.lower).unwrap_or(found.top);
+        // Removed in place where its top layer is writable, else hidden by a whiteout on
+        // the writable branch the copy-up policy picks above it (EROFS where none is).
+        let t = if self.layers.writable(top) {
+            top
+        } else {
+            self.wbr
+                .copy_up_target(&self.layers, self.cpup, top, &ploc)?
+        };
+        let work = self.staging_on(t)?;
         if dir {
             let floc = Loc::new(parent, name.to_os_string(), found.top, found.dirs);
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
             }
         }
-        let updir = self.upper_dir_of(&pnode)?;
+        let updir = self.dir_on(&pnode, t)?;
         let ploc = pnode.loc();
-        // Found in a lower layer: the merged view shows it from there, so it takes a
+        // Found in a layer below `t`: the merged view shows it from there, so it takes a
         // whiteout (no need to probe the lowers again).
-        // index=on: a name shown from the index entry is in its lower layer only.
-        let alias = found.index_alias.clone();
-        let top = alias.as_ref().map(|a| a.lower).unwrap_or(found.top);
-        let needs_whiteout = top != UPPER || lower_positive(&ploc, name, &cname);
+        let needs_whiteout = top != t || self.lower_positive(&ploc, t, name, &cname);
         let node = self.inodes.find(&key).filter(|_| !dir);
         let was_pinned = node.as_ref().map(|n| n.loc.read().pinned.clone());
         if let Some(node) = &node {
@@ -473,12 +550,12 @@ impl UnionFs {
                 self.pin_before_remove(node, &ploc, top, &cname);
             }
         }
-        if !dir && top == UPPER {
+        if !dir && top == t {
             self.drop_number(updir.as_fd(), &cname);
         }
         // The kernel's link count of the node must settle (inode.rs); to the end.
         let _going = node.as_ref().map(|n| n.name_going());
-        let r = self.remove_real(&work, &updir, &cname, top, dir, needs_whiteout);
+        let r = self.remove_real(&work, &updir, name, top == t, dir, needs_whiteout);
         if let (Ok(()), Some(a)) = (&r, &alias) {
             self.index_lower_name_gone(&a.name);
         }
@@ -492,47 +569,70 @@ impl UnionFs {
         r
     }
 
-    /// The branch side of `remove`: unlink/rmdir in the upper and/or a whiteout.
+    /// The branch side of `remove`: unlink/rmdir in the writable branch (`in_place`: the
+    /// entry is there) and/or a whiteout there.
     fn remove_real(
         &self,
         work: &OwnedFd,
         updir: &OwnedFd,
-        cname: &CStr,
-        top: crate::layers::LayerId,
+        name: &OsStr,
+        in_place: bool,
         dir: bool,
         needs_whiteout: bool,
     ) -> Result<()> {
+        let cname = whiteout::c_name(name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let cname = cname.as_c_str();
         let w = work.as_fd();
-        if top == UPPER {
-            if needs_whiteout {
-                // Swap a fresh whiteout in: one atomic step.
-                let wh = tmp_name();
-                make_whiteout(w, &wh)?;
-                let r = if dir {
-                    util::exchange_staged(w, &wh, updir.as_fd(), cname)
-                } else {
-                    ops::renameat2(w, &wh, updir.as_fd(), cname, 0)
-                };
-                if let Err(e) = r {
-                    let _ = ops::unlinkat(w, &wh, 0);
-                    return Err(Error::io(e, "whiteout over upper entry"));
-                }
-                if dir {
-                    remove_tree(w, &wh).map_err(|e| Error::io(e, "rmdir cleanup"))?;
-                }
-            } else if dir {
-                // It may still hold whiteouts: move it out of sight, then empty it.
-                let t = tmp_name();
-                util::rename_noreplace(updir.as_fd(), cname, w, &t)
-                    .map_err(|e| Error::io(e, "rmdir"))?;
-                remove_tree(w, &t).map_err(|e| Error::io(e, "rmdir cleanup"))?;
-            } else {
-                ops::unlinkat(updir.as_fd(), cname, 0).map_err(|e| Error::io(e, "unlink"))?;
+        if self.aufs_whiteouts {
+            // aufs's format: the entry goes, then `.wh.NAME` hides what is below (two
+            // steps, as aufs takes them).
+            if in_place {
+                self.remove_in_place(w, updir, cname, dir)?;
             }
+            return match needs_whiteout {
+                true => make_aufs_whiteout(updir.as_fd(), name),
+                false => Ok(()),
+            };
+        }
+        if !in_place {
+            return make_whiteout(updir.as_fd(), cname);
+        }
+        if !needs_whiteout {
+            return self.remove_in_place(w, updir, cname, dir);
+        }
+        // Swap a fresh whiteout in: one atomic step.
+        let wh = tmp_name();
+        make_whiteout(w, &wh)?;
+        let r = if dir {
+            util::exchange_staged(w, &wh, updir.as_fd(), cname)
         } else {
-            make_whiteout(updir.as_fd(), cname)?;
+            ops::renameat2(w, &wh, updir.as_fd(), cname, 0)
+        };
+        if let Err(e) = r {
+            let _ = ops::unlinkat(w, &wh, 0);
+            return Err(Error::io(e, "whiteout over upper entry"));
+        }
+        if dir {
+            remove_tree(w, &wh).map_err(|e| Error::io(e, "rmdir cleanup"))?;
         }
         Ok(())
+    }
+
+    /// Unlinks `updir/cname`; a directory (which may still hold whiteouts) is moved out of
+    /// sight into the staging directory `w` first, then emptied.
+    fn remove_in_place(
+        &self,
+        w: BorrowedFd<'_>,
+        updir: &OwnedFd,
+        cname: &CStr,
+        dir: bool,
+    ) -> Result<()> {
+        if !dir {
+            return ops::unlinkat(updir.as_fd(), cname, 0).map_err(|e| Error::io(e, "unlink"));
+        }
+        let t = tmp_name();
+        util::rename_noreplace(updir.as_fd(), cname, w, &t).map_err(|e| Error::io(e, "rmdir"))?;
+        remove_tree(w, &t).map_err(|e| Error::io(e, "rmdir cleanup"))
     }
 
     /// Keeps a node the kernel still holds reachable after its name goes away.
@@ -585,20 +685,58 @@ impl UnionFs {
         cdest: &CStr,
     ) -> Result<()> {
         let loc = node.loc();
+        let t = loc.top;
         let up = loc
-            .dir_in(UPPER)
+            .dir_in(t)
             .ok_or_else(|| Error::new(libc::EIO, "moving dir not copied up"))?;
-        if loc.lower_dirs().next().is_some() {
+        if loc.dirs.len() > 1 {
             let path = self.lower_path(node)?;
             let redirect = self.layers.marker("redirect");
             xattr::set(up.as_fd(), c".", &redirect, &path, 0)
                 .map_err(|e| Error::io(e, "set redirect"))
-        } else if lower_has_any(dest_parent, dest, cdest) {
-            let opaque = self.layers.marker("opaque");
-            xattr::set(up.as_fd(), c".", &opaque, b"y", 0).map_err(|e| Error::io(e, "set opaque"))
+        } else if self.lower_has_any(dest_parent, t, dest, cdest) {
+            self.make_opaque(up.as_fd(), c".")
         } else {
             Ok(())
         }
+    }
+
+    /// The writable branch a rename of `src` (in `pnode`) over `dst` happens on: the
+    /// source's own where it is writable, else where the copy-up policy takes it. EXDEV
+    /// (callers such as mv(1) copy instead, as with aufs) where the result would not
+    /// show or not be one step on one branch: a destination shown from a branch above it,
+    /// an exchange partner on another branch, or a directory merged from several branches
+    /// on a mount with writable branches below the upper (no redirects there).
+    fn rename_branch(
+        &self,
+        pnode: &Arc<Node>,
+        src: &lookup::Found,
+        dst: Option<&lookup::Found>,
+        exchange: bool,
+    ) -> Result<crate::layers::LayerId> {
+        let t = if self.layers.writable(src.top) {
+            src.top
+        } else {
+            self.wbr
+                .copy_up_target(&self.layers, self.cpup, src.top, &pnode.loc())?
+        };
+        let stack = self.layers.stack();
+        if stack.writable_lowers().next().is_none() {
+            return Ok(t); // the kernel's shape: everything goes up
+        }
+        let pos = |id| stack.pos(id).unwrap_or(usize::MAX);
+        let split_dir = |f: &lookup::Found| f.is_dir() && f.dirs.iter().any(|(l, _)| *l != t);
+        let blocked = match dst {
+            Some(d) if exchange => {
+                split_dir(d) || (d.top != t && (self.layers.writable(d.top) || pos(d.top) < pos(t)))
+            }
+            Some(d) => pos(d.top) < pos(t),
+            None => false,
+        };
+        if blocked || split_dir(src) {
+            return err(libc::EXDEV);
+        }
+        Ok(t)
     }
 
     /// rename(2) with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` flags.
@@ -682,7 +820,9 @@ impl UnionFs {
             (&src, &cname),
             dst.as_ref().map(|d| (d, &*cnew)),
         )?;
-        let work = self.staging()?;
+        // The writable branch the rename happens on (`rename_branch`).
+        let t = self.rename_branch(&pnode, &src, dst.as_ref(), exchange)?;
+        let work = self.staging_on(t)?;
         let w = work.as_fd();
         // Counted lookups give us nodes to copy up; released at the end.
         let src_attr = self.lookup(parent, name)?;
@@ -717,18 +857,22 @@ impl UnionFs {
             _ => None,
         };
         let result = (|| -> Result<()> {
-            let updir = self.upper_dir_of(&pnode)?;
-            let newupdir = self.upper_dir_of(&npnode)?;
-            if !exchange && dst.as_ref().is_some_and(|d| !d.is_dir() && d.top == UPPER) {
+            let updir = self.dir_on(&pnode, t)?;
+            let newupdir = self.dir_on(&npnode, t)?;
+            if !exchange && dst.as_ref().is_some_and(|d| !d.is_dir() && d.top == t) {
                 self.drop_number(newupdir.as_fd(), &cnew);
             }
             self.copy_up(&src_node, CopyUp::Data)?;
             if let Some(d) = &dst_node {
                 self.copy_up(d, CopyUp::Data)?;
             }
+            let on_t = |n: &Arc<Node>| n.loc.read().top == t;
+            if !on_t(&src_node) || dst_node.as_ref().is_some_and(|d| !on_t(d)) {
+                return err(libc::EXDEV);
+            }
             let ploc = pnode.loc();
             let nploc = npnode.loc();
-            let src_lower = lower_positive(&ploc, name, &cname);
+            let src_lower = self.lower_positive(&ploc, t, name, &cname);
             if src_node.is_dir() {
                 self.prepare_dir_move(&src_node, &nploc, newname, &cnew)?;
             }
@@ -751,7 +895,7 @@ impl UnionFs {
             // whiteouts) or a whiteout that a directory can't replace.
             let mut moved_away: Option<CString> = None;
             match upper_at(newupdir.as_fd(), &cnew)? {
-                UpperAt::Entry if dst.as_ref().is_some_and(|d| d.is_dir() && d.top == UPPER) => {
+                UpperAt::Entry if dst.as_ref().is_some_and(|d| d.is_dir() && d.top == t) => {
                     let t = tmp_name();
                     util::rename_noreplace(newupdir.as_fd(), &cnew, w, &t)
                         .map_err(|e| Error::io(e, "rename: clear target"))?;
@@ -763,7 +907,12 @@ impl UnionFs {
                 }
                 _ => {}
             }
-            let r = if src_lower {
+            let r = if src_lower && self.aufs_whiteouts {
+                ops::renameat2(updir.as_fd(), &cname, newupdir.as_fd(), &cnew, 0).and_then(|()| {
+                    make_aufs_whiteout(updir.as_fd(), name)
+                        .map_err(|e| std::io::Error::from_raw_os_error(e.errno))
+                })
+            } else if src_lower {
                 ops::renameat2(
                     updir.as_fd(),
                     &cname,
@@ -796,6 +945,10 @@ impl UnionFs {
             }
             if !src_node.is_dir() && parent != newparent {
                 self.mark_impure(newupdir.as_fd(), &cnew);
+            }
+            // An aufs whiteout of the new name on this branch: the entry now hides it all.
+            if let Some(wh) = whiteout::aufs_name(newname) {
+                let _ = ops::unlinkat(newupdir.as_fd(), &wh, 0);
             }
             Ok(())
         })();
@@ -835,7 +988,8 @@ impl UnionFs {
         if node.is_dir() {
             return;
         }
-        let Some(up) = dir.loc.read().dir_in(UPPER) else {
+        let t = node.loc.read().top;
+        let Some(up) = dir.loc.read().dir_in(t) else {
             return;
         };
         if let Ok(st) = sys::fstatat(up.as_fd(), name) {

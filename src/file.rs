@@ -48,7 +48,7 @@ impl UnionFs {
             return err(libc::EISDIR);
         }
         let write = wants_write(flags);
-        let was_upper = node.loc.read().in_upper();
+        let was_upper = self.layers.writable(node.loc.read().top);
         if write {
             if self.is_read_only() {
                 return err(libc::EROFS);
@@ -218,7 +218,10 @@ impl UnionFs {
         sys::pread_into(fd.as_fd(), data, size as usize, offset)
             .map_err(|e| Error::io(e, "read"))?;
         if let Some(policy) = self.layers.upper_daemon_atime() {
-            let upper = !h.data_only && self.node(h.ino).is_ok_and(|n| n.loc.read().in_upper());
+            let upper = !h.data_only
+                && self
+                    .node(h.ino)
+                    .is_ok_and(|n| self.layers.writable(n.loc.read().top));
             if upper {
                 crate::atime::touch(policy, fd.as_fd(), false);
             }
@@ -354,7 +357,7 @@ impl UnionFs {
         use crate::options::LowerPassthrough as Lp;
         let h = self.handle(fh).ok()?;
         let node = self.node(h.ino).ok()?;
-        let lower = h.data_only || !node.loc.read().in_upper();
+        let lower = h.data_only || !self.layers.writable(node.loc.read().top);
         let off = match self.lower_passthrough {
             Lp::Never => true,
             Lp::ReadOnly => !self.ro_lower_allowed.load(Ordering::SeqCst),
@@ -399,7 +402,7 @@ impl UnionFs {
             // passthrough: the kernel then refuses any other kind of open (ETXTBSY; an
             // open by file handle of an unlinked open file, xfstests generic/467).
             let loc = node.loc.read();
-            if loc.pinned.is_some() && !(others_passthrough && loc.in_upper()) {
+            if loc.pinned.is_some() && !(others_passthrough && self.layers.writable(loc.top)) {
                 return None;
             }
         }
@@ -456,7 +459,7 @@ impl UnionFs {
             return false;
         };
         let loc = node.loc.read();
-        !loc.in_upper() && loc.pinned.is_none()
+        !self.layers.writable(loc.top) && loc.pinned.is_none()
     }
 
     /// Records that the kernel does this handle's I/O itself.

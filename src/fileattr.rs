@@ -127,7 +127,7 @@ impl UnionFs {
             return u32::from(p & !PROT_KNOWN);
         }
         let Ok(real) = self.real(node) else { return 0 };
-        let p = if real.loc.in_upper() {
+        let p = if self.layers.writable(real.loc.top) {
             prot_of_marker(whiteout::marker(real.dir.as_fd(), &real.name, "protattr").as_deref())
         } else {
             let bits = fa::protection_flags(real.dir.as_fd(), &real.name).unwrap_or(0);
@@ -177,7 +177,7 @@ impl UnionFs {
     /// The `i`/`a` flags an upper object keeps in its marker (none for a lower object: its
     /// real flags are its own).
     fn upper_prot(&self, node: &Node) -> u32 {
-        if node.loc.read().in_upper() {
+        if self.layers.writable(node.loc.read().top) {
             self.prot_flags(node)
         } else {
             0

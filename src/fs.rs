@@ -90,6 +90,8 @@ pub struct UnionFs {
     /// Every write gets EROFS: `ro`, no upper, or `remount,ro` (switched at run time by
     /// [`UnionFs::set_read_only`]; checked first by every operation that writes).
     read_only: AtomicBool,
+    /// Serializes the making of writable lowers' staging directories (`copy_up.rs`).
+    pub(crate) staging_made: Mutex<()>,
     /// Serializes [`UnionFs::set_read_only`].
     switching: Mutex<()>,
     /// `volatile`: skip fsync (throw-away uppers).
@@ -107,6 +109,14 @@ pub struct UnionFs {
     /// The copy-up staging directory `workdir/work`: made at mount time when the mount is
     /// writable, else at the first `remount,rw`.
     pub(crate) work: OnceLock<Arc<OwnedFd>>,
+    /// aufs's placement policies among several writable branches (`wbr_policy.rs`).
+    pub(crate) wbr: crate::wbr_policy::Wbr,
+    pub(crate) create: crate::types::Create,
+    pub(crate) cpup: crate::types::Cpup,
+    /// `sum`: statfs adds up the writable branches.
+    pub(crate) sum: bool,
+    /// New whiteouts and opaque markers in aufs's `.wh.` format (`br=` mounts).
+    pub(crate) aufs_whiteouts: bool,
     /// The kernel caches writes (negotiated at INIT when passthrough is not possible).
     pub(crate) writeback_cache: std::sync::atomic::AtomicBool,
     /// Nodes of upper files whose node is not simply their own number: upper
@@ -241,6 +251,11 @@ impl UnionFs {
             keep_lower_attrs: cfg.timeout.is_none() && cfg.udba == crate::types::Udba::None,
             static_nlink: cfg.static_nlink,
             work,
+            wbr: Default::default(),
+            create: cfg.create,
+            cpup: cfg.cpup,
+            sum: cfg.sum,
+            aufs_whiteouts: cfg.aufs_whiteouts,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
             renumbered: DashMap::new(),
             passthrough_writers: DashMap::new(),
@@ -251,6 +266,7 @@ impl UnionFs {
             next_fh: AtomicU64::new(1),
             read_only: AtomicBool::new(read_only),
             switching: Mutex::new(()),
+            staging_made: Mutex::new(()),
             names_gen: AtomicU64::new(0),
             udba: cfg.udba,
             watches,
@@ -322,14 +338,15 @@ impl UnionFs {
             }
             return Ok(());
         }
-        let Some(w) = &self.layers.work else {
+        let writable_lowers = self.layers.stack().writable_lowers().next().is_some();
+        if self.layers.work.is_none() && !writable_lowers {
             return Err(Error::new(
                 libc::EROFS,
-                "no upper branch: the mount cannot be made writable",
+                "no upper branch or other writable branch: the mount cannot be made writable",
             ));
-        };
+        }
         self.stop_ro_lower_passthrough()?;
-        if self.work.get().is_none() {
+        if let (Some(w), None) = (&self.layers.work, self.work.get()) {
             let staging = crate::util::prepare_staging(w.as_fd());
             match staging {
                 Ok(s) => drop(self.work.set(Arc::new(s))),

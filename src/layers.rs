@@ -116,7 +116,18 @@ pub struct Layer {
     /// The UUID of the filesystem holding the branch (`sb->s_uuid`), when the kernel tells
     /// it (`FS_IOC_GETFSUUID`): what `overlay.origin` records and is matched against.
     pub uuid: Option<[u8; 16]>,
+    /// A writable branch below the upper (`Mode::Rw`): `BRANCH/.wh..wh.orph` (aufs keeps
+    /// its orphans there; every `.wh.` name is hidden from the mount), which holds its
+    /// copy-up and create staging directory `work`, emptied and made at its first use
+    /// (`copy_up.rs`).
+    pub orph: Option<Arc<OwnedFd>>,
+    pub work: std::sync::OnceLock<Arc<OwnedFd>>,
+    /// The in-use lock of a writable branch below the upper (see [`lock_in_use`]).
+    pub in_use: Option<Arc<OwnedFd>>,
 }
+
+/// The name of a writable lower's private directory (aufs's orphan directory).
+pub const BRANCH_WORK: &std::ffi::CStr = c".wh..wh.orph";
 
 /// The lowers in order, highest first: one generation of the stack. Swapped whole.
 #[derive(Debug)]
@@ -145,6 +156,18 @@ impl Stack {
     /// stack keeps the default: honoured.)
     pub fn whiteouts(&self, id: LayerId) -> bool {
         self.lower(id).is_none_or(|l| l.mode.honours_whiteouts())
+    }
+
+    /// Is layer `id` written through the mount in place (the upper, or a `Mode::Rw`
+    /// branch below it: aufs's branch model)? What is in such a layer may change through
+    /// the mount, so nothing read from it is cached as a lower's attributes are.
+    pub fn writable(&self, id: LayerId) -> bool {
+        id == UPPER || self.lower(id).is_some_and(|l| l.mode == Mode::Rw)
+    }
+
+    /// The writable branches below the upper, top first.
+    pub fn writable_lowers(&self) -> impl Iterator<Item = &Arc<Layer>> {
+        self.lowers.iter().filter(|l| l.mode == Mode::Rw)
     }
 }
 
@@ -191,7 +214,37 @@ fn open_layer(id: LayerId, opt: &str, path: &std::path::Path, mode: Mode) -> Res
             .as_ref()
             .and_then(|fd| sys::handle::fs_uuid(fd.as_fd()).ok()),
         handle_root: handle_root.map(Arc::new),
+        orph: None,
+        work: Default::default(),
+        in_use: None,
     })
+}
+
+/// Opens branch `path` below the upper with `mode`: a read-only one through a private
+/// read-only mount; a writable one (`Mode::Rw`, aufs's branch model) as it is on the host,
+/// locked in use as an upper is, with its staging directory made (see [`Layer::work`]).
+fn open_branch(cfg: &Config, id: LayerId, opt: &str, path: &Path, mode: Mode) -> Result<Layer> {
+    let mut l = open_layer(id, opt, path, mode)?;
+    if mode == Mode::Rw {
+        l.in_use = Some(Arc::new(lock_in_use(opt, path, &l.root)?));
+        let what = |e| {
+            Error::io(
+                e,
+                format!("{opt} {}: {}", path.display(), "its .wh..wh.orph"),
+            )
+        };
+        match crate::sys::ops::mkdirat(l.root.as_fd(), BRANCH_WORK, 0o700) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(what(e)),
+        }
+        let orph = sys::open_dir_path(l.root.as_fd(), BRANCH_WORK).map_err(what)?;
+        l.orph = Some(Arc::new(orph));
+    } else {
+        privatize_lower(&mut l);
+    }
+    l.read_level = lower_read_level(cfg, &l);
+    Ok(l)
 }
 
 /// The kernel overlayfs's "in use" mark (`ovl_inuse_trylock`), in userspace: an exclusive
@@ -352,10 +405,18 @@ impl Layers {
         }
         let mut lowers = Vec::with_capacity(cfg.lowerdirs.len());
         for (i, p) in cfg.lowerdirs.iter().enumerate() {
-            let mut l = open_layer(i + 1, "lowerdir", p, Mode::RoWh)?;
-            privatize_lower(&mut l);
-            l.read_level = lower_read_level(cfg, &l);
-            lowers.push(Arc::new(l));
+            let what = if cfg.lower_mode(i) == Mode::Rw {
+                "branch"
+            } else {
+                "lowerdir"
+            };
+            lowers.push(Arc::new(open_branch(
+                cfg,
+                i + 1,
+                what,
+                p,
+                cfg.lower_mode(i),
+            )?));
         }
         let n_lowers = lowers.len();
         let (mut upper, mut work) = (upper, work);
@@ -450,11 +511,15 @@ impl Layers {
     /// inode-number index (a fresh mount would index it in branch order instead).
     pub fn open_lower(&self, cfg: &Config, path: &Path, mode: Mode) -> Result<Layer> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut l = open_layer(id, "branch", path, mode)?;
-        privatize_lower(&mut l);
-        l.read_level = lower_read_level(cfg, &l);
+        let l = open_branch(cfg, id, "branch", path, mode)?;
         self.fs_index(l.dev);
         Ok(l)
+    }
+
+    /// Opens lower `old` again with another mode (to or from `Mode::Rw`), keeping its id
+    /// and its inode-number index.
+    pub fn reopen_lower(&self, cfg: &Config, old: &Layer, mode: Mode) -> Result<Layer> {
+        open_branch(cfg, old.id, "branch", &old.path, mode)
     }
 
     /// The branch with this id, if it is the upper or in the current stack. Ids come from
@@ -475,6 +540,13 @@ impl Layers {
             return self.upper.as_deref().map(f);
         }
         self.stack.read().lower(id).map(|l| f(l))
+    }
+
+    /// Is layer `id` written in place through the mount: the upper, or a writable branch
+    /// below it (`Stack::writable`)? Where an entry's top layer is, a change of it happens
+    /// there; elsewhere it is copied up first (`wbr_policy.rs` says where to).
+    pub fn writable(&self, id: LayerId) -> bool {
+        id == UPPER || self.stack.read().writable(id)
     }
 
     /// All branch roots, top first: the root directory's realization.

@@ -44,6 +44,7 @@ pub mod types;
 pub mod udba;
 pub mod util;
 pub mod watch;
+pub mod wbr_policy;
 pub mod whiteout;
 
 pub use error::{Error, Result};

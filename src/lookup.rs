@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::inode::Loc;
-use crate::layers::{LayerId, Layers, Stack, UPPER};
+use crate::layers::{LayerId, Layers, Stack};
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, Markers, Opaque};
 
@@ -72,13 +72,7 @@ impl Found {
     /// The kernel reports `nlink = 1` for merged directories (counting subdirectories
     /// across layers is not worth it; `find` accepts 1).
     pub fn merged(&self) -> bool {
-        let lowers = self.dirs.iter().filter(|(l, _)| *l != UPPER).count();
-        self.is_dir()
-            && (if self.top == UPPER {
-                lowers > 0
-            } else {
-                lowers > 1
-            })
+        self.is_dir() && self.dirs.len() > 1
     }
 }
 
@@ -187,7 +181,7 @@ fn candidates(
 
 /// Resolves `name` in the merged directory `parent`. `Ok(None)`: no such entry.
 pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Found>> {
-    resolve(layers, parent, name, &mut false)
+    resolve(layers, parent, name, &mut None)
 }
 
 /// What a name that a create is about to take holds (the kernel's check of its negative
@@ -196,19 +190,19 @@ pub fn lookup(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Option<Foun
 pub enum Slot {
     /// The merged view shows something there.
     Taken,
-    /// Nothing shows; `upper_whiteout`: a whiteout in the upper directory (either format)
-    /// hides a lower entry, so the new entry must replace it in one step (and a directory
-    /// be opaque).
-    Free { upper_whiteout: bool },
+    /// Nothing shows; `whiteout`: the layer whose whiteout (either format) ended the
+    /// search. A new entry must be made at or above it; made in it, it replaces the
+    /// whiteout in one step (and a directory is opaque).
+    Free { whiteout: Option<LayerId> },
 }
 
 /// Probes `name` in `parent` for a create: one resolution, which also tells whether it
 /// ended at a whiteout in the upper.
 pub fn probe_create(layers: &Layers, parent: &Loc, name: &OsStr) -> Result<Slot> {
-    let mut upper_whiteout = false;
-    Ok(match resolve(layers, parent, name, &mut upper_whiteout)? {
+    let mut whiteout = None;
+    Ok(match resolve(layers, parent, name, &mut whiteout)? {
         Some(_) => Slot::Taken,
-        None => Slot::Free { upper_whiteout },
+        None => Slot::Free { whiteout },
     })
 }
 
@@ -227,13 +221,15 @@ fn decoded_ino(layers: &Layers, v: &[u8], st: &sys::Stat) -> Option<u64> {
     }
 }
 
-/// `lookup`, also setting `upper_whiteout` when the search ended at a whiteout in the
-/// upper layer.
+/// `lookup`, also setting `whiteout` to the layer whose whiteout ended the search.
+/// Entries in a writable layer (`Stack::writable`: the upper, or a writable branch below
+/// it) are read as the kernel reads upper entries (their origin, protattr), and nothing of
+/// them is kept as a lower's unchanging attributes.
 fn resolve(
     layers: &Layers,
     parent: &Loc,
     name: &OsStr,
-    upper_whiteout: &mut bool,
+    whiteout_at: &mut Option<LayerId>,
 ) -> Result<Option<Found>> {
     if whiteout::is_marker_name(name) {
         return Ok(None);
@@ -268,8 +264,8 @@ fn resolve(
                     {
                         // (An upper in the aufs format: a new entry there must still hide
                         // what the `.wh.` name hid.)
-                        if layer == UPPER && found.is_none() {
-                            *upper_whiteout = true;
+                        if found.is_none() {
+                            *whiteout_at = Some(layer);
                         }
                         break 'layers;
                     }
@@ -281,15 +277,16 @@ fn resolve(
                 if !honours {
                     continue;
                 }
-                if layer == UPPER && found.is_none() {
-                    *upper_whiteout = true;
+                if found.is_none() {
+                    *whiteout_at = Some(layer);
                 }
                 break 'layers;
             }
             // Markers of a non-directory, read once: the upper's origin, a regular file's
             // metacopy and redirect, an empty file's whiteout.
-            let own = (!is_dir(&st) && (layer == UPPER || is_reg(&st)))
-                .then(|| Markers::of(dir.as_fd(), &n));
+            let writable = stack.writable(layer);
+            let own =
+                (!is_dir(&st) && (writable || is_reg(&st))).then(|| Markers::of(dir.as_fd(), &n));
             if is_reg(&st)
                 && st.st_size == 0
                 && own
@@ -311,18 +308,18 @@ fn resolve(
                         );
                         let mk = Markers::of(fd.as_fd(), c".");
                         let opaque = honours && mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
-                        if layer == UPPER {
+                        if writable {
                             want_origin = mk.has(fd.as_fd(), c".", "origin");
                         }
                         let redirect = mk.get(fd.as_fd(), c".", "redirect");
-                        let prot = upper_prot(layer, &mk, fd.as_fd(), c".");
+                        let prot = upper_prot(writable, &mk, fd.as_fd(), c".");
                         found = Some(Found {
                             top: layer,
                             st,
                             dirs: vec![(layer, fd)],
                             data: None,
                             ino: 0,
-                            xattr_names: (layer != UPPER).then(|| mk.names()).flatten(),
+                            xattr_names: (!writable).then(|| mk.names()).flatten(),
                             prot,
                             index_alias: None,
                         });
@@ -340,7 +337,7 @@ fn resolve(
                         // origin's does, below.
                         let none = Markers::none();
                         let mk = own.as_ref().unwrap_or(&none);
-                        if layer == UPPER && mk.has(dir.as_fd(), &n, "origin") {
+                        if writable && mk.has(dir.as_fd(), &n, "origin") {
                             // A recorded handle decides alone (decodable or not); an
                             // empty origin is looked for at the same name below.
                             match mk.get(dir.as_fd(), &n, "origin") {
@@ -362,8 +359,8 @@ fn resolve(
                             dirs: Vec::new(),
                             data: None,
                             ino: 0,
-                            xattr_names: (layer != UPPER).then(|| mk.names()).flatten(),
-                            prot: upper_prot(layer, mk, dir.as_fd(), &n),
+                            xattr_names: (!writable).then(|| mk.names()).flatten(),
+                            prot: upper_prot(writable, mk, dir.as_fd(), &n),
                             index_alias: None,
                         });
                         if !want_origin && !metacopy {
@@ -440,10 +437,10 @@ fn resolve(
     }))
 }
 
-/// The `Node::prot` of an entry found in `layer` with markers `mk`: an upper entry's from
+/// The `Node::prot` of an entry found with markers `mk`: a writable layer's entry's from
 /// its `overlay.protattr` (no call unless it has one), unknown for a lower entry.
-fn upper_prot(layer: LayerId, mk: &Markers, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> u8 {
-    if layer != UPPER {
+fn upper_prot(writable: bool, mk: &Markers, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> u8 {
+    if !writable {
         return 0;
     }
     whiteout::prot_of_marker(mk.get(dir, name, "protattr").as_deref())

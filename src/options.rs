@@ -1282,7 +1282,8 @@ impl Config {
     }
 
     pub fn writable(&self) -> bool {
-        self.upperdir.is_some() && !self.read_only
+        (self.upperdir.is_some() || self.lower_modes.contains(&crate::types::Mode::Rw))
+            && !self.read_only
     }
 }
 

@@ -142,7 +142,7 @@ pub fn list_with(
     // marked impure (a copied-up entry was moved or linked into it, as the kernel marks).
     let may_origin = dir.dirs.len() > 1
         || dir.dirs.first().is_some_and(|(layer, fd)| {
-            *layer == UPPER && whiteout::marker(fd.as_fd(), c".", "impure").is_some()
+            stack.writable(*layer) && whiteout::marker(fd.as_fd(), c".", "impure").is_some()
         });
     for (layer, fd) in &dir.dirs {
         let this = if *layer == UPPER {
@@ -214,7 +214,7 @@ pub fn list_with(
                     kind = k;
                 }
             }
-            let ino = if *layer == UPPER {
+            let ino = if stack.writable(*layer) {
                 number(&UpperEntry {
                     dir,
                     name: &e.name,

@@ -45,7 +45,7 @@ use std::sync::Arc;
 use crate::branch::{self, Current, Op, Planned};
 use crate::error::{Error, Result};
 use crate::inode::{Loc, Node};
-use crate::layers::{Layer, LayerId, Stack, ROOT_INO};
+use crate::layers::{Layer, LayerId, Mode, Stack, ROOT_INO};
 use crate::lookup;
 use crate::options::Config;
 use crate::sys;
@@ -186,6 +186,11 @@ impl UnionFs {
         for p in &plan.lowers {
             let l = match p.id.and_then(|id| stack.lower(id)) {
                 Some(l) if l.mode == p.mode => l.clone(),
+                // To or from writable: reached through another mount, with a staging
+                // directory (`layers::open_branch`); the same id.
+                Some(l) if l.mode == Mode::Rw || p.mode == Mode::Rw => {
+                    Arc::new(self.layers.reopen_lower(cfg, l, p.mode)?)
+                }
                 Some(l) => Arc::new(Layer {
                     mode: p.mode,
                     ..Layer::clone(l)

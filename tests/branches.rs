@@ -414,7 +414,6 @@ fn invalid_requests_change_nothing() {
         (format!("add:1:{}/missing", s.0.display()), "No such file"),
         (format!("append:{}/d", d(&l.l1)), "overlaps branch"),
         (format!("append:{}", d(&s.0)), "overlaps"),
-        (format!("append:{}=rw", d(&l.n)), "second upper"),
         (format!("append:{}", d(&l.u)), "is the upper"),
         (format!("del:{}", d(&l.l1)), "last lower"),
         (format!("del:{}", d(&l.u)), "cannot be removed"),
