@@ -1,0 +1,398 @@
+//! aufs's branch model (issue #22): branch permissions anywhere in the stack, several
+//! writable branches, the create= and cpup= policies that place writes among them, `sum`,
+//! ENOSPC on a full branch, and mode changes on a live mount. Every mount here is made with
+//! aufs's `br=` syntax, as an aufs user writes it; what lands where is checked on the
+//! branches themselves.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{bin, mount_type, unmount_and_reap, wait_for_mount, Scratch};
+
+/// A stratafs mount made from `-o OPTS` alone; unmounted and reaped on drop.
+struct Aufs {
+    mnt: PathBuf,
+    child: Option<Child>,
+}
+
+impl Aufs {
+    fn mount(opts: &str, mnt: &Path) -> Aufs {
+        let mut child = Command::new(bin())
+            .args(["-f", "-o", opts])
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stratafs");
+        let start = std::time::Instant::now();
+        while mount_type(mnt).as_deref() != Some("fuse.stratafs") {
+            if let Ok(Some(st)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("stratafs -o {opts} exited ({st}): {err}");
+            }
+            assert!(start.elapsed().as_secs() < 15, "no mount within 15 s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        wait_for_mount(mnt, "fuse.stratafs");
+        Aufs {
+            mnt: mnt.to_path_buf(),
+            child: Some(child),
+        }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+impl Drop for Aufs {
+    fn drop(&mut self) {
+        unmount_and_reap(&self.mnt, self.child.take());
+    }
+}
+
+/// A tmpfs of `mib` MiB at `dir` (a branch of its own size); unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new(dir: &Path, mib: u64) -> Tmpfs {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount tmpfs")
+            .success();
+        assert!(ok, "mount tmpfs at {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn errno_of(r: std::io::Result<()>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+fn write(p: &Path, s: &str) -> std::io::Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(p)?
+        .write_all(s.as_bytes())
+}
+
+fn append(p: &Path, s: &str) -> std::io::Result<()> {
+    fs::OpenOptions::new()
+        .append(true)
+        .open(p)?
+        .write_all(s.as_bytes())
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| format!("<{e}>"))
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The textbook aufs example, verbatim: a read-only dir1 above a writable dir2.
+#[test]
+fn textbook_example() {
+    let s = Scratch::new("aufs-textbook");
+    let (d1, d2, m) = (s.dir("dir1"), s.dir("dir2"), s.dir("mnt"));
+    fs::write(d1.join("file1"), "this is dir1\n").unwrap();
+    fs::write(d2.join("file2"), "this is dir2\n").unwrap();
+    let opts = format!("br={}=ro:{}=rw", d1.display(), d2.display());
+    let a = Aufs::mount(&opts, &m);
+    assert_eq!(names(&m), ["file1", "file2"]);
+    // file1 is on a read-only branch with no writable branch above it.
+    assert_eq!(errno_of(write(&a.p("file1"), "hello\n")), Some(libc::EROFS));
+    assert_eq!(read(&d1.join("file1")), "this is dir1\n");
+    assert_eq!(errno_of(fs::remove_file(a.p("file1"))), Some(libc::EROFS));
+    // file2 is written in place on dir2.
+    write(&a.p("file2"), "hello\n").unwrap();
+    assert_eq!(read(&d2.join("file2")), "hello\n");
+    assert_eq!(read(&a.p("file2")), "hello\n");
+    // New entries go to the writable branch (tdp: the root is on both).
+    write(&a.p("new"), "n\n").unwrap();
+    fs::create_dir(a.p("newdir")).unwrap();
+    assert_eq!(read(&d2.join("new")), "n\n");
+    assert!(d2.join("newdir").is_dir() && !d1.join("new").exists());
+    // Removing an entry of the writable branch with nothing below: gone, no whiteout.
+    fs::remove_file(a.p("file2")).unwrap();
+    assert!(!d2.join("file2").exists() && !d2.join(".wh.file2").exists());
+    // The branch's private directory is not shown.
+    assert!(d2.join(".wh..wh.orph").is_dir());
+    assert_eq!(names(&m), ["file1", "new", "newdir"]);
+}
+
+/// A writable branch between two read-only ones: entries below it copy up to it, entries
+/// above it are read-only, removals leave aufs whiteouts on it.
+#[test]
+fn writable_branch_in_the_middle() {
+    let s = Scratch::new("aufs-middle");
+    let (top, mid, bot, m) = (s.dir("top"), s.dir("mid"), s.dir("bot"), s.dir("m"));
+    fs::write(top.join("t"), "top\n").unwrap();
+    fs::write(bot.join("b"), "bottom\n").unwrap();
+    fs::write(bot.join("both"), "bottom both\n").unwrap();
+    fs::write(mid.join("both"), "mid both\n").unwrap();
+    fs::create_dir_all(bot.join("deep/er")).unwrap();
+    fs::write(bot.join("deep/er/f"), "deep\n").unwrap();
+    let opts = format!(
+        "br={}=ro:{}=rw:{}=ro+wh",
+        top.display(),
+        mid.display(),
+        bot.display()
+    );
+    let a = Aufs::mount(&opts, &m);
+    // Above the writable branch: read-only.
+    assert_eq!(errno_of(append(&a.p("t"), "x")), Some(libc::EROFS));
+    // Below it: copied up to it, the lower untouched.
+    append(&a.p("b"), "more\n").unwrap();
+    assert_eq!(read(&mid.join("b")), "bottom\nmore\n");
+    assert_eq!(read(&bot.join("b")), "bottom\n");
+    append(&a.p("deep/er/f"), "x\n").unwrap();
+    assert_eq!(read(&mid.join("deep/er/f")), "deep\nx\n");
+    // A new file in a directory only below: the parents are made on the writable branch.
+    write(&a.p("deep/er/new"), "new\n").unwrap();
+    assert_eq!(read(&mid.join("deep/er/new")), "new\n");
+    // Removal of an entry the writable branch has and a branch below too: aufs whiteout.
+    assert_eq!(read(&a.p("both")), "mid both\n");
+    fs::remove_file(a.p("both")).unwrap();
+    assert!(!mid.join("both").exists());
+    assert!(mid.join(".wh.both").is_file(), "an aufs whiteout on mid");
+    assert!(!a.p("both").exists());
+    // Removal of an entry only below: the whiteout goes on the writable branch above it.
+    fs::remove_file(a.p("deep/er/f")).unwrap();
+    assert!(mid.join("deep/er/.wh.f").is_file());
+    assert!(bot.join("deep/er/f").is_file());
+    // A directory replacing a whiteout is opaque in aufs's format.
+    fs::create_dir(a.p("both")).unwrap();
+    assert!(!mid.join(".wh.both").exists());
+    assert!(mid.join("both/.wh..wh..opq").exists());
+    assert_eq!(names(&a.p("both")), Vec::<String>::new());
+    assert_eq!(names(&m), ["b", "both", "deep", "t"]);
+    drop(a);
+    // What the branches hold reads the same after a remount.
+    let a = Aufs::mount(&opts, &m);
+    assert_eq!(names(&m), ["b", "both", "deep", "t"]);
+    assert_eq!(names(&a.p("deep/er")), ["new"]);
+}
+
+/// Where the create= policies put new entries among two writable branches of different
+/// sizes, and what a full branch does.
+#[test]
+fn create_policies_and_a_full_branch() {
+    let s = Scratch::new("aufs-create");
+    let (w1, w2, lo, m) = (s.dir("w1"), s.dir("w2"), s.dir("lo"), s.dir("m"));
+    let _t1 = Tmpfs::new(&w1, 16);
+    let _t2 = Tmpfs::new(&w2, 32);
+    fs::create_dir(w2.join("only2")).unwrap();
+    let br = format!("br={}=rw:{}=rw:{}=ro", w1.display(), w2.display(), lo.display());
+    let on = |rel: &str| (w1.join(rel).exists(), w2.join(rel).exists());
+    {
+        // tdp (the default): the highest writable branch holding the parent.
+        let a = Aufs::mount(&br, &m);
+        write(&a.p("f"), "x").unwrap();
+        write(&a.p("only2/g"), "x").unwrap();
+        assert_eq!((on("f"), on("only2/g")), ((true, false), (false, true)));
+        // A full branch: tdp keeps choosing it and the write fails with ENOSPC.
+        let big = vec![7u8; 4 << 20];
+        let mut full = false;
+        for i in 0..8 {
+            if fs::write(a.p(&format!("fill{i}")), &big).is_err() {
+                full = true;
+                break;
+            }
+        }
+        assert!(full, "w1 (16 MiB) filled up");
+        let e = fs::write(a.p("more"), &big).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert!(!w2.join("more").exists() || fs::metadata(w2.join("more")).unwrap().len() == 0);
+        for i in 0..8 {
+            let _ = fs::remove_file(a.p(&format!("fill{i}")));
+        }
+        let _ = fs::remove_file(a.p("more"));
+    }
+    {
+        // rr: in turn, directories too.
+        let a = Aufs::mount(&format!("{br},create=rr"), &m);
+        for i in 0..10 {
+            write(&a.p(&format!("rr{i}")), "x").unwrap();
+        }
+        let n1 = (0..10).filter(|i| on(&format!("rr{i}")).0).count();
+        let n2 = (0..10).filter(|i| on(&format!("rr{i}")).1).count();
+        assert_eq!((n1, n2), (5, 5));
+        fs::create_dir(a.p("rd1")).unwrap();
+        fs::create_dir(a.p("rd2")).unwrap();
+        assert_ne!(on("rd1"), on("rd2"));
+    }
+    {
+        // mfs: the most free space (w2, 32 MiB); once w2 has less free than w1, w1.
+        let a = Aufs::mount(&format!("{br},create=mfs:0"), &m);
+        write(&a.p("m1"), "x").unwrap();
+        assert_eq!(on("m1"), (false, true));
+        fs::write(w2.join("ballast"), vec![1u8; 24 << 20]).unwrap();
+        write(&a.p("m2"), "x").unwrap();
+        assert_eq!(on("m2"), (true, false));
+        // A full branch under mfs: the write goes to the one with space.
+        fs::write(a.p("m3"), vec![2u8; 12 << 20]).unwrap();
+        assert_eq!(on("m3"), (true, false));
+        fs::remove_file(w2.join("ballast")).unwrap();
+    }
+    {
+        // pmfs: most free space among the branches holding the parent; mfsrr below LOW.
+        let a = Aufs::mount(&format!("{br},create=pmfs:0"), &m);
+        fs::write(w1.join("ballast"), vec![1u8; 1 << 20]).unwrap();
+        fs::create_dir(w1.join("only1")).unwrap();
+        write(&a.p("only1/p"), "x").unwrap();
+        assert_eq!(on("only1/p"), (true, false));
+        drop(a);
+        let a = Aufs::mount(&format!("{br},create=mfsrr:1g:0"), &m);
+        for i in 0..4 {
+            write(&a.p(&format!("mr{i}")), "x").unwrap();
+        }
+        let n1 = (0..4).filter(|i| on(&format!("mr{i}")).0).count();
+        assert_eq!(n1, 2, "both below LOW: round-robin");
+    }
+}
+
+/// The copy-up policies, on a lower file whose directory is on one writable branch or on
+/// both.
+#[test]
+fn copy_up_policies() {
+    let s = Scratch::new("aufs-cpup");
+    let (w1, w2, lo, m) = (s.dir("w1"), s.dir("w2"), s.dir("lo"), s.dir("m"));
+    for d in ["one", "both"] {
+        fs::create_dir(lo.join(d)).unwrap();
+        fs::write(lo.join(d).join("f"), "lower\n").unwrap();
+    }
+    fs::create_dir(w1.join("one")).unwrap();
+    fs::create_dir(w1.join("both")).unwrap();
+    fs::create_dir(w2.join("both")).unwrap();
+    let br = format!("br={}=rw:{}=rw:{}=ro", w1.display(), w2.display(), lo.display());
+    // (policy, where one/f goes, where both/f goes): 1 = w1, 2 = w2.
+    for (policy, one, both) in [("tdp", 1, 1), ("bup", 1, 2), ("bu", 2, 2)] {
+        let a = Aufs::mount(&format!("{br},cpup={policy}"), &m);
+        for d in ["one", "both"] {
+            append(&a.p(&format!("{d}/f")), "up\n").unwrap();
+            assert_eq!(read(&a.p(&format!("{d}/f"))), "lower\nup\n", "{policy} {d}");
+        }
+        let at = |d: &str| {
+            let (a1, a2) = (w1.join(d).join("f"), w2.join(d).join("f"));
+            match (a1.exists(), a2.exists()) {
+                (true, false) => 1,
+                (false, true) => 2,
+                other => panic!("{policy} {d}: {other:?}"),
+            }
+        };
+        assert_eq!((at("one"), at("both")), (one, both), "cpup={policy}");
+        assert_eq!(read(&lo.join("one/f")), "lower\n");
+        drop(a);
+        for d in ["one", "both"] {
+            let _ = fs::remove_file(w1.join(d).join("f"));
+            let _ = fs::remove_file(w2.join(d).join("f"));
+        }
+        let _ = fs::remove_dir(w2.join("one"));
+    }
+}
+
+/// statfs with `sum` adds up the writable branches; without it, the highest one's.
+#[test]
+fn sum_shows_the_pool() {
+    let s = Scratch::new("aufs-sum");
+    let (w1, w2, m) = (s.dir("w1"), s.dir("w2"), s.dir("m"));
+    let _t1 = Tmpfs::new(&w1, 16);
+    let _t2 = Tmpfs::new(&w2, 32);
+    let br = format!("br={}=rw:{}=rw", w1.display(), w2.display());
+    let size = |p: &Path| {
+        let o = Command::new("stat").args(["-f", "-c", "%b %S"]).arg(p).output().unwrap();
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        let v: Vec<u64> = t.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        v[0] * v[1] >> 20
+    };
+    {
+        let _a = Aufs::mount(&br, &m);
+        assert_eq!(size(&m), 16);
+    }
+    let _a = Aufs::mount(&format!("{br},sum"), &m);
+    assert_eq!(size(&m), 48);
+}
+
+/// Renames: within a writable branch a rename there; a directory spread over branches,
+/// or a destination shown from a branch above, EXDEV (mv(1) copies then).
+#[test]
+fn renames_across_branches() {
+    let s = Scratch::new("aufs-rename");
+    let (w1, w2, m) = (s.dir("w1"), s.dir("w2"), s.dir("m"));
+    fs::write(w2.join("a"), "a\n").unwrap();
+    fs::write(w1.join("top"), "top\n").unwrap();
+    fs::create_dir(w1.join("d")).unwrap();
+    fs::create_dir(w2.join("d")).unwrap();
+    fs::write(w2.join("d/x"), "x\n").unwrap();
+    let br = format!("br={}=rw:{}=rw", w1.display(), w2.display());
+    let a = Aufs::mount(&br, &m);
+    fs::rename(a.p("a"), a.p("b")).unwrap();
+    assert!(w2.join("b").is_file() && !w2.join("a").exists() && !w1.join("b").exists());
+    let e = fs::rename(a.p("b"), a.p("top")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+    let e = fs::rename(a.p("d"), a.p("d2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+    // mv(1) copies where rename(2) says EXDEV.
+    let ok = Command::new("mv").arg(a.p("d")).arg(a.p("d2")).status().unwrap().success();
+    assert!(ok);
+    assert_eq!(read(&a.p("d2/x")), "x\n");
+    assert!(!a.p("d").exists());
+}
+
+/// mod: between ro and rw, and add: of a writable branch, on a running mount; an open file
+/// keeps working across them.
+#[test]
+fn live_mode_changes() {
+    let s = Scratch::new("aufs-live");
+    let (u, b, c, m) = (s.dir("u"), s.dir("b"), s.dir("c"), s.dir("m"));
+    fs::write(b.join("f"), "b\n").unwrap();
+    fs::write(c.join("g"), "c\n").unwrap();
+    let br = format!("br={}=rw:{}=ro", u.display(), b.display());
+    let a = Aufs::mount(&br, &m);
+    let branch = |op: String| {
+        let o = Command::new(bin()).arg("branch").arg(&m).arg(&op).output().unwrap();
+        assert!(o.status.success(), "{op}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let mut open = fs::File::open(a.p("f")).unwrap();
+    branch(format!("mod:{}=rw", b.display()));
+    append(&a.p("f"), "in place\n").unwrap();
+    assert_eq!(read(&b.join("f")), "b\nin place\n", "written on b itself");
+    assert!(!u.join("f").exists());
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut open, &mut got).unwrap();
+    assert!(got.starts_with("b\n"), "the open file reads: {got:?}");
+    branch(format!("mod:{}=ro", b.display()));
+    append(&a.p("f"), "copied\n").unwrap();
+    assert_eq!(read(&u.join("f")), "b\nin place\ncopied\n");
+    assert_eq!(read(&b.join("f")), "b\nin place\n");
+    branch(format!("append:{}=rw", c.display()));
+    append(&a.p("g"), "in place\n").unwrap();
+    assert_eq!(read(&c.join("g")), "c\nin place\n");
+    assert_eq!(fs::metadata(a.p("g")).unwrap().nlink(), 1);
+}
