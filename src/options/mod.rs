@@ -58,7 +58,8 @@ pub struct Config {
     /// Shown as the source in /proc/mounts: the source argument, `fsname=`, or "stratafs".
     pub fsname: String,
     pub subtype: Option<String>,
-    /// `ro`, or no upperdir: every write gets EROFS.
+    /// `ro`, or no writable branch (no upperdir and no lower of mode `Rw`): every write
+    /// gets EROFS.
     pub read_only: bool,
     /// `-f`: stay in the foreground.
     pub foreground: bool,
@@ -126,8 +127,10 @@ pub struct Config {
     /// (file.rs `passthrough_source`; docs/guarantees.md).
     pub lower_passthrough: LowerPassthrough,
     /// The mode of each of `lowerdirs`, in the same order (aufs's branch permissions, given
-    /// with `br=`): `Rw` makes a branch below the top writable (`wbr_policy.rs`). Missing
-    /// entries are `RoWh`, the kernel overlayfs's lowers (see [`Config::lower_mode`]).
+    /// with `br=`, `dirs=` or a branch list; options/branches.rs): `Rw` makes a branch below
+    /// the top writable (`wbr_policy.rs`). Parsing fills it for every lower (`RoWh` for
+    /// `lowerdir=`, the kernel overlayfs's lowers); a `Config` built by hand may leave it
+    /// short, and missing entries read as `RoWh` (see [`Config::lower_mode`]).
     pub lower_modes: Vec<crate::types::Mode>,
     /// `create=`: where new entries go among several writable branches.
     pub create: crate::types::Create,
@@ -323,9 +326,11 @@ impl Config {
             .unwrap_or(crate::types::Mode::RoWh)
     }
 
-    /// True when writes are possible at all.
+    /// True when writes are possible at all: some branch is writable (the upper, or a
+    /// lower of mode `Rw`) and the mount is not `ro`.
     pub fn writable(&self) -> bool {
-        self.upperdir.is_some() && !self.read_only
+        let rw_lower = self.lower_modes.contains(&crate::types::Mode::Rw);
+        (self.upperdir.is_some() || rw_lower) && !self.read_only
     }
 }
 

@@ -8,12 +8,13 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use super::branches::{self, looks_like_branches, parse_branches, Mode, Syntax};
+use super::branches::{self, looks_like_branches, parse_branches, Branch, Syntax};
 use super::remount::parse_remount;
 use super::{
     bad, fd_mountpoint, split_lowerdirs, split_options, unescape, Command, Config, IoUring,
     LowerPassthrough, OptionsError,
 };
+use crate::types::Mode;
 
 /// Options that would change what the mount shows: refused rather than ignored.
 const REFUSED: &[&str] = &["plugins", "datadir+", "lowerdir+"];
@@ -104,7 +105,7 @@ impl<'a> Item<'a> {
 pub(super) struct Parser {
     pub(super) cfg: Config,
     lowerdir_given: bool,
-    branches: Option<(Syntax, Vec<(PathBuf, Mode)>)>,
+    branches: Option<(Syntax, Vec<Branch>)>,
     cow: bool,
 }
 
@@ -126,7 +127,7 @@ impl Parser {
                 prev.name()
             )));
         }
-        self.branches = Some((syntax, parse_branches(v, syntax.name())?));
+        self.branches = Some((syntax, parse_branches(v, syntax)?));
         Ok(())
     }
 
@@ -208,9 +209,14 @@ impl Parser {
         if cfg.fsname.is_empty() {
             cfg.fsname = "stratafs".to_string();
         }
-        if cfg.upperdir.is_none() {
+        if cfg.lower_modes.len() != cfg.lowerdirs.len() {
+            // `lowerdir=`: the kernel overlayfs's lowers, whiteouts honoured.
+            cfg.lower_modes = vec![Mode::RoWh; cfg.lowerdirs.len()];
+        }
+        if cfg.upperdir.is_none() && !cfg.lower_modes.contains(&Mode::Rw) {
             cfg.read_only = true;
         }
+        check_kernel_shape(cfg)?;
         // Permissions are always checked by the kernel: the daemon runs as root and does
         // no checks of its own.
         cfg.default_permissions = true;
@@ -229,6 +235,28 @@ impl Parser {
             )));
         }
         branches::resolve(&mut self.cfg, syntax, list, self.cow)
+    }
+}
+
+/// `index=on`, `nfs_export=on` and `metacopy=on` keep their state in the kernel
+/// overlayfs's format for one upper (its index, its file handles, its metacopy
+/// redirects): refused when a branch below the top is writable.
+fn check_kernel_shape(cfg: &Config) -> Result<(), OptionsError> {
+    let mut lowers = cfg.lowerdirs.iter().zip(&cfg.lower_modes);
+    let Some((rw, _)) = lowers.find(|(_, m)| **m == Mode::Rw) else {
+        return Ok(());
+    };
+    let on = [
+        ("index=on", cfg.index),
+        ("nfs_export=on", cfg.nfs_export),
+        ("metacopy=on", cfg.metacopy),
+    ];
+    match on.iter().find(|(_, set)| *set) {
+        Some((opt, _)) => Err(bad(format!(
+            "option {opt} needs the kernel overlayfs's shape: one writable top branch (branch {} below it is rw)",
+            rw.display()
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -21,7 +21,11 @@ pub struct RemountArgs {
 /// A remount's mount-time options (what mount(8) takes from an fstab line: `lowerdir=`,
 /// `upperdir=`, `volatile`, …) checked against the configuration the daemon runs with:
 /// each must leave it as it is (a remount changes only ro/rw). Branch paths are compared
-/// after resolving them as at mount time. One line naming the first option that differs.
+/// after resolving them as at mount time; a `br=`/`dirs=` list's branch modes too. The
+/// policies `create=`, `cpup=` and `sum`/`nosum` are mount-time options like the others:
+/// the daemon places entries and answers statfs by the values it started with, so a
+/// remount may repeat them but not change them. One line naming the first option that
+/// differs.
 pub fn remount_unchanged(running: &Config, items: &[String]) -> Result<(), OptionsError> {
     fn canon(p: &Path) -> PathBuf {
         std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
@@ -55,7 +59,7 @@ pub fn remount_unchanged(running: &Config, items: &[String]) -> Result<(), Optio
             });
             q.apply(b)?;
             q.resolve_branches()?;
-            if branches(&q.cfg) != want {
+            if branches(&q.cfg) != want || q.cfg.lower_modes != running.lower_modes {
                 return differs(item);
             }
             continue;

@@ -8,6 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{bad, unescape_mountinfo, Config, OptionsError};
+use crate::types::Mode;
 
 fn display(p: &Path) -> std::path::Display<'_> {
     p.display()
@@ -67,6 +68,36 @@ fn check_nesting(u: &Path, w: &Path, lowers: &[PathBuf]) -> Result<(), OptionsEr
     Ok(())
 }
 
+/// A writable lower (mode `Rw`, canonical as all of `lowers`) is held to the upper's rules:
+/// it overlaps no other lower (neither is inside the other), and it is not inside the
+/// workdir. (check_nesting has already kept the upper and the workdir out of every lower.)
+fn check_writable_lowers(
+    lowers: &[PathBuf],
+    modes: &[Mode],
+    work: Option<&Path>,
+) -> Result<(), OptionsError> {
+    let writable = lowers.iter().zip(modes).enumerate();
+    for (i, (l, _)) in writable.filter(|(_, (_, m))| **m == Mode::Rw) {
+        for (j, other) in lowers.iter().enumerate() {
+            if i != j && (within(l, other) || within(other, l)) {
+                return Err(bad(format!(
+                    "lowerdir {} (rw): overlaps lowerdir {}",
+                    l.display(),
+                    other.display()
+                )));
+            }
+        }
+        if let Some(w) = work.filter(|w| within(l, w)) {
+            return Err(bad(format!(
+                "lowerdir {} (rw): inside workdir {}",
+                l.display(),
+                w.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Is `path` (canonical) the mount point of a mounted filesystem?
 fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -81,60 +112,22 @@ impl Config {
     /// Checks the paths without writing anything, then makes them canonical (the daemon
     /// changes to `/`): each branch exists and is a directory, workdir comes with upperdir
     /// on the same filesystem, no branch is inside another, and the mountpoint is a
-    /// directory that is not inside a branch nor already a mount point. One line per
-    /// error, naming the option and the path.
+    /// directory that is not inside a branch nor already a mount point; a writable lower
+    /// (aufs's branch model) is held to the upper's rules. One line per error, naming the
+    /// option and the path.
     pub fn validate(&mut self) -> Result<(), OptionsError> {
-        let dir = existing_dir;
         if self.lowerdirs.is_empty() {
             return Err(bad("option lowerdir= is missing or empty"));
         }
         let mut lowers = Vec::new();
         for l in &self.lowerdirs {
-            lowers.push(dir("lowerdir", l)?.0);
+            lowers.push(existing_dir("lowerdir", l)?.0);
         }
-        let (upper, work) = match (&self.upperdir, &self.workdir) {
-            (Some(u), Some(w)) => {
-                let (uc, udev) = dir("upperdir", u)?;
-                let (wc, wdev) = if self.auto_workdir && !w.exists() {
-                    // Created by prepare(): check where it would be.
-                    let parent = w.parent().unwrap_or(Path::new("/"));
-                    let (pc, pdev) = dir("workdir", parent)?;
-                    let name = w.file_name().unwrap_or_default();
-                    (pc.join(name), pdev)
-                } else {
-                    dir("workdir", w)?
-                };
-                if udev != wdev {
-                    let hint = if self.auto_workdir {
-                        " (the upper is the root of its filesystem: give workdir=)"
-                    } else {
-                        ""
-                    };
-                    return Err(bad(format!(
-                        "workdir {}: not on the same filesystem as upperdir {}{hint}",
-                        display(w),
-                        display(u)
-                    )));
-                }
-                (Some(uc), Some(wc))
-            }
-            (Some(u), None) => {
-                return Err(bad(format!(
-                    "upperdir {} given without workdir",
-                    display(u)
-                )))
-            }
-            (None, Some(w)) => {
-                return Err(bad(format!(
-                    "workdir {} given without upperdir",
-                    display(w)
-                )))
-            }
-            (None, None) => (None, None),
-        };
+        let (upper, work) = self.upper_and_work()?;
         if let (Some(u), Some(w)) = (&upper, &work) {
             check_nesting(u, w, &lowers)?;
         }
+        check_writable_lowers(&lowers, &self.lower_modes, work.as_deref())?;
         let branches: Vec<(&str, &PathBuf)> = lowers
             .iter()
             .map(|l| ("lowerdir", l))
@@ -152,6 +145,48 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The upperdir and workdir, canonical: both or neither, on one filesystem. An
+    /// automatic workdir that does not exist yet is checked where prepare() will make it.
+    fn upper_and_work(&self) -> Result<(Option<PathBuf>, Option<PathBuf>), OptionsError> {
+        let (u, w) = match (&self.upperdir, &self.workdir) {
+            (Some(u), Some(w)) => (u, w),
+            (Some(u), None) => {
+                return Err(bad(format!(
+                    "upperdir {} given without workdir",
+                    display(u)
+                )))
+            }
+            (None, Some(w)) => {
+                return Err(bad(format!(
+                    "workdir {} given without upperdir",
+                    display(w)
+                )))
+            }
+            (None, None) => return Ok((None, None)),
+        };
+        let (uc, udev) = existing_dir("upperdir", u)?;
+        let (wc, wdev) = if self.auto_workdir && !w.exists() {
+            let parent = w.parent().unwrap_or(Path::new("/"));
+            let (pc, pdev) = existing_dir("workdir", parent)?;
+            (pc.join(w.file_name().unwrap_or_default()), pdev)
+        } else {
+            existing_dir("workdir", w)?
+        };
+        if udev != wdev {
+            let hint = if self.auto_workdir {
+                " (the upper is the root of its filesystem: give workdir=)"
+            } else {
+                ""
+            };
+            return Err(bad(format!(
+                "workdir {}: not on the same filesystem as upperdir {}{hint}",
+                display(w),
+                display(u)
+            )));
+        }
+        Ok((Some(uc), Some(wc)))
     }
 
     /// The mountpoint's checks: a directory outside every branch and not a mount point
@@ -216,7 +251,7 @@ mod tests {
         fn new(tag: &str) -> Tmp {
             let d = std::env::temp_dir().join(format!("stratafs-opt-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&d);
-            for s in ["l1", "l2", "u", "w", "m", "l1/inner"] {
+            for s in ["l1", "l2", "u", "w", "m", "l1/inner", "w/inner"] {
                 std::fs::create_dir_all(d.join(s)).expect("mkdir");
             }
             std::fs::write(d.join("file"), b"x").expect("write");
@@ -386,5 +421,97 @@ mod tests {
         let mut again = c.clone();
         again.validate().expect("still valid");
         again.prepare().expect("prepare again");
+    }
+
+    /// A writable lower is checked as the upper is: canonical, existing, overlapping no
+    /// other branch, not inside the workdir; the textbook example validates.
+    #[test]
+    fn validation_holds_writable_lowers_to_the_uppers_rules() {
+        let t = Tmp::new("rwlower");
+        let before = t.listing();
+        let br = |list: String| vec![t.s("m"), "-o".to_string(), list];
+        let cases: Vec<(Vec<String>, String)> = vec![
+            (
+                br(format!("br={}=ro:{}=rw", t.s("l1"), t.s("nope"))),
+                format!("lowerdir {}", t.s("nope")),
+            ),
+            (
+                br(format!("br={}=ro:{}=rw", t.s("l1"), t.s("file"))),
+                "not a directory".into(),
+            ),
+            (
+                br(format!("br={}=ro:{}=rw", t.s("l1"), t.s("l1/inner"))),
+                format!(
+                    "lowerdir {} (rw): overlaps lowerdir {}",
+                    t.s("l1/inner"),
+                    t.s("l1")
+                ),
+            ),
+            (
+                br(format!("br={}=ro:{}=rw", t.s("l1/inner"), t.s("l1"))),
+                format!(
+                    "lowerdir {} (rw): overlaps lowerdir {}",
+                    t.s("l1"),
+                    t.s("l1/inner")
+                ),
+            ),
+            (
+                br(format!(
+                    "br={}=rw:{}=ro:{}=rw",
+                    t.s("u"),
+                    t.s("l1"),
+                    t.s("u")
+                )),
+                "overlaps lowerdir".into(),
+            ),
+            (
+                br(format!(
+                    "br={}=rw:{}=rw,workdir={}",
+                    t.s("u"),
+                    t.s("w/inner"),
+                    t.s("w")
+                )),
+                format!(
+                    "lowerdir {} (rw): inside workdir {}",
+                    t.s("w/inner"),
+                    t.s("w")
+                ),
+            ),
+            (
+                br(format!(
+                    "br={}=rw:{}=rw,workdir={}",
+                    t.s("u"),
+                    t.s("l1"),
+                    t.s("l1/inner")
+                )),
+                "inside lowerdir".into(),
+            ),
+            (
+                vec![
+                    t.s("w/inner"),
+                    "-o".into(),
+                    format!("br={}=ro:{}=rw", t.s("l1"), t.s("w")),
+                ],
+                format!(
+                    "mountpoint {}: inside lowerdir {}",
+                    t.s("w/inner"),
+                    t.s("w")
+                ),
+            ),
+        ];
+        for (args, want) in cases {
+            let e = validated(&args).expect_err("refused");
+            assert!(e.contains(&want), "{args:?}: {e} (wanted {want})");
+            assert!(!e.contains('\n'));
+        }
+        let root = std::fs::canonicalize(&t.0).expect("canon");
+        let c = validated(&br(format!("br={}/../l1=ro:{}=rw", t.s("l2"), t.s("l2"))))
+            .expect("the textbook example validates");
+        assert_eq!(c.lowerdirs, vec![root.join("l1"), root.join("l2")]);
+        assert_eq!((c.upperdir, c.workdir), (None, None));
+        let c = validated(&br(format!("br={}=rw:{}=rw", t.s("u"), t.s("l1"))))
+            .expect("two writable branches validate");
+        assert_eq!(c.upperdir, Some(root.join("u")));
+        assert_eq!(before, t.listing(), "validation wrote nothing");
     }
 }
