@@ -4,12 +4,18 @@
 //! anything, and [`Config::prepare`] makes the one thing we may create (an automatic
 //! workdir).
 //!
+//! Three branch syntaxes: the kernel overlayfs's and fuse-overlayfs's (`-o
+//! lowerdir=A:B,upperdir=U,workdir=W`: one writable top branch over read-only lowers),
+//! unionfs-fuse's (`/u=RW:/a=RO:/b` or `-o dirs=`) and aufs's (`-o br=/u=rw:/a=ro`), whose
+//! branch permissions may make any branch writable (branches.rs).
+//!
 //! By job: this file holds what the rest of the crate names ([`Config`], [`Command`], the
 //! errors, the splitting and unescaping of option strings); `parse.rs` reads a command line
-//! into a configuration (one `-o` item at a time); `branches.rs` turns a unionfs-fuse or aufs
-//! branch list into branches and modes; `validate.rs` checks the paths against the
-//! filesystem; `help.rs` is the option table behind `--help` and the man page; `remount.rs`
-//! reads the remount form and compares a remount's options with the running mount.
+//! into a configuration (one `-o` item at a time); `branches.rs` turns a unionfs-fuse or
+//! aufs branch list into branches and modes; `policy.rs` reads aufs's `create=`/`cpup=`
+//! policies; `validate.rs` checks the paths against the filesystem; `help.rs` is the option
+//! table behind `--help` and the man page; `remount.rs` reads the remount form and compares
+//! a remount's options with the running mount.
 //!
 //! The unionfs and aufs syntaxes have no workdir. Unless `workdir=` is given, stratafs uses
 //! the sibling directory `UPPER.stratafs-work` (created at mount time, mode 0700): a
@@ -20,6 +26,7 @@
 mod branches;
 mod help;
 mod parse;
+mod policy;
 mod remount;
 mod validate;
 

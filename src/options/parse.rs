@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use super::branches::{self, looks_like_branches, parse_branches, Branch, Syntax};
+use super::policy;
 use super::remount::parse_remount;
 use super::{
     bad, fd_mountpoint, split_lowerdirs, split_options, unescape, Command, Config, IoUring,
@@ -143,6 +144,7 @@ impl Parser {
         if self.branch_option(&item)?
             || mount_option(&mut self.cfg, &item)?
             || layer_option(&mut self.cfg, &item)?
+            || policy_option(&mut self.cfg, &item)?
             || id_option(&mut self.cfg, &item)?
             || daemon_option(&mut self.cfg, &item)?
         {
@@ -326,6 +328,25 @@ fn layer_option(cfg: &mut Config, item: &Item) -> Result<bool, OptionsError> {
                 }
             }
         }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// aufs's policies among several writable branches: `create=`, `cpup=`, `sum`/`nosum`
+/// (policy.rs).
+fn policy_option(cfg: &mut Config, item: &Item) -> Result<bool, OptionsError> {
+    match item.key.as_str() {
+        "create" => cfg.create = policy::parse_create(&item.need_text()?)?,
+        "cpup" => cfg.cpup = policy::parse_cpup(&item.need_text()?)?,
+        "sum" | "nosum" if item.value.is_some() => {
+            return Err(bad(format!(
+                "option {} takes no value (sum on, nosum off)",
+                item.key
+            )))
+        }
+        "sum" => cfg.sum = true,
+        "nosum" => cfg.sum = false,
         _ => return Ok(false),
     }
     Ok(true)

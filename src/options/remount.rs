@@ -195,4 +195,45 @@ mod tests {
         assert_eq!(r(&["-oremount", "-o", "ro", "/m"]).options, ["ro"]);
         assert!(parse_args(["s", "-o", "remount,ro"]).is_err());
     }
+
+    /// A branch list's modes and the policies (create=, cpup=, sum) are mount-time
+    /// options: a remount may repeat them, not change them.
+    #[test]
+    fn remount_keeps_modes_and_policies() {
+        let running = cfg(&[
+            "/m",
+            "-o",
+            "br=/x/u=rw:/l1=ro:/l2=rw,create=mfs:10,cpup=bu,sum",
+        ]);
+        let ok = |o: &[&str]| {
+            let v: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            remount_unchanged(&running, &v)
+        };
+        assert_eq!(
+            ok(&[
+                "br=/x/u=RW:/l1:/l2=rw+nolwh",
+                "create=most-free-space:10",
+                "cpup=bottom-up",
+                "sum"
+            ]),
+            Ok(())
+        );
+        for bad in [
+            "br=/x/u=rw:/l1=ro:/l2=ro",
+            "br=/x/u=rw:/l1=ro+wh:/l2=rw",
+            "dirs=/x/u=RW:/l1=RO:/l2=RW",
+            "create=mfs",
+            "create=tdp",
+            "cpup=tdp",
+            "nosum",
+        ] {
+            let e = ok(&[bad]).expect_err(bad).0;
+            assert!(e.contains(bad) && e.contains("only ro/rw"), "{bad}: {e}");
+        }
+        let running = cfg(&["-o", "lowerdir=/l1:/l2,upperdir=/u,workdir=/w", "/m"]);
+        let v = |o: &str| vec![o.to_string()];
+        assert_eq!(remount_unchanged(&running, &v("create=tdp")), Ok(()));
+        assert_eq!(remount_unchanged(&running, &v("nosum")), Ok(()));
+        assert!(remount_unchanged(&running, &v("create=rr")).is_err());
+    }
 }
