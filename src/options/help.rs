@@ -58,7 +58,7 @@ pub const OPTIONS: &[OptionDoc] = &[
     doc(
         "dirs",
         "dirs=DIR[=RW|=RO][:DIR...]",
-        "unionfs-fuse branches, top first (also as SOURCE)",
+        "unionfs-fuse branches, top first, any of them RW (also as SOURCE)",
     ),
     doc(
         "cow",
@@ -67,8 +67,23 @@ pub const OPTIONS: &[OptionDoc] = &[
     ),
     doc(
         "br",
-        "br=DIR[=rw|=ro|=rr|=ro+wh][:DIR...]",
-        "aufs branches, top first (also br:DIR...)",
+        "br=DIR[=rw|=ro|=rr|=ro+wh|=rr+wh|=rw+nolwh][:DIR...]",
+        "aufs branches, top first (also br:DIR...); any of them, several, may be rw; ro and rr ignore whiteouts, ro+wh honours them; no mode: rw first, ro after",
+    ),
+    doc(
+        "create",
+        "create=tdp|rr|mfs[:SECS]|mfsrr:LOW[:SECS]|pmfs[:SECS]|pmfsrr:LOW[:SECS]",
+        "aufs: the writable branch a new entry goes to: top-down-parent (default), round-robin, most-free-space (SECS default 30; LOW bytes, k/m/g/t)",
+    ),
+    doc(
+        "cpup",
+        "cpup=tdp|bup|bu",
+        "aufs: the writable branch above a copy-up goes to: top-down-parent (default), bottom-up-parent, bottom-up",
+    ),
+    doc(
+        "sum",
+        "sum, nosum",
+        "aufs: statfs shows the writable branches' totals (sum) or the top one's (nosum, default)",
     ),
     doc("ro", "ro", "read-only mount (also without an upper branch)"),
     doc(
@@ -197,17 +212,17 @@ pub const OPTIONS: &[OptionDoc] = &[
     doc(
         "index",
         "index=on|off",
-        "lower hard links stay one file after a copy-up, in the kernel's workdir/index format (default off)",
+        "lower hard links stay one file after a copy-up, in the kernel's workdir/index format (default off; not with a writable lower)",
     ),
     doc(
         "nfs_export",
         "nfs_export=on|off",
-        "file handles (open_by_handle_at, NFS) outlive the kernel's caches and remounts (default off)",
+        "file handles (open_by_handle_at, NFS) outlive the kernel's caches and remounts (default off; not with a writable lower)",
     ),
     doc(
         "metacopy",
         "metacopy=on|off",
-        "metadata-only copy-up in the kernel's format (default off)",
+        "metadata-only copy-up in the kernel's format (default off; not with a writable lower)",
     ),
     doc(
         "uidmapping",
@@ -307,7 +322,7 @@ pub fn help_text() -> String {
          MOUNTPOINT /dev/fd/N: serve the FUSE descriptor N its caller opened and mounted\n\
          (libfuse 3's convention, as Apptainer uses it); the caller unmounts.\n\
          Returns once the mount is live (or failed); the daemon stays until umount.\n\
-         With br=/dirs=/a branch list and no workdir=, the workdir is UPPER.stratafs-work.\n\
+         With br=/dirs=/a branch list and no workdir=, a writable first branch's workdir is UPPER.stratafs-work.\n\
          Unknown options are refused.\n\noptions:\n",
     );
     for o in OPTIONS {
