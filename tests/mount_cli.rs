@@ -324,7 +324,8 @@ fn three_syntaxes_give_the_same_view() {
     let union_pos = format!("{}=RW:{}=RO:{}", f.p("u"), f.p("l1"), f.p("l2"));
     let union_cow = format!("{}:{}:{}", f.p("u"), f.p("l1"), f.p("l2"));
     let dirs = format!("dirs={}=RW:{}:{}", f.p("u"), f.p("l1"), f.p("l2"));
-    let br = format!("br={}=rw:{}=ro:{}=rr", f.p("u"), f.p("l1"), f.p("l2"));
+    // l1 holds a whiteout: aufs's `ro` looks up none, `ro+wh` honours them (aufs(5)).
+    let br = format!("br={}=rw:{}=ro+wh:{}=rr", f.p("u"), f.p("l1"), f.p("l2"));
     let br_colon = format!("br:{}:{}=ro+wh:{}", f.p("u"), f.p("l1"), f.p("l2"));
     let m = f.p("m");
     let cases: Vec<Vec<&str>> = vec![
@@ -406,7 +407,8 @@ fn mount_8_with_each_syntax() {
     let m = f.p("m");
     let kernel = f.kernel_opts();
     let union = format!("{}=RW:{}=RO:{}", f.p("u"), f.p("l1"), f.p("l2"));
-    let br = format!("br={}=rw:{}=ro:{}=ro", f.p("u"), f.p("l1"), f.p("l2"));
+    // l1 holds a whiteout: aufs's `ro` looks up none, `ro+wh` honours them (aufs(5)).
+    let br = format!("br={}=rw:{}=ro+wh:{}=ro", f.p("u"), f.p("l1"), f.p("l2"));
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["-t", "fuse.stratafs", "-o", &kernel, "stratafs", &m],
@@ -539,15 +541,19 @@ fn every_refusal_is_one_line_and_changes_nothing() {
             ],
             "mountpoint",
         ),
+        (vec![format!("{u}=RW"), m.clone()], "at least one read-only"),
         (
-            vec![format!("{u}=RW:{l1}=RW:{l2}"), m.clone()],
-            "more than one writable",
+            vec![
+                m.clone(),
+                "-o".into(),
+                format!("br={u}=rw:{l1}=rw,index=on"),
+            ],
+            "one writable top branch",
         ),
         (
-            vec![m.clone(), "-o".into(), format!("br={u}=rw:{l1}=rw")],
-            "more than one writable",
+            vec![m.clone(), "-o".into(), format!("br={l1}=ro:{l1}/d=rw")],
+            "overlaps",
         ),
-        (vec![format!("{l1}=RO:{u}=RW"), m.clone()], "first"),
         (
             vec![
                 m.clone(),
