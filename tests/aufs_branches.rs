@@ -208,7 +208,12 @@ fn create_policies_and_a_full_branch() {
     let _t1 = Tmpfs::new(&w1, 16);
     let _t2 = Tmpfs::new(&w2, 32);
     fs::create_dir(w2.join("only2")).unwrap();
-    let br = format!("br={}=rw:{}=rw:{}=ro", w1.display(), w2.display(), lo.display());
+    let br = format!(
+        "br={}=rw:{}=rw:{}=ro",
+        w1.display(),
+        w2.display(),
+        lo.display()
+    );
     let on = |rel: &str| (w1.join(rel).exists(), w2.join(rel).exists());
     {
         // tdp (the default): the highest writable branch holding the parent.
@@ -290,7 +295,12 @@ fn copy_up_policies() {
     fs::create_dir(w1.join("one")).unwrap();
     fs::create_dir(w1.join("both")).unwrap();
     fs::create_dir(w2.join("both")).unwrap();
-    let br = format!("br={}=rw:{}=rw:{}=ro", w1.display(), w2.display(), lo.display());
+    let br = format!(
+        "br={}=rw:{}=rw:{}=ro",
+        w1.display(),
+        w2.display(),
+        lo.display()
+    );
     // (policy, where one/f goes, where both/f goes): 1 = w1, 2 = w2.
     for (policy, one, both) in [("tdp", 1, 1), ("bup", 1, 2), ("bu", 2, 2)] {
         let a = Aufs::mount(&format!("{br},cpup={policy}"), &m);
@@ -326,7 +336,11 @@ fn sum_shows_the_pool() {
     let _t2 = Tmpfs::new(&w2, 32);
     let br = format!("br={}=rw:{}=rw", w1.display(), w2.display());
     let size = |p: &Path| {
-        let o = Command::new("stat").args(["-f", "-c", "%b %S"]).arg(p).output().unwrap();
+        let o = Command::new("stat")
+            .args(["-f", "-c", "%b %S"])
+            .arg(p)
+            .output()
+            .unwrap();
         let t = String::from_utf8_lossy(&o.stdout).to_string();
         let v: Vec<u64> = t.split_whitespace().map(|x| x.parse().unwrap()).collect();
         v[0] * v[1] >> 20
@@ -359,7 +373,12 @@ fn renames_across_branches() {
     let e = fs::rename(a.p("d"), a.p("d2")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
     // mv(1) copies where rename(2) says EXDEV.
-    let ok = Command::new("mv").arg(a.p("d")).arg(a.p("d2")).status().unwrap().success();
+    let ok = Command::new("mv")
+        .arg(a.p("d"))
+        .arg(a.p("d2"))
+        .status()
+        .unwrap()
+        .success();
     assert!(ok);
     assert_eq!(read(&a.p("d2/x")), "x\n");
     assert!(!a.p("d").exists());
@@ -376,8 +395,17 @@ fn live_mode_changes() {
     let br = format!("br={}=rw:{}=ro", u.display(), b.display());
     let a = Aufs::mount(&br, &m);
     let branch = |op: String| {
-        let o = Command::new(bin()).arg("branch").arg(&m).arg(&op).output().unwrap();
-        assert!(o.status.success(), "{op}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(bin())
+            .arg("branch")
+            .arg(&m)
+            .arg(&op)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{op}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     let mut open = fs::File::open(a.p("f")).unwrap();
     branch(format!("mod:{}=rw", b.display()));
