@@ -604,12 +604,8 @@ impl UnionFs {
                     let mc = self.layers.marker("metacopy");
                     xattr::set(w, tmp, &mc, b"", 0).map_err(|e| Error::io(e, "set metacopy"))?;
                 } else if want != CopyUp::Empty {
-                    copy_file_data(
-                        src,
-                        st,
-                        out.as_fd(),
-                        self.layers.upper.as_ref().map(|u| u.dev),
-                    )?;
+                    let out_dev = sys::fstat(out.as_fd()).ok().map(|s| s.st_dev);
+                    copy_file_data(src, st, out.as_fd(), out_dev)?;
                     if !self.volatile {
                         ops::fsync(out.as_fd(), false)
                             .map_err(|e| Error::io(e, "copy-up fsync"))?;

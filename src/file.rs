@@ -270,13 +270,20 @@ impl UnionFs {
         ops::fsync(h.fd().as_fd(), datasync).map_err(|e| Error::io(e, "fsync"))
     }
 
-    /// fsync of a directory: its upper copy, if it has one.
+    /// fsync of a directory: its topmost copy on a writable branch, if it has one.
     pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<()> {
         if self.volatile {
             return Ok(());
         }
         let node = self.node(ino)?;
-        let Some(up) = node.loc.read().dir_in(crate::layers::UPPER) else {
+        let up = node
+            .loc
+            .read()
+            .dirs
+            .iter()
+            .find(|(l, _)| self.layers.writable(*l))
+            .map(|(_, fd)| fd.clone());
+        let Some(up) = up else {
             return Ok(());
         };
         let fd = sys::openat(up.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;

@@ -447,7 +447,7 @@ impl UnionFs {
         if f.is_dir() {
             return NodeKey::Object(f.ino);
         }
-        if f.top != crate::layers::UPPER || f.index_alias.is_some() {
+        if !self.layers.writable(f.top) || f.index_alias.is_some() {
             // With the index, all names of a lower hard link are one inode (its number),
             // as the kernel's (hashed by the lower inode).
             if f.st.st_nlink > 1 && self.index.is_none() {
@@ -494,8 +494,7 @@ impl UnionFs {
         }
         match lookup::lookup(&self.layers, e.dir, e.name) {
             Ok(Some(mut f))
-                if f.top == crate::layers::UPPER
-                    && (f.st.st_dev, f.st.st_ino) == (e.dev, e.ino) =>
+                if self.layers.writable(f.top) && (f.st.st_dev, f.st.st_ino) == (e.dev, e.ino) =>
             {
                 self.identify_upper(&mut f);
                 f.ino
@@ -589,7 +588,7 @@ impl UnionFs {
             lower_attr: None,
             lower_xattrs: found
                 .xattr_names
-                .filter(|_| self.keep_lower_attrs && found.top != crate::layers::UPPER),
+                .filter(|_| self.keep_lower_attrs && !self.layers.writable(found.top)),
             indexed: found.index_alias.map(|a| a.name),
         };
         let prot = found.prot;

@@ -153,6 +153,8 @@ fn writable_branch_in_the_middle() {
     let s = Scratch::new("aufs-middle");
     let (top, mid, bot, m) = (s.dir("top"), s.dir("mid"), s.dir("bot"), s.dir("m"));
     fs::write(top.join("t"), "top\n").unwrap();
+    // `ro` (not `ro+wh`): an aufs whiteout on it hides nothing.
+    fs::write(top.join(".wh.b"), "").unwrap();
     fs::write(bot.join("b"), "bottom\n").unwrap();
     fs::write(bot.join("both"), "bottom both\n").unwrap();
     fs::write(mid.join("both"), "mid both\n").unwrap();
@@ -423,4 +425,74 @@ fn live_mode_changes() {
     append(&a.p("g"), "in place\n").unwrap();
     assert_eq!(read(&c.join("g")), "c\nin place\n");
     assert_eq!(fs::metadata(a.p("g")).unwrap().nlink(), 1);
+}
+
+/// A kernel-shaped mount written in aufs's syntax (one writable branch on top, read-only
+/// branches with whiteouts below) shows what the kernel overlayfs shows after the same
+/// operations on copies of the same layers, and after a remount of each; only its
+/// whiteouts are in aufs's format.
+#[test]
+fn kernel_shaped_aufs_mount_matches_the_kernel() {
+    let s = Scratch::new("aufs-differential");
+    let base = s.dir("base");
+    fs::create_dir_all(base.join("d/sub")).unwrap();
+    fs::write(base.join("d/sub/f"), "f\n").unwrap();
+    fs::write(base.join("d/g"), "g\n").unwrap();
+    fs::write(base.join("keep"), "keep\n").unwrap();
+    fs::write(base.join("gone"), "gone\n").unwrap();
+    fs::create_dir(base.join("empty")).unwrap();
+    // Old fixed times on the layer (a copy-up must keep them); times the run sets differ
+    // between the two runs and become a marker.
+    common::sh_script("find \"$1\" -exec touch -h -d @1500000000 {} +", &base);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 1;
+    let norm = |v: std::collections::BTreeMap<Vec<u8>, common::Entry>| {
+        v.into_iter()
+            .map(|(k, mut e)| {
+                if e.mtime.0 >= since {
+                    e.mtime = (-1, 0);
+                }
+                (k, e)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let ops = "set -e; cd \"$1\"
+        echo more >> keep; rm gone; rm -r d/sub; mkdir d/sub; echo new > d/sub/n
+        mv d/g d/h; ln d/h hl; ln -s keep sl; chmod 600 keep; rmdir empty; mkdir empty
+        echo x > empty/x; mkdir -p a/b/c; echo y > a/b/c/y; mv a z; touch -d @1000000 z/b/c/y";
+    let run = |kernel: bool| {
+        let tag = if kernel { "k" } else { "s" };
+        let lower = s.path(&format!("{tag}-lower"));
+        common::copy_tree(&base, &lower);
+        let (u, w, m) = (
+            s.dir(&format!("{tag}-u")),
+            s.dir(&format!("{tag}-w")),
+            s.dir(&format!("{tag}-m")),
+        );
+        let views = if kernel {
+            let stack = common::Stack::one(&lower, &u, &w);
+            let k = common::Kernel::mount(&stack, "", &m);
+            common::sh_script(ops, &m);
+            let v = norm(common::snapshot(&m));
+            drop(k);
+            let _k = common::Kernel::mount(&stack, "", &m);
+            (v, norm(common::snapshot(&m)))
+        } else {
+            let opts = format!("br={}=rw:{}=ro+wh", u.display(), lower.display());
+            let a = Aufs::mount(&opts, &m);
+            common::sh_script(ops, &m);
+            let v = norm(common::snapshot(&m));
+            drop(a);
+            let _a = Aufs::mount(&opts, &m);
+            assert!(u.join(".wh.gone").is_file(), "an aufs whiteout for gone");
+            (v, norm(common::snapshot(&m)))
+        };
+        views
+    };
+    let (k, st) = (run(true), run(false));
+    common::assert_same("after the operations", &k.0, &st.0);
+    common::assert_same("after a remount", &k.1, &st.1);
 }
