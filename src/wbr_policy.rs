@@ -16,7 +16,8 @@
 //!
 //! Policies (aufs(5)): create `tdp` (the highest candidate holding the parent directory;
 //! where none does, the nearest writable branch above the parent's top, bottom-up, or else
-//! the highest candidate), `rr` (the candidates in turn; directories too, where aufs keeps
+//! the highest candidate), `rr` (the candidates in turn, each set of candidates with its own
+//! turn; directories too, where aufs keeps
 //! all of a round-robin's new directories on one branch), `mfs[:S]` (most free space,
 //! measured at most every S seconds), `mfsrr:LOW[:S]` (mfs, round-robin once the most free
 //! is below LOW bytes), `pmfs[:S]` (mfs among the candidates holding the parent, else tdp),
@@ -25,7 +26,6 @@
 //! above the source).
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -36,10 +36,11 @@ use crate::layers::{LayerId, Layers, Stack, UPPER};
 use crate::sys;
 use crate::types::{Cpup, Create};
 
-/// The policies' state: the round-robin's next turn and the free space last measured.
+/// The policies' state: each candidate set's round-robin turn, and the free space last
+/// measured.
 #[derive(Debug, Default)]
 pub struct Wbr {
-    rr: AtomicUsize,
+    rr: DashMap<Vec<LayerId>, usize>,
     free: DashMap<LayerId, (Instant, u64)>,
 }
 
@@ -91,8 +92,18 @@ impl Wbr {
         self.free.remove(&id);
     }
 
+    /// The next of `of` in turn: each set of candidates (the writable branches where an
+    /// entry would show) has its own turn, so creates in a directory that only some
+    /// branches hold do not disturb the alternation of the others.
     fn round_robin(&self, of: &[Branch]) -> Option<LayerId> {
-        (!of.is_empty()).then(|| of[self.rr.fetch_add(1, Ordering::Relaxed) % of.len()].1)
+        if of.is_empty() {
+            return None;
+        }
+        let key: Vec<LayerId> = of.iter().map(|b| b.1).collect();
+        let mut turn = self.rr.entry(key).or_insert(0);
+        let pick = of[*turn % of.len()].1;
+        *turn = turn.wrapping_add(1);
+        Some(pick)
     }
 
     /// The candidate with the most free space, and that space.

@@ -161,7 +161,7 @@ fn writable_branch_in_the_middle() {
     fs::create_dir_all(bot.join("deep/er")).unwrap();
     fs::write(bot.join("deep/er/f"), "deep\n").unwrap();
     let opts = format!(
-        "br={}=ro:{}=rw:{}=ro+wh",
+        "br={}=ro:{}=rw+nolwh:{}=ro+wh",
         top.display(),
         mid.display(),
         bot.display()
@@ -183,6 +183,8 @@ fn writable_branch_in_the_middle() {
     fs::remove_file(a.p("both")).unwrap();
     assert!(!mid.join("both").exists());
     assert!(mid.join(".wh.both").is_file(), "an aufs whiteout on mid");
+    // Each whiteout a file of its own (all that aufs's +nolwh asks: no hard links).
+    assert_eq!(fs::metadata(mid.join(".wh.both")).unwrap().nlink(), 1);
     assert!(!a.p("both").exists());
     // Removal of an entry only below: the whiteout goes on the writable branch above it.
     fs::remove_file(a.p("deep/er/f")).unwrap();
@@ -281,6 +283,17 @@ fn create_policies_and_a_full_branch() {
         }
         let n1 = (0..4).filter(|i| on(&format!("mr{i}")).0).count();
         assert_eq!(n1, 2, "both below LOW: round-robin");
+        drop(a);
+        // pmfsrr: among the branches holding the parent (only1: w1 only; the root: both),
+        // round-robin once the most free is below LOW.
+        let a = Aufs::mount(&format!("{br},create=pmfsrr:1g:0"), &m);
+        for i in 0..4 {
+            write(&a.p(&format!("pr{i}")), "x").unwrap();
+            write(&a.p(&format!("only1/pr{i}")), "x").unwrap();
+        }
+        let n1 = (0..4).filter(|i| on(&format!("pr{i}")).0).count();
+        assert_eq!(n1, 2, "below LOW: round-robin over both");
+        assert!((0..4).all(|i| on(&format!("only1/pr{i}")) == (true, false)));
     }
 }
 
