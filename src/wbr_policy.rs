@@ -17,8 +17,8 @@
 //! Policies (aufs(5)): create `tdp` (the highest candidate holding the parent directory;
 //! where none does, the nearest writable branch above the parent's top, bottom-up, or else
 //! the highest candidate), `rr` (the candidates in turn, each set of candidates with its own
-//! turn; directories too, where aufs keeps
-//! all of a round-robin's new directories on one branch), `mfs[:S]` (most free space,
+//! turn; directories too, where aufs keeps all of a round-robin's new directories on one
+//! branch), `mfs[:S]` (most free space,
 //! measured at most every S seconds), `mfsrr:LOW[:S]` (mfs, round-robin once the most free
 //! is below LOW bytes), `pmfs[:S]` (mfs among the candidates holding the parent, else tdp),
 //! `pmfsrr:LOW[:S]`. Copy-up `tdp` (the highest writable branch above the source holding
