@@ -533,9 +533,12 @@ impl UnionFs {
         };
         let work = self.staging_on(t)?;
         if dir {
-            let floc = Loc::new(parent, name.to_os_string(), found.top, found.dirs);
+            let floc = Loc::new(parent, name.to_os_string(), found.top, found.dirs.clone());
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
+            }
+            if top == t {
+                self.remove_writable_copies(&ploc, &found.dirs, t, &cname)?;
             }
         }
         let updir = self.dir_on(&pnode, t)?;
@@ -614,6 +617,30 @@ impl UnionFs {
         }
         if dir {
             remove_tree(w, &wh).map_err(|e| Error::io(e, "rmdir cleanup"))?;
+        }
+        Ok(())
+    }
+
+    /// rmdir of a directory merged from several writable branches: its copies on the
+    /// writable branches below `t` go first (empty in the merged view, each holds at most
+    /// whiteouts), so that the whiteout left on `t` is only for read-only branches, as
+    /// aufs removes a directory from every writable branch.
+    fn remove_writable_copies(
+        &self,
+        parent: &Loc,
+        dirs: &[(crate::layers::LayerId, Arc<OwnedFd>)],
+        t: crate::layers::LayerId,
+        cname: &CStr,
+    ) -> Result<()> {
+        for (l, _) in dirs
+            .iter()
+            .filter(|(l, _)| *l != t && self.layers.writable(*l))
+        {
+            let Some(pdir) = parent.dir_in(*l) else {
+                continue;
+            };
+            let work = self.staging_on(*l)?;
+            self.remove_in_place(work.as_fd(), &pdir, cname, true)?;
         }
         Ok(())
     }

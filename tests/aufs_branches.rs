@@ -397,6 +397,9 @@ fn renames_across_branches() {
     assert!(ok);
     assert_eq!(read(&a.p("d2/x")), "x\n");
     assert!(!a.p("d").exists());
+    // The removed directory went from both writable branches: no whiteout was needed.
+    assert!(!w1.join("d").exists() && !w2.join("d").exists());
+    assert!(!w1.join(".wh.d").exists());
 }
 
 /// mod: between ro and rw, and add: of a writable branch, on a running mount; an open file
