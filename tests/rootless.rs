@@ -136,6 +136,20 @@ fn in_userns(map_auto: bool, script: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// A copy of the binary the test user can run, made by cp(1): a copy written by this
+/// process would be open for writing in every child another test thread forks meanwhile,
+/// and exec'ing it then fails with ETXTBSY (sh's exit status 126).
+fn copy_binary(to: &Path) {
+    let ok = Command::new("cp")
+        .arg(bin())
+        .arg(to)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "cp {} {}", bin(), to.display());
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 fn chown(p: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(p, Some(uid), Some(gid))
         .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
@@ -164,7 +178,7 @@ fn uidmapping_in_a_user_namespace_owns_files_as_mapped() {
     let host_gid = |k: u32| if k == 0 { gid } else { subgid + k - 1 };
     let s = Scratch::new("rootless-ids");
     // The binary where the user can run it, whatever the mode of the repository's parents.
-    fs::copy(bin(), s.path("stratafs")).expect("copy stratafs");
+    copy_binary(&s.path("stratafs"));
     fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
     let lower = s.dir("lower");
     let upper = s.dir("upper");
@@ -545,7 +559,7 @@ fn open_files_whose_name_is_gone_complete_rootless() {
     let gid = user_gid();
     let _fuse = fuse_access();
     let s = Scratch::new("rootless-nameless");
-    fs::copy(bin(), s.path("stratafs")).expect("copy stratafs");
+    copy_binary(&s.path("stratafs"));
     fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(s.path("ops.pl"), include_str!("common/nameless_ops.pl")).unwrap();
     let ops = [
@@ -618,7 +632,7 @@ fn the_owner_of_a_user_mount_changes_its_branches_others_may_not() {
     let gid = user_gid();
     let _fuse = fuse_access();
     let s = Scratch::new("rootless-branch");
-    fs::copy(bin(), s.path("stratafs")).expect("copy stratafs");
+    copy_binary(&s.path("stratafs"));
     fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
     let (lower, module) = (s.dir("lower"), s.dir("module"));
     fs::write(lower.join("base"), "base\n").unwrap();
@@ -682,7 +696,7 @@ fn copied_up_files_keep_their_numbers_across_remount_rootless() {
     let gid = user_gid();
     let _fuse = fuse_access();
     let s = Scratch::new("rootless-origin");
-    fs::copy(bin(), s.path("stratafs")).expect("copy stratafs");
+    copy_binary(&s.path("stratafs"));
     fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
     for sub in ["l", "u", "w", "m"] {
         chown(&s.dir(sub), uid, gid);
@@ -738,4 +752,53 @@ umount "$d/m"
     }
     assert_eq!(out.lines().count(), 10, "{out}");
     assert!(bad.is_empty(), "{}\n{out}", bad.join("\n"));
+}
+
+/// aufs's branch model rootless: a pool of two writable branches over a read-only one,
+/// mounted by the test user in a user namespace with `br=` and `create=rr`. Whiteouts are
+/// aufs's `.wh.` files, which an unprivileged daemon can make (a 0/0 character device it
+/// could not), so removing a lower file works without any privilege.
+#[test]
+fn aufs_pool_in_a_user_namespace() {
+    let (uid, _, _) = test_user();
+    let gid = user_gid();
+    let _fuse = fuse_access();
+    let s = Scratch::new("rootless-aufs");
+    copy_binary(&s.path("stratafs"));
+    for sub in ["w1", "w2", "l", "m"] {
+        chown(&s.dir(sub), uid, gid);
+    }
+    let lower = s.path("l/lowerfile");
+    fs::write(&lower, "lower\n").unwrap();
+    chown(&lower, uid, gid);
+    fs::set_permissions(&s.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = r#"set -e
+d=$1
+"$2" -o "br=$d/w1=rw:$d/w2=rw:$d/l=ro,create=rr" "$d/m"
+cd "$d/m"
+for i in 1 2 3 4; do echo $i > f$i; done
+echo more >> lowerfile
+rm lowerfile
+ls
+cd /
+umount "$d/m"
+"#;
+    let out = in_userns(
+        false,
+        script,
+        &[s.0.to_str().unwrap(), s.path("stratafs").to_str().unwrap()],
+    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["f1", "f2", "f3", "f4"]);
+    let on = |b: &str| {
+        (1..=4)
+            .filter(|i| s.path(&format!("{b}/f{i}")).exists())
+            .count()
+    };
+    assert_eq!((on("w1"), on("w2")), (2, 2), "create=rr spread the files");
+    assert!(
+        s.path("w1/.wh.lowerfile").is_file(),
+        "an aufs whiteout on w1"
+    );
+    assert_eq!(fs::read_to_string(&lower).unwrap(), "lower\n");
+    assert_eq!(owner(&s.path("w1/.wh.lowerfile")), (uid, gid));
 }

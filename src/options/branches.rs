@@ -146,17 +146,32 @@ pub(super) fn resolve(
                 upper.display()
             )));
         }
-        set_upper(cfg, what, upper)?;
+        set_upper(cfg, syntax, what, upper)?;
     }
     (cfg.lowerdirs, cfg.lower_modes) = branches.into_iter().unzip();
     cfg.aufs_whiteouts = syntax == Syntax::Aufs;
     Ok(())
 }
 
-/// The writable top branch → `upperdir`, and the automatic workdir next to it unless
-/// `workdir=` was given.
-fn set_upper(cfg: &mut Config, what: &str, upper: PathBuf) -> Result<(), OptionsError> {
+/// The writable top branch → `upperdir`, and the automatic workdir unless `workdir=` was
+/// given: with aufs's syntax inside the branch, `UPPER/.wh..wh.orph` (where aufs keeps its
+/// own work files; hidden, as every `.wh.` name is), which needs nothing outside the
+/// branch (a pool's disk mounted at the branch, a rootless user who may not write next to
+/// it) and is where every writable branch below keeps its staging too (`layers.rs`); with
+/// unionfs-fuse's, the sibling `UPPER.stratafs-work`.
+fn set_upper(
+    cfg: &mut Config,
+    syntax: Syntax,
+    what: &str,
+    upper: PathBuf,
+) -> Result<(), OptionsError> {
     if cfg.workdir.is_none() {
+        if syntax == Syntax::Aufs {
+            cfg.workdir = Some(upper.join(super::validate::IN_BRANCH_WORKDIR));
+            cfg.auto_workdir = true;
+            cfg.upperdir = Some(upper);
+            return Ok(());
+        }
         let name = upper.file_name().ok_or_else(|| {
             bad(format!(
                 "{what}: writable branch {}: cannot place a workdir next to it; give workdir=",
@@ -190,8 +205,6 @@ mod tests {
             cfg(&["/x/u=RW:/l1=RO:/l2=ro", "/m"]),
             cfg(&["-o", "cow", "/x/u:/l1:/l2", "/m"]),
             cfg(&["/m", "-o", "dirs=/x/u=rw:/l1:/l2"]),
-            cfg(&["/m", "-o", "br=/x/u=rw:/l1=ro:/l2=rr"]),
-            cfg(&["/m", "-o", "br:/x/u:/l1=ro+wh:/l2"]),
             cfg(&[
                 "/m",
                 "-o",
@@ -206,7 +219,17 @@ mod tests {
             assert!(!c.read_only);
             assert_eq!(c.fsname, "stratafs");
         }
-        assert!(all[1].auto_workdir && !all[0].auto_workdir && !all[7].auto_workdir);
+        assert!(all[1].auto_workdir && !all[0].auto_workdir && !all[5].auto_workdir);
+        // aufs's syntax keeps the automatic workdir inside the writable branch.
+        for c in [
+            cfg(&["/m", "-o", "br=/x/u=rw:/l1=ro:/l2=rr"]),
+            cfg(&["/m", "-o", "br:/x/u:/l1=ro+wh:/l2"]),
+        ] {
+            assert_eq!(c.lowerdirs, vec![p("/l1"), p("/l2")], "{c:?}");
+            assert_eq!(c.upperdir, Some(p("/x/u")), "{c:?}");
+            assert_eq!(c.workdir, Some(p("/x/u/.wh..wh.orph")), "{c:?}");
+            assert!(c.auto_workdir && !c.read_only);
+        }
     }
 
     #[test]
@@ -246,7 +269,7 @@ mod tests {
     fn several_writable_branches() {
         let c = cfg(&["/m", "-o", "br=/x/a=rw:/b=rw:/c=RW"]);
         assert_eq!(c.upperdir, Some(p("/x/a")));
-        assert_eq!(c.workdir, Some(p("/x/a.stratafs-work")));
+        assert_eq!(c.workdir, Some(p("/x/a/.wh..wh.orph")));
         assert!(c.auto_workdir);
         assert_eq!(c.lowerdirs, vec![p("/b"), p("/c")]);
         assert_eq!(c.lower_modes, vec![Mode::Rw, Mode::Rw]);
@@ -392,7 +415,7 @@ mod tests {
             (&["/m", "-o", "br=/u=rw:/a,dirs=/b"], "conflicts"),
             (&["/m", "-o", "br=/u=rw:/a,lowerdir=/b"], "conflicts"),
             (&["/m", "-o", "br=/u=rw:/a,upperdir=/v"], "upperdir"),
-            (&["/m", "-o", "br=/=rw:/a"], "workdir="),
+            (&["/m", "-o", "dirs=/=rw:/a"], "workdir="),
         ];
         for (args, word) in cases {
             let e = err(args);

@@ -322,7 +322,7 @@ pub fn help_text() -> String {
          MOUNTPOINT /dev/fd/N: serve the FUSE descriptor N its caller opened and mounted\n\
          (libfuse 3's convention, as Apptainer uses it); the caller unmounts.\n\
          Returns once the mount is live (or failed); the daemon stays until umount.\n\
-         With br=/dirs=/a branch list and no workdir=, a writable first branch's workdir is UPPER.stratafs-work.\n\
+         With no workdir=, a writable first branch's workdir is UPPER/.wh..wh.orph with br= (aufs), UPPER.stratafs-work with dirs=/a branch list.\n\
          Unknown options are refused.\n\noptions:\n",
     );
     for o in OPTIONS {

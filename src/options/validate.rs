@@ -32,9 +32,9 @@ fn existing_dir(opt: &str, p: &Path) -> Result<(PathBuf, u64), OptionsError> {
     }
 }
 
-/// The automatic workdir of an aufs-syntax writable top branch that is the root of its
-/// filesystem: inside it, under aufs's own hidden name (every `.wh.` name is hidden from
-/// the mount; writable branches below the top keep their staging there too, `layers.rs`).
+/// The automatic workdir of an aufs-syntax (`br=`) writable top branch: inside it, under
+/// aufs's own hidden name (every `.wh.` name is hidden from the mount; writable branches
+/// below the top keep their staging there too, `layers.rs`).
 pub const IN_BRANCH_WORKDIR: &str = ".wh..wh.orph";
 
 /// Neither of upperdir `u` and workdir `w` (both canonical) is inside the other (but for
@@ -173,14 +173,6 @@ impl Config {
             (None, None) => return Ok((None, None)),
         };
         let (uc, udev) = existing_dir("upperdir", u)?;
-        if self.auto_workdir && self.aufs_whiteouts {
-            // aufs keeps its work files inside the branch: where the sibling would be on
-            // another filesystem (a disk of a pool, mounted at the branch), so does stratafs.
-            let sibling = w.parent().map(|p| existing_dir("workdir", p)).transpose()?;
-            if sibling.is_some_and(|(_, dev)| dev != udev) {
-                return Ok((Some(uc.clone()), Some(uc.join(IN_BRANCH_WORKDIR))));
-            }
-        }
         let (wc, wdev) = if self.auto_workdir && !w.exists() {
             let parent = w.parent().unwrap_or(Path::new("/"));
             let (pc, pdev) = existing_dir("workdir", parent)?;
