@@ -440,14 +440,15 @@ impl UnionFs {
     }
 
     /// Which node the entry `found` at `parent`/`name` belongs to (see `inode.rs`), and
-    /// the number it shows (set in `found.ino`). An upper non-directory has the one node
-    /// it has in this mount (see `renumbered`): the first one it showed as, for every name
-    /// it has or gets.
+    /// the number it shows (set in `found.ino`). A non-directory of a writable branch (the
+    /// upper, or one below it) has the one node it has in this mount (see `renumbered`):
+    /// the first one it showed as, for every name it has or gets. Only a read-only
+    /// branch's file with several names is one node per name (the kernel's lower rule).
     pub(crate) fn identify(&self, parent: u64, name: &OsStr, f: &mut lookup::Found) -> NodeKey {
         if f.is_dir() {
             return NodeKey::Object(f.ino);
         }
-        if f.top != crate::layers::UPPER || f.index_alias.is_some() {
+        if !self.layers.writable(f.top) || f.index_alias.is_some() {
             // With the index, all names of a lower hard link are one inode (its number),
             // as the kernel's (hashed by the lower inode).
             if f.st.st_nlink > 1 && self.index.is_none() {
@@ -494,8 +495,7 @@ impl UnionFs {
         }
         match lookup::lookup(&self.layers, e.dir, e.name) {
             Ok(Some(mut f))
-                if f.top == crate::layers::UPPER
-                    && (f.st.st_dev, f.st.st_ino) == (e.dev, e.ino) =>
+                if self.layers.writable(f.top) && (f.st.st_dev, f.st.st_ino) == (e.dev, e.ino) =>
             {
                 self.identify_upper(&mut f);
                 f.ino

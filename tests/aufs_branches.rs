@@ -424,3 +424,29 @@ fn live_mode_changes() {
     assert_eq!(read(&c.join("g")), "c\nin place\n");
     assert_eq!(fs::metadata(a.p("g")).unwrap().nlink(), 1);
 }
+
+/// A file of a writable branch below the upper that gets a second name is still one file:
+/// the node the kernel holds for its first name follows it through a rename (found by the
+/// stress run with two writable branches: the renamed name gave ENOENT, the daemon's node
+/// still naming the old place, as a read-only branch's hard link is one node per name).
+#[test]
+fn links_on_a_writable_lower_branch() {
+    let s = Scratch::new("aufs-links");
+    let (u, w2, m) = (s.dir("u"), s.dir("w2"), s.dir("m"));
+    fs::write(w2.join("f"), "data\n").unwrap();
+    let a = Aufs::mount(&format!("br={}=rw:{}=rw", u.display(), w2.display()), &m);
+    let ino = fs::metadata(a.p("f")).unwrap().ino();
+    assert_eq!(read(&a.p("f")), "data\n");
+    fs::hard_link(a.p("f"), a.p("h")).unwrap();
+    fs::rename(a.p("f"), a.p("g")).unwrap();
+    assert_eq!(read(&a.p("g")), "data\n");
+    append(&a.p("g"), "more\n").unwrap();
+    assert_eq!(read(&a.p("h")), "data\nmore\n");
+    let (g, h) = (
+        fs::metadata(a.p("g")).unwrap(),
+        fs::metadata(a.p("h")).unwrap(),
+    );
+    assert_eq!((g.ino(), h.ino(), g.nlink()), (ino, ino, 2));
+    assert_eq!(read(&w2.join("g")), "data\nmore\n");
+    assert!(!u.join("g").exists() && !w2.join("f").exists());
+}
