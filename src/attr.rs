@@ -11,7 +11,6 @@ use crate::error::{err, Error, Result};
 use crate::fileattr::Change;
 use crate::fs::{Caller, UnionFs};
 use crate::inode::Kind;
-use crate::layers::UPPER;
 use crate::sys::{self, ops, xattr, Stat};
 use crate::whiteout;
 
@@ -156,13 +155,8 @@ impl UnionFs {
                 st
             }
         };
-        let lowers = real.loc.dirs.iter().filter(|(l, _)| *l != UPPER).count();
-        let merged = node.is_dir()
-            && if self.layers.writable(real.loc.top) {
-                lowers > 0
-            } else {
-                lowers > 1
-            };
+        // Merged from several branches (whichever are writable), as `Found::merged`.
+        let merged = node.is_dir() && real.loc.dirs.len() > 1;
         let mut a = self.attr(&st, self.shown_ino(ino, &st), merged);
         a.node = ino;
         Ok(a)

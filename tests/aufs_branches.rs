@@ -450,3 +450,21 @@ fn links_on_a_writable_lower_branch() {
     assert_eq!(read(&w2.join("g")), "data\nmore\n");
     assert!(!u.join("g").exists() && !w2.join("f").exists());
 }
+
+/// A directory on one writable branch below the upper is not merged: getattr shows its
+/// own link count, as a lookup does (the stress run saw 1 from getattr, 2 after remount).
+#[test]
+fn a_directory_of_one_writable_lower_branch_is_not_merged() {
+    let s = Scratch::new("aufs-dirnlink");
+    let (u, w2, m) = (s.dir("u"), s.dir("w2"), s.dir("m"));
+    fs::create_dir_all(w2.join("d/sub")).unwrap();
+    fs::create_dir_all(u.join("both")).unwrap();
+    fs::create_dir_all(w2.join("both")).unwrap();
+    let opts = format!("br={}=rw:{}=rw,timeout=0", u.display(), w2.display());
+    let a = Aufs::mount(&opts, &m);
+    let d = fs::File::open(a.p("d")).unwrap();
+    // fstat of an open directory is a GETATTR.
+    assert_eq!(d.metadata().unwrap().nlink(), 3);
+    assert_eq!(fs::metadata(a.p("d")).unwrap().nlink(), 3);
+    assert_eq!(fs::metadata(a.p("both")).unwrap().nlink(), 1, "merged");
+}
