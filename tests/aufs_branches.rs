@@ -468,3 +468,36 @@ fn a_directory_of_one_writable_lower_branch_is_not_merged() {
     assert_eq!(fs::metadata(a.p("d")).unwrap().nlink(), 3);
     assert_eq!(fs::metadata(a.p("both")).unwrap().nlink(), 1, "merged");
 }
+
+/// A rename of a file of a writable branch below the upper into a directory its new name
+/// would not show from there (opaque on the branch above, or a whiteout of the name
+/// above): EXDEV, as for a link, and the file stays where it was. (Renamed there, it
+/// showed until the kernel's caches were dropped and then was gone from the view.)
+#[test]
+fn rename_from_a_lower_writable_branch_under_an_opaque_directory() {
+    let s = Scratch::new("aufs-rename-opaque");
+    let (u, w2, m) = (s.dir("u"), s.dir("w2"), s.dir("m"));
+    fs::create_dir_all(u.join("op")).unwrap();
+    fs::write(u.join("op/.wh..wh..opq"), "").unwrap();
+    fs::create_dir_all(u.join("d")).unwrap();
+    fs::create_dir_all(w2.join("d")).unwrap();
+    fs::write(u.join("d/.wh.gone"), "").unwrap();
+    fs::write(w2.join("f"), "f\n").unwrap();
+    let a = Aufs::mount(&format!("br={}=rw:{}=rw", u.display(), w2.display()), &m);
+    for to in ["op/f", "d/gone"] {
+        let e = fs::rename(a.p("f"), a.p(to)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{to}");
+    }
+    assert_eq!(read(&a.p("f")), "f\n");
+    assert!(!w2.join("op").exists() && !w2.join("d/gone").exists());
+    // mv(1) copies instead: the file shows at its new name.
+    let ok = Command::new("mv")
+        .arg(a.p("f"))
+        .arg(a.p("op/f"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    assert_eq!(read(&a.p("op/f")), "f\n");
+    assert!(u.join("op/f").is_file() && !a.p("f").exists());
+}
