@@ -343,7 +343,7 @@ fn sum_shows_the_pool() {
             .unwrap();
         let t = String::from_utf8_lossy(&o.stdout).to_string();
         let v: Vec<u64> = t.split_whitespace().map(|x| x.parse().unwrap()).collect();
-        v[0] * v[1] >> 20
+        (v[0] * v[1]) >> 20
     };
     {
         let _a = Aufs::mount(&br, &m);
