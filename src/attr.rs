@@ -155,6 +155,7 @@ impl UnionFs {
                 st
             }
         };
+        // Merged from several branches (whichever are writable), as `Found::merged`.
         let merged = node.is_dir() && real.loc.dirs.len() > 1;
         let mut a = self.attr(&st, self.shown_ino(ino, &st), merged);
         a.node = ino;

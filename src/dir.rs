@@ -728,16 +728,20 @@ impl UnionFs {
         }
     }
 
-    /// The writable branch a rename of `src` (in `pnode`) over `dst` happens on: the
-    /// source's own where it is writable, else where the copy-up policy takes it. EXDEV
-    /// (callers such as mv(1) copy instead, as with aufs) where the result would not
-    /// show or not be one step on one branch: a destination shown from a branch above it,
-    /// an exchange partner on another branch, or a directory merged from several branches
-    /// on a mount with writable branches below the upper (no redirects there).
+    /// The writable branch a rename of `src` (in `pnode`) over `dst` (`newname` in
+    /// `npnode`) happens on: the source's own where it is writable, else where the copy-up
+    /// policy takes it. EXDEV (callers such as mv(1) copy instead, as with aufs) where the
+    /// result would not show or not be one step on one branch: a destination shown from a
+    /// branch above it, a new name that an entry made on that branch would not be sure to
+    /// show under (a whiteout of it above, or below the new parent's lowest directory, an
+    /// opaque one say: `wbr_policy::shows_on`, as for a link or a new entry), an exchange
+    /// partner on another branch, or a directory merged from several branches on a mount
+    /// with writable branches below the upper (no redirects there).
     fn rename_branch(
         &self,
         pnode: &Arc<Node>,
         src: &lookup::Found,
+        (npnode, newname): (&Arc<Node>, &OsStr),
         dst: Option<&lookup::Found>,
         exchange: bool,
     ) -> Result<crate::layers::LayerId> {
@@ -762,6 +766,16 @@ impl UnionFs {
         };
         if blocked || split_dir(src) {
             return err(libc::EXDEV);
+        }
+        if dst.is_none() {
+            let nploc = npnode.loc();
+            let whiteout = match lookup::probe_create(&self.layers, &nploc, newname)? {
+                Slot::Taken => return err(libc::EEXIST),
+                Slot::Free { whiteout } => whiteout,
+            };
+            if !crate::wbr_policy::shows_on(&self.layers, &nploc, whiteout, t) {
+                return err(libc::EXDEV);
+            }
         }
         Ok(t)
     }
@@ -848,7 +862,7 @@ impl UnionFs {
             dst.as_ref().map(|d| (d, &*cnew)),
         )?;
         // The writable branch the rename happens on (`rename_branch`).
-        let t = self.rename_branch(&pnode, &src, dst.as_ref(), exchange)?;
+        let t = self.rename_branch(&pnode, &src, (&npnode, newname), dst.as_ref(), exchange)?;
         let work = self.staging_on(t)?;
         let w = work.as_fd();
         // Counted lookups give us nodes to copy up; released at the end.

@@ -440,9 +440,10 @@ impl UnionFs {
     }
 
     /// Which node the entry `found` at `parent`/`name` belongs to (see `inode.rs`), and
-    /// the number it shows (set in `found.ino`). An upper non-directory has the one node
-    /// it has in this mount (see `renumbered`): the first one it showed as, for every name
-    /// it has or gets.
+    /// the number it shows (set in `found.ino`). A non-directory of a writable branch (the
+    /// upper, or one below it) has the one node it has in this mount (see `renumbered`):
+    /// the first one it showed as, for every name it has or gets. Only a read-only
+    /// branch's file with several names is one node per name (the kernel's lower rule).
     pub(crate) fn identify(&self, parent: u64, name: &OsStr, f: &mut lookup::Found) -> NodeKey {
         if f.is_dir() {
             return NodeKey::Object(f.ino);

@@ -512,3 +512,80 @@ fn kernel_shaped_aufs_mount_matches_the_kernel() {
     common::assert_same("after the operations", &k.0, &st.0);
     common::assert_same("after a remount", &k.1, &st.1);
 }
+
+/// A file of a writable branch below the upper that gets a second name is still one file:
+/// the node the kernel holds for its first name follows it through a rename (found by the
+/// stress run with two writable branches: the renamed name gave ENOENT, the daemon's node
+/// still naming the old place, as a read-only branch's hard link is one node per name).
+#[test]
+fn links_on_a_writable_lower_branch() {
+    let s = Scratch::new("aufs-links");
+    let (u, w2, m) = (s.dir("u"), s.dir("w2"), s.dir("m"));
+    fs::write(w2.join("f"), "data\n").unwrap();
+    let a = Aufs::mount(&format!("br={}=rw:{}=rw", u.display(), w2.display()), &m);
+    let ino = fs::metadata(a.p("f")).unwrap().ino();
+    assert_eq!(read(&a.p("f")), "data\n");
+    fs::hard_link(a.p("f"), a.p("h")).unwrap();
+    fs::rename(a.p("f"), a.p("g")).unwrap();
+    assert_eq!(read(&a.p("g")), "data\n");
+    append(&a.p("g"), "more\n").unwrap();
+    assert_eq!(read(&a.p("h")), "data\nmore\n");
+    let (g, h) = (
+        fs::metadata(a.p("g")).unwrap(),
+        fs::metadata(a.p("h")).unwrap(),
+    );
+    assert_eq!((g.ino(), h.ino(), g.nlink()), (ino, ino, 2));
+    assert_eq!(read(&w2.join("g")), "data\nmore\n");
+    assert!(!u.join("g").exists() && !w2.join("f").exists());
+}
+
+/// A directory on one writable branch below the upper is not merged: getattr shows its
+/// own link count, as a lookup does (the stress run saw 1 from getattr, 2 after remount).
+#[test]
+fn a_directory_of_one_writable_lower_branch_is_not_merged() {
+    let s = Scratch::new("aufs-dirnlink");
+    let (u, w2, m) = (s.dir("u"), s.dir("w2"), s.dir("m"));
+    fs::create_dir_all(w2.join("d/sub")).unwrap();
+    fs::create_dir_all(u.join("both")).unwrap();
+    fs::create_dir_all(w2.join("both")).unwrap();
+    let opts = format!("br={}=rw:{}=rw,timeout=0", u.display(), w2.display());
+    let a = Aufs::mount(&opts, &m);
+    let d = fs::File::open(a.p("d")).unwrap();
+    // fstat of an open directory is a GETATTR.
+    assert_eq!(d.metadata().unwrap().nlink(), 3);
+    assert_eq!(fs::metadata(a.p("d")).unwrap().nlink(), 3);
+    assert_eq!(fs::metadata(a.p("both")).unwrap().nlink(), 1, "merged");
+}
+
+/// A rename of a file of a writable branch below the upper into a directory its new name
+/// would not show from there (opaque on the branch above, or a whiteout of the name
+/// above): EXDEV, as for a link, and the file stays where it was. (Renamed there, it
+/// showed until the kernel's caches were dropped and then was gone from the view.)
+#[test]
+fn rename_from_a_lower_writable_branch_under_an_opaque_directory() {
+    let s = Scratch::new("aufs-rename-opaque");
+    let (u, w2, m) = (s.dir("u"), s.dir("w2"), s.dir("m"));
+    fs::create_dir_all(u.join("op")).unwrap();
+    fs::write(u.join("op/.wh..wh..opq"), "").unwrap();
+    fs::create_dir_all(u.join("d")).unwrap();
+    fs::create_dir_all(w2.join("d")).unwrap();
+    fs::write(u.join("d/.wh.gone"), "").unwrap();
+    fs::write(w2.join("f"), "f\n").unwrap();
+    let a = Aufs::mount(&format!("br={}=rw:{}=rw", u.display(), w2.display()), &m);
+    for to in ["op/f", "d/gone"] {
+        let e = fs::rename(a.p("f"), a.p(to)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{to}");
+    }
+    assert_eq!(read(&a.p("f")), "f\n");
+    assert!(!w2.join("op").exists() && !w2.join("d/gone").exists());
+    // mv(1) copies instead: the file shows at its new name.
+    let ok = Command::new("mv")
+        .arg(a.p("f"))
+        .arg(a.p("op/f"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    assert_eq!(read(&a.p("op/f")), "f\n");
+    assert!(u.join("op/f").is_file() && !a.p("f").exists());
+}

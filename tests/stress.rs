@@ -164,6 +164,8 @@ struct Worker {
     /// Namespace changes done, when STRATAFS_STRESS_TRACE=DIR asks for them (written to
     /// DIR/t<N>.log after the run).
     trace: Option<Vec<String>>,
+    /// EXDEV is a lost race for a rename or a link (two writable branches, `Shape::Pool`).
+    exdev_ok: bool,
 }
 
 impl Worker {
@@ -323,9 +325,10 @@ impl Worker {
                     self.model.names.insert(nk, v);
                 }
             }
-            Err(e) => self
-                .tally
-                .io(&format!("rename {} {}", from.display(), to.display()), e),
+            Err(e) => {
+                let what = format!("rename {} {}", from.display(), to.display());
+                self.cross_branch(&what, e)
+            }
         }
         "rename"
     }
@@ -388,11 +391,19 @@ impl Worker {
                 let id = self.model.names[&p];
                 self.model.names.insert(to, id);
             }
-            Err(e) => self
-                .tally
-                .io(&format!("link {} {}", p.display(), to.display()), e),
+            Err(e) => {
+                let what = format!("link {} {}", p.display(), to.display());
+                self.cross_branch(&what, e)
+            }
         }
         "link"
+    }
+
+    /// A failed rename or link: EXDEV between two writable branches is a lost race where
+    /// the mount has two (`exdev_ok`), anything else unexpected.
+    fn cross_branch(&mut self, what: &str, e: std::io::Error) {
+        let ok: &[i32] = if self.exdev_ok { &[libc::EXDEV] } else { &[] };
+        self.tally.contended(what, Err(e), ok)
     }
 
     fn readdir(&mut self) -> &'static str {
@@ -492,15 +503,19 @@ impl Worker {
             libc::ENOTDIR,
             libc::EISDIR,
         ];
+        let mut racy_rename = racy.to_vec();
+        if self.exdev_ok {
+            racy_rename.push(libc::EXDEV);
+        }
         match self.rng.below(8) {
             0 => self.tally.contended("mkdir hot", fs::create_dir(&a), &racy),
             1 => self.tally.contended("rmdir hot", fs::remove_dir(&a), &racy),
             2 => self
                 .tally
-                .contended("rename hot", fs::rename(&a, &b), &racy),
+                .contended("rename hot", fs::rename(&a, &b), &racy_rename),
             3 => self
                 .tally
-                .contended("rename hot back", fs::rename(&b, &a), &racy),
+                .contended("rename hot back", fs::rename(&b, &a), &racy_rename),
             4 => {
                 let r = fs::OpenOptions::new()
                     .create(true)
@@ -618,8 +633,9 @@ fn initial_model(t: usize) -> Model {
     m
 }
 
-/// Lists and reads every entry of the mount; errors, with the upper's side of the story.
-fn walk_and_read(m: &Path, u: &Path) -> Vec<String> {
+/// Lists and reads every entry of the mount; errors, with what each branch holds of the
+/// name (the entry itself, its whiteouts in both formats).
+fn walk_and_read(m: &Path, branches: &[&Path]) -> Vec<String> {
     let mut errors = Vec::new();
     let mut todo = vec![PathBuf::new()];
     while let Some(d) = todo.pop() {
@@ -642,15 +658,29 @@ fn walk_and_read(m: &Path, u: &Path) -> Vec<String> {
                 Ok(())
             });
             if let Err(e) = r {
-                let up = std::process::Command::new("ls")
-                    .arg("-lai")
-                    .arg(u.join(&d))
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
                 let again = fs::symlink_metadata(&p).map(|md| md.ino());
+                let mut held = String::new();
+                for b in branches {
+                    let wh = format!(".wh.{}", n.to_string_lossy());
+                    for q in [b.join(&rel), b.join(&d).join(&wh)] {
+                        if let Ok(md) = fs::symlink_metadata(&q) {
+                            held.push_str(&format!(
+                                "  {}: {:o} ino {} nlink {} size {} xattrs {:?}\n",
+                                q.display(),
+                                md.mode(),
+                                md.ino(),
+                                md.nlink(),
+                                md.size(),
+                                common::snapshot(&q)
+                                    .values()
+                                    .next()
+                                    .map(|e| e.xattrs.clone())
+                            ));
+                        }
+                    }
+                }
                 errors.push(format!(
-                    "{}: {e} (lstat again: {again:?}); upper dir:\n{up}",
+                    "{}: {e} (lstat again: {again:?}); on the branches:\n{held}",
                     rel.display()
                 ));
             }
@@ -687,38 +717,111 @@ fn abort_connection(mnt: &Path) {
     }
 }
 
-fn stress(tag: &str, opts: &str) {
-    let secs: u64 = std::env::var("STRATAFS_STRESS_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(15);
-    let s = Scratch::new(tag);
-    let (top, base, u, w) = build_layers(&s);
-    let m = s.dir("m");
-    let stack = Stack {
-        lowers: vec![&top, &base],
-        upper: Some((&u, &w)),
-    };
-    let mnt = Strata::mount(&stack, opts, &m);
-    let pid = mnt.pid();
+/// How the branches are given to the mount.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `lowerdir=top:base,upperdir=u,workdir=w`: the kernel overlayfs's shape, compared
+    /// with the kernel overlayfs afterwards.
+    Kernel,
+    /// `br=u=rw:w2=rw:top=ro+wh:base=ro+wh` (aufs's branch model): a second writable
+    /// branch `w2`, empty at start. The kernel cannot mount two writable branches: only
+    /// the fresh remount is compared. A rename or link across the writable branches
+    /// returns EXDEV (as mv(1) expects of it): a lost race for those two operations.
+    Pool,
+}
 
+/// The branches of a run, and how they are mounted.
+struct Branches {
+    shape: Shape,
+    top: PathBuf,
+    base: PathBuf,
+    u: PathBuf,
+    w: PathBuf,
+    w2: PathBuf,
+}
+
+impl Branches {
+    fn new(s: &Scratch, shape: Shape) -> Branches {
+        let (top, base, u, w) = build_layers(s);
+        let w2 = s.dir("w2");
+        Branches {
+            shape,
+            top,
+            base,
+            u,
+            w,
+            w2,
+        }
+    }
+
+    /// The `-o` string of a mount with the test's `opts`.
+    fn options(&self, opts: &str) -> String {
+        let mut o = match self.shape {
+            Shape::Kernel => format!(
+                "lowerdir={}:{},upperdir={},workdir={}",
+                self.top.display(),
+                self.base.display(),
+                self.u.display(),
+                self.w.display()
+            ),
+            Shape::Pool => format!(
+                "br={}=rw:{}=rw:{}=ro+wh:{}=ro+wh",
+                self.u.display(),
+                self.w2.display(),
+                self.top.display(),
+                self.base.display()
+            ),
+        };
+        if !opts.is_empty() {
+            o.push(',');
+            o.push_str(opts);
+        }
+        o
+    }
+
+    fn mount(&self, opts: &str, m: &Path) -> Strata {
+        Strata::mount_opts(&self.options(opts), m)
+    }
+
+    /// Every branch, top first.
+    fn all(&self) -> Vec<&Path> {
+        let mut v = vec![self.u.as_path()];
+        if self.shape == Shape::Pool {
+            v.push(&self.w2);
+        }
+        v.extend([self.top.as_path(), self.base.as_path()]);
+        v
+    }
+
+    /// The staging directories that must be empty after the run.
+    fn staging(&self) -> Vec<PathBuf> {
+        match self.shape {
+            Shape::Kernel => vec![self.w.join("work")],
+            Shape::Pool => vec![
+                self.u.with_file_name("u.stratafs-work").join("work"),
+                self.w2.join(".wh..wh.orph/work"),
+            ],
+        }
+    }
+}
+
+/// Runs `threads` workers on `m` for `secs` seconds; the daemon `pid` must answer within
+/// the time plus a margin. The workers (sorted by thread), the run's seconds and seed.
+fn run_workers(
+    m: &Path,
+    pid: u32,
+    threads: usize,
+    secs: u64,
+    exdev_ok: bool,
+) -> (Vec<Worker>, f64, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel();
     let results: Arc<Mutex<Vec<Worker>>> = Arc::new(Mutex::new(Vec::new()));
     let seed = common::clock_random(1 << 30) + 1;
-    let threads: usize = std::env::var("STRATAFS_STRESS_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(THREADS);
     for t in 0..threads {
-        let (stop, done, tx, results, mp) = (
-            stop.clone(),
-            done.clone(),
-            tx.clone(),
-            results.clone(),
-            m.clone(),
-        );
+        let (stop, done, tx, results) = (stop.clone(), done.clone(), tx.clone(), results.clone());
+        let mp = m.to_path_buf();
         std::thread::spawn(move || {
             let mut wk = Worker {
                 t,
@@ -728,6 +831,7 @@ fn stress(tag: &str, opts: &str) {
                 tally: Tally::default(),
                 serial: 0,
                 trace: std::env::var_os("STRATAFS_STRESS_TRACE").map(|_| Vec::new()),
+                exdev_ok,
             };
             while !stop.load(Ordering::Relaxed) {
                 wk.step();
@@ -745,54 +849,32 @@ fn stress(tag: &str, opts: &str) {
         if start.elapsed() >= Duration::from_secs(secs) {
             stop.store(true, Ordering::Relaxed);
         }
-        let now = Instant::now();
-        if now >= deadline {
+        if Instant::now() >= deadline {
             let mut report =
                 format!("stress did not finish within {secs} s + 60 s\ndaemon {pid}:\n");
             report.push_str(&task_stacks(pid));
             report.push_str("test process (workers):\n");
             report.push_str(&task_stacks(std::process::id()));
-            abort_connection(&m);
+            abort_connection(m);
             panic!("{report}");
         }
         let _ = rx.recv_timeout(Duration::from_millis(200));
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let alive = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|st| !st.contains(") Z"))
-        .unwrap_or(false);
-    assert!(alive, "the daemon died during the run");
-    assert_eq!(mount_type(&m).as_deref(), Some("fuse.stratafs"));
-
-    for wk in results.lock().unwrap().iter() {
-        if let (Some(t), Some(dir)) = (&wk.trace, std::env::var_os("STRATAFS_STRESS_TRACE")) {
-            let _ = fs::write(Path::new(&dir).join(format!("t{}.log", wk.t)), t.join("\n"));
-        }
-    }
-    let counts = common::stratafs_stats(&m);
-    eprintln!(
-        "opens {}, of them waited for another backing file: {}",
-        counts.get("open").copied().unwrap_or(0),
-        counts.get("open_waited").copied().unwrap_or(0)
-    );
-    let walk_errors = walk_and_read(&m, &u);
-    assert!(
-        walk_errors.is_empty(),
-        "walking the mount after the run:\n{}",
-        walk_errors.join("\n")
-    );
-    let view = snapshot(&m);
     let mut workers = std::mem::take(&mut *results.lock().unwrap());
     workers.sort_by_key(|w| w.t);
-    for wk in workers.iter_mut() {
-        wk.final_check(&view);
-    }
+    (workers, elapsed, seed)
+}
+
+/// Adds up the workers' tallies, prints the run's line and fails on any failure or
+/// unexpected errno.
+fn report(label: &str, workers: &[Worker], elapsed: f64, entries: usize, seed: u64) {
     let mut ops = 0;
     let mut by_op: BTreeMap<&str, u64> = BTreeMap::new();
     let mut expected: BTreeMap<i32, u64> = BTreeMap::new();
     let mut unexpected: BTreeMap<i32, u64> = BTreeMap::new();
     let mut failures = Vec::new();
-    for wk in &workers {
+    for wk in workers {
         ops += wk.tally.ops;
         for (k, v) in &wk.tally.by_op {
             *by_op.entry(k).or_default() += v;
@@ -811,11 +893,11 @@ fn stress(tag: &str, opts: &str) {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let threads = workers.len();
     println!(
-        "stress[{tag} opts={opts:?}]: {threads} threads, {elapsed:.1} s, {ops} ops ({:.0} ops/s), \
-         entries at end {}, unexpected errors {{{}}}, lost races {{{}}}, ops by kind {by_op:?}, seed {seed}",
+        "stress[{label}]: {threads} threads, {elapsed:.1} s, {ops} ops ({:.0} ops/s), \
+         entries at end {entries}, unexpected errors {{{}}}, lost races {{{}}}, ops by kind {by_op:?}, seed {seed}",
         ops as f64 / elapsed,
-        view.len(),
         named(&unexpected),
         named(&expected),
     );
@@ -834,61 +916,161 @@ fn stress(tag: &str, opts: &str) {
         "unexpected errors: {}",
         named(&unexpected)
     );
-    // Upper-only content never leaks into the lowers.
-    assert!(!base.join("shared2").exists() && !top.join("shared2").exists());
+}
+
+fn stress(tag: &str, shape: Shape, opts: &str) {
+    let secs: u64 = std::env::var("STRATAFS_STRESS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let threads: usize = std::env::var("STRATAFS_STRESS_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(THREADS);
+    let s = Scratch::new(tag);
+    let b = Branches::new(&s, shape);
+    let m = s.dir("m");
+    let mnt = b.mount(opts, &m);
+    let pid = mnt.pid();
+    let (mut workers, elapsed, seed) = run_workers(&m, pid, threads, secs, shape == Shape::Pool);
+    let alive = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|st| !st.contains(") Z"))
+        .unwrap_or(false);
+    assert!(alive, "the daemon died during the run");
+    assert_eq!(mount_type(&m).as_deref(), Some("fuse.stratafs"));
+    for wk in &workers {
+        if let (Some(t), Some(dir)) = (&wk.trace, std::env::var_os("STRATAFS_STRESS_TRACE")) {
+            let _ = fs::write(Path::new(&dir).join(format!("t{}.log", wk.t)), t.join("\n"));
+        }
+    }
+    let counts = common::stratafs_stats(&m);
+    eprintln!(
+        "opens {}, of them waited for another backing file: {}",
+        counts.get("open").copied().unwrap_or(0),
+        counts.get("open_waited").copied().unwrap_or(0)
+    );
+    let walk_errors = walk_and_read(&m, &b.all());
+    assert!(
+        walk_errors.is_empty(),
+        "walking the mount after the run:\n{}",
+        walk_errors.join("\n")
+    );
+    let view = snapshot(&m);
+    for wk in workers.iter_mut() {
+        wk.final_check(&view);
+    }
+    let label = format!("{tag} opts={:?}", b.options(opts));
+    report(&label, &workers, elapsed, view.len(), seed);
     let st = mnt.unmount();
     assert_eq!(
         st.map(|s| s.success()),
         Some(true),
         "daemon exits 0 on umount"
     );
+    after_the_run(&s, &b, opts, &m, &view);
+}
 
-    // A fresh remount shows the same tree, and so does the kernel overlayfs.
-    let again = {
-        let _m2 = Strata::mount(&stack, opts, &m);
-        snapshot(&m)
-    };
-    assert_same("mounted view vs fresh remount", &view, &again);
-    let km = s.dir("km");
-    let kw = s.dir("kw");
-    let kernel = {
-        let _k = Kernel::mount(
-            &Stack {
-                lowers: vec![&top, &base],
-                upper: Some((&u, &kw)),
-            },
-            "redirect_dir=on",
-            &km,
+/// What the branches hold after the run: upper-only content stayed out of the read-only
+/// branches, a fresh remount shows the same tree (and, for a kernel-shaped stack, so does the
+/// kernel overlayfs), no staging leftovers; a pool spread its new files over both writable
+/// branches.
+fn after_the_run(
+    s: &Scratch,
+    b: &Branches,
+    opts: &str,
+    m: &Path,
+    view: &BTreeMap<Vec<u8>, common::Entry>,
+) {
+    // shared2 is only on u: the read-only branches never get it. (A pool's w2 may: a
+    // rename or link of a file of w2 into it makes it there, under u's shared2.)
+    for below in [&b.top, &b.base] {
+        assert!(
+            !below.join("shared2").exists(),
+            "{}: shared2",
+            below.display()
         );
-        snapshot(&km)
+    }
+    let again = {
+        let _m2 = b.mount(opts, m);
+        snapshot(m)
     };
-    assert_same(
-        "stratafs vs kernel overlayfs after the run",
-        &again,
-        &kernel,
-    );
-    // The work directory holds no leftovers of copy-ups or whiteouts.
-    let left: Vec<_> = fs::read_dir(w.join("work"))
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "work dir leftovers: {left:?}");
+    assert_same("mounted view vs fresh remount", view, &again);
+    match b.shape {
+        Shape::Kernel => {
+            let (km, kw) = (s.dir("km"), s.dir("kw"));
+            let kernel = {
+                let stack = Stack {
+                    lowers: vec![&b.top, &b.base],
+                    upper: Some((&b.u, &kw)),
+                };
+                let _k = Kernel::mount(&stack, "redirect_dir=on", &km);
+                snapshot(&km)
+            };
+            assert_same(
+                "stratafs vs kernel overlayfs after the run",
+                &again,
+                &kernel,
+            );
+        }
+        Shape::Pool => {
+            let files = |d: &Path| {
+                snapshot(d)
+                    .keys()
+                    .filter_map(|k| Path::new(std::ffi::OsStr::from_bytes(k)).file_name())
+                    .filter(|n| made_in_the_run(n.as_bytes()))
+                    .count()
+            };
+            let (on_u, on_w2) = (files(&b.u), files(&b.w2));
+            println!("thread entries on u: {on_u}, on w2: {on_w2}");
+            assert!(
+                on_u > 0 && on_w2 > 0,
+                "create=rr spread the new entries (u {on_u}, w2 {on_w2})"
+            );
+        }
+    }
+    for dir in b.staging() {
+        let left: Vec<_> = fs::read_dir(&dir)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{} leftovers: {left:?}", dir.display());
+    }
+}
+
+/// Is `name` one a worker made during the run (`t<N>-f<serial>`, `-d`, `-h`)?
+fn made_in_the_run(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(b"t") else {
+        return false;
+    };
+    let rest: Vec<u8> = rest
+        .iter()
+        .copied()
+        .skip_while(u8::is_ascii_digit)
+        .collect();
+    matches!(rest.as_slice(), [b'-', b'f' | b'd' | b'h', d, ..] if d.is_ascii_digit())
 }
 
 #[test]
 fn stress_default_threads() {
-    stress("stress-default", "");
+    stress("stress-default", Shape::Kernel, "");
 }
 
 #[test]
 fn stress_eight_daemon_threads() {
-    stress("stress-t8", "threads=8");
+    stress("stress-t8", Shape::Kernel, "threads=8");
 }
 
 /// Read-only opens of lower files through passthrough (backing.rs): the racing writers'
 /// opens wait for those readers instead of failing in the kernel (EIO).
 #[test]
 fn stress_lower_passthrough() {
-    stress("stress-lp", "lower_passthrough");
+    stress("stress-lp", Shape::Kernel, "lower_passthrough");
+}
+
+/// aufs's pool (issue #22): two writable branches under `create=rr`, new entries spread
+/// between them in turn; renames and links across them EXDEV.
+#[test]
+fn stress_two_writable_branches_rr() {
+    stress("stress-pool", Shape::Pool, "create=rr");
 }
 
 /// The sequences behind the bugs the stress run found, one thread, deterministic: a file

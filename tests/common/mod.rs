@@ -178,6 +178,15 @@ impl Strata {
             opts.push(',');
             opts.push_str(extra);
         }
+        Strata::mount_opts_logged(&opts, mnt, log)
+    }
+
+    /// A mount made from `-o OPTS` alone (any branch syntax: `br=…`, `dirs=…`).
+    pub fn mount_opts(opts: &str, mnt: &Path) -> Strata {
+        Strata::mount_opts_logged(opts, mnt, None)
+    }
+
+    fn mount_opts_logged(opts: &str, mnt: &Path, log: Option<&Path>) -> Strata {
         let mut cmd = Command::new(bin());
         // STRATAFS_TEST_LOG=DIR: each daemon logs to DIR/<mount point name>.log (with
         // RUST_LOG=debug, every failed request with its errno).
@@ -196,7 +205,7 @@ impl Strata {
         let child = cmd
             .arg("-f")
             .arg("-o")
-            .arg(&opts)
+            .arg(opts)
             .arg(mnt)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
