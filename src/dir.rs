@@ -68,15 +68,20 @@ fn dirs_below<'a>(
 impl UnionFs {
     /// Does a layer of `parent` below `t` show something at `name` (so removing it from
     /// `t` needs a whiteout)? Stops at the first whiteout or opaque boundary, as lookup does.
+    /// `skip_writable`: writable layers are not looked at (an rmdir removes the directory's
+    /// copies there too, `remove_writable_copies`).
     fn lower_positive(
         &self,
         parent: &Loc,
         t: crate::layers::LayerId,
-        name: &OsStr,
-        cname: &CStr,
+        (name, cname): (&OsStr, &CStr),
+        skip_writable: bool,
     ) -> bool {
         let stack = self.layers.stack();
-        for (_, fd) in dirs_below(&stack, parent, t) {
+        for (l, fd) in dirs_below(&stack, parent, t) {
+            if skip_writable && stack.writable(*l) {
+                continue;
+            }
             match sys::fstatat(fd.as_fd(), cname) {
                 Ok(st) => return !whiteout::is_whiteout_stat(&st),
                 Err(_) => {
@@ -537,15 +542,20 @@ impl UnionFs {
             if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
                 return err(libc::ENOTEMPTY);
             }
-            if top == t {
-                self.remove_writable_copies(&ploc, &found.dirs, t, &cname)?;
-            }
         }
+        // A directory merged from several writable branches goes from each of them.
+        let drop_copies = dir
+            && top == t
+            && found
+                .dirs
+                .iter()
+                .any(|(l, _)| *l != t && self.layers.writable(*l));
         let updir = self.dir_on(&pnode, t)?;
         let ploc = pnode.loc();
         // Found in a layer below `t`: the merged view shows it from there, so it takes a
         // whiteout (no need to probe the lowers again).
-        let needs_whiteout = top != t || self.lower_positive(&ploc, t, name, &cname);
+        let needs_whiteout =
+            top != t || self.lower_positive(&ploc, t, (name, &cname), drop_copies);
         let node = self.inodes.find(&key).filter(|_| !dir);
         let was_pinned = node.as_ref().map(|n| n.loc.read().pinned.clone());
         if let Some(node) = &node {
@@ -558,7 +568,23 @@ impl UnionFs {
         }
         // The kernel's link count of the node must settle (inode.rs); to the end.
         let _going = node.as_ref().map(|n| n.name_going());
-        let r = self.remove_real(&work, &updir, name, top == t, dir, needs_whiteout);
+        // The copy whose inode number the node shows goes last, just before the kernel
+        // learns of the removal: freed earlier, the number could be taken by a new
+        // directory elsewhere while the kernel still holds this one under it (it then
+        // refuses the new one with ESTALE).
+        let top_numbered = drop_copies
+            && sys::fstatat(updir.as_fd(), &cname)
+                .is_ok_and(|st| self.layers.ino(st.st_dev, st.st_ino) == found.ino);
+        let mut r = Ok(());
+        if top_numbered {
+            r = self.remove_writable_copies(&ploc, &found.dirs, t, &cname);
+        }
+        if r.is_ok() {
+            r = self.remove_real(&work, &updir, name, top == t, dir, needs_whiteout);
+        }
+        if r.is_ok() && drop_copies && !top_numbered {
+            r = self.remove_writable_copies(&ploc, &found.dirs, t, &cname);
+        }
         if let (Ok(()), Some(a)) = (&r, &alias) {
             self.index_lower_name_gone(&a.name);
         }
@@ -621,10 +647,11 @@ impl UnionFs {
         Ok(())
     }
 
-    /// rmdir of a directory merged from several writable branches: its copies on the
-    /// writable branches below `t` go first (empty in the merged view, each holds at most
-    /// whiteouts), so that the whiteout left on `t` is only for read-only branches, as
-    /// aufs removes a directory from every writable branch.
+    /// rmdir of a directory merged from several writable branches: with its copy on `t`,
+    /// its copies on the writable branches below go too (empty in the merged view, each
+    /// holds at most whiteouts), so that a whiteout on `t` is only for read-only branches,
+    /// as aufs removes a directory from every writable branch. (A crash in between leaves
+    /// an empty directory showing again.)
     fn remove_writable_copies(
         &self,
         parent: &Loc,
@@ -913,7 +940,7 @@ impl UnionFs {
             }
             let ploc = pnode.loc();
             let nploc = npnode.loc();
-            let src_lower = self.lower_positive(&ploc, t, name, &cname);
+            let src_lower = self.lower_positive(&ploc, t, (name, &cname), false);
             if src_node.is_dir() {
                 self.prepare_dir_move(&src_node, &nploc, newname, &cnew)?;
             }
