@@ -126,6 +126,37 @@ pub enum NewKind<'a> {
     File { flags: i32 },
 }
 
+/// The owner and permissions of a new entry (`UnionFs::new_perms`).
+struct NewPerms {
+    /// The owner, as stored.
+    uid: u32,
+    gid: u32,
+    /// Its permission bits, setuid/setgid included.
+    perm: u32,
+    /// The ACLs it inherits.
+    inherited: acl::Inherited,
+    /// The parent has a default ACL on the entry's branch.
+    default: bool,
+}
+
+/// A new entry being made (`UnionFs::create_entry`).
+struct NewEntry<'a> {
+    kind: &'a NewKind<'a>,
+    /// The mode asked for (its type bits make a node's type).
+    mode: u32,
+    name: &'a OsStr,
+    perms: NewPerms,
+    is_dir: bool,
+    /// It replaces a whiteout on its branch.
+    upper_whiteout: bool,
+    /// Built in the staging directory and renamed into place.
+    staged: bool,
+    /// Where it is made: `work/tmp`, or its final place.
+    at: (BorrowedFd<'a>, &'a CStr),
+    /// Its final place: the parent's directory on its branch, and its name.
+    dest: (BorrowedFd<'a>, &'a CStr),
+}
+
 /// Makes a 0/0 character device at `dir/name` (fails if something is there).
 fn make_whiteout(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     ops::mknodat(dir, name, libc::S_IFCHR, 0).map_err(|e| Error::io(e, "whiteout"))
@@ -227,7 +258,51 @@ impl UnionFs {
         let seen = crate::inode::epoch();
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
-        self.check_change(&pnode, Change::AddEntry)?;
+        let (t, upper_whiteout) = self.new_entry_target(&pnode, name, mode, &kind)?;
+        let work = self.staging_on(t)?;
+        let updir = self.dir_on(&pnode, t)?;
+        let ploc = pnode.loc();
+        let is_dir = matches!(kind, NewKind::Dir);
+        let p = self.new_perms(parent, updir.as_fd(), mode, umask, is_dir, caller)?;
+        // Staged also under `noacl` below a default ACL: made in place, the entry would
+        // inherit it from the upper's filesystem.
+        let staged = upper_whiteout || self.override_level.is_some() || (!self.acl && p.default);
+        let tmp = tmp_name();
+        // Where the entry is made: `work/tmp`, or its final place.
+        let at: (BorrowedFd<'_>, &CStr) = if staged {
+            (work.as_fd(), &tmp)
+        } else {
+            (updir.as_fd(), &cname)
+        };
+        let e = NewEntry {
+            kind: &kind,
+            mode,
+            name,
+            perms: p,
+            is_dir,
+            upper_whiteout,
+            staged,
+            at,
+            dest: (updir.as_fd(), &cname),
+        };
+        let (st, file) = self.build_entry(&e)?;
+        let found = self.found_new(t, updir.as_fd(), &cname, st, is_dir)?;
+        let attr = self.enter(parent, &ploc, name, found, seen)?;
+        let fh = self.new_entry_handle(&attr, file, kind);
+        Ok((attr, fh))
+    }
+
+    /// Where a new entry `name` of `pnode` goes: EEXIST where something shows there, EPERM
+    /// for a whiteout-shaped device; else the writable branch it is made on, and whether
+    /// it replaces a whiteout there.
+    fn new_entry_target(
+        &self,
+        pnode: &Arc<Node>,
+        name: &OsStr,
+        mode: u32,
+        kind: &NewKind<'_>,
+    ) -> Result<(crate::layers::LayerId, bool)> {
+        self.check_change(pnode, Change::AddEntry)?;
         let whiteout_at = match lookup::probe_create(&self.layers, &pnode.loc(), name)? {
             Slot::Taken => return err(libc::EEXIST),
             Slot::Free { whiteout } => whiteout,
@@ -243,10 +318,20 @@ impl UnionFs {
         let t = self
             .wbr
             .create_target(&self.layers, self.create, &pnode.loc(), whiteout_at)?;
-        let work = self.staging_on(t)?;
-        let upper_whiteout = whiteout_at == Some(t);
-        let updir = self.dir_on(&pnode, t)?;
-        let ploc = pnode.loc();
+        Ok((t, whiteout_at == Some(t)))
+    }
+
+    /// The owner, permission bits and ACLs of a new entry of `caller` in `parent` (whose
+    /// directory on the entry's branch is `updir`).
+    fn new_perms(
+        &self,
+        parent: u64,
+        updir: BorrowedFd<'_>,
+        mode: u32,
+        umask: u32,
+        is_dir: bool,
+        caller: Caller,
+    ) -> Result<NewPerms> {
         // The owner is the caller's ids as stored (mapped, the overflow id where no range
         // covers them); under a setgid directory the group is the directory's own, as
         // stored, whatever it shows as.
@@ -256,12 +341,9 @@ impl UnionFs {
         if sgid_parent {
             owner_gid = pst.st_gid;
         }
-        let is_dir = matches!(kind, NewKind::Dir);
         // The umask, or the parent's default ACL, as the upper filesystem would apply them
         // had the entry been created by the caller.
-        let stored_default = xattr::get(updir.as_fd(), c".", acl::DEFAULT_XATTR)
-            .ok()
-            .flatten();
+        let stored_default = xattr::get(updir, c".", acl::DEFAULT_XATTR).ok().flatten();
         let parent_default = stored_default
             .as_deref()
             .filter(|_| self.acl)
@@ -271,131 +353,162 @@ impl UnionFs {
         if is_dir && sgid_parent {
             perm |= libc::S_ISGID;
         }
-        // Staged also under `noacl` below a default ACL: made in place, the entry would
-        // inherit it from the upper's filesystem.
-        let staged = upper_whiteout
-            || self.override_level.is_some()
-            || (!self.acl && stored_default.is_some());
-        let tmp = tmp_name();
-        // Where the entry is made: `work/tmp`, or its final place.
-        let (d, n): (BorrowedFd<'_>, &CStr) = if staged {
-            (work.as_fd(), &tmp)
-        } else {
-            (updir.as_fd(), &cname)
-        };
+        Ok(NewPerms {
+            uid: owner_uid,
+            gid: owner_gid,
+            perm,
+            inherited,
+            default: stored_default.is_some(),
+        })
+    }
+
+    /// Makes new entry `e` complete (its stat, and the open file of a create); on failure
+    /// nothing this call made is left.
+    fn build_entry(&self, e: &NewEntry<'_>) -> Result<(sys::Stat, Option<OwnedFd>)> {
         let mut file: Option<OwnedFd> = None;
         // Set once the entry exists (so a failure removes only what this call made).
         let mut made = false;
-        let built: Result<sys::Stat> = (|| {
-            // Made with the permission bits only: setuid/setgid come with the chmod, after
-            // the owner (a crash in between leaves an entry of the daemon's, never a
-            // setuid one).
-            let first_mode = perm & 0o777;
-            match &kind {
-                NewKind::Dir => {
-                    ops::mkdirat(d, n, first_mode).map_err(|e| Error::io(e, "mkdir"))?
+        match self.build_steps(e, &mut file, &mut made) {
+            Ok(st) => Ok((st, file)),
+            Err(err) => {
+                // Staged: `work/tmp` goes. Made in place but not complete (e.g. no space
+                // for an ACL): gone again, as if the create had failed before it.
+                let (d, n) = e.at;
+                if e.staged || made {
+                    let _ = remove_tree(d, n);
                 }
-                NewKind::Node { rdev } => {
-                    ops::mknodat(d, n, (mode & libc::S_IFMT) | first_mode, *rdev)
-                        .map_err(|e| Error::io(e, "mknod"))?
-                }
-                NewKind::Symlink(target) => {
-                    let t = CString::new(*target).map_err(|_| Error::errno(libc::EINVAL))?;
-                    ops::symlinkat(&t, d, n).map_err(|e| Error::io(e, "symlink"))?
-                }
-                NewKind::File { flags } => {
-                    let f = sys::openat(
-                        d,
-                        n,
-                        (self.real_open_flags(*flags) & !libc::O_TRUNC)
-                            | libc::O_CREAT
-                            | libc::O_EXCL,
-                        first_mode,
-                    )
-                    .map_err(|e| Error::io(e, "create"))?;
-                    file = Some(f);
-                }
+                Err(err)
             }
-            made = true;
-            let mut st = match &file {
+        }
+    }
+
+    /// `build_entry`'s steps: made (`file`, `made` set as they are), given its owner and
+    /// permissions, marked opaque and placed where staged.
+    fn build_steps(
+        &self,
+        e: &NewEntry<'_>,
+        file: &mut Option<OwnedFd>,
+        made: &mut bool,
+    ) -> Result<sys::Stat> {
+        let (d, n) = e.at;
+        *file = self.make_new(e)?;
+        *made = true;
+        let mut st = match file.as_ref() {
+            Some(f) => sys::fstat(f.as_fd()),
+            None => sys::fstatat(d, n),
+        }
+        .map_err(|e| Error::io(e, "stat new entry"))?;
+        // Each change below moves the ctime: the entry is stat'ed again after one.
+        let mut changed = self.set_new_perms(e, &st)?;
+        if e.is_dir && e.upper_whiteout {
+            self.make_opaque(d, n)?;
+        }
+        let (updir, cname) = e.dest;
+        if e.staged {
+            self.place(d, n, updir, cname, e.is_dir)?;
+            changed = true; // a rename may move the ctime too
+                            // An aufs whiteout of the name on this branch has done its job: the new
+                            // entry hides what it hid.
+            if let Some(wh) = whiteout::aufs_name(e.name) {
+                let _ = ops::unlinkat(updir, &wh, 0);
+            }
+        }
+        if changed {
+            st = match file.as_ref() {
                 Some(f) => sys::fstat(f.as_fd()),
-                None => sys::fstatat(d, n),
+                None => sys::fstatat(updir, cname),
             }
             .map_err(|e| Error::io(e, "stat new entry"))?;
-            // Each change below moves the ctime: the entry is stat'ed again after one.
-            let mut changed = false;
-            // With xattr_permissions the owner and mode live in the override; the real
-            // entry stays the daemon's, owner-accessible, never setuid/setgid.
-            let overridden = self.override_new_entry(d, n, owner_uid, owner_gid, perm)?;
-            changed |= overridden;
-            if !overridden && (st.st_uid, st.st_gid) != (owner_uid, owner_gid) {
-                ops::fchownat(d, n, owner_uid, owner_gid)
-                    .map_err(|e| Error::io(e, "chown new entry"))?;
+        }
+        Ok(st)
+    }
+
+    /// Makes the object of new entry `e` at `e.at`; for a file, returns it open.
+    fn make_new(&self, e: &NewEntry<'_>) -> Result<Option<OwnedFd>> {
+        let (d, n) = e.at;
+        // Made with the permission bits only: setuid/setgid come with the chmod, after
+        // the owner (a crash in between leaves an entry of the daemon's, never a
+        // setuid one).
+        let first_mode = e.perms.perm & 0o777;
+        match e.kind {
+            NewKind::Dir => ops::mkdirat(d, n, first_mode).map_err(|e| Error::io(e, "mkdir"))?,
+            NewKind::Node { rdev } => {
+                ops::mknodat(d, n, (e.mode & libc::S_IFMT) | first_mode, *rdev)
+                    .map_err(|e| Error::io(e, "mknod"))?
+            }
+            NewKind::Symlink(target) => {
+                let t = CString::new(*target).map_err(|_| Error::errno(libc::EINVAL))?;
+                ops::symlinkat(&t, d, n).map_err(|e| Error::io(e, "symlink"))?
+            }
+            NewKind::File { flags } => {
+                let f = sys::openat(
+                    d,
+                    n,
+                    (self.real_open_flags(*flags) & !libc::O_TRUNC) | libc::O_CREAT | libc::O_EXCL,
+                    first_mode,
+                )
+                .map_err(|e| Error::io(e, "create"))?;
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Gives new entry `e` (stat `st`) its owner, mode and inherited ACLs; true where that
+    /// changed it.
+    fn set_new_perms(&self, e: &NewEntry<'_>, st: &sys::Stat) -> Result<bool> {
+        let (d, n) = e.at;
+        let p = &e.perms;
+        let mut changed = false;
+        // With xattr_permissions the owner and mode live in the override; the real
+        // entry stays the daemon's, owner-accessible, never setuid/setgid.
+        let overridden = self.override_new_entry(d, n, p.uid, p.gid, p.perm)?;
+        changed |= overridden;
+        if !overridden && (st.st_uid, st.st_gid) != (p.uid, p.gid) {
+            ops::fchownat(d, n, p.uid, p.gid).map_err(|e| Error::io(e, "chown new entry"))?;
+            changed = true;
+        }
+        if !matches!(e.kind, NewKind::Symlink(_)) {
+            let real_perm = if overridden {
+                (p.perm & 0o777) | 0o700
+            } else {
+                p.perm
+            };
+            if st.st_mode & 0o7777 != real_perm {
+                ops::fchmodat(d, n, real_perm).map_err(|e| Error::io(e, "chmod new entry"))?;
                 changed = true;
             }
-            if !matches!(kind, NewKind::Symlink(_)) {
-                let real_perm = if overridden {
-                    (perm & 0o777) | 0o700
-                } else {
-                    perm
-                };
-                if st.st_mode & 0o7777 != real_perm {
-                    ops::fchmodat(d, n, real_perm).map_err(|e| Error::io(e, "chmod new entry"))?;
+            for (attr, acl) in [
+                (acl::ACCESS_XATTR, &p.inherited.access),
+                (acl::DEFAULT_XATTR, &p.inherited.default),
+            ] {
+                if let Some(a) = acl {
+                    xattr::set(d, n, attr, &a.to_bytes(), 0)
+                        .map_err(|e| Error::io(e, "inherit ACL"))?;
                     changed = true;
                 }
-                for (attr, acl) in [
-                    (acl::ACCESS_XATTR, &inherited.access),
-                    (acl::DEFAULT_XATTR, &inherited.default),
-                ] {
-                    if let Some(a) = acl {
-                        xattr::set(d, n, attr, &a.to_bytes(), 0)
-                            .map_err(|e| Error::io(e, "inherit ACL"))?;
-                        changed = true;
-                    }
-                }
             }
-            if is_dir && upper_whiteout {
-                self.make_opaque(d, n)?;
-            }
-            if staged {
-                self.place(d, n, updir.as_fd(), &cname, is_dir)?;
-                changed = true; // a rename may move the ctime too
-                                // An aufs whiteout of the name on this branch has done its job: the new
-                                // entry hides what it hid.
-                if let Some(wh) = whiteout::aufs_name(name) {
-                    let _ = ops::unlinkat(updir.as_fd(), &wh, 0);
-                }
-            }
-            if changed {
-                st = match &file {
-                    Some(f) => sys::fstat(f.as_fd()),
-                    None => sys::fstatat(updir.as_fd(), &cname),
-                }
-                .map_err(|e| Error::io(e, "stat new entry"))?;
-            }
-            Ok(st)
-        })();
-        let st = match built {
-            Ok(st) => st,
-            Err(e) => {
-                if staged {
-                    let _ = remove_tree(work.as_fd(), &tmp);
-                } else if made {
-                    // Made in place but not complete (e.g. no space for an ACL): gone
-                    // again, as if the create had failed before it.
-                    let _ = remove_tree(updir.as_fd(), &cname);
-                }
-                return Err(e);
-            }
-        };
+        }
+        Ok(changed)
+    }
+
+    /// What a lookup of the new entry `updir/cname` (stat `st`) on branch `t` would find.
+    fn found_new(
+        &self,
+        t: crate::layers::LayerId,
+        updir: BorrowedFd<'_>,
+        cname: &CStr,
+        st: sys::Stat,
+        is_dir: bool,
+    ) -> Result<lookup::Found> {
         let dirs = if is_dir {
-            let fd = sys::open_dir_path(updir.as_fd(), &cname)
-                .map_err(|e| Error::io(e, "open new directory"))?;
+            let fd =
+                sys::open_dir_path(updir, cname).map_err(|e| Error::io(e, "open new directory"))?;
             vec![(t, Arc::new(fd))]
         } else {
             Vec::new()
         };
-        let found = lookup::Found {
+        Ok(lookup::Found {
             top: t,
             ino: self.layers.ino(st.st_dev, st.st_ino),
             st,
@@ -404,9 +517,17 @@ impl UnionFs {
             xattr_names: None,
             prot: crate::fileattr::PROT_KNOWN,
             index_alias: None,
-        };
-        let attr = self.enter(parent, &ploc, name, found, seen)?;
-        let fh = match (file, kind) {
+        })
+    }
+
+    /// The handle of a created file (`file`), guarded where it is setuid/setgid.
+    fn new_entry_handle(
+        &self,
+        attr: &Attr,
+        file: Option<OwnedFd>,
+        kind: NewKind<'_>,
+    ) -> Option<u64> {
+        match (file, kind) {
             (Some(fd), NewKind::File { flags }) => {
                 let fh = self.add_handle(attr.node, fd, flags, false);
                 if attr.perm as u32 & (libc::S_ISUID | libc::S_ISGID) != 0 {
@@ -415,8 +536,7 @@ impl UnionFs {
                 Some(fh)
             }
             _ => None,
-        };
-        Ok((attr, fh))
+        }
     }
 
     /// Writes the override of a new entry (`xattr_permissions`); false where none applies
