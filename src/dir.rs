@@ -27,7 +27,7 @@ use crate::error::{err, Error, Result};
 use crate::file::FileHandle;
 use crate::fileattr::Change;
 use crate::fs::{Caller, UnionFs};
-use crate::inode::{Kind, Loc, Node};
+use crate::inode::{Kind, Loc, NameGoing, Node, NodeKey};
 use crate::layers::{ROOT_INO, UPPER};
 use crate::lookup::{self, marker, Slot};
 use crate::readdir;
@@ -155,6 +155,24 @@ struct NewEntry<'a> {
     at: (BorrowedFd<'a>, &'a CStr),
     /// Its final place: the parent's directory on its branch, and its name.
     dest: (BorrowedFd<'a>, &'a CStr),
+}
+
+/// A rename's two ends, resolved and checked before anything changes (`UnionFs::rename`).
+struct RenameEnds<'a> {
+    parent: u64,
+    name: &'a OsStr,
+    newparent: u64,
+    newname: &'a OsStr,
+    cname: CString,
+    cnew: CString,
+    pnode: Arc<Node>,
+    npnode: Arc<Node>,
+    src: lookup::Found,
+    src_key: NodeKey,
+    dst: Option<lookup::Found>,
+    dst_key: Option<NodeKey>,
+    exchange: bool,
+    noreplace: bool,
 }
 
 /// Makes a 0/0 character device at `dir/name` (fails if something is there).
@@ -869,6 +887,39 @@ impl UnionFs {
         flags: u32,
     ) -> Result<()> {
         self.check_writable()?;
+        let Some(r) = self.rename_ends(parent, name, newparent, newname, flags)? else {
+            return Ok(());
+        };
+        if !self.rename_allowed(&r)? {
+            return Ok(());
+        }
+        // The writable branch the rename happens on (`rename_branch`).
+        let t = self.rename_branch(&r.pnode, &r.src, r.dst.as_ref(), r.exchange)?;
+        let work = self.staging_on(t)?;
+        // Counted lookups give us nodes to copy up; released at the end.
+        let (src_node, dst_node) = self.rename_nodes(&r)?;
+        let (replaced, _going) = self.rename_replaced(&r);
+        let result = self.rename_on(&r, t, work.as_fd(), &src_node, dst_node.as_ref());
+        if result.is_ok() {
+            self.renamed(&r, replaced, &src_node, dst_node.as_ref());
+        }
+        self.forget(src_node.id, 1);
+        if let Some(d) = &dst_node {
+            self.forget(d.id, 1);
+        }
+        result
+    }
+
+    /// The two ends of a rename, resolved (the flags and names checked first); None where
+    /// a name is renamed to itself.
+    fn rename_ends<'a>(
+        &self,
+        parent: u64,
+        name: &'a OsStr,
+        newparent: u64,
+        newname: &'a OsStr,
+        flags: u32,
+    ) -> Result<Option<RenameEnds<'a>>> {
         let cname = check_name(name)?;
         let cnew = check_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -889,45 +940,53 @@ impl UnionFs {
         }
         let dst_key = dst.as_mut().map(|d| self.identify(newparent, newname, d));
         if parent == newparent && name == newname {
-            return Ok(());
+            return Ok(None);
         }
+        Ok(Some(RenameEnds {
+            parent,
+            name,
+            newparent,
+            newname,
+            cname,
+            cnew,
+            pnode,
+            npnode,
+            src,
+            src_key,
+            dst,
+            dst_key,
+            exchange,
+            noreplace,
+        }))
+    }
+
+    /// Checks rename `r` before anything changes: its flags against the destination, the
+    /// types of the two ends, an empty destination directory, what the ends' protections
+    /// allow. False where it does nothing (two links of one inode).
+    fn rename_allowed(&self, r: &RenameEnds<'_>) -> Result<bool> {
         // redirect_dir=off: a directory with a lower part stays where it is (the kernel's
         // `ovl_can_move`); mv(1) copies it instead.
         let has_lower = |f: &lookup::Found| f.is_dir() && f.dirs.iter().any(|(l, _)| *l != UPPER);
         if self.no_dir_redirects
-            && (has_lower(&src) || (exchange && dst.as_ref().is_some_and(has_lower)))
+            && (has_lower(&r.src) || (r.exchange && r.dst.as_ref().is_some_and(has_lower)))
         {
             return err(libc::EXDEV);
         }
-        match (&dst, exchange, noreplace) {
+        match (&r.dst, r.exchange, r.noreplace) {
             (None, true, _) => return err(libc::ENOENT),
             (Some(_), _, true) => return err(libc::EEXIST),
             (Some(d), false, false) => {
-                if dst_key.as_ref() == Some(&src_key) {
+                if r.dst_key.as_ref() == Some(&r.src_key) {
                     // Two links to one inode: rename(2) does nothing. (Two names of a
                     // lower file with several links are two inodes, as in the kernel
                     // overlayfs: the source is copied up and replaces the other name.)
-                    return Ok(());
+                    return Ok(false);
                 }
-                match (src.is_dir(), d.is_dir()) {
+                match (r.src.is_dir(), d.is_dir()) {
                     (true, false) => return err(libc::ENOTDIR),
                     (false, true) => return err(libc::EISDIR),
-                    (true, true) => {
-                        let dloc = Loc {
-                            parent: newparent,
-                            name: newname.to_os_string(),
-                            top: d.top,
-                            dirs: d.dirs.clone(),
-                            data: None,
-                            pinned: None,
-                            staged: None,
-                            lower_attr: None,
-                            lower_xattrs: None,
-                            indexed: None,
-                        };
-                        if readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2 {
-                            return err(libc::ENOTEMPTY);
-                        }
+                    (true, true) if self.lists_entries(r.newparent, r.newname, d)? => {
+                        return err(libc::ENOTEMPTY);
                     }
                     _ => {}
                 }
@@ -935,160 +994,224 @@ impl UnionFs {
             _ => {}
         }
         self.check_rename(
-            &pnode,
-            &npnode,
-            (&src, &cname),
-            dst.as_ref().map(|d| (d, &*cnew)),
+            &r.pnode,
+            &r.npnode,
+            (&r.src, &r.cname),
+            r.dst.as_ref().map(|d| (d, &*r.cnew)),
         )?;
-        // The writable branch the rename happens on (`rename_branch`).
-        let t = self.rename_branch(&pnode, &src, dst.as_ref(), exchange)?;
-        let work = self.staging_on(t)?;
-        let w = work.as_fd();
-        // Counted lookups give us nodes to copy up; released at the end.
-        let src_attr = self.lookup(parent, name)?;
+        Ok(true)
+    }
+
+    /// Does directory `d` (found at `name` in `parent`) list anything but `.` and `..`?
+    fn lists_entries(&self, parent: u64, name: &OsStr, d: &lookup::Found) -> Result<bool> {
+        let dloc = Loc {
+            parent,
+            name: name.to_os_string(),
+            top: d.top,
+            dirs: d.dirs.clone(),
+            data: None,
+            pinned: None,
+            staged: None,
+            lower_attr: None,
+            lower_xattrs: None,
+            indexed: None,
+        };
+        Ok(readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2)
+    }
+
+    /// The nodes of rename `r`'s source and, for an exchange, its destination: counted
+    /// lookups (the caller forgets them).
+    fn rename_nodes(&self, r: &RenameEnds<'_>) -> Result<(Arc<Node>, Option<Arc<Node>>)> {
+        let src_attr = self.lookup(r.parent, r.name)?;
         let src_node = self.node(src_attr.node)?;
-        let dst_node = match &dst {
-            Some(_) if exchange => {
-                let a = self.lookup(newparent, newname)?;
+        let dst_node = match &r.dst {
+            Some(_) if r.exchange => {
+                let a = self.lookup(r.newparent, r.newname)?;
                 Some(self.node(a.node)?)
             }
             _ => None,
         };
+        Ok((src_node, dst_node))
+    }
+
+    /// The file rename `r` replaces, if the kernel holds its node: the node with its real
+    /// inode pinned, and the guard of its going name.
+    fn rename_replaced(
+        &self,
+        r: &RenameEnds<'_>,
+    ) -> (Option<(Arc<Node>, OwnedFd)>, Option<NameGoing>) {
         // A file replaced by the rename keeps its node if the kernel holds it (an open
         // file, another hard link): pin its real inode first, or the node would go on
         // naming the place the source now takes.
-        let replaced = match (&dst, &dst_key) {
-            (Some(d), Some(key)) if !exchange && !d.is_dir() => {
+        let replaced = match (&r.dst, &r.dst_key) {
+            (Some(d), Some(key)) if !r.exchange && !d.is_dir() => {
                 self.inodes.find(key).and_then(|node| {
-                    npnode
+                    r.npnode
                         .loc()
                         .dir_in(d.top)
-                        .and_then(|dir| sys::openat(dir.as_fd(), &cnew, libc::O_PATH, 0).ok())
+                        .and_then(|dir| sys::openat(dir.as_fd(), &r.cnew, libc::O_PATH, 0).ok())
                         .map(|fd| (node, fd))
                 })
             }
             _ => None,
         };
         // The replaced file's link count in the kernel must settle (inode.rs).
-        let _going = match (&dst, &dst_key) {
-            (Some(d), Some(key)) if !exchange && !d.is_dir() => {
+        let going = match (&r.dst, &r.dst_key) {
+            (Some(d), Some(key)) if !r.exchange && !d.is_dir() => {
                 self.inodes.find(key).map(|n| n.name_going())
             }
             _ => None,
         };
-        let result = (|| -> Result<()> {
-            let updir = self.dir_on(&pnode, t)?;
-            let newupdir = self.dir_on(&npnode, t)?;
-            if !exchange && dst.as_ref().is_some_and(|d| !d.is_dir() && d.top == t) {
-                self.drop_number(newupdir.as_fd(), &cnew);
-            }
-            self.copy_up(&src_node, CopyUp::Data)?;
-            if let Some(d) = &dst_node {
-                self.copy_up(d, CopyUp::Data)?;
-            }
-            let on_t = |n: &Arc<Node>| n.loc.read().top == t;
-            if !on_t(&src_node) || dst_node.as_ref().is_some_and(|d| !on_t(d)) {
-                return err(libc::EXDEV);
-            }
-            let ploc = pnode.loc();
-            let nploc = npnode.loc();
-            let src_lower = self.lower_positive(&ploc, t, name, &cname);
-            if src_node.is_dir() {
-                self.prepare_dir_move(&src_node, &nploc, newname, &cnew)?;
-            }
-            if let Some(d) = &dst_node {
-                if d.is_dir() {
-                    self.prepare_dir_move(d, &ploc, name, &cname)?;
-                }
-            }
-            if exchange {
-                return ops::renameat2(
-                    updir.as_fd(),
-                    &cname,
-                    newupdir.as_fd(),
-                    &cnew,
-                    libc::RENAME_EXCHANGE,
-                )
-                .map_err(|e| Error::io(e, "rename exchange"));
-            }
-            // Clear the destination's upper entry if it is a directory (it may hold
-            // whiteouts) or a whiteout that a directory can't replace.
-            let mut moved_away: Option<CString> = None;
-            match upper_at(newupdir.as_fd(), &cnew)? {
-                UpperAt::Entry if dst.as_ref().is_some_and(|d| d.is_dir() && d.top == t) => {
-                    let t = tmp_name();
-                    util::rename_noreplace(newupdir.as_fd(), &cnew, w, &t)
-                        .map_err(|e| Error::io(e, "rename: clear target"))?;
-                    moved_away = Some(t);
-                }
-                UpperAt::Whiteout if src_node.is_dir() => {
-                    ops::unlinkat(newupdir.as_fd(), &cnew, 0)
-                        .map_err(|e| Error::io(e, "rename: clear whiteout"))?;
-                }
-                _ => {}
-            }
-            let r = if src_lower && self.aufs_whiteouts {
-                ops::renameat2(updir.as_fd(), &cname, newupdir.as_fd(), &cnew, 0).and_then(|()| {
-                    make_aufs_whiteout(updir.as_fd(), name)
-                        .map_err(|e| std::io::Error::from_raw_os_error(e.errno))
-                })
-            } else if src_lower {
-                ops::renameat2(
-                    updir.as_fd(),
-                    &cname,
-                    newupdir.as_fd(),
-                    &cnew,
-                    libc::RENAME_WHITEOUT,
-                )
-                .or_else(|e| {
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EOPNOTSUPP)
-                    ) {
-                        ops::renameat2(updir.as_fd(), &cname, newupdir.as_fd(), &cnew, 0)
-                            .and_then(|()| ops::mknodat(updir.as_fd(), &cname, libc::S_IFCHR, 0))
-                    } else {
-                        Err(e)
-                    }
-                })
-            } else {
-                ops::renameat2(updir.as_fd(), &cname, newupdir.as_fd(), &cnew, 0)
-            };
-            if let Err(e) = r {
-                if let Some(t) = &moved_away {
-                    let _ = util::rename_noreplace(w, t, newupdir.as_fd(), &cnew);
-                }
-                return Err(Error::io(e, "rename"));
-            }
-            if let Some(t) = moved_away {
-                remove_tree(w, &t).map_err(|e| Error::io(e, "rename cleanup"))?;
-            }
-            if !src_node.is_dir() && parent != newparent {
-                self.mark_impure(newupdir.as_fd(), &cnew);
-            }
-            // An aufs whiteout of the new name on this branch: the entry now hides it all.
-            if let Some(wh) = whiteout::aufs_name(newname) {
-                let _ = ops::unlinkat(newupdir.as_fd(), &wh, 0);
-            }
-            Ok(())
-        })();
-        if result.is_ok() {
-            if let Some((node, fd)) = replaced {
-                node.loc_mut().pinned = Some(Arc::new(fd));
-                self.inodes.unname(&node);
-            }
-            self.inodes.relocate(src_node.id, newparent, newname);
-            self.keep_number(&src_node, &npnode, &cnew);
-            if let Some(d) = &dst_node {
-                self.inodes.relocate(d.id, parent, name);
-                self.keep_number(d, &pnode, &cname);
+        (replaced, going)
+    }
+
+    /// Rename `r` on writable branch `t` (staging directory `w`): both ends' nodes copied
+    /// there first, directories prepared for their move, then one exchange or a rename
+    /// that may leave a whiteout.
+    fn rename_on(
+        &self,
+        r: &RenameEnds<'_>,
+        t: crate::layers::LayerId,
+        w: BorrowedFd<'_>,
+        src_node: &Arc<Node>,
+        dst_node: Option<&Arc<Node>>,
+    ) -> Result<()> {
+        let updir = self.dir_on(&r.pnode, t)?;
+        let newupdir = self.dir_on(&r.npnode, t)?;
+        if !r.exchange && r.dst.as_ref().is_some_and(|d| !d.is_dir() && d.top == t) {
+            self.drop_number(newupdir.as_fd(), &r.cnew);
+        }
+        self.copy_up(src_node, CopyUp::Data)?;
+        if let Some(d) = dst_node {
+            self.copy_up(d, CopyUp::Data)?;
+        }
+        let on_t = |n: &Arc<Node>| n.loc.read().top == t;
+        if !on_t(src_node) || dst_node.is_some_and(|d| !on_t(d)) {
+            return err(libc::EXDEV);
+        }
+        let ploc = r.pnode.loc();
+        let nploc = r.npnode.loc();
+        let src_lower = self.lower_positive(&ploc, t, r.name, &r.cname);
+        if src_node.is_dir() {
+            self.prepare_dir_move(src_node, &nploc, r.newname, &r.cnew)?;
+        }
+        if let Some(d) = dst_node {
+            if d.is_dir() {
+                self.prepare_dir_move(d, &ploc, r.name, &r.cname)?;
             }
         }
-        self.forget(src_node.id, 1);
-        if let Some(d) = &dst_node {
-            self.forget(d.id, 1);
+        if r.exchange {
+            return ops::renameat2(
+                updir.as_fd(),
+                &r.cname,
+                newupdir.as_fd(),
+                &r.cnew,
+                libc::RENAME_EXCHANGE,
+            )
+            .map_err(|e| Error::io(e, "rename exchange"));
         }
-        result
+        let dirs = (updir.as_fd(), newupdir.as_fd());
+        self.rename_over(r, t, dirs, w, src_node.is_dir(), src_lower)
+    }
+
+    /// The rename (no exchange) of `r` from `updir` to `newupdir` on branch `t`: over the
+    /// destination's upper entry, leaving a whiteout where the source has a lower part
+    /// (`src_lower`).
+    fn rename_over(
+        &self,
+        r: &RenameEnds<'_>,
+        t: crate::layers::LayerId,
+        (updir, newupdir): (BorrowedFd<'_>, BorrowedFd<'_>),
+        w: BorrowedFd<'_>,
+        src_dir: bool,
+        src_lower: bool,
+    ) -> Result<()> {
+        // Clear the destination's upper entry if it is a directory (it may hold
+        // whiteouts) or a whiteout that a directory can't replace.
+        let mut moved_away: Option<CString> = None;
+        match upper_at(newupdir, &r.cnew)? {
+            UpperAt::Entry if r.dst.as_ref().is_some_and(|d| d.is_dir() && d.top == t) => {
+                let t = tmp_name();
+                util::rename_noreplace(newupdir, &r.cnew, w, &t)
+                    .map_err(|e| Error::io(e, "rename: clear target"))?;
+                moved_away = Some(t);
+            }
+            UpperAt::Whiteout if src_dir => {
+                ops::unlinkat(newupdir, &r.cnew, 0)
+                    .map_err(|e| Error::io(e, "rename: clear whiteout"))?;
+            }
+            _ => {}
+        }
+        if let Err(e) = self.move_name(r, updir, newupdir, src_lower) {
+            if let Some(t) = &moved_away {
+                let _ = util::rename_noreplace(w, t, newupdir, &r.cnew);
+            }
+            return Err(Error::io(e, "rename"));
+        }
+        if let Some(t) = moved_away {
+            remove_tree(w, &t).map_err(|e| Error::io(e, "rename cleanup"))?;
+        }
+        if !src_dir && r.parent != r.newparent {
+            self.mark_impure(newupdir, &r.cnew);
+        }
+        // An aufs whiteout of the new name on this branch: the entry now hides it all.
+        if let Some(wh) = whiteout::aufs_name(r.newname) {
+            let _ = ops::unlinkat(newupdir, &wh, 0);
+        }
+        Ok(())
+    }
+
+    /// Moves `updir/name` to `newupdir/newname` for rename `r`, leaving a whiteout of the
+    /// mount's format where the source has a lower part (`src_lower`).
+    fn move_name(
+        &self,
+        r: &RenameEnds<'_>,
+        updir: BorrowedFd<'_>,
+        newupdir: BorrowedFd<'_>,
+        src_lower: bool,
+    ) -> std::io::Result<()> {
+        let (cname, cnew) = (&r.cname, &r.cnew);
+        if src_lower && self.aufs_whiteouts {
+            ops::renameat2(updir, cname, newupdir, cnew, 0).and_then(|()| {
+                make_aufs_whiteout(updir, r.name)
+                    .map_err(|e| std::io::Error::from_raw_os_error(e.errno))
+            })
+        } else if src_lower {
+            ops::renameat2(updir, cname, newupdir, cnew, libc::RENAME_WHITEOUT).or_else(|e| {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EOPNOTSUPP)
+                ) {
+                    ops::renameat2(updir, cname, newupdir, cnew, 0)
+                        .and_then(|()| ops::mknodat(updir, cname, libc::S_IFCHR, 0))
+                } else {
+                    Err(e)
+                }
+            })
+        } else {
+            ops::renameat2(updir, cname, newupdir, cnew, 0)
+        }
+    }
+
+    /// After rename `r`: the replaced file's node keeps its pinned inode and loses its
+    /// name; the moved nodes take their new places and keep their numbers.
+    fn renamed(
+        &self,
+        r: &RenameEnds<'_>,
+        replaced: Option<(Arc<Node>, OwnedFd)>,
+        src_node: &Arc<Node>,
+        dst_node: Option<&Arc<Node>>,
+    ) {
+        if let Some((node, fd)) = replaced {
+            node.loc_mut().pinned = Some(Arc::new(fd));
+            self.inodes.unname(&node);
+        }
+        self.inodes.relocate(src_node.id, r.newparent, r.newname);
+        self.keep_number(src_node, &r.npnode, &r.cnew);
+        if let Some(d) = dst_node {
+            self.inodes.relocate(d.id, r.parent, r.name);
+            self.keep_number(d, &r.pnode, &r.cname);
+        }
     }
 
     /// Marks upper directory `dir` `impure` (as the kernel's rename does) when its new entry
