@@ -424,9 +424,10 @@ impl UnionFs {
         let (updir, cname) = e.dest;
         if e.staged {
             self.place(d, n, updir, cname, e.is_dir)?;
-            changed = true; // a rename may move the ctime too
-                            // An aufs whiteout of the name on this branch has done its job: the new
-                            // entry hides what it hid.
+            // A rename may move the ctime too.
+            changed = true;
+            // An aufs whiteout of the name on this branch has done its job: the new
+            // entry hides what it hid.
             if let Some(wh) = whiteout::aufs_name(e.name) {
                 let _ = ops::unlinkat(updir, &wh, 0);
             }
