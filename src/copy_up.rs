@@ -405,13 +405,33 @@ impl UnionFs {
         } else {
             None
         };
-        let tmp = tmp_name();
         let w = work.as_fd();
+        let tmp = self.stage((&src, &st), w, want, meta_only)?;
+        let name = whiteout::c_name(&loc.name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        let (dirfd, pst, hex) =
+            self.place_staged(node, (&src, &st), w, &tmp, upper_parent.as_fd(), &name)?;
+        let impure = self.layers.marker("impure");
+        let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
+        let _ = copy_times(upper_parent.as_fd(), c".", &pst);
+        self.took_copy(node, t, dirfd, data_fd, hex, meta_only);
+        Ok(())
+    }
+
+    /// Builds the copy of `src` (stat `st`) under a new name in staging directory `w`, and
+    /// returns that name; on failure nothing of it is left there.
+    fn stage(
+        &self,
+        (src, st): (&crate::fs::Real, &Stat),
+        w: BorrowedFd<'_>,
+        want: CopyUp,
+        meta_only: bool,
+    ) -> Result<CString> {
+        let tmp = tmp_name();
         // The real type (an owner override may show a regular file as a device).
         let staged = self.stage_copy(
             Kind::from_mode(st.st_mode),
-            &src,
-            &st,
+            src,
+            st,
             w,
             &tmp,
             want,
@@ -421,22 +441,36 @@ impl UnionFs {
             let _ = remove_tree(w, &tmp);
             return Err(e);
         }
-        let name = whiteout::c_name(&loc.name).ok_or_else(|| Error::errno(libc::EINVAL))?;
+        Ok(tmp)
+    }
+
+    /// Places the staged copy `w/tmp` of `node` at `updir/name` (`place_copy`), keeping the
+    /// node's number for it. Returns a directory's new fd, the parent's stat from before
+    /// (to restore its times) and the index entry's name, if any. On failure the staged
+    /// copy is gone and the number not kept.
+    fn place_staged(
+        &self,
+        node: &Arc<Node>,
+        (src, st): (&crate::fs::Real, &Stat),
+        w: BorrowedFd<'_>,
+        tmp: &CStr,
+        updir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<(Option<Arc<OwnedFd>>, Stat, Option<CString>)> {
         let dirfd = if node.kind == Kind::Dir {
             Some(Arc::new(
-                sys::open_dir_path(w, &tmp).map_err(|e| Error::io(e, "copy-up open"))?,
+                sys::open_dir_path(w, tmp).map_err(|e| Error::io(e, "copy-up open"))?,
             ))
         } else {
             None
         };
         // A copy-up is not a change the user made: the parent keeps its times.
-        let pst = sys::fstatat(upper_parent.as_fd(), c".")
-            .map_err(|e| Error::io(e, "copy-up parent stat"))?;
+        let pst = sys::fstatat(updir, c".").map_err(|e| Error::io(e, "copy-up parent stat"))?;
         // The copy stays this node (see `UnionFs::renumbered`), whatever names it gets
         // later: recorded before the copy can be looked up.
         let number = match node.kind {
             Kind::Dir => None,
-            _ => sys::fstatat(w, &tmp)
+            _ => sys::fstatat(w, tmp)
                 .ok()
                 .map(|st| (st.st_dev, st.st_ino))
                 .filter(|&(dev, ino)| self.layers.ino(dev, ino) != node.id),
@@ -444,20 +478,31 @@ impl UnionFs {
         if let Some(key) = number {
             self.renumbered.insert(key, node.id);
         }
-        let placed = self.place_copy(node.kind, (&src, &st), w, &tmp, upper_parent.as_fd(), &name);
-        let hex = match placed {
-            Ok(hex) => hex,
+        let placed = self.place_copy(node.kind, (src, st), w, tmp, updir, name);
+        match placed {
+            Ok(hex) => Ok((dirfd, pst, hex)),
             Err(e) => {
                 if let Some(key) = number {
                     self.renumbered.remove(&key);
                 }
-                let _ = remove_tree(w, &tmp);
-                return Err(e);
+                let _ = remove_tree(w, tmp);
+                Err(e)
             }
-        };
-        let impure = self.layers.marker("impure");
-        let _ = xattr::set(upper_parent.as_fd(), c".", &impure, b"y", 0);
-        let _ = copy_times(upper_parent.as_fd(), c".", &pst);
+        }
+    }
+
+    /// After `node` was copied to writable layer `t`: its location takes the copy (its top
+    /// where `t` is above the old one; a directory's new part in layer order), handles move
+    /// to it where it holds the data now.
+    fn took_copy(
+        &self,
+        node: &Arc<Node>,
+        t: crate::layers::LayerId,
+        dirfd: Option<Arc<OwnedFd>>,
+        data_fd: Option<Arc<OwnedFd>>,
+        hex: Option<CString>,
+        meta_only: bool,
+    ) {
         let gained_dir = dirfd.is_some();
         let became_top = {
             let stack = self.layers.stack();
@@ -484,7 +529,6 @@ impl UnionFs {
         if !meta_only && became_top {
             self.switch_handles_to_upper(node.id);
         }
-        Ok(())
     }
 
     /// Puts the staged copy `w/tmp` of `src` (stat `st`) at `updir/name`: renamed there, or

@@ -27,7 +27,7 @@ use crate::error::{err, Error, Result};
 use crate::file::FileHandle;
 use crate::fileattr::Change;
 use crate::fs::{Caller, UnionFs};
-use crate::inode::{Kind, Loc, Node};
+use crate::inode::{Kind, Loc, NameGoing, Node, NodeKey};
 use crate::layers::{ROOT_INO, UPPER};
 use crate::lookup::{self, marker, Slot};
 use crate::readdir;
@@ -131,6 +131,55 @@ pub enum NewKind<'a> {
     File { flags: i32 },
 }
 
+/// The owner and permissions of a new entry (`UnionFs::new_perms`).
+struct NewPerms {
+    /// The owner, as stored.
+    uid: u32,
+    gid: u32,
+    /// Its permission bits, setuid/setgid included.
+    perm: u32,
+    /// The ACLs it inherits.
+    inherited: acl::Inherited,
+    /// The parent has a default ACL on the entry's branch.
+    default: bool,
+}
+
+/// A new entry being made (`UnionFs::create_entry`).
+struct NewEntry<'a> {
+    kind: &'a NewKind<'a>,
+    /// The mode asked for (its type bits make a node's type).
+    mode: u32,
+    name: &'a OsStr,
+    perms: NewPerms,
+    is_dir: bool,
+    /// It replaces a whiteout on its branch.
+    upper_whiteout: bool,
+    /// Built in the staging directory and renamed into place.
+    staged: bool,
+    /// Where it is made: `work/tmp`, or its final place.
+    at: (BorrowedFd<'a>, &'a CStr),
+    /// Its final place: the parent's directory on its branch, and its name.
+    dest: (BorrowedFd<'a>, &'a CStr),
+}
+
+/// A rename's two ends, resolved and checked before anything changes (`UnionFs::rename`).
+struct RenameEnds<'a> {
+    parent: u64,
+    name: &'a OsStr,
+    newparent: u64,
+    newname: &'a OsStr,
+    cname: CString,
+    cnew: CString,
+    pnode: Arc<Node>,
+    npnode: Arc<Node>,
+    src: lookup::Found,
+    src_key: NodeKey,
+    dst: Option<lookup::Found>,
+    dst_key: Option<NodeKey>,
+    exchange: bool,
+    noreplace: bool,
+}
+
 /// Makes a 0/0 character device at `dir/name` (fails if something is there).
 fn make_whiteout(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     ops::mknodat(dir, name, libc::S_IFCHR, 0).map_err(|e| Error::io(e, "whiteout"))
@@ -232,7 +281,51 @@ impl UnionFs {
         let seen = crate::inode::epoch();
         let cname = check_name(name)?;
         let pnode = self.dir_node(parent)?;
-        self.check_change(&pnode, Change::AddEntry)?;
+        let (t, upper_whiteout) = self.new_entry_target(&pnode, name, mode, &kind)?;
+        let work = self.staging_on(t)?;
+        let updir = self.dir_on(&pnode, t)?;
+        let ploc = pnode.loc();
+        let is_dir = matches!(kind, NewKind::Dir);
+        let p = self.new_perms(parent, updir.as_fd(), mode, umask, is_dir, caller)?;
+        // Staged also under `noacl` below a default ACL: made in place, the entry would
+        // inherit it from the upper's filesystem.
+        let staged = upper_whiteout || self.override_level.is_some() || (!self.acl && p.default);
+        let tmp = tmp_name();
+        // Where the entry is made: `work/tmp`, or its final place.
+        let at: (BorrowedFd<'_>, &CStr) = if staged {
+            (work.as_fd(), &tmp)
+        } else {
+            (updir.as_fd(), &cname)
+        };
+        let e = NewEntry {
+            kind: &kind,
+            mode,
+            name,
+            perms: p,
+            is_dir,
+            upper_whiteout,
+            staged,
+            at,
+            dest: (updir.as_fd(), &cname),
+        };
+        let (st, file) = self.build_entry(&e)?;
+        let found = self.found_new(t, updir.as_fd(), &cname, st, is_dir)?;
+        let attr = self.enter(parent, &ploc, name, found, seen)?;
+        let fh = self.new_entry_handle(&attr, file, kind);
+        Ok((attr, fh))
+    }
+
+    /// Where a new entry `name` of `pnode` goes: EEXIST where something shows there, EPERM
+    /// for a whiteout-shaped device; else the writable branch it is made on, and whether
+    /// it replaces a whiteout there.
+    fn new_entry_target(
+        &self,
+        pnode: &Arc<Node>,
+        name: &OsStr,
+        mode: u32,
+        kind: &NewKind<'_>,
+    ) -> Result<(crate::layers::LayerId, bool)> {
+        self.check_change(pnode, Change::AddEntry)?;
         let whiteout_at = match lookup::probe_create(&self.layers, &pnode.loc(), name)? {
             Slot::Taken => return err(libc::EEXIST),
             Slot::Free { whiteout } => whiteout,
@@ -248,10 +341,20 @@ impl UnionFs {
         let t = self
             .wbr
             .create_target(&self.layers, self.create, &pnode.loc(), whiteout_at)?;
-        let work = self.staging_on(t)?;
-        let upper_whiteout = whiteout_at == Some(t);
-        let updir = self.dir_on(&pnode, t)?;
-        let ploc = pnode.loc();
+        Ok((t, whiteout_at == Some(t)))
+    }
+
+    /// The owner, permission bits and ACLs of a new entry of `caller` in `parent` (whose
+    /// directory on the entry's branch is `updir`).
+    fn new_perms(
+        &self,
+        parent: u64,
+        updir: BorrowedFd<'_>,
+        mode: u32,
+        umask: u32,
+        is_dir: bool,
+        caller: Caller,
+    ) -> Result<NewPerms> {
         // The owner is the caller's ids as stored (mapped, the overflow id where no range
         // covers them); under a setgid directory the group is the directory's own, as
         // stored, whatever it shows as.
@@ -261,12 +364,9 @@ impl UnionFs {
         if sgid_parent {
             owner_gid = pst.st_gid;
         }
-        let is_dir = matches!(kind, NewKind::Dir);
         // The umask, or the parent's default ACL, as the upper filesystem would apply them
         // had the entry been created by the caller.
-        let stored_default = xattr::get(updir.as_fd(), c".", acl::DEFAULT_XATTR)
-            .ok()
-            .flatten();
+        let stored_default = xattr::get(updir, c".", acl::DEFAULT_XATTR).ok().flatten();
         let parent_default = stored_default
             .as_deref()
             .filter(|_| self.acl)
@@ -276,131 +376,163 @@ impl UnionFs {
         if is_dir && sgid_parent {
             perm |= libc::S_ISGID;
         }
-        // Staged also under `noacl` below a default ACL: made in place, the entry would
-        // inherit it from the upper's filesystem.
-        let staged = upper_whiteout
-            || self.override_level.is_some()
-            || (!self.acl && stored_default.is_some());
-        let tmp = tmp_name();
-        // Where the entry is made: `work/tmp`, or its final place.
-        let (d, n): (BorrowedFd<'_>, &CStr) = if staged {
-            (work.as_fd(), &tmp)
-        } else {
-            (updir.as_fd(), &cname)
-        };
+        Ok(NewPerms {
+            uid: owner_uid,
+            gid: owner_gid,
+            perm,
+            inherited,
+            default: stored_default.is_some(),
+        })
+    }
+
+    /// Makes new entry `e` complete (its stat, and the open file of a create); on failure
+    /// nothing this call made is left.
+    fn build_entry(&self, e: &NewEntry<'_>) -> Result<(sys::Stat, Option<OwnedFd>)> {
         let mut file: Option<OwnedFd> = None;
         // Set once the entry exists (so a failure removes only what this call made).
         let mut made = false;
-        let built: Result<sys::Stat> = (|| {
-            // Made with the permission bits only: setuid/setgid come with the chmod, after
-            // the owner (a crash in between leaves an entry of the daemon's, never a
-            // setuid one).
-            let first_mode = perm & 0o777;
-            match &kind {
-                NewKind::Dir => {
-                    ops::mkdirat(d, n, first_mode).map_err(|e| Error::io(e, "mkdir"))?
+        match self.build_steps(e, &mut file, &mut made) {
+            Ok(st) => Ok((st, file)),
+            Err(err) => {
+                // Staged: `work/tmp` goes. Made in place but not complete (e.g. no space
+                // for an ACL): gone again, as if the create had failed before it.
+                let (d, n) = e.at;
+                if e.staged || made {
+                    let _ = remove_tree(d, n);
                 }
-                NewKind::Node { rdev } => {
-                    ops::mknodat(d, n, (mode & libc::S_IFMT) | first_mode, *rdev)
-                        .map_err(|e| Error::io(e, "mknod"))?
-                }
-                NewKind::Symlink(target) => {
-                    let t = CString::new(*target).map_err(|_| Error::errno(libc::EINVAL))?;
-                    ops::symlinkat(&t, d, n).map_err(|e| Error::io(e, "symlink"))?
-                }
-                NewKind::File { flags } => {
-                    let f = sys::openat(
-                        d,
-                        n,
-                        (self.real_open_flags(*flags) & !libc::O_TRUNC)
-                            | libc::O_CREAT
-                            | libc::O_EXCL,
-                        first_mode,
-                    )
-                    .map_err(|e| Error::io(e, "create"))?;
-                    file = Some(f);
-                }
+                Err(err)
             }
-            made = true;
-            let mut st = match &file {
+        }
+    }
+
+    /// `build_entry`'s steps: made (`file`, `made` set as they are), given its owner and
+    /// permissions, marked opaque and placed where staged.
+    fn build_steps(
+        &self,
+        e: &NewEntry<'_>,
+        file: &mut Option<OwnedFd>,
+        made: &mut bool,
+    ) -> Result<sys::Stat> {
+        let (d, n) = e.at;
+        *file = self.make_new(e)?;
+        *made = true;
+        let mut st = match file.as_ref() {
+            Some(f) => sys::fstat(f.as_fd()),
+            None => sys::fstatat(d, n),
+        }
+        .map_err(|e| Error::io(e, "stat new entry"))?;
+        // Each change below moves the ctime: the entry is stat'ed again after one.
+        let mut changed = self.set_new_perms(e, &st)?;
+        if e.is_dir && e.upper_whiteout {
+            self.make_opaque(d, n)?;
+        }
+        let (updir, cname) = e.dest;
+        if e.staged {
+            self.place(d, n, updir, cname, e.is_dir)?;
+            // A rename may move the ctime too.
+            changed = true;
+            // An aufs whiteout of the name on this branch has done its job: the new
+            // entry hides what it hid.
+            if let Some(wh) = whiteout::aufs_name(e.name) {
+                let _ = ops::unlinkat(updir, &wh, 0);
+            }
+        }
+        if changed {
+            st = match file.as_ref() {
                 Some(f) => sys::fstat(f.as_fd()),
-                None => sys::fstatat(d, n),
+                None => sys::fstatat(updir, cname),
             }
             .map_err(|e| Error::io(e, "stat new entry"))?;
-            // Each change below moves the ctime: the entry is stat'ed again after one.
-            let mut changed = false;
-            // With xattr_permissions the owner and mode live in the override; the real
-            // entry stays the daemon's, owner-accessible, never setuid/setgid.
-            let overridden = self.override_new_entry(d, n, owner_uid, owner_gid, perm)?;
-            changed |= overridden;
-            if !overridden && (st.st_uid, st.st_gid) != (owner_uid, owner_gid) {
-                ops::fchownat(d, n, owner_uid, owner_gid)
-                    .map_err(|e| Error::io(e, "chown new entry"))?;
+        }
+        Ok(st)
+    }
+
+    /// Makes the object of new entry `e` at `e.at`; for a file, returns it open.
+    fn make_new(&self, e: &NewEntry<'_>) -> Result<Option<OwnedFd>> {
+        let (d, n) = e.at;
+        // Made with the permission bits only: setuid/setgid come with the chmod, after
+        // the owner (a crash in between leaves an entry of the daemon's, never a
+        // setuid one).
+        let first_mode = e.perms.perm & 0o777;
+        match e.kind {
+            NewKind::Dir => ops::mkdirat(d, n, first_mode).map_err(|e| Error::io(e, "mkdir"))?,
+            NewKind::Node { rdev } => {
+                ops::mknodat(d, n, (e.mode & libc::S_IFMT) | first_mode, *rdev)
+                    .map_err(|e| Error::io(e, "mknod"))?
+            }
+            NewKind::Symlink(target) => {
+                let t = CString::new(*target).map_err(|_| Error::errno(libc::EINVAL))?;
+                ops::symlinkat(&t, d, n).map_err(|e| Error::io(e, "symlink"))?
+            }
+            NewKind::File { flags } => {
+                let f = sys::openat(
+                    d,
+                    n,
+                    (self.real_open_flags(*flags) & !libc::O_TRUNC) | libc::O_CREAT | libc::O_EXCL,
+                    first_mode,
+                )
+                .map_err(|e| Error::io(e, "create"))?;
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Gives new entry `e` (stat `st`) its owner, mode and inherited ACLs; true where that
+    /// changed it.
+    fn set_new_perms(&self, e: &NewEntry<'_>, st: &sys::Stat) -> Result<bool> {
+        let (d, n) = e.at;
+        let p = &e.perms;
+        let mut changed = false;
+        // With xattr_permissions the owner and mode live in the override; the real
+        // entry stays the daemon's, owner-accessible, never setuid/setgid.
+        let overridden = self.override_new_entry(d, n, p.uid, p.gid, p.perm)?;
+        changed |= overridden;
+        if !overridden && (st.st_uid, st.st_gid) != (p.uid, p.gid) {
+            ops::fchownat(d, n, p.uid, p.gid).map_err(|e| Error::io(e, "chown new entry"))?;
+            changed = true;
+        }
+        if !matches!(e.kind, NewKind::Symlink(_)) {
+            let real_perm = if overridden {
+                (p.perm & 0o777) | 0o700
+            } else {
+                p.perm
+            };
+            if st.st_mode & 0o7777 != real_perm {
+                ops::fchmodat(d, n, real_perm).map_err(|e| Error::io(e, "chmod new entry"))?;
                 changed = true;
             }
-            if !matches!(kind, NewKind::Symlink(_)) {
-                let real_perm = if overridden {
-                    (perm & 0o777) | 0o700
-                } else {
-                    perm
-                };
-                if st.st_mode & 0o7777 != real_perm {
-                    ops::fchmodat(d, n, real_perm).map_err(|e| Error::io(e, "chmod new entry"))?;
+            for (attr, acl) in [
+                (acl::ACCESS_XATTR, &p.inherited.access),
+                (acl::DEFAULT_XATTR, &p.inherited.default),
+            ] {
+                if let Some(a) = acl {
+                    xattr::set(d, n, attr, &a.to_bytes(), 0)
+                        .map_err(|e| Error::io(e, "inherit ACL"))?;
                     changed = true;
                 }
-                for (attr, acl) in [
-                    (acl::ACCESS_XATTR, &inherited.access),
-                    (acl::DEFAULT_XATTR, &inherited.default),
-                ] {
-                    if let Some(a) = acl {
-                        xattr::set(d, n, attr, &a.to_bytes(), 0)
-                            .map_err(|e| Error::io(e, "inherit ACL"))?;
-                        changed = true;
-                    }
-                }
             }
-            if is_dir && upper_whiteout {
-                self.make_opaque(d, n)?;
-            }
-            if staged {
-                self.place(d, n, updir.as_fd(), &cname, is_dir)?;
-                changed = true; // a rename may move the ctime too
-                                // An aufs whiteout of the name on this branch has done its job: the new
-                                // entry hides what it hid.
-                if let Some(wh) = whiteout::aufs_name(name) {
-                    let _ = ops::unlinkat(updir.as_fd(), &wh, 0);
-                }
-            }
-            if changed {
-                st = match &file {
-                    Some(f) => sys::fstat(f.as_fd()),
-                    None => sys::fstatat(updir.as_fd(), &cname),
-                }
-                .map_err(|e| Error::io(e, "stat new entry"))?;
-            }
-            Ok(st)
-        })();
-        let st = match built {
-            Ok(st) => st,
-            Err(e) => {
-                if staged {
-                    let _ = remove_tree(work.as_fd(), &tmp);
-                } else if made {
-                    // Made in place but not complete (e.g. no space for an ACL): gone
-                    // again, as if the create had failed before it.
-                    let _ = remove_tree(updir.as_fd(), &cname);
-                }
-                return Err(e);
-            }
-        };
+        }
+        Ok(changed)
+    }
+
+    /// What a lookup of the new entry `updir/cname` (stat `st`) on branch `t` would find.
+    fn found_new(
+        &self,
+        t: crate::layers::LayerId,
+        updir: BorrowedFd<'_>,
+        cname: &CStr,
+        st: sys::Stat,
+        is_dir: bool,
+    ) -> Result<lookup::Found> {
         let dirs = if is_dir {
-            let fd = sys::open_dir_path(updir.as_fd(), &cname)
-                .map_err(|e| Error::io(e, "open new directory"))?;
+            let fd =
+                sys::open_dir_path(updir, cname).map_err(|e| Error::io(e, "open new directory"))?;
             vec![(t, Arc::new(fd))]
         } else {
             Vec::new()
         };
-        let found = lookup::Found {
+        Ok(lookup::Found {
             top: t,
             ino: self.layers.ino(st.st_dev, st.st_ino),
             st,
@@ -409,9 +541,17 @@ impl UnionFs {
             xattr_names: None,
             prot: crate::fileattr::PROT_KNOWN,
             index_alias: None,
-        };
-        let attr = self.enter(parent, &ploc, name, found, seen)?;
-        let fh = match (file, kind) {
+        })
+    }
+
+    /// The handle of a created file (`file`), guarded where it is setuid/setgid.
+    fn new_entry_handle(
+        &self,
+        attr: &Attr,
+        file: Option<OwnedFd>,
+        kind: NewKind<'_>,
+    ) -> Option<u64> {
+        match (file, kind) {
             (Some(fd), NewKind::File { flags }) => {
                 let fh = self.add_handle(attr.node, fd, flags, false);
                 if attr.perm as u32 & (libc::S_ISUID | libc::S_ISGID) != 0 {
@@ -420,8 +560,7 @@ impl UnionFs {
                 Some(fh)
             }
             _ => None,
-        };
-        Ok((attr, fh))
+        }
     }
 
     /// Writes the override of a new entry (`xattr_permissions`); false where none applies
@@ -554,8 +693,7 @@ impl UnionFs {
         let ploc = pnode.loc();
         // Found in a layer below `t`: the merged view shows it from there, so it takes a
         // whiteout (no need to probe the lowers again).
-        let needs_whiteout =
-            top != t || self.lower_positive(&ploc, t, (name, &cname), drop_copies);
+        let needs_whiteout = top != t || self.lower_positive(&ploc, t, (name, &cname), drop_copies);
         let node = self.inodes.find(&key).filter(|_| !dir);
         let was_pinned = node.as_ref().map(|n| n.loc.read().pinned.clone());
         if let Some(node) = &node {
@@ -817,6 +955,45 @@ impl UnionFs {
         flags: u32,
     ) -> Result<()> {
         self.check_writable()?;
+        let Some(r) = self.rename_ends(parent, name, newparent, newname, flags)? else {
+            return Ok(());
+        };
+        if !self.rename_allowed(&r)? {
+            return Ok(());
+        }
+        // The writable branch the rename happens on (`rename_branch`).
+        let t = self.rename_branch(
+            &r.pnode,
+            &r.src,
+            (&r.npnode, r.newname),
+            r.dst.as_ref(),
+            r.exchange,
+        )?;
+        let work = self.staging_on(t)?;
+        // Counted lookups give us nodes to copy up; released at the end.
+        let (src_node, dst_node) = self.rename_nodes(&r)?;
+        let (replaced, _going) = self.rename_replaced(&r);
+        let result = self.rename_on(&r, t, work.as_fd(), &src_node, dst_node.as_ref());
+        if result.is_ok() {
+            self.renamed(&r, replaced, &src_node, dst_node.as_ref());
+        }
+        self.forget(src_node.id, 1);
+        if let Some(d) = &dst_node {
+            self.forget(d.id, 1);
+        }
+        result
+    }
+
+    /// The two ends of a rename, resolved (the flags and names checked first); None where
+    /// a name is renamed to itself.
+    fn rename_ends<'a>(
+        &self,
+        parent: u64,
+        name: &'a OsStr,
+        newparent: u64,
+        newname: &'a OsStr,
+        flags: u32,
+    ) -> Result<Option<RenameEnds<'a>>> {
         let cname = check_name(name)?;
         let cnew = check_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -837,45 +1014,53 @@ impl UnionFs {
         }
         let dst_key = dst.as_mut().map(|d| self.identify(newparent, newname, d));
         if parent == newparent && name == newname {
-            return Ok(());
+            return Ok(None);
         }
+        Ok(Some(RenameEnds {
+            parent,
+            name,
+            newparent,
+            newname,
+            cname,
+            cnew,
+            pnode,
+            npnode,
+            src,
+            src_key,
+            dst,
+            dst_key,
+            exchange,
+            noreplace,
+        }))
+    }
+
+    /// Checks rename `r` before anything changes: its flags against the destination, the
+    /// types of the two ends, an empty destination directory, what the ends' protections
+    /// allow. False where it does nothing (two links of one inode).
+    fn rename_allowed(&self, r: &RenameEnds<'_>) -> Result<bool> {
         // redirect_dir=off: a directory with a lower part stays where it is (the kernel's
         // `ovl_can_move`); mv(1) copies it instead.
         let has_lower = |f: &lookup::Found| f.is_dir() && f.dirs.iter().any(|(l, _)| *l != UPPER);
         if self.no_dir_redirects
-            && (has_lower(&src) || (exchange && dst.as_ref().is_some_and(has_lower)))
+            && (has_lower(&r.src) || (r.exchange && r.dst.as_ref().is_some_and(has_lower)))
         {
             return err(libc::EXDEV);
         }
-        match (&dst, exchange, noreplace) {
+        match (&r.dst, r.exchange, r.noreplace) {
             (None, true, _) => return err(libc::ENOENT),
             (Some(_), _, true) => return err(libc::EEXIST),
             (Some(d), false, false) => {
-                if dst_key.as_ref() == Some(&src_key) {
+                if r.dst_key.as_ref() == Some(&r.src_key) {
                     // Two links to one inode: rename(2) does nothing. (Two names of a
                     // lower file with several links are two inodes, as in the kernel
                     // overlayfs: the source is copied up and replaces the other name.)
-                    return Ok(());
+                    return Ok(false);
                 }
-                match (src.is_dir(), d.is_dir()) {
+                match (r.src.is_dir(), d.is_dir()) {
                     (true, false) => return err(libc::ENOTDIR),
                     (false, true) => return err(libc::EISDIR),
-                    (true, true) => {
-                        let dloc = Loc {
-                            parent: newparent,
-                            name: newname.to_os_string(),
-                            top: d.top,
-                            dirs: d.dirs.clone(),
-                            data: None,
-                            pinned: None,
-                            staged: None,
-                            lower_attr: None,
-                            lower_xattrs: None,
-                            indexed: None,
-                        };
-                        if readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2 {
-                            return err(libc::ENOTEMPTY);
-                        }
+                    (true, true) if self.lists_entries(r.newparent, r.newname, d)? => {
+                        return err(libc::ENOTEMPTY);
                     }
                     _ => {}
                 }
@@ -883,160 +1068,224 @@ impl UnionFs {
             _ => {}
         }
         self.check_rename(
-            &pnode,
-            &npnode,
-            (&src, &cname),
-            dst.as_ref().map(|d| (d, &*cnew)),
+            &r.pnode,
+            &r.npnode,
+            (&r.src, &r.cname),
+            r.dst.as_ref().map(|d| (d, &*r.cnew)),
         )?;
-        // The writable branch the rename happens on (`rename_branch`).
-        let t = self.rename_branch(&pnode, &src, (&npnode, newname), dst.as_ref(), exchange)?;
-        let work = self.staging_on(t)?;
-        let w = work.as_fd();
-        // Counted lookups give us nodes to copy up; released at the end.
-        let src_attr = self.lookup(parent, name)?;
+        Ok(true)
+    }
+
+    /// Does directory `d` (found at `name` in `parent`) list anything but `.` and `..`?
+    fn lists_entries(&self, parent: u64, name: &OsStr, d: &lookup::Found) -> Result<bool> {
+        let dloc = Loc {
+            parent,
+            name: name.to_os_string(),
+            top: d.top,
+            dirs: d.dirs.clone(),
+            data: None,
+            pinned: None,
+            staged: None,
+            lower_attr: None,
+            lower_xattrs: None,
+            indexed: None,
+        };
+        Ok(readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2)
+    }
+
+    /// The nodes of rename `r`'s source and, for an exchange, its destination: counted
+    /// lookups (the caller forgets them).
+    fn rename_nodes(&self, r: &RenameEnds<'_>) -> Result<(Arc<Node>, Option<Arc<Node>>)> {
+        let src_attr = self.lookup(r.parent, r.name)?;
         let src_node = self.node(src_attr.node)?;
-        let dst_node = match &dst {
-            Some(_) if exchange => {
-                let a = self.lookup(newparent, newname)?;
+        let dst_node = match &r.dst {
+            Some(_) if r.exchange => {
+                let a = self.lookup(r.newparent, r.newname)?;
                 Some(self.node(a.node)?)
             }
             _ => None,
         };
+        Ok((src_node, dst_node))
+    }
+
+    /// The file rename `r` replaces, if the kernel holds its node: the node with its real
+    /// inode pinned, and the guard of its going name.
+    fn rename_replaced(
+        &self,
+        r: &RenameEnds<'_>,
+    ) -> (Option<(Arc<Node>, OwnedFd)>, Option<NameGoing>) {
         // A file replaced by the rename keeps its node if the kernel holds it (an open
         // file, another hard link): pin its real inode first, or the node would go on
         // naming the place the source now takes.
-        let replaced = match (&dst, &dst_key) {
-            (Some(d), Some(key)) if !exchange && !d.is_dir() => {
+        let replaced = match (&r.dst, &r.dst_key) {
+            (Some(d), Some(key)) if !r.exchange && !d.is_dir() => {
                 self.inodes.find(key).and_then(|node| {
-                    npnode
+                    r.npnode
                         .loc()
                         .dir_in(d.top)
-                        .and_then(|dir| sys::openat(dir.as_fd(), &cnew, libc::O_PATH, 0).ok())
+                        .and_then(|dir| sys::openat(dir.as_fd(), &r.cnew, libc::O_PATH, 0).ok())
                         .map(|fd| (node, fd))
                 })
             }
             _ => None,
         };
         // The replaced file's link count in the kernel must settle (inode.rs).
-        let _going = match (&dst, &dst_key) {
-            (Some(d), Some(key)) if !exchange && !d.is_dir() => {
+        let going = match (&r.dst, &r.dst_key) {
+            (Some(d), Some(key)) if !r.exchange && !d.is_dir() => {
                 self.inodes.find(key).map(|n| n.name_going())
             }
             _ => None,
         };
-        let result = (|| -> Result<()> {
-            let updir = self.dir_on(&pnode, t)?;
-            let newupdir = self.dir_on(&npnode, t)?;
-            if !exchange && dst.as_ref().is_some_and(|d| !d.is_dir() && d.top == t) {
-                self.drop_number(newupdir.as_fd(), &cnew);
-            }
-            self.copy_up(&src_node, CopyUp::Data)?;
-            if let Some(d) = &dst_node {
-                self.copy_up(d, CopyUp::Data)?;
-            }
-            let on_t = |n: &Arc<Node>| n.loc.read().top == t;
-            if !on_t(&src_node) || dst_node.as_ref().is_some_and(|d| !on_t(d)) {
-                return err(libc::EXDEV);
-            }
-            let ploc = pnode.loc();
-            let nploc = npnode.loc();
-            let src_lower = self.lower_positive(&ploc, t, (name, &cname), false);
-            if src_node.is_dir() {
-                self.prepare_dir_move(&src_node, &nploc, newname, &cnew)?;
-            }
-            if let Some(d) = &dst_node {
-                if d.is_dir() {
-                    self.prepare_dir_move(d, &ploc, name, &cname)?;
-                }
-            }
-            if exchange {
-                return ops::renameat2(
-                    updir.as_fd(),
-                    &cname,
-                    newupdir.as_fd(),
-                    &cnew,
-                    libc::RENAME_EXCHANGE,
-                )
-                .map_err(|e| Error::io(e, "rename exchange"));
-            }
-            // Clear the destination's upper entry if it is a directory (it may hold
-            // whiteouts) or a whiteout that a directory can't replace.
-            let mut moved_away: Option<CString> = None;
-            match upper_at(newupdir.as_fd(), &cnew)? {
-                UpperAt::Entry if dst.as_ref().is_some_and(|d| d.is_dir() && d.top == t) => {
-                    let t = tmp_name();
-                    util::rename_noreplace(newupdir.as_fd(), &cnew, w, &t)
-                        .map_err(|e| Error::io(e, "rename: clear target"))?;
-                    moved_away = Some(t);
-                }
-                UpperAt::Whiteout if src_node.is_dir() => {
-                    ops::unlinkat(newupdir.as_fd(), &cnew, 0)
-                        .map_err(|e| Error::io(e, "rename: clear whiteout"))?;
-                }
-                _ => {}
-            }
-            let r = if src_lower && self.aufs_whiteouts {
-                ops::renameat2(updir.as_fd(), &cname, newupdir.as_fd(), &cnew, 0).and_then(|()| {
-                    make_aufs_whiteout(updir.as_fd(), name)
-                        .map_err(|e| std::io::Error::from_raw_os_error(e.errno))
-                })
-            } else if src_lower {
-                ops::renameat2(
-                    updir.as_fd(),
-                    &cname,
-                    newupdir.as_fd(),
-                    &cnew,
-                    libc::RENAME_WHITEOUT,
-                )
-                .or_else(|e| {
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EOPNOTSUPP)
-                    ) {
-                        ops::renameat2(updir.as_fd(), &cname, newupdir.as_fd(), &cnew, 0)
-                            .and_then(|()| ops::mknodat(updir.as_fd(), &cname, libc::S_IFCHR, 0))
-                    } else {
-                        Err(e)
-                    }
-                })
-            } else {
-                ops::renameat2(updir.as_fd(), &cname, newupdir.as_fd(), &cnew, 0)
-            };
-            if let Err(e) = r {
-                if let Some(t) = &moved_away {
-                    let _ = util::rename_noreplace(w, t, newupdir.as_fd(), &cnew);
-                }
-                return Err(Error::io(e, "rename"));
-            }
-            if let Some(t) = moved_away {
-                remove_tree(w, &t).map_err(|e| Error::io(e, "rename cleanup"))?;
-            }
-            if !src_node.is_dir() && parent != newparent {
-                self.mark_impure(newupdir.as_fd(), &cnew);
-            }
-            // An aufs whiteout of the new name on this branch: the entry now hides it all.
-            if let Some(wh) = whiteout::aufs_name(newname) {
-                let _ = ops::unlinkat(newupdir.as_fd(), &wh, 0);
-            }
-            Ok(())
-        })();
-        if result.is_ok() {
-            if let Some((node, fd)) = replaced {
-                node.loc_mut().pinned = Some(Arc::new(fd));
-                self.inodes.unname(&node);
-            }
-            self.inodes.relocate(src_node.id, newparent, newname);
-            self.keep_number(&src_node, &npnode, &cnew);
-            if let Some(d) = &dst_node {
-                self.inodes.relocate(d.id, parent, name);
-                self.keep_number(d, &pnode, &cname);
+        (replaced, going)
+    }
+
+    /// Rename `r` on writable branch `t` (staging directory `w`): both ends' nodes copied
+    /// there first, directories prepared for their move, then one exchange or a rename
+    /// that may leave a whiteout.
+    fn rename_on(
+        &self,
+        r: &RenameEnds<'_>,
+        t: crate::layers::LayerId,
+        w: BorrowedFd<'_>,
+        src_node: &Arc<Node>,
+        dst_node: Option<&Arc<Node>>,
+    ) -> Result<()> {
+        let updir = self.dir_on(&r.pnode, t)?;
+        let newupdir = self.dir_on(&r.npnode, t)?;
+        if !r.exchange && r.dst.as_ref().is_some_and(|d| !d.is_dir() && d.top == t) {
+            self.drop_number(newupdir.as_fd(), &r.cnew);
+        }
+        self.copy_up(src_node, CopyUp::Data)?;
+        if let Some(d) = dst_node {
+            self.copy_up(d, CopyUp::Data)?;
+        }
+        let on_t = |n: &Arc<Node>| n.loc.read().top == t;
+        if !on_t(src_node) || dst_node.is_some_and(|d| !on_t(d)) {
+            return err(libc::EXDEV);
+        }
+        let ploc = r.pnode.loc();
+        let nploc = r.npnode.loc();
+        let src_lower = self.lower_positive(&ploc, t, (r.name, &r.cname), false);
+        if src_node.is_dir() {
+            self.prepare_dir_move(src_node, &nploc, r.newname, &r.cnew)?;
+        }
+        if let Some(d) = dst_node {
+            if d.is_dir() {
+                self.prepare_dir_move(d, &ploc, r.name, &r.cname)?;
             }
         }
-        self.forget(src_node.id, 1);
-        if let Some(d) = &dst_node {
-            self.forget(d.id, 1);
+        if r.exchange {
+            return ops::renameat2(
+                updir.as_fd(),
+                &r.cname,
+                newupdir.as_fd(),
+                &r.cnew,
+                libc::RENAME_EXCHANGE,
+            )
+            .map_err(|e| Error::io(e, "rename exchange"));
         }
-        result
+        let dirs = (updir.as_fd(), newupdir.as_fd());
+        self.rename_over(r, t, dirs, w, src_node.is_dir(), src_lower)
+    }
+
+    /// The rename (no exchange) of `r` from `updir` to `newupdir` on branch `t`: over the
+    /// destination's upper entry, leaving a whiteout where the source has a lower part
+    /// (`src_lower`).
+    fn rename_over(
+        &self,
+        r: &RenameEnds<'_>,
+        t: crate::layers::LayerId,
+        (updir, newupdir): (BorrowedFd<'_>, BorrowedFd<'_>),
+        w: BorrowedFd<'_>,
+        src_dir: bool,
+        src_lower: bool,
+    ) -> Result<()> {
+        // Clear the destination's upper entry if it is a directory (it may hold
+        // whiteouts) or a whiteout that a directory can't replace.
+        let mut moved_away: Option<CString> = None;
+        match upper_at(newupdir, &r.cnew)? {
+            UpperAt::Entry if r.dst.as_ref().is_some_and(|d| d.is_dir() && d.top == t) => {
+                let t = tmp_name();
+                util::rename_noreplace(newupdir, &r.cnew, w, &t)
+                    .map_err(|e| Error::io(e, "rename: clear target"))?;
+                moved_away = Some(t);
+            }
+            UpperAt::Whiteout if src_dir => {
+                ops::unlinkat(newupdir, &r.cnew, 0)
+                    .map_err(|e| Error::io(e, "rename: clear whiteout"))?;
+            }
+            _ => {}
+        }
+        if let Err(e) = self.move_name(r, updir, newupdir, src_lower) {
+            if let Some(t) = &moved_away {
+                let _ = util::rename_noreplace(w, t, newupdir, &r.cnew);
+            }
+            return Err(Error::io(e, "rename"));
+        }
+        if let Some(t) = moved_away {
+            remove_tree(w, &t).map_err(|e| Error::io(e, "rename cleanup"))?;
+        }
+        if !src_dir && r.parent != r.newparent {
+            self.mark_impure(newupdir, &r.cnew);
+        }
+        // An aufs whiteout of the new name on this branch: the entry now hides it all.
+        if let Some(wh) = whiteout::aufs_name(r.newname) {
+            let _ = ops::unlinkat(newupdir, &wh, 0);
+        }
+        Ok(())
+    }
+
+    /// Moves `updir/name` to `newupdir/newname` for rename `r`, leaving a whiteout of the
+    /// mount's format where the source has a lower part (`src_lower`).
+    fn move_name(
+        &self,
+        r: &RenameEnds<'_>,
+        updir: BorrowedFd<'_>,
+        newupdir: BorrowedFd<'_>,
+        src_lower: bool,
+    ) -> std::io::Result<()> {
+        let (cname, cnew) = (&r.cname, &r.cnew);
+        if src_lower && self.aufs_whiteouts {
+            ops::renameat2(updir, cname, newupdir, cnew, 0).and_then(|()| {
+                make_aufs_whiteout(updir, r.name)
+                    .map_err(|e| std::io::Error::from_raw_os_error(e.errno))
+            })
+        } else if src_lower {
+            ops::renameat2(updir, cname, newupdir, cnew, libc::RENAME_WHITEOUT).or_else(|e| {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EOPNOTSUPP)
+                ) {
+                    ops::renameat2(updir, cname, newupdir, cnew, 0)
+                        .and_then(|()| ops::mknodat(updir, cname, libc::S_IFCHR, 0))
+                } else {
+                    Err(e)
+                }
+            })
+        } else {
+            ops::renameat2(updir, cname, newupdir, cnew, 0)
+        }
+    }
+
+    /// After rename `r`: the replaced file's node keeps its pinned inode and loses its
+    /// name; the moved nodes take their new places and keep their numbers.
+    fn renamed(
+        &self,
+        r: &RenameEnds<'_>,
+        replaced: Option<(Arc<Node>, OwnedFd)>,
+        src_node: &Arc<Node>,
+        dst_node: Option<&Arc<Node>>,
+    ) {
+        if let Some((node, fd)) = replaced {
+            node.loc_mut().pinned = Some(Arc::new(fd));
+            self.inodes.unname(&node);
+        }
+        self.inodes.relocate(src_node.id, r.newparent, r.newname);
+        self.keep_number(src_node, &r.npnode, &r.cnew);
+        if let Some(d) = dst_node {
+            self.inodes.relocate(d.id, r.parent, r.name);
+            self.keep_number(d, &r.pnode, &r.cname);
+        }
     }
 
     /// Marks upper directory `dir` `impure` (as the kernel's rename does) when its new entry

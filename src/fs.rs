@@ -174,6 +174,23 @@ pub struct UnionFs {
     pub(crate) changing: Mutex<()>,
 }
 
+/// `udba=notify`: the inotify watches (None otherwise, or where inotify is not available:
+/// every directory is then checked on access).
+fn udba_watches(cfg: &Config) -> Option<Arc<crate::watch::Watches>> {
+    match cfg.udba {
+        crate::types::Udba::Notify => match crate::watch::Watches::new(cfg.udba_max_watches) {
+            Ok(w) => Some(Arc::new(w)),
+            Err(e) => {
+                log::warn!(
+                    "udba=notify: no inotify instance ({e}): every directory is checked on access, as with udba=reval"
+                );
+                None
+            }
+        },
+        _ => None,
+    }
+}
+
 impl UnionFs {
     /// For unit tests: a union of `lower` under `upper` (work dir `work`, mount point `mnt`,
     /// never mounted) with `extra` mount options, parsed and validated as the CLI does.
@@ -218,18 +235,7 @@ impl UnionFs {
                 std::os::fd::AsFd::as_fd(&**w),
             )?));
         }
-        let watches = match cfg.udba {
-            crate::types::Udba::Notify => match crate::watch::Watches::new(cfg.udba_max_watches) {
-                Ok(w) => Some(Arc::new(w)),
-                Err(e) => {
-                    log::warn!(
-                        "udba=notify: no inotify instance ({e}): every directory is checked on access, as with udba=reval"
-                    );
-                    None
-                }
-            },
-            _ => None,
-        };
+        let watches = udba_watches(cfg);
         let fs = UnionFs {
             inodes: InodeTable::new(root),
             volatile: cfg.volatile,
@@ -283,16 +289,22 @@ impl UnionFs {
             log::warn!("index=on: off for a mount started read-only (also after remount,rw)");
         }
         if fs.nfs_export {
-            // New generations differ from an earlier mount's (a number per second, read back
-            // ones raise it further: export.rs).
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            fs.inodes.keep_ghosts(((secs as u32) << 10) | 1);
-            fs.load_ghosts();
+            fs.start_ghosts();
         }
         Ok(fs)
+    }
+
+    /// `nfs_export=on`: keeps a ghost of every node the kernel forgets from now on, with
+    /// generations seeded from the clock, and loads the ghosts the last unmount wrote.
+    fn start_ghosts(&self) {
+        // New generations differ from an earlier mount's (a number per second, read back
+        // ones raise it further: export.rs).
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.inodes.keep_ghosts(((secs as u32) << 10) | 1);
+        self.load_ghosts();
     }
 
     /// Does some layer show owner/mode overrides?

@@ -382,69 +382,90 @@ fn lower_read_level(cfg: &Config, l: &Layer) -> Option<crate::types::Level> {
     cfg.xattr_permissions.or(detected)
 }
 
+/// The upper, its workdir (none without an upper) and their in-use locks.
+type UpperWork = (Option<Layer>, Option<Arc<OwnedFd>>, Vec<OwnedFd>);
+
+/// The upper and its workdir (none without an upper), with their in-use locks.
+fn open_upper(cfg: &Config) -> Result<UpperWork> {
+    let upper = match &cfg.upperdir {
+        Some(p) => Some(open_layer(UPPER, "upperdir", p, Mode::Rw)?),
+        None => None,
+    };
+    let work = match (&upper, &cfg.workdir) {
+        (Some(_), Some(w)) => {
+            Some(Arc::new(sys::open_host_dir(w).map_err(|e| {
+                Error::io(e, format!("workdir {}", w.display()))
+            })?))
+        }
+        _ => None,
+    };
+    // Before anything in the workdir is touched (copy_up::prepare_staging empties it).
+    let mut in_use = Vec::new();
+    if let (Some(u), Some(w), Some(wp)) = (&upper, &work, &cfg.workdir) {
+        in_use.push(lock_in_use("upperdir", &u.path, &u.root)?);
+        in_use.push(lock_in_use("workdir", wp, w)?);
+    }
+    Ok((upper, work, in_use))
+}
+
+/// The lowers (and writable branches below the upper) of `cfg`, highest first.
+fn open_lowers(cfg: &Config) -> Result<Vec<Arc<Layer>>> {
+    let mut lowers = Vec::with_capacity(cfg.lowerdirs.len());
+    for (i, p) in cfg.lowerdirs.iter().enumerate() {
+        let what = if cfg.lower_mode(i) == Mode::Rw {
+            "branch"
+        } else {
+            "lowerdir"
+        };
+        lowers.push(Arc::new(open_branch(
+            cfg,
+            i + 1,
+            what,
+            p,
+            cfg.lower_mode(i),
+        )?));
+    }
+    Ok(lowers)
+}
+
+/// Reaches upper `u` and workdir `w` (at `wp`) through a private mount with the atime
+/// options of `cfg`; where none can be made, keeps the host's policy or applies ours in
+/// the daemon.
+fn private_upper(cfg: &Config, u: &mut Layer, w: &mut Arc<OwnedFd>, wp: &Path) {
+    let want = Policy::from_config(cfg);
+    match privatize_upper(u, w, wp, want.mount_attrs()) {
+        Ok((ur, wr)) => {
+            u.root = Arc::new(ur);
+            *w = Arc::new(wr);
+        }
+        Err(e) => {
+            let host = sys::fstatvfs(u.root.as_fd())
+                .map(|v| Policy::from_statvfs_flags(v.f_flag))
+                .ok();
+            if host != Some(want) {
+                // The host mount would apply another policy: keep it out (O_NOATIME
+                // where permitted) and apply ours in the daemon.
+                u.noatime_opens = true;
+                u.daemon_atime = Some(want);
+            }
+            log::info!(
+                "upperdir {}: no private mount with the atime options ({e}); host policy {host:?}, wanted {want:?}: {}",
+                u.path.display(),
+                if host == Some(want) { "the host applies it" } else { "the daemon applies it" }
+            );
+        }
+    }
+}
+
 impl Layers {
     /// Opens every branch named by the configuration.
     pub fn open(cfg: &Config) -> Result<Layers> {
-        let upper = match &cfg.upperdir {
-            Some(p) => Some(open_layer(UPPER, "upperdir", p, Mode::Rw)?),
-            None => None,
-        };
-        let work = match (&upper, &cfg.workdir) {
-            (Some(_), Some(w)) => {
-                Some(Arc::new(sys::open_host_dir(w).map_err(|e| {
-                    Error::io(e, format!("workdir {}", w.display()))
-                })?))
-            }
-            _ => None,
-        };
-        // Before anything in the workdir is touched (copy_up::prepare_staging empties it).
-        let mut in_use = Vec::new();
-        if let (Some(u), Some(w), Some(wp)) = (&upper, &work, &cfg.workdir) {
-            in_use.push(lock_in_use("upperdir", &u.path, &u.root)?);
-            in_use.push(lock_in_use("workdir", wp, w)?);
-        }
-        let mut lowers = Vec::with_capacity(cfg.lowerdirs.len());
-        for (i, p) in cfg.lowerdirs.iter().enumerate() {
-            let what = if cfg.lower_mode(i) == Mode::Rw {
-                "branch"
-            } else {
-                "lowerdir"
-            };
-            lowers.push(Arc::new(open_branch(
-                cfg,
-                i + 1,
-                what,
-                p,
-                cfg.lower_mode(i),
-            )?));
-        }
+        let (mut upper, mut work, in_use) = open_upper(cfg)?;
+        let lowers = open_lowers(cfg)?;
         let n_lowers = lowers.len();
-        let (mut upper, mut work) = (upper, work);
         if let (Some(u), Some(w), Some(wp)) = (upper.as_mut(), work.as_mut(), cfg.workdir.as_ref())
         {
-            let want = Policy::from_config(cfg);
-            match privatize_upper(u, w, wp, want.mount_attrs()) {
-                Ok((ur, wr)) => {
-                    u.root = Arc::new(ur);
-                    *w = Arc::new(wr);
-                }
-                Err(e) => {
-                    let host = sys::fstatvfs(u.root.as_fd())
-                        .map(|v| Policy::from_statvfs_flags(v.f_flag))
-                        .ok();
-                    if host != Some(want) {
-                        // The host mount would apply another policy: keep it out (O_NOATIME
-                        // where permitted) and apply ours in the daemon.
-                        u.noatime_opens = true;
-                        u.daemon_atime = Some(want);
-                    }
-                    log::info!(
-                        "upperdir {}: no private mount with the atime options ({e}); host policy {host:?}, wanted {want:?}: {}",
-                        u.path.display(),
-                        if host == Some(want) { "the host applies it" } else { "the daemon applies it" }
-                    );
-                }
-            }
+            private_upper(cfg, u, w, wp);
         }
         if let Some(u) = upper.as_mut() {
             u.read_level = cfg.xattr_permissions;

@@ -18,7 +18,7 @@
 //!   (`origin.rs`) whatever the entry's name now is, or, for an empty origin (none
 //!   recorded), the entry of the same name below.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -221,6 +221,252 @@ fn decoded_ino(layers: &Layers, v: &[u8], st: &sys::Stat) -> Option<u64> {
     }
 }
 
+/// What one place tells the search.
+enum Step {
+    /// Look at the next place.
+    Next,
+    /// The search is over.
+    Done,
+    /// Look again below this place, at the new `Search::target`.
+    Redirect,
+}
+
+/// One place the search looks at: entry `n` (stat `st`) in directory `dir` of `layer`.
+struct Place<'a> {
+    layer: LayerId,
+    dir: BorrowedFd<'a>,
+    n: &'a CStr,
+    st: Stat,
+    /// The layer is writable (`Stack::writable`): its entries are read as upper entries.
+    writable: bool,
+    /// The layer's whiteouts and opaque markers count (`Stack::whiteouts`).
+    honours: bool,
+    /// The markers of a non-directory (see `Search::at`).
+    own: Option<Markers>,
+}
+
+/// The state of one resolution: what is found so far and where it looks next.
+struct Search {
+    found: Option<Found>,
+    /// Upper entries copied up from a lower keep the lower's inode number.
+    want_origin: bool,
+    origin_ino: Option<u64>,
+    metacopy: bool,
+    target: Target,
+    after: Option<LayerId>,
+    /// The layer whose whiteout ended the search.
+    whiteout_at: Option<LayerId>,
+}
+
+impl Search {
+    /// A whiteout in `layer` ends the search; it is the one a create replaces when
+    /// nothing was found above it.
+    fn whiteout_in(&mut self, layer: LayerId) -> Step {
+        if self.found.is_none() {
+            self.whiteout_at = Some(layer);
+        }
+        Step::Done
+    }
+
+    /// Goes on below at the target of `redirect`, if it has one; else at the next place.
+    fn redirect(&mut self, redirect: Option<Vec<u8>>) -> Result<Step> {
+        Ok(match redirect_target(redirect.as_deref())? {
+            Some(t) => {
+                self.target = t;
+                Step::Redirect
+            }
+            None => Step::Next,
+        })
+    }
+
+    /// Looks at `n` in `dir`, a place of `layer`; `more`: other places follow it.
+    fn at(
+        &mut self,
+        layers: &Layers,
+        stack: &Stack,
+        (layer, dir, n): (LayerId, BorrowedFd<'_>, &CStr),
+        more: bool,
+    ) -> Result<Step> {
+        let honours = stack.whiteouts(layer);
+        let st = match sys::fstatat(dir, n) {
+            Ok(st) => st,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                // An aufs whiteout only hides what is below it: in the last place
+                // searched there is nothing below (the search ends here either way).
+                if more
+                    && honours
+                    && whiteout::has_aufs_whiteout(dir, OsStr::from_bytes(n.to_bytes()))
+                {
+                    // (An upper in the aufs format: a new entry there must still hide
+                    // what the `.wh.` name hid.)
+                    return Ok(self.whiteout_in(layer));
+                }
+                return Ok(Step::Next);
+            }
+            Err(e) => return Err(Error::io(e, "lookup")),
+        };
+        if whiteout::is_whiteout_stat(&st) {
+            if !honours {
+                return Ok(Step::Next);
+            }
+            return Ok(self.whiteout_in(layer));
+        }
+        // Markers of a non-directory, read once: the upper's origin, a regular file's
+        // metacopy and redirect, an empty file's whiteout.
+        let writable = stack.writable(layer);
+        let own = (!is_dir(&st) && (writable || is_reg(&st))).then(|| Markers::of(dir, n));
+        if is_reg(&st)
+            && st.st_size == 0
+            && own.as_ref().is_some_and(|m| m.has(dir, n, "whiteout"))
+            && whiteout::dir_opaque(dir) == Opaque::XattrWhiteouts
+        {
+            return Ok(if honours { Step::Done } else { Step::Next });
+        }
+        let p = Place {
+            layer,
+            dir,
+            n,
+            st,
+            writable,
+            honours,
+            own,
+        };
+        match self.found.as_ref().map(Found::is_dir) {
+            None if is_dir(&st) => self.first_dir(&p),
+            None => self.first_other(layers, &p),
+            Some(true) => self.further_dir(layers, &p),
+            Some(false) => self.further_other(layers, &p),
+        }
+    }
+
+    /// The first entry found is a directory: it merges with those below, unless opaque.
+    fn first_dir(&mut self, p: &Place<'_>) -> Result<Step> {
+        let fd = Arc::new(sys::open_dir_path(p.dir, p.n).map_err(|e| Error::io(e, "lookup dir"))?);
+        let mk = Markers::of(fd.as_fd(), c".");
+        let opaque = p.honours && mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
+        if p.writable {
+            self.want_origin = mk.has(fd.as_fd(), c".", "origin");
+        }
+        let redirect = mk.get(fd.as_fd(), c".", "redirect");
+        let prot = upper_prot(p.writable, &mk, fd.as_fd(), c".");
+        self.found = Some(Found {
+            top: p.layer,
+            st: p.st,
+            dirs: vec![(p.layer, fd)],
+            data: None,
+            ino: 0,
+            xattr_names: (!p.writable).then(|| mk.names()).flatten(),
+            prot,
+            index_alias: None,
+        });
+        if opaque {
+            return Ok(Step::Done);
+        }
+        self.redirect(redirect)
+    }
+
+    /// The first entry found is not a directory: it hides everything below, which is
+    /// only looked at for its origin's number and a metacopy file's data.
+    fn first_other(&mut self, layers: &Layers, p: &Place<'_>) -> Result<Step> {
+        let (dir, n) = (p.dir, p.n);
+        // The upper's own link count does not matter (all its names share
+        // the marker, so they share the number, and linking or unlinking
+        // one must not renumber the file under the kernel's feet); the
+        // origin's does, below.
+        let none = Markers::none();
+        let mk = p.own.as_ref().unwrap_or(&none);
+        if p.writable && mk.has(dir, n, "origin") {
+            // A recorded handle decides alone (decodable or not); an
+            // empty origin is looked for at the same name below.
+            match mk.get(dir, n, "origin") {
+                Some(v) if !v.is_empty() => {
+                    self.origin_ino = decoded_ino(layers, &v, &p.st);
+                }
+                _ => self.want_origin = true,
+            }
+        }
+        self.metacopy = is_reg(&p.st) && mk.has(dir, n, "metacopy");
+        let redirect = if self.metacopy {
+            mk.get(dir, n, "redirect")
+        } else {
+            None
+        };
+        self.found = Some(Found {
+            top: p.layer,
+            st: p.st,
+            dirs: Vec::new(),
+            data: None,
+            ino: 0,
+            xattr_names: (!p.writable).then(|| mk.names()).flatten(),
+            prot: upper_prot(p.writable, mk, dir, n),
+            index_alias: None,
+        });
+        if !self.want_origin && !self.metacopy {
+            return Ok(Step::Done);
+        }
+        self.redirect(redirect)
+    }
+
+    /// A directory below the found one: merged with it, unless a non-directory (which
+    /// ends the merge) or opaque (the last merged).
+    fn further_dir(&mut self, layers: &Layers, p: &Place<'_>) -> Result<Step> {
+        if !is_dir(&p.st) {
+            return Ok(Step::Done);
+        }
+        if self.want_origin && self.origin_ino.is_none() {
+            self.origin_ino = Some(layers.ino(p.st.st_dev, p.st.st_ino));
+        }
+        let fd = Arc::new(sys::open_dir_path(p.dir, p.n).map_err(|e| Error::io(e, "lookup dir"))?);
+        let mk = Markers::of(fd.as_fd(), c".");
+        let opaque = p.honours && mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
+        let redirect = mk.get(fd.as_fd(), c".", "redirect");
+        if let Some(f) = self.found.as_mut() {
+            f.dirs.push((p.layer, fd));
+        }
+        if opaque {
+            return Ok(Step::Done);
+        }
+        self.redirect(redirect)
+    }
+
+    /// An entry below the found non-directory.
+    fn further_other(&mut self, layers: &Layers, p: &Place<'_>) -> Result<Step> {
+        let Some(f) = self.found.as_mut() else {
+            return Ok(Step::Done); // (never: called once something is found)
+        };
+        let (dir, n) = (p.dir, p.n);
+        // A non-directory looking further down: for its origin's number and,
+        // if metacopy, for the file that holds its data.
+        if (f.st.st_mode & libc::S_IFMT) == (p.st.st_mode & libc::S_IFMT) {
+            if self.want_origin && self.origin_ino.is_none() {
+                // A hard-linked lower file may have been copied up to several
+                // upper files: those can't all take its number (as the
+                // kernel: only an origin with one link lends its number).
+                if p.st.st_nlink == 1 {
+                    self.origin_ino = Some(layers.ino(p.st.st_dev, p.st.st_ino));
+                } else {
+                    self.want_origin = false;
+                }
+            }
+            if self.metacopy && f.data.is_none() {
+                let fd = sys::openat(dir, n, libc::O_PATH, 0)
+                    .map_err(|e| Error::io(e, "metacopy data"))?;
+                // A lower that is itself metacopy points further down.
+                let lower_mc = p.own.as_ref().is_some_and(|m| m.has(dir, n, "metacopy"));
+                if !lower_mc {
+                    f.data = Some(Arc::new(fd));
+                }
+            }
+        }
+        let done_origin = !self.want_origin || self.origin_ino.is_some();
+        let done_data = !self.metacopy || f.data.is_some();
+        if done_origin && done_data {
+            return Ok(Step::Done);
+        }
+        Ok(Step::Next)
+    }
+}
+
 /// `lookup`, also setting `whiteout` to the layer whose whiteout ended the search.
 /// Entries in a writable layer (`Stack::writable`: the upper, or a writable branch below
 /// it) are read as the kernel reads upper entries (their origin, protattr), and nothing of
@@ -235,203 +481,36 @@ fn resolve(
         return Ok(None);
     }
     let cname = CString::new(name.as_bytes()).map_err(|_| Error::errno(libc::EINVAL))?;
-    let mut found: Option<Found> = None;
-    // Upper entries copied up from a lower keep the lower's inode number.
-    let mut want_origin = false;
-    let mut origin_ino: Option<u64> = None;
-    let mut metacopy = false;
-    let mut target = Target::Name(cname);
-    let mut after: Option<LayerId> = None;
+    let mut s = Search {
+        found: None,
+        want_origin: false,
+        origin_ino: None,
+        metacopy: false,
+        target: Target::Name(cname),
+        after: None,
+        whiteout_at: *whiteout_at,
+    };
     let stack = layers.stack();
 
     'layers: loop {
-        let places = candidates(&stack, parent, &target, after);
+        let places = candidates(&stack, parent, &s.target, s.after);
         if places.is_empty() {
             break;
         }
         let last = places.len().saturating_sub(1);
         for (k, (layer, dir, n)) in places.into_iter().enumerate() {
-            after = Some(layer);
-            let honours = stack.whiteouts(layer);
-            let st = match sys::fstatat(dir.as_fd(), &n) {
-                Ok(st) => st,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-                    // An aufs whiteout only hides what is below it: in the last place
-                    // searched there is nothing below (the search ends here either way).
-                    if k < last
-                        && honours
-                        && whiteout::has_aufs_whiteout(dir.as_fd(), OsStr::from_bytes(n.as_bytes()))
-                    {
-                        // (An upper in the aufs format: a new entry there must still hide
-                        // what the `.wh.` name hid.)
-                        if found.is_none() {
-                            *whiteout_at = Some(layer);
-                        }
-                        break 'layers;
-                    }
-                    continue;
-                }
-                Err(e) => return Err(Error::io(e, "lookup")),
-            };
-            if whiteout::is_whiteout_stat(&st) {
-                if !honours {
-                    continue;
-                }
-                if found.is_none() {
-                    *whiteout_at = Some(layer);
-                }
-                break 'layers;
-            }
-            // Markers of a non-directory, read once: the upper's origin, a regular file's
-            // metacopy and redirect, an empty file's whiteout.
-            let writable = stack.writable(layer);
-            let own =
-                (!is_dir(&st) && (writable || is_reg(&st))).then(|| Markers::of(dir.as_fd(), &n));
-            if is_reg(&st)
-                && st.st_size == 0
-                && own
-                    .as_ref()
-                    .is_some_and(|m| m.has(dir.as_fd(), &n, "whiteout"))
-                && whiteout::dir_opaque(dir.as_fd()) == Opaque::XattrWhiteouts
-            {
-                if honours {
-                    break 'layers;
-                }
-                continue;
-            }
-            match &mut found {
-                None => {
-                    if is_dir(&st) {
-                        let fd = Arc::new(
-                            sys::open_dir_path(dir.as_fd(), &n)
-                                .map_err(|e| Error::io(e, "lookup dir"))?,
-                        );
-                        let mk = Markers::of(fd.as_fd(), c".");
-                        let opaque = honours && mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
-                        if writable {
-                            want_origin = mk.has(fd.as_fd(), c".", "origin");
-                        }
-                        let redirect = mk.get(fd.as_fd(), c".", "redirect");
-                        let prot = upper_prot(writable, &mk, fd.as_fd(), c".");
-                        found = Some(Found {
-                            top: layer,
-                            st,
-                            dirs: vec![(layer, fd)],
-                            data: None,
-                            ino: 0,
-                            xattr_names: (!writable).then(|| mk.names()).flatten(),
-                            prot,
-                            index_alias: None,
-                        });
-                        if opaque {
-                            break 'layers;
-                        }
-                        if let Some(t) = redirect_target(redirect.as_deref())? {
-                            target = t;
-                            continue 'layers;
-                        }
-                    } else {
-                        // The upper's own link count does not matter (all its names share
-                        // the marker, so they share the number, and linking or unlinking
-                        // one must not renumber the file under the kernel's feet); the
-                        // origin's does, below.
-                        let none = Markers::none();
-                        let mk = own.as_ref().unwrap_or(&none);
-                        if writable && mk.has(dir.as_fd(), &n, "origin") {
-                            // A recorded handle decides alone (decodable or not); an
-                            // empty origin is looked for at the same name below.
-                            match mk.get(dir.as_fd(), &n, "origin") {
-                                Some(v) if !v.is_empty() => {
-                                    origin_ino = decoded_ino(layers, &v, &st);
-                                }
-                                _ => want_origin = true,
-                            }
-                        }
-                        metacopy = is_reg(&st) && mk.has(dir.as_fd(), &n, "metacopy");
-                        let redirect = if metacopy {
-                            mk.get(dir.as_fd(), &n, "redirect")
-                        } else {
-                            None
-                        };
-                        found = Some(Found {
-                            top: layer,
-                            st,
-                            dirs: Vec::new(),
-                            data: None,
-                            ino: 0,
-                            xattr_names: (!writable).then(|| mk.names()).flatten(),
-                            prot: upper_prot(writable, mk, dir.as_fd(), &n),
-                            index_alias: None,
-                        });
-                        if !want_origin && !metacopy {
-                            break 'layers;
-                        }
-                        if let Some(t) = redirect_target(redirect.as_deref())? {
-                            target = t;
-                            continue 'layers;
-                        }
-                    }
-                }
-                Some(f) if f.is_dir() => {
-                    if !is_dir(&st) {
-                        break 'layers;
-                    }
-                    if want_origin && origin_ino.is_none() {
-                        origin_ino = Some(layers.ino(st.st_dev, st.st_ino));
-                    }
-                    let fd = Arc::new(
-                        sys::open_dir_path(dir.as_fd(), &n)
-                            .map_err(|e| Error::io(e, "lookup dir"))?,
-                    );
-                    let mk = Markers::of(fd.as_fd(), c".");
-                    let opaque = honours && mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
-                    let redirect = mk.get(fd.as_fd(), c".", "redirect");
-                    f.dirs.push((layer, fd));
-                    if opaque {
-                        break 'layers;
-                    }
-                    if let Some(t) = redirect_target(redirect.as_deref())? {
-                        target = t;
-                        continue 'layers;
-                    }
-                }
-                Some(f) => {
-                    // A non-directory looking further down: for its origin's number and,
-                    // if metacopy, for the file that holds its data.
-                    if (f.st.st_mode & libc::S_IFMT) == (st.st_mode & libc::S_IFMT) {
-                        if want_origin && origin_ino.is_none() {
-                            // A hard-linked lower file may have been copied up to several
-                            // upper files: those can't all take its number (as the
-                            // kernel: only an origin with one link lends its number).
-                            if st.st_nlink == 1 {
-                                origin_ino = Some(layers.ino(st.st_dev, st.st_ino));
-                            } else {
-                                want_origin = false;
-                            }
-                        }
-                        if metacopy && f.data.is_none() {
-                            let fd = sys::openat(dir.as_fd(), &n, libc::O_PATH, 0)
-                                .map_err(|e| Error::io(e, "metacopy data"))?;
-                            // A lower that is itself metacopy points further down.
-                            let lower_mc = own
-                                .as_ref()
-                                .is_some_and(|m| m.has(dir.as_fd(), &n, "metacopy"));
-                            if !lower_mc {
-                                f.data = Some(Arc::new(fd));
-                            }
-                        }
-                    }
-                    let done_origin = !want_origin || origin_ino.is_some();
-                    let done_data = !metacopy || f.data.is_some();
-                    if done_origin && done_data {
-                        break 'layers;
-                    }
-                }
+            s.after = Some(layer);
+            match s.at(layers, &stack, (layer, dir.as_fd(), &n), k < last)? {
+                Step::Next => {}
+                Step::Done => break 'layers,
+                Step::Redirect => continue 'layers,
             }
         }
         break;
     }
-    Ok(found.map(|mut f| {
+    *whiteout_at = s.whiteout_at;
+    let origin_ino = s.origin_ino;
+    Ok(s.found.map(|mut f| {
         f.ino = origin_ino.unwrap_or_else(|| layers.ino(f.st.st_dev, f.st.st_ino));
         f
     }))

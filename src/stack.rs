@@ -167,41 +167,8 @@ impl UnionFs {
         let plan =
             branch::plan(&cur, ops, &canon_outside).map_err(|e| Error::new(libc::EINVAL, e))?;
         let stack = self.layers.stack();
-        for (id, force) in &plan.removed {
-            if *force {
-                continue;
-            }
-            if let Some(what) = self.branch_user(*id, mount_dev) {
-                let path = stack
-                    .lower(*id)
-                    .map(|l| l.path.display().to_string())
-                    .unwrap_or_default();
-                return Err(Error::new(
-                    libc::EBUSY,
-                    format!("{path}: in use ({what}); del!:{path} removes it anyway"),
-                ));
-            }
-        }
-        let mut lowers = Vec::with_capacity(plan.lowers.len());
-        for p in &plan.lowers {
-            let l = match p.id.and_then(|id| stack.lower(id)) {
-                Some(l) if l.mode == p.mode => l.clone(),
-                // To or from writable: reached through another mount, with a staging
-                // directory (`layers::open_branch`); the same id.
-                Some(l) if l.mode == Mode::Rw || p.mode == Mode::Rw => {
-                    Arc::new(self.layers.reopen_lower(cfg, l, p.mode)?)
-                }
-                Some(l) => Arc::new(Layer {
-                    mode: p.mode,
-                    ..Layer::clone(l)
-                }),
-                None => Arc::new(self.layers.open_lower(cfg, &p.path, p.mode)?),
-            };
-            if l.read_level.is_some() {
-                self.shows_overrides.store(true, Ordering::Relaxed);
-            }
-            lowers.push(l);
-        }
+        self.check_removable(&stack, &plan.removed, mount_dev)?;
+        let lowers = self.open_planned(cfg, &stack, &plan.lowers)?;
         let lowerdirs = lowers.iter().map(|l| l.path.clone()).collect();
         let inval = {
             let t = std::time::Instant::now();
@@ -232,6 +199,63 @@ impl UnionFs {
             inval,
             lowerdirs,
         })
+    }
+
+    /// EBUSY unless every branch of `removed` that is not forced out is unused
+    /// (`branch_user`).
+    fn check_removable(
+        &self,
+        stack: &Stack,
+        removed: &[(LayerId, bool)],
+        mount_dev: Option<u64>,
+    ) -> Result<()> {
+        for (id, force) in removed {
+            if *force {
+                continue;
+            }
+            if let Some(what) = self.branch_user(*id, mount_dev) {
+                let path = stack
+                    .lower(*id)
+                    .map(|l| l.path.display().to_string())
+                    .unwrap_or_default();
+                return Err(Error::new(
+                    libc::EBUSY,
+                    format!("{path}: in use ({what}); del!:{path} removes it anyway"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The lowers of the new stack, in order: those of `stack` kept (or reopened for a
+    /// new mode), new ones opened.
+    fn open_planned(
+        &self,
+        cfg: &Config,
+        stack: &Stack,
+        planned: &[Planned],
+    ) -> Result<Vec<Arc<Layer>>> {
+        let mut lowers = Vec::with_capacity(planned.len());
+        for p in planned {
+            let l = match p.id.and_then(|id| stack.lower(id)) {
+                Some(l) if l.mode == p.mode => l.clone(),
+                // To or from writable: reached through another mount, with a staging
+                // directory (`layers::open_branch`); the same id.
+                Some(l) if l.mode == Mode::Rw || p.mode == Mode::Rw => {
+                    Arc::new(self.layers.reopen_lower(cfg, l, p.mode)?)
+                }
+                Some(l) => Arc::new(Layer {
+                    mode: p.mode,
+                    ..Layer::clone(l)
+                }),
+                None => Arc::new(self.layers.open_lower(cfg, &p.path, p.mode)?),
+            };
+            if l.read_level.is_some() {
+                self.shows_overrides.store(true, Ordering::Relaxed);
+            }
+            lowers.push(l);
+        }
+        Ok(lowers)
     }
 
     /// What uses branch `id`, if anything (see the module docs).
