@@ -667,28 +667,8 @@ impl UnionFs {
         // index=on: a name shown from the index entry is in its lower layer only.
         let alias = found.index_alias.clone();
         let top = alias.as_ref().map(|a| a.lower).unwrap_or(found.top);
-        // Removed in place where its top layer is writable, else hidden by a whiteout on
-        // the writable branch the copy-up policy picks above it (EROFS where none is).
-        let t = if self.layers.writable(top) {
-            top
-        } else {
-            self.wbr
-                .copy_up_target(&self.layers, self.cpup, top, &ploc)?
-        };
+        let (t, drop_copies) = self.removal_branch(&ploc, (parent, name), &found, top, dir)?;
         let work = self.staging_on(t)?;
-        if dir {
-            let floc = Loc::new(parent, name.to_os_string(), found.top, found.dirs.clone());
-            if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
-                return err(libc::ENOTEMPTY);
-            }
-        }
-        // A directory merged from several writable branches goes from each of them.
-        let drop_copies = dir
-            && top == t
-            && found
-                .dirs
-                .iter()
-                .any(|(l, _)| *l != t && self.layers.writable(*l));
         let updir = self.dir_on(&pnode, t)?;
         let ploc = pnode.loc();
         // Found in a layer below `t`: the merged view shows it from there, so it takes a
@@ -734,6 +714,40 @@ impl UnionFs {
             _ => {}
         }
         r
+    }
+
+    /// Where a removal of `found` (top layer `top`) happens: in place where its top layer
+    /// is writable, else by a whiteout on the writable branch the copy-up policy picks
+    /// above it (EROFS where none is); and whether a directory merged from several
+    /// writable branches goes from the others too. ENOTEMPTY for a directory that lists
+    /// anything.
+    fn removal_branch(
+        &self,
+        ploc: &Loc,
+        (parent, name): (u64, &OsStr),
+        found: &lookup::Found,
+        top: crate::layers::LayerId,
+        dir: bool,
+    ) -> Result<(crate::layers::LayerId, bool)> {
+        let t = if self.layers.writable(top) {
+            top
+        } else {
+            self.wbr
+                .copy_up_target(&self.layers, self.cpup, top, ploc)?
+        };
+        if dir {
+            let floc = Loc::new(parent, name.to_os_string(), found.top, found.dirs.clone());
+            if readdir::list(&self.layers, &floc, 0, 0)?.len() > 2 {
+                return err(libc::ENOTEMPTY);
+            }
+        }
+        let drop_copies = dir
+            && top == t
+            && found
+                .dirs
+                .iter()
+                .any(|(l, _)| *l != t && self.layers.writable(*l));
+        Ok((t, drop_copies))
     }
 
     /// The branch side of `remove`: unlink/rmdir in the writable branch (`in_place`: the
