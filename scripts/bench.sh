@@ -405,6 +405,20 @@ mount_impl() {
 
 result() { printf 'R\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5"; }
 
+# stratafs_stats MNT [reset]: the daemon's request counters (src/stats.rs) as one line
+# "TRANSPORT TOTAL CLASSIC RING" (or, with reset, clears them).
+stratafs_stats() {
+  python3 - "$@" <<'EOF' 2>/dev/null
+import os, sys
+m = sys.argv[1]
+if len(sys.argv) > 2:
+    os.setxattr(m, "user.stratafs.stats", b"reset")
+    sys.exit(0)
+c = dict(l.split() for l in os.getxattr(m, "user.stratafs.stats").decode().splitlines())
+print(c["transport"], c["total"], c.get("requests_classic", "-"), c.get("requests_io_uring", "-"))
+EOF
+}
+
 rss_mb() {
   local kb
   kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null)
@@ -459,6 +473,7 @@ cell() {
       t0=$(now); timeout "$T" find "$mnt" -printf '%p %s %m %u %T@\n' >/dev/null || ok=0; t1=$(now) ;;
     walk_warm)
       find "$mnt" -printf '%p %s %m %u %T@\n' >/dev/null
+      case "$impl" in stratafs*) stratafs_stats "$mnt" reset ;; esac
       t0=$(now); timeout "$T" find "$mnt" -printf '%p %s %m %u %T@\n' >/dev/null || ok=0; t1=$(now) ;;
     ls_lR)
       t0=$(now); timeout "$T" ls -lR "$mnt" >/dev/null 2>&1 || ok=0; t1=$(now) ;;
@@ -529,10 +544,16 @@ cell() {
       ok=skip ;;
     *) log "unknown workload $wl"; ok=0; t0=0; t1=0 ;;
   esac
+  # The requests the workload cost and the transport that carried them (a mount meant for
+  # the ring that fell back would show here): "C TAG WORKLOAD RUN TRANSPORT TOTAL CLASSIC RING"
+  # (the report reads only the R lines).
+  local counts=""
+  case "$impl" in stratafs*) counts=$(stratafs_stats "$mnt") ;; esac
+  [ -n "$counts" ] && printf 'C\t%s\t%s\t%s\t%s\n' "$tag" "$wl" "$run" "${counts// /$'\t'}"
   if [ "$ok" != skip ]; then
     if [ "$ok" = 1 ]; then
       result "$tag" "$wl" "$run" "$wl" "$(elapsed "$t0" "$t1")"
-      log "$tag $wl run $run: $(elapsed "$t0" "$t1") s"
+      log "$tag $wl run $run: $(elapsed "$t0" "$t1") s${counts:+ (requests: $counts)}"
     else
       result "$tag" "$wl" "$run" "$wl" fail
       log "$tag $wl run $run: FAILED (log: $logf)"
