@@ -41,6 +41,10 @@
 #   fio_read      fio sequential read of the 1 GiB lower file (host page cache warm), 1 MiB blocks
 #   fio_randread  fio 4 KiB random reads, 128 MiB worth, from the 1 GiB lower file (cache warm)
 #   build         make -j2 of a 64-file C project whose sources are in the lower layer
+#   fsx           fsx (crates.io 0.2.0, installed with cargo if missing) -N 20000 -S 1 -f
+#                 tests/fsx/long.toml on a new file: the time of 20,000 random reads, writes,
+#                 truncates and mapped writes (the ratio to the kernel is the inverse of the
+#                 ops/s ratio; not part of the default set)
 #   stall         append 1 byte to the 3 GiB lower file (copy-up; page cache warm) while
 #                 stat(2)ing a not yet looked-up file every 20 ms; reports the slowest stat
 #                 and the copy-up time
@@ -516,6 +520,10 @@ cell() {
     build)
       t0=$(now); timeout "$T" make -s -C "$b/cproj" -j2 >/dev/null 2>&1 || ok=0; t1=$(now)
       [ -x "$b/cproj/app" ] || ok=0 ;;
+    fsx)
+      t0=$(now)
+      timeout "$T" fsx -q -N 20000 -S 1 -f "$ROOT/tests/fsx/long.toml" "$mnt/fsx.new" >"$r.fsx" 2>&1 || ok=0
+      t1=$(now) ;;
     stall)
       cat "$DATA/base/$BENCHSUB/big3g" >/dev/null
       if out=$(timeout "$T" python3 -c "$STALL_PY" "$b/big3g" "$b/stat" "$NSTAT"); then
@@ -604,7 +612,7 @@ wl_label = {
  "append_hl": "append to lower hard links (copy-up)",
  "write_1b": "1-byte write to 1 GiB lower file", "rm_rf": "rm -rf lower subtree",
  "fio_write": "fio seq write 1 GiB", "fio_read": "fio seq read 1 GiB", "fio_randread": "fio 4k random read",
- "build": "C build (make -j2)", "stall_max": "stat during 3 GiB copy-up (max, ms)", "copyup_3g": "3 GiB copy-up (append 1 byte)",
+ "build": "C build (make -j2)", "fsx": "fsx, 20,000 ops on a new file", "stall_max": "stat during 3 GiB copy-up (max, ms)", "copyup_3g": "3 GiB copy-up (append 1 byte)",
  "rss_start": "daemon RSS at start (MB)", "rss_find": "daemon RSS after find (MB)", "rss_drop": "daemon RSS after drop_caches (MB)"}
 def med(i, w):
     v = vals.get((i, w))
@@ -704,7 +712,10 @@ main() {
   fi
   local i w
   for i in $impls; do case " $ALL_IMPLS " in *" $i "*) ;; *) die "unknown implementation: $i (one of: $ALL_IMPLS)" ;; esac; done
-  for w in $workloads; do case " $ALL_WORKLOADS " in *" $w "*) ;; *) die "unknown workload: $w (one of: $ALL_WORKLOADS)" ;; esac; done
+  for w in $workloads; do case " $ALL_WORKLOADS fsx " in *" $w "*) ;; *) die "unknown workload: $w (one of: $ALL_WORKLOADS fsx)" ;; esac; done
+  case " $workloads " in
+    *" fsx "*) command -v fsx >/dev/null || cargo install --locked --version 0.2.0 fsx || die "cargo install fsx failed" ;;
+  esac
 
   local start=$SECONDS
   case " $impls " in
