@@ -5,7 +5,7 @@
 # `cargo install fuse-overlayfs`) as the overlay driver's mount_program, and the native
 # overlay driver (the kernel overlayfs); rootful and rootless (the user stratafs-podman).
 #
-#   scripts/bench-podman.sh [--runs N] [--drivers native,stratafs,fo110,fo2]
+#   scripts/bench-podman.sh [--runs N] [--drivers native,stratafs,stratafs-uring,stratafs-classic,fo110,fo2]
 #                           [--modes rootful,rootless] [--markdown FILE] [--report]
 #
 # Run as root from the repository. Each cell (mode, driver, run) starts from an empty private
@@ -25,6 +25,10 @@
 #   commit   podman commit of the (stopped) apt container
 #   build    podman build of the 12-step Containerfile of scripts/podman-lib.sh FROM the
 #            committed image (its step 10 removes git), the archives bind-mounted as above
+# stratafs-uring and stratafs-classic are stratafs with `-o io_uring` and `-o noio_uring` (a
+# wrapper as mount_program); with stratafs-uring among the drivers the fuse module's
+# enable_uring is Y for the run (the old value back at exit), so plain `stratafs` (which
+# takes the ring when the kernel offers it) is then on the ring too.
 # Drivers take turns in each run, rootful then rootless, the order rotated by one each run;
 # the table gives the medians and the ratios. With stratafs the daemon's own counters
 # (src/stats.rs: getfattr -n user.stratafs.stats on the container's root mount; reset before
@@ -66,7 +70,7 @@ done
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive number"
 # Raw figures, written as the run goes (--report makes the tables again from them).
 results="$repo/target/bench-podman.tsv" counts="$repo/target/bench-podman-counts.tsv" why="$repo/target/bench-podman-why.tsv"
-for d in $drivers; do case "$d" in native | stratafs | fo110 | fo2) ;; *) die "unknown driver $d" ;; esac; done
+for d in $drivers; do case "$d" in native | stratafs | stratafs-uring | stratafs-classic | fo110 | fo2) ;; *) die "unknown driver $d" ;; esac; done
 for m in $modes; do case "$m" in rootful | rootless) ;; *) die "unknown mode $m" ;; esac; done
 # report: the tables, from the raw figures.
 report() {
@@ -78,7 +82,8 @@ for line in open(res):
     mode, drv, run, wl, v = line.rstrip("\n").split("\t")
     if v == "fail": fails[mode, drv, wl] += 1
     else: vals[mode, drv, wl].append(float(v))
-label = {"native": "native overlay (kernel)", "stratafs": "stratafs", "fo110": "fuse-overlayfs 1.10", "fo2": "fuse-overlayfs 2.0"}
+label = {"native": "native overlay (kernel)", "stratafs": "stratafs", "stratafs-uring": "stratafs io_uring", "stratafs-classic": "stratafs /dev/fuse",
+         "fo110": "fuse-overlayfs 1.10", "fo2": "fuse-overlayfs 2.0"}
 wls = [("import", "podman import"), ("untar", "untar of the rootfs tarball in a container"),
        ("apt", "apt-get install (install part)"), ("commit", "podman commit"), ("build", "podman build, 12 steps")]
 med = lambda m, d, w: statistics.median(vals[m, d, w]) if vals.get((m, d, w)) else None
@@ -111,10 +116,16 @@ for mode in modes:
     out.append("")
 # request counts: median over the runs, per kind
 c = collections.defaultdict(list)
+seen = []
 for line in open(cnt):
-    mode, run, wl, op, v = line.rstrip("\n").split("\t")
-    c[mode, wl, op].append(int(v))
-cols = [(m, w) for m in modes for w in ("untar", "apt") if any(k[0] == m and k[1] == w for k in c)]
+    p = line.rstrip("\n").split("\t")
+    if len(p) == 5: p.insert(1, "stratafs") # written before the driver was recorded
+    mode, drv, run, wl, op, v = p
+    if not v.isdigit(): continue # the "transport" line
+    key = mode if drv == "stratafs" else f"{mode}, {label.get(drv, drv)}"
+    c[key, wl, op].append(int(v))
+    if (key, wl) not in seen: seen.append((key, wl))
+cols = [(m, w) for m0 in modes for w in ("untar", "apt") for (m, w1) in seen if w1 == w and m.split(",")[0] == m0]
 if cols:
     ops = []
     for (m, w, op) in c:
@@ -177,7 +188,7 @@ secs() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 # (podman refuses a runroot path longer than 50 characters: short names)
 scratch=$(mktemp -d /var/tmp/sbp.XXXXXX)
 chmod 0755 "$scratch"
-fuse_mode_restore=
+fuse_mode_restore= uring_restore=
 cleanup() {
   local rc=$? f
   while IFS= read -r f; do
@@ -186,6 +197,7 @@ cleanup() {
   unmount_below "$scratch"
   remove_scratch "$scratch" || note "left $scratch behind"
   [ -n "$fuse_mode_restore" ] && chmod "$fuse_mode_restore" /dev/fuse
+  [ -n "$uring_restore" ] && printf '%s\n' "$uring_restore" >/sys/module/fuse/parameters/enable_uring
   exit "$rc"
 }
 trap cleanup EXIT
@@ -194,9 +206,20 @@ trap 'exit 130' INT TERM
 # The mount programs, world-readable copies in the scratch directory (the rootless user runs them).
 install -m 0755 "$bin" "$scratch/stratafs"
 case " $drivers " in *" fo2 "*) install -m 0755 "$fo2" "$scratch/fuse-overlayfs-2" ;; esac
+for t in uring:io_uring classic:noio_uring; do
+  printf '#!/bin/sh\nexec %s -o %s "$@"\n' "$scratch/stratafs" "${t#*:}" >"$scratch/stratafs-${t%%:*}"
+  chmod 0755 "$scratch/stratafs-${t%%:*}"
+done
+case " $drivers " in
+  *" stratafs-uring "*)
+    p=/sys/module/fuse/parameters/enable_uring
+    [ -w "$p" ] || die "stratafs-uring: $p is missing (a kernel without FUSE over io_uring)"
+    uring_restore=$(cat "$p")
+    printf 'Y\n' >"$p" || die "cannot set $p" ;;
+esac
 mount_program() {
   case "$1" in
-    stratafs) echo "$scratch/stratafs" ;; fo110) echo /usr/bin/fuse-overlayfs ;; fo2) echo "$scratch/fuse-overlayfs-2" ;;
+    stratafs | stratafs-uring | stratafs-classic) echo "$scratch/$1" ;; fo110) echo /usr/bin/fuse-overlayfs ;; fo2) echo "$scratch/fuse-overlayfs-2" ;;
   esac
 }
 pd_driver() { case "$1" in native) echo native ;; *) echo fuse-overlayfs ;; esac; }
@@ -287,12 +310,12 @@ timed() {
 counted() {
   local mode=$1 driver=$2 run=$3 wl=$4 c=$5 rc
   shift 5
-  if [ "$driver" = stratafs ]; then stats "$mode" "$c" reset || note "could not reset the counters"; fi
+  case "$driver" in stratafs*) stats "$mode" "$c" reset || note "could not reset the counters" ;; esac
   timed "$mode" "$driver" "$run" "$wl" "$@"
   rc=$?
-  if [ "$driver" = stratafs ]; then
-    stats "$mode" "$c" read 2>/dev/null | awk -v p="$mode	$run	$wl" 'NF == 2 { print p "\t" $1 "\t" $2 }' >>"$counts"
-  fi
+  case "$driver" in
+    stratafs*) stats "$mode" "$c" read 2>/dev/null | awk -v p="$mode	$driver	$run	$wl" 'NF == 2 { print p "\t" $1 "\t" $2 }' >>"$counts" ;;
+  esac
   return $rc
 }
 

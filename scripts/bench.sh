@@ -41,6 +41,10 @@
 #   fio_read      fio sequential read of the 1 GiB lower file (host page cache warm), 1 MiB blocks
 #   fio_randread  fio 4 KiB random reads, 128 MiB worth, from the 1 GiB lower file (cache warm)
 #   build         make -j2 of a 64-file C project whose sources are in the lower layer
+#   fsx           fsx (crates.io 0.2.0, installed with cargo if missing) -N 20000 -S 1 -f
+#                 tests/fsx/long.toml on a new file: the time of 20,000 random reads, writes,
+#                 truncates and mapped writes (the ratio to the kernel is the inverse of the
+#                 ops/s ratio; not part of the default set)
 #   stall         append 1 byte to the 3 GiB lower file (copy-up; page cache warm) while
 #                 stat(2)ing a not yet looked-up file every 20 ms; reports the slowest stat
 #                 and the copy-up time
@@ -405,6 +409,20 @@ mount_impl() {
 
 result() { printf 'R\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5"; }
 
+# stratafs_stats MNT [reset]: the daemon's request counters (src/stats.rs) as one line
+# "TRANSPORT TOTAL CLASSIC RING" (or, with reset, clears them).
+stratafs_stats() {
+  python3 - "$@" <<'EOF' 2>/dev/null
+import os, sys
+m = sys.argv[1]
+if len(sys.argv) > 2:
+    os.setxattr(m, "user.stratafs.stats", b"reset")
+    sys.exit(0)
+c = dict(l.split() for l in os.getxattr(m, "user.stratafs.stats").decode().splitlines())
+print(c["transport"], c["total"], c.get("requests_classic", "-"), c.get("requests_io_uring", "-"))
+EOF
+}
+
 rss_mb() {
   local kb
   kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null)
@@ -459,6 +477,7 @@ cell() {
       t0=$(now); timeout "$T" find "$mnt" -printf '%p %s %m %u %T@\n' >/dev/null || ok=0; t1=$(now) ;;
     walk_warm)
       find "$mnt" -printf '%p %s %m %u %T@\n' >/dev/null
+      case "$impl" in stratafs*) stratafs_stats "$mnt" reset ;; esac
       t0=$(now); timeout "$T" find "$mnt" -printf '%p %s %m %u %T@\n' >/dev/null || ok=0; t1=$(now) ;;
     ls_lR)
       t0=$(now); timeout "$T" ls -lR "$mnt" >/dev/null 2>&1 || ok=0; t1=$(now) ;;
@@ -501,6 +520,10 @@ cell() {
     build)
       t0=$(now); timeout "$T" make -s -C "$b/cproj" -j2 >/dev/null 2>&1 || ok=0; t1=$(now)
       [ -x "$b/cproj/app" ] || ok=0 ;;
+    fsx)
+      t0=$(now)
+      timeout "$T" fsx -q -N 20000 -S 1 -f "$ROOT/tests/fsx/long.toml" "$mnt/fsx.new" >"$r.fsx" 2>&1 || ok=0
+      t1=$(now) ;;
     stall)
       cat "$DATA/base/$BENCHSUB/big3g" >/dev/null
       if out=$(timeout "$T" python3 -c "$STALL_PY" "$b/big3g" "$b/stat" "$NSTAT"); then
@@ -529,10 +552,16 @@ cell() {
       ok=skip ;;
     *) log "unknown workload $wl"; ok=0; t0=0; t1=0 ;;
   esac
+  # The requests the workload cost and the transport that carried them (a mount meant for
+  # the ring that fell back would show here): "C TAG WORKLOAD RUN TRANSPORT TOTAL CLASSIC RING"
+  # (the report reads only the R lines).
+  local counts=""
+  case "$impl" in stratafs*) counts=$(stratafs_stats "$mnt") ;; esac
+  [ -n "$counts" ] && printf 'C\t%s\t%s\t%s\t%s\n' "$tag" "$wl" "$run" "${counts// /$'\t'}"
   if [ "$ok" != skip ]; then
     if [ "$ok" = 1 ]; then
       result "$tag" "$wl" "$run" "$wl" "$(elapsed "$t0" "$t1")"
-      log "$tag $wl run $run: $(elapsed "$t0" "$t1") s"
+      log "$tag $wl run $run: $(elapsed "$t0" "$t1") s${counts:+ (requests: $counts)}"
     else
       result "$tag" "$wl" "$run" "$wl" fail
       log "$tag $wl run $run: FAILED (log: $logf)"
@@ -583,7 +612,7 @@ wl_label = {
  "append_hl": "append to lower hard links (copy-up)",
  "write_1b": "1-byte write to 1 GiB lower file", "rm_rf": "rm -rf lower subtree",
  "fio_write": "fio seq write 1 GiB", "fio_read": "fio seq read 1 GiB", "fio_randread": "fio 4k random read",
- "build": "C build (make -j2)", "stall_max": "stat during 3 GiB copy-up (max, ms)", "copyup_3g": "3 GiB copy-up (append 1 byte)",
+ "build": "C build (make -j2)", "fsx": "fsx, 20,000 ops on a new file", "stall_max": "stat during 3 GiB copy-up (max, ms)", "copyup_3g": "3 GiB copy-up (append 1 byte)",
  "rss_start": "daemon RSS at start (MB)", "rss_find": "daemon RSS after find (MB)", "rss_drop": "daemon RSS after drop_caches (MB)"}
 def med(i, w):
     v = vals.get((i, w))
@@ -683,7 +712,10 @@ main() {
   fi
   local i w
   for i in $impls; do case " $ALL_IMPLS " in *" $i "*) ;; *) die "unknown implementation: $i (one of: $ALL_IMPLS)" ;; esac; done
-  for w in $workloads; do case " $ALL_WORKLOADS " in *" $w "*) ;; *) die "unknown workload: $w (one of: $ALL_WORKLOADS)" ;; esac; done
+  for w in $workloads; do case " $ALL_WORKLOADS fsx " in *" $w "*) ;; *) die "unknown workload: $w (one of: $ALL_WORKLOADS fsx)" ;; esac; done
+  case " $workloads " in
+    *" fsx "*) command -v fsx >/dev/null || cargo install --locked --version 0.2.0 fsx || die "cargo install fsx failed" ;;
+  esac
 
   local start=$SECONDS
   case " $impls " in

@@ -149,7 +149,7 @@ impl UnionFs {
     }
 
     /// Must the kernel's cached attributes of `fh`'s inode be dropped now that it is open?
-    /// Yes after a copy-up (they are the lower's), and while a writable passthrough handle
+    /// Yes after a copy-up (they are the lower's), and while a read-write passthrough handle
     /// is open (see [`UnionFs::times_change_unseen`]).
     pub fn open_staled_attrs(&self, fh: u64) -> bool {
         self.handle(fh)
@@ -472,22 +472,24 @@ impl UnionFs {
     /// Records that the kernel does this handle's I/O itself.
     pub fn set_passthrough(&self, fh: u64) {
         if let Ok(h) = self.handle(fh) {
-            if !h.passthrough.swap(true, Ordering::Relaxed) && h.writable() {
-                *self.passthrough_writers.entry(h.ino).or_insert(0) += 1;
+            if !h.passthrough.swap(true, Ordering::Relaxed) && h.may_map_shared_writable() {
+                *self.passthrough_mappers.entry(h.ino).or_insert(0) += 1;
             }
         }
     }
 
-    /// Can the times of `ino` change without this daemon seeing it? True while a writable
-    /// handle of it does its I/O in the kernel (passthrough): stores through a shared
-    /// mapping of the backing file set its mtime and ctime at page-fault time and no
-    /// request tells us (plain writes and truncates do reach the FUSE inode). The kernel
-    /// must then not cache the inode's attributes: the adapter answers with a zero TTL.
+    /// Can the times of `ino` change without this daemon seeing it? True while a
+    /// read-write handle of it does its I/O in the kernel (passthrough): stores through a
+    /// shared mapping of the backing file set its mtime and ctime at page-fault time and
+    /// no request tells us (plain writes and truncates do reach the FUSE inode). Only a
+    /// read-write descriptor can be mapped shared and writable, so write-only handles do
+    /// not count. The kernel must then cache the inode's attributes only briefly: the
+    /// dispatcher answers with `UNSEEN_ATTR_TTL` (dispatch/entry.rs).
     pub fn times_change_unseen(&self, ino: u64) -> bool {
-        self.passthrough_writers.contains_key(&ino)
+        self.passthrough_mappers.contains_key(&ino)
     }
 
-    /// Forgets handle `fh`; returns whether it was a writable passthrough handle.
+    /// Forgets handle `fh`; returns whether it was a read-write passthrough handle.
     pub fn release(&self, fh: u64) -> bool {
         let Some((_, h)) = self.files.remove(&fh) else {
             return false;
@@ -495,9 +497,9 @@ impl UnionFs {
         if h.ro_lower.swap(false, Ordering::SeqCst) {
             self.ro_lower_handles.fetch_sub(1, Ordering::SeqCst);
         }
-        let unseen = h.passthrough.load(Ordering::Relaxed) && h.writable();
+        let unseen = h.passthrough.load(Ordering::Relaxed) && h.may_map_shared_writable();
         if unseen {
-            self.passthrough_writers.remove_if_mut(&h.ino, |_, n| {
+            self.passthrough_mappers.remove_if_mut(&h.ino, |_, n| {
                 *n -= 1;
                 *n == 0
             });

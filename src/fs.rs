@@ -154,9 +154,9 @@ pub struct UnionFs {
     /// No `timeout=` and `udba=none`: the branches are assumed not to change behind the mount, so a lower
     /// entry's attributes are kept once read (`Loc::lower_attr`).
     pub(crate) keep_lower_attrs: bool,
-    /// Inodes with writable passthrough handles, and how many (see `file.rs`,
+    /// Inodes with read-write passthrough handles, and how many (see `file.rs`,
     /// `UnionFs::times_change_unseen`).
-    pub(crate) passthrough_writers: DashMap<u64, u32>,
+    pub(crate) passthrough_mappers: DashMap<u64, u32>,
     /// Bumped after every change of names made through the mount (any directory): a
     /// stream's listing older than this is rebuilt before it is read on (readdir.rs).
     names_gen: AtomicU64,
@@ -264,7 +264,7 @@ impl UnionFs {
             aufs_whiteouts: cfg.aufs_whiteouts,
             writeback_cache: std::sync::atomic::AtomicBool::new(false),
             renumbered: DashMap::new(),
-            passthrough_writers: DashMap::new(),
+            passthrough_mappers: DashMap::new(),
             layers,
             files: DashMap::new(),
             dirs: DashMap::new(),

@@ -229,9 +229,16 @@ impl FileHandle {
         self.fd.read().clone()
     }
 
-    /// Opened for writing (a shared mapping of it may be writable).
+    /// Opened for writing.
     pub(crate) fn writable(&self) -> bool {
         self.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
+
+    /// Opened read-write: the only kind of descriptor a shared writable mapping can be
+    /// made from (mmap(2) wants FMODE_READ for any mapping of a file, and FMODE_WRITE too
+    /// for `MAP_SHARED` with `PROT_WRITE`: EACCES otherwise).
+    pub(crate) fn may_map_shared_writable(&self) -> bool {
+        self.flags & libc::O_ACCMODE == libc::O_RDWR
     }
 }
 

@@ -6,7 +6,9 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{caller, errno, Ctx, Dispatcher, EntryOut, FileAttrOut, Op, Reply, TimeOrNow};
+use super::{
+    caller, errno, Ctx, Dispatcher, EntryOut, FileAttrOut, Op, Reply, TimeOrNow, UNSEEN_ATTR_TTL,
+};
 use crate::attr::{Attr, SetAttr};
 use crate::dir::NewKind;
 use crate::stats::Op as Count;
@@ -182,15 +184,15 @@ impl Dispatcher {
     }
 
     /// The attribute TTL for `a`: zero for a name node (its GETATTR replies carry the
-    /// number shown, which its entry replies cannot), while its times can change unseen
-    /// (see `UnionFs::times_change_unseen`) and under `udba=notify` when a direct change
-    /// to it would not be seen (udba.rs), so every stat asks; the mount's TTL otherwise.
+    /// number shown, which its entry replies cannot) and under `udba=notify` when a direct
+    /// change to it would not be seen (udba.rs), so every stat asks; `UNSEEN_ATTR_TTL`
+    /// while its times can change unseen (see `UnionFs::times_change_unseen`); the mount's
+    /// TTL otherwise.
     pub(super) fn attr_ttl(&self, a: &Attr) -> Duration {
-        if a.node != a.ino
-            || self.fs.times_change_unseen(a.node)
-            || !self.fs.udba_covers_attrs(a.node)
-        {
+        if a.node != a.ino || !self.fs.udba_covers_attrs(a.node) {
             Duration::ZERO
+        } else if self.fs.times_change_unseen(a.node) {
+            self.ttl.min(UNSEEN_ATTR_TTL)
         } else {
             self.ttl
         }

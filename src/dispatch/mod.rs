@@ -44,6 +44,16 @@ pub use types::*;
 /// long to show (`timeout=` lowers it).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 
+/// The attribute TTL of an inode whose times can change unseen (a read-write passthrough
+/// handle is open: stores through a shared mapping of it change the backing file's mtime
+/// and ctime without a request; `UnionFs::times_change_unseen`). Not zero: with zero,
+/// every fstat and SEEK_END is a GETATTR, and each GETATTR clears the inode's S_NOSEC so
+/// the next write asks for security.capability too (fsx: 2.9 round trips per operation).
+/// The kernel rounds a TTL up to whole clock ticks and keeps the attributes until the
+/// tick after that, so a `stat` shows such a store at most two ticks late (8 ms at
+/// HZ=250, 2 ms at HZ=1000); docs/guarantees.md, "File times".
+pub const UNSEEN_ATTR_TTL: Duration = Duration::from_millis(1);
+
 /// Serves the requests of one mount, from every thread of every transport (shared by
 /// `Arc`).
 pub struct Dispatcher {

@@ -325,8 +325,8 @@ impl Dispatcher {
 
     pub(super) fn release(&self, ctx: &Ctx, fh: u64) -> Reply {
         self.stats.count(Count::Release);
-        // Attributes answered while the handle was a passthrough writer had a zero TTL,
-        // so nothing the kernel holds needs dropping now.
+        // Attributes answered while the handle was a read-write passthrough handle had
+        // the short UNSEEN_ATTR_TTL: what the kernel holds expires within two ticks.
         self.fs.release(fh);
         self.pt.released(fh, ctx.nodeid);
         Reply::Empty
