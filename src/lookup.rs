@@ -413,11 +413,18 @@ impl Search {
         if !is_dir(&p.st) {
             return Ok(Step::Done);
         }
-        if self.want_origin && self.origin_ino.is_none() {
-            self.origin_ino = Some(layers.ino(p.st.st_dev, p.st.st_ino));
-        }
         let fd = Arc::new(sys::open_dir_path(p.dir, p.n).map_err(|e| Error::io(e, "lookup dir"))?);
         let mk = Markers::of(fd.as_fd(), c".");
+        if self.want_origin && self.origin_ino.is_none() {
+            // A copy on a writable branch below the top (aufs's model) is not the original:
+            // the number is the first directory further down that is not a copy, whatever
+            // copies were made in between and in which order (else a directory's number
+            // would change when a copy is made between its top and its original).
+            let copy = layers.writable(p.layer) && mk.has(fd.as_fd(), c".", "origin");
+            if !copy {
+                self.origin_ino = Some(layers.ino(p.st.st_dev, p.st.st_ino));
+            }
+        }
         let opaque = p.honours && mk.dir_opaque(fd.as_fd()) == Opaque::Yes;
         let redirect = mk.get(fd.as_fd(), c".", "redirect");
         if let Some(f) = self.found.as_mut() {
