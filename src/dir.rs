@@ -1111,11 +1111,15 @@ impl UnionFs {
     /// lookups (the caller forgets them).
     fn rename_nodes(&self, r: &RenameEnds<'_>) -> Result<(Arc<Node>, Option<Arc<Node>>)> {
         let src_attr = self.lookup(r.parent, r.name)?;
-        let src_node = self.node(src_attr.node)?;
+        let node = |ino: u64| self.node(ino).inspect_err(|_| self.forget(ino, 1));
+        let src_node = node(src_attr.node)?;
         let dst_node = match &r.dst {
             Some(_) if r.exchange => {
-                let a = self.lookup(r.newparent, r.newname)?;
-                Some(self.node(a.node)?)
+                // The source's counted lookup is given back if the partner's fails.
+                let a = self
+                    .lookup(r.newparent, r.newname)
+                    .inspect_err(|_| self.forget(src_node.id, 1))?;
+                Some(node(a.node).inspect_err(|_| self.forget(src_node.id, 1))?)
             }
             _ => None,
         };
