@@ -1092,18 +1092,7 @@ impl UnionFs {
 
     /// Does directory `d` (found at `name` in `parent`) list anything but `.` and `..`?
     fn lists_entries(&self, parent: u64, name: &OsStr, d: &lookup::Found) -> Result<bool> {
-        let dloc = Loc {
-            parent,
-            name: name.to_os_string(),
-            top: d.top,
-            dirs: d.dirs.clone(),
-            data: None,
-            pinned: None,
-            staged: None,
-            lower_attr: None,
-            lower_xattrs: None,
-            indexed: None,
-        };
+        let dloc = Loc::new(parent, name.to_os_string(), d.top, d.dirs.clone());
         Ok(readdir::list(&self.layers, &dloc, 0, 0)?.len() > 2)
     }
 

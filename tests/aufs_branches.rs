@@ -10,53 +10,27 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use common::{bin, mount_type, unmount_and_reap, wait_for_mount, Scratch};
+use common::{bin, Scratch, Strata};
 
-/// A stratafs mount made from `-o OPTS` alone; unmounted and reaped on drop.
+/// A stratafs mount made from `-o OPTS` alone (`common::Strata`: unmounted and reaped on
+/// drop).
 struct Aufs {
     mnt: PathBuf,
-    child: Option<Child>,
+    _strata: Strata,
 }
 
 impl Aufs {
     fn mount(opts: &str, mnt: &Path) -> Aufs {
-        let mut child = Command::new(bin())
-            .args(["-f", "-o", opts])
-            .arg(mnt)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn stratafs");
-        let start = std::time::Instant::now();
-        while mount_type(mnt).as_deref() != Some("fuse.stratafs") {
-            if let Ok(Some(st)) = child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                panic!("stratafs -o {opts} exited ({st}): {err}");
-            }
-            assert!(start.elapsed().as_secs() < 15, "no mount within 15 s");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        wait_for_mount(mnt, "fuse.stratafs");
         Aufs {
             mnt: mnt.to_path_buf(),
-            child: Some(child),
+            _strata: Strata::mount_opts(opts, mnt),
         }
     }
 
     fn p(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
-    }
-}
-
-impl Drop for Aufs {
-    fn drop(&mut self) {
-        unmount_and_reap(&self.mnt, self.child.take());
     }
 }
 
