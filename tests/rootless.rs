@@ -179,7 +179,6 @@ fn uidmapping_in_a_user_namespace_owns_files_as_mapped() {
     let s = Scratch::new("rootless-ids");
     // The binary where the user can run it, whatever the mode of the repository's parents.
     copy_binary(&s.path("stratafs"));
-    fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
     let lower = s.dir("lower");
     let upper = s.dir("upper");
     let work = s.dir("work");
@@ -560,7 +559,6 @@ fn open_files_whose_name_is_gone_complete_rootless() {
     let _fuse = fuse_access();
     let s = Scratch::new("rootless-nameless");
     copy_binary(&s.path("stratafs"));
-    fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(s.path("ops.pl"), include_str!("common/nameless_ops.pl")).unwrap();
     let ops = [
         "close", "utime", "chmod", "chown", "xattr", "write", "truncate",
@@ -633,7 +631,6 @@ fn the_owner_of_a_user_mount_changes_its_branches_others_may_not() {
     let _fuse = fuse_access();
     let s = Scratch::new("rootless-branch");
     copy_binary(&s.path("stratafs"));
-    fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
     let (lower, module) = (s.dir("lower"), s.dir("module"));
     fs::write(lower.join("base"), "base\n").unwrap();
     fs::write(module.join("from-module"), "module\n").unwrap();
@@ -697,7 +694,6 @@ fn copied_up_files_keep_their_numbers_across_remount_rootless() {
     let _fuse = fuse_access();
     let s = Scratch::new("rootless-origin");
     copy_binary(&s.path("stratafs"));
-    fs::set_permissions(s.path("stratafs"), fs::Permissions::from_mode(0o755)).unwrap();
     for sub in ["l", "u", "w", "m"] {
         chown(&s.dir(sub), uid, gid);
     }
