@@ -526,3 +526,50 @@ fn extracting_a_file_asks_no_getattr_for_the_chown_and_capabilities_once_per_wri
     assert_eq!(per("setattr"), 3.0, "{c:?}");
     assert!(per("total") <= 9.0, "{c:?}");
 }
+
+/// Symlink targets stay in the kernel (FUSE_CACHE_SYMLINKS): walking through a lower
+/// symlink a hundred times reads it once; a symlink replaced through the mount (removed and
+/// made again, renamed over, copied up by a chown) shows its new target at once; with
+/// `udba=reval` (direct changes checked) every walk asks again.
+#[test]
+fn symlink_targets_are_cached_unless_udba_checks_direct_changes() {
+    use std::os::unix::fs::symlink;
+    let s = Scratch::new("req-symlink");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    fs::create_dir_all(l.join("d1")).unwrap();
+    fs::create_dir_all(l.join("d2")).unwrap();
+    fs::write(l.join("d1/f"), b"one\n").unwrap();
+    fs::write(l.join("d2/f"), b"two\n").unwrap();
+    symlink("d1", l.join("lnk")).unwrap();
+    let walk = |m: &Path, n: usize| {
+        for _ in 0..n {
+            fs::read(m.join("lnk/f")).unwrap();
+        }
+    };
+    {
+        let _mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+        reset(&m);
+        walk(&m, 100);
+        assert_eq!(stats(&m).get("readlink"), Some(&1), "{:?}", stats(&m));
+        // Replaced through the mount: the new target at once, each way.
+        fs::remove_file(m.join("lnk")).unwrap();
+        symlink("d2", m.join("lnk")).unwrap();
+        assert_eq!(fs::read(m.join("lnk/f")).unwrap(), b"two\n");
+        symlink("d1", m.join("lnk.new")).unwrap();
+        fs::rename(m.join("lnk.new"), m.join("lnk")).unwrap();
+        assert_eq!(fs::read_link(m.join("lnk")).unwrap(), Path::new("d1"));
+        assert_eq!(fs::read(m.join("lnk/f")).unwrap(), b"one\n");
+        std::os::unix::fs::lchown(m.join("lnk"), Some(1), Some(1)).unwrap();
+        assert_eq!(fs::read_link(m.join("lnk")).unwrap(), Path::new("d1"));
+        assert_eq!(fs::read_link(u.join("lnk")).unwrap(), Path::new("d1"));
+    }
+    let (u2, w2) = (s.dir("u2"), s.dir("w2"));
+    let _mnt = Strata::mount(&Stack::one(&l, &u2, &w2), "udba=reval", &m);
+    reset(&m);
+    walk(&m, 20);
+    assert!(
+        stats(&m).get("readlink").is_some_and(|n| *n >= 20),
+        "udba=reval: every walk reads the link: {:?}",
+        stats(&m)
+    );
+}

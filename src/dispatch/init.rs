@@ -41,6 +41,7 @@ caps! {
     FUSE_WRITEBACK_CACHE = 16;
     FUSE_PARALLEL_DIROPS = 18;
     FUSE_POSIX_ACL = 20;
+    FUSE_CACHE_SYMLINKS = 23;
     FUSE_HANDLE_KILLPRIV_V2 = 28;
     FUSE_DIRECT_IO_ALLOW_MMAP = 36;
     FUSE_PASSTHROUGH = 37;
@@ -117,6 +118,7 @@ impl Dispatcher {
         if self.fs.udba != crate::udba::Udba::None && !config.add(FUSE_AUTO_INVAL_DATA) {
             info!("init: kernel lacks FUSE_AUTO_INVAL_DATA; open files may read old pages after a direct change");
         }
+        self.init_symlink_cache(config);
         self.init_data_path(config);
         // POSIX ACLs: the kernel checks them and sends the unmasked mode with the umask;
         // stratafs applies the umask or the parent's default ACL itself (dir.rs).
@@ -166,6 +168,25 @@ impl Dispatcher {
             info!("init: lower_passthrough has no effect: passthrough is not usable here; neither passthrough nor writeback cache: all I/O goes through the daemon");
         } else {
             info!("init: neither passthrough nor writeback cache; all I/O goes through the daemon");
+        }
+    }
+
+    /// Symlink targets kept in the kernel's page cache (FUSE_CACHE_SYMLINKS): without it
+    /// every path walk through a symlink is a READLINK (a merged-/usr image's `/lib` alone
+    /// was 3,097 of dpkg's 6,454 during an apt-get install). A node's target never changes
+    /// through the mount (a symlink is replaced, never rewritten: a new name gets a new
+    /// node, and a branch change pins the old node to its old symlink, stack.rs), so the
+    /// cached target stays true as long as the kernel holds the inode. A direct change on
+    /// a branch is what could make it stale, and the kernel drops a symlink's page only
+    /// on an invalidation, never because its attributes changed: so only with `udba=none`,
+    /// where direct changes are not looked for anyway (pages and attributes are kept too).
+    fn init_symlink_cache(&self, config: &mut impl InitConfig) {
+        if self.fs.udba != crate::udba::Udba::None {
+            debug!("init: FUSE_CACHE_SYMLINKS not asked for: udba checks direct changes, every readlink is answered afresh");
+        } else if config.add(FUSE_CACHE_SYMLINKS) {
+            debug!("init: FUSE_CACHE_SYMLINKS granted: the kernel keeps symlink targets");
+        } else {
+            info!("init: kernel lacks FUSE_CACHE_SYMLINKS; every readlink is a request");
         }
     }
 
