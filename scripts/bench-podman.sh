@@ -29,6 +29,13 @@
 # wrapper as mount_program); with stratafs-uring among the drivers the fuse module's
 # enable_uring is Y for the run (the old value back at exit), so plain `stratafs` (which
 # takes the ring when the kernel offers it) is then on the ring too.
+# No deletions while timing: nothing a cell makes (containers, images, its storage) is
+# removed before the whole run ends; the scratch directory goes at exit. On an ext4 without
+# a journal (this machine kind's root filesystem) a new inode is not given a number freed
+# less than 60 s before (5 more minutes while its inode table block is dirty): each create
+# then reads through the inode table past every recently freed number, and a cell that
+# followed a removal (the untar container's 6,676 entries, or the previous cell's storage)
+# spent up to half of its daemon's time in ext4's inode allocator (perf, 2026-12-07).
 # Drivers take turns in each run, rootful then rootless, the order rotated by one each run;
 # the table gives the medians and the ratios. With stratafs the daemon's own counters
 # (src/stats.rs: getfattr -n user.stratafs.stats on the container's root mount; reset before
@@ -251,16 +258,14 @@ mkdir -p "$archives" "$scratch/lists"
 t0=$(now)
 pd_set_podman rootful native "$scratch/fill"
 if ! { wl_import "$PD_TARBALL" localhost/debian &&
-  "${pm[@]}" run --rm --network host "${PD_RUNARGS[@]}" -v "$archives:/var/cache/apt/archives" \
+  "${pm[@]}" run --network host "${PD_RUNARGS[@]}" -v "$archives:/var/cache/apt/archives" \
     -v "$scratch/lists:/out" -e DEBIAN_FRONTEND=noninteractive localhost/debian sh -c \
     "apt-get update -q && apt-get install -y -q --download-only --no-install-recommends $PD_APT_BIG bc &&
      tar -C /var/lib/apt/lists --exclude=lock --exclude=partial -cf /out/lists.tar ."; } >"$scratch/fill.out" 2>&1; then
   tail -n 5 "$scratch/fill.out"
   die "could not fetch the packages"
 fi
-"${pm[@]}" rm -af >/dev/null 2>&1
-"${pm[@]}" rmi -af >/dev/null 2>&1
-remove_scratch "$scratch/fill" || true
+unmount_below "$scratch/fill"
 # apt_cache_reset: the cache as the fill left it, before every cell: apt (as the container's
 # root, which is the user itself when rootless) takes a lock in it and makes partial/ there
 # (owned by _apt), so a rootless apt cannot use what a rootful one left.
@@ -329,7 +334,7 @@ cell() { # MODE DRIVER RUN N (N: the cell's number, its storage is $scratch/cN)
   if "${run_c[@]}" --name bench-untar -v "$scratch/img:/img:ro" localhost/debian sleep infinity >/dev/null 2>"$home.err"; then
     counted "$mode" "$driver" "$run" untar bench-untar \
       "${pm[@]}" exec bench-untar sh -c 'mkdir /x && tar -xpf /img/debian.tar -C /x --exclude=./dev/*'
-    "${pm[@]}" rm -f -t 0 bench-untar >/dev/null 2>&1
+    "${pm[@]}" stop -t 0 bench-untar >/dev/null 2>&1
   else
     say "  $mode $driver: the untar container did not start: $(tail -n 1 "$home.err" | cut -c1-300)"
   fi
@@ -351,13 +356,13 @@ cell() { # MODE DRIVER RUN N (N: the cell's number, its storage is $scratch/cN)
     say "  $mode $driver run $run: apt FAILED: preparing the apt container: $(tail -n 1 "$home.err" | cut -c1-300)"
     tail -n 1 "$home.err" | cut -c1-300 | sed "s/^/$mode\t$driver\tapt\t/" >>"$why"
   fi
-  "${pm[@]}" rm -af -t 0 >/dev/null 2>&1
-  "${pm[@]}" rmi -af >/dev/null 2>&1
+  # Stopped, not removed: the storage goes with the scratch directory at exit (see
+  # "No deletions while timing" above).
+  "${pm[@]}" stop -a -t 0 >/dev/null 2>&1
   while IFS= read -r f; do
     [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null
   done < <(find "$home" -name pause.pid 2>/dev/null)
   unmount_below "$home"
-  remove_scratch "$home" || note "left $home behind"
   rm -f "$home.err"
 }
 
