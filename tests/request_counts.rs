@@ -530,7 +530,7 @@ fn extracting_a_file_asks_no_getattr_for_the_chown_and_capabilities_once_per_wri
 /// Symlink targets stay in the kernel (FUSE_CACHE_SYMLINKS): walking through a lower
 /// symlink a hundred times reads it once; a symlink replaced through the mount (removed and
 /// made again, renamed over, copied up by a chown) shows its new target at once; with
-/// `udba=reval` (direct changes checked) every walk asks again.
+/// `udba=reval` or `timeout=` (direct changes looked for) every walk asks again.
 #[test]
 fn symlink_targets_are_cached_unless_udba_checks_direct_changes() {
     use std::os::unix::fs::symlink;
@@ -563,13 +563,15 @@ fn symlink_targets_are_cached_unless_udba_checks_direct_changes() {
         assert_eq!(fs::read_link(m.join("lnk")).unwrap(), Path::new("d1"));
         assert_eq!(fs::read_link(u.join("lnk")).unwrap(), Path::new("d1"));
     }
-    let (u2, w2) = (s.dir("u2"), s.dir("w2"));
-    let _mnt = Strata::mount(&Stack::one(&l, &u2, &w2), "udba=reval", &m);
-    reset(&m);
-    walk(&m, 20);
-    assert!(
-        stats(&m).get("readlink").is_some_and(|n| *n >= 20),
-        "udba=reval: every walk reads the link: {:?}",
-        stats(&m)
-    );
+    for (i, opts) in ["udba=reval", "timeout=5"].into_iter().enumerate() {
+        let (u2, w2) = (s.dir(&format!("u{i}")), s.dir(&format!("w{i}")));
+        let _mnt = Strata::mount(&Stack::one(&l, &u2, &w2), opts, &m);
+        reset(&m);
+        walk(&m, 20);
+        assert!(
+            stats(&m).get("readlink").is_some_and(|n| *n >= 20),
+            "{opts}: every walk reads the link: {:?}",
+            stats(&m)
+        );
+    }
 }

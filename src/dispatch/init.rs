@@ -178,11 +178,12 @@ impl Dispatcher {
     /// node, and a branch change pins the old node to its old symlink, stack.rs), so the
     /// cached target stays true as long as the kernel holds the inode. A direct change on
     /// a branch is what could make it stale, and the kernel drops a symlink's page only
-    /// on an invalidation, never because its attributes changed: so only with `udba=none`,
-    /// where direct changes are not looked for anyway (pages and attributes are kept too).
+    /// on an invalidation, never because its attributes changed: so only where the
+    /// branches are assumed not to change behind the mount (`udba=none` and no `timeout=`,
+    /// as for keeping lower attributes: `keep_lower_attrs`).
     fn init_symlink_cache(&self, config: &mut impl InitConfig) {
-        if self.fs.udba != crate::udba::Udba::None {
-            debug!("init: FUSE_CACHE_SYMLINKS not asked for: udba checks direct changes, every readlink is answered afresh");
+        if !self.fs.keep_lower_attrs {
+            debug!("init: FUSE_CACHE_SYMLINKS not asked for: direct changes to the branches are looked for (udba=reval|notify, or timeout=), every readlink is answered afresh");
         } else if config.add(FUSE_CACHE_SYMLINKS) {
             debug!("init: FUSE_CACHE_SYMLINKS granted: the kernel keeps symlink targets");
         } else {
