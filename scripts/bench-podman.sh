@@ -35,7 +35,7 @@
 # less than 60 s before (5 more minutes while its inode table block is dirty): each create
 # then reads through the inode table past every recently freed number, and a cell that
 # followed a removal (the untar container's 6,676 entries, or the previous cell's storage)
-# spent up to half of its daemon's time in ext4's inode allocator (perf, 2026-12-07).
+# spent up to 40 % of its daemon's CPU in ext4's inode allocator (perf, 2026-12-07).
 # Drivers take turns in each run, rootful then rootless, the order rotated by one each run;
 # the table gives the medians and the ratios. With stratafs the daemon's own counters
 # (src/stats.rs: getfattr -n user.stratafs.stats on the container's root mount; reset before
