@@ -1145,3 +1145,126 @@ fn hard_links_and_renames_keep_their_files() {
         .collect();
     assert!(names.is_empty(), "d is empty: {names:?}");
 }
+
+/// Symlink targets cached by the kernel (FUSE_CACHE_SYMLINKS) while 8 threads replace
+/// symlinks: each thread renames a fresh symlink over its own name (upper, and one that
+/// started as a lower symlink), or removes and makes it again, and at once reads the link
+/// and a file through it; all of them also rename theirs over one shared name, whose target
+/// must always be one some thread wrote. A stale cached target shows as a wrong readlink or
+/// a wrong file read through the link.
+#[test]
+fn stress_symlinks_replaced_read_their_latest_target() {
+    use std::os::unix::fs::symlink;
+    let secs: u64 = std::env::var("STRATAFS_STRESS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15)
+        .min(5);
+    let s = Scratch::new("stress-symlinks");
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    const TARGETS: usize = 4;
+    fs::create_dir_all(l.join("sl")).unwrap();
+    for t in 0..THREADS {
+        for k in 0..TARGETS {
+            let d = l.join(format!("sl/d{t}_{k}"));
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("f"), format!("t{t}k{k}")).unwrap();
+        }
+        symlink(format!("d{t}_0"), l.join(format!("sl/low{t}"))).unwrap();
+    }
+    symlink("d0_0", l.join("sl/shared")).unwrap();
+    let mnt = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    let dir = m.join("sl");
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let dir = dir.clone();
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1));
+                let mut n = 0u64;
+                while Instant::now() < stop {
+                    let k = rng.below(TARGETS);
+                    let target = format!("d{t}_{k}");
+                    let name = if rng.below(2) == 0 {
+                        format!("t{t}")
+                    } else {
+                        format!("low{t}")
+                    };
+                    let (link, tmp) = (dir.join(&name), dir.join(format!("{name}.tmp")));
+                    let made = if rng.below(4) == 0 {
+                        let _ = fs::remove_file(&link);
+                        symlink(&target, &link)
+                    } else {
+                        symlink(&target, &tmp).and_then(|()| fs::rename(&tmp, &link))
+                    };
+                    made.map_err(|e| format!("t{t}: making {name} -> {target}: {e}"))?;
+                    let got = fs::read_link(&link).map_err(|e| format!("t{t}: {name}: {e}"))?;
+                    if got != Path::new(&target) {
+                        return Err(format!("t{t}: {name} reads {got:?}, made -> {target}"));
+                    }
+                    let data = fs::read(link.join("f")).map_err(|e| format!("t{t}: {e}"))?;
+                    if data != format!("t{t}k{k}").as_bytes() {
+                        return Err(format!("t{t}: {name}/f is {data:?}, link -> {target}"));
+                    }
+                    // The shared name: anyone's, but always some thread's target.
+                    let shared_tmp = dir.join(format!("shared.t{t}"));
+                    symlink(&target, &shared_tmp)
+                        .and_then(|()| fs::rename(&shared_tmp, dir.join("shared")))
+                        .map_err(|e| format!("t{t}: shared: {e}"))?;
+                    let got = fs::read_link(dir.join("shared"))
+                        .map_err(|e| format!("t{t}: reading shared: {e}"))?;
+                    let ok = got
+                        .to_str()
+                        .and_then(|g| g.strip_prefix('d'))
+                        .is_some_and(|g| {
+                            g.split_once('_').is_some_and(|(a, b)| {
+                                a.parse::<usize>().is_ok_and(|a| a < THREADS)
+                                    && b.parse::<usize>().is_ok_and(|b| b < TARGETS)
+                            })
+                        });
+                    if !ok {
+                        return Err(format!("t{t}: shared reads {got:?}"));
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut rounds = 0;
+    for h in handles {
+        rounds += h
+            .join()
+            .expect("worker panicked")
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    eprintln!("{rounds} symlink replacements checked in {secs} s");
+    assert!(
+        rounds > THREADS as u64 * 10,
+        "only {rounds} rounds in {secs} s"
+    );
+    let counts = common::stratafs_stats(&m);
+    // Per round two new symlinks are read (one READLINK each); the walk through the
+    // thread's own link is answered from the kernel's copy (3 per round without it).
+    assert!(
+        counts.get("readlink").copied().unwrap_or(0) <= rounds * 5 / 2,
+        "the kernel kept the targets it read: {counts:?}, {rounds} rounds"
+    );
+    // What the mount shows is what the upper holds, and a remount reads the same.
+    for t in 0..THREADS {
+        for name in [format!("t{t}"), format!("low{t}")] {
+            assert_eq!(
+                fs::read_link(dir.join(&name)).ok(),
+                fs::read_link(u.join("sl").join(&name)).ok(),
+                "{name}"
+            );
+        }
+    }
+    drop(mnt);
+    let again = Strata::mount(&Stack::one(&l, &u, &w), "", &m);
+    assert_eq!(
+        fs::read_link(m.join("sl/shared")).unwrap(),
+        fs::read_link(u.join("sl/shared")).unwrap()
+    );
+    drop(again);
+}
