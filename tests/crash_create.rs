@@ -184,13 +184,8 @@ fn temporaries(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn sigkill_during_a_create_storm_loses_no_whiteout_and_shows_no_partial_name() {
-    let rounds: u64 = std::env::var("STRATAFS_CRASH_LOOPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    let seed: u64 = std::env::var("STRATAFS_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    let rounds: u64 = common::env_parse("STRATAFS_CRASH_LOOPS").unwrap_or(8);
+    let seed: u64 = common::env_parse("STRATAFS_CRASH_SEED")
         .unwrap_or_else(|| common::clock_random(u64::MAX / 1000) | 1);
     eprintln!("crash create: {rounds} rounds, STRATAFS_CRASH_SEED={seed}");
     let s = Scratch::new("crashcreate");

@@ -351,19 +351,13 @@ fn check(m: &Path, model: &Model, lower: &Lower) -> (u64, u64, Vec<String>) {
 
 #[test]
 fn sigkill_at_random_points_of_a_mixed_workload() {
-    let rounds: u64 = std::env::var("STRATAFS_CRASH_LOOPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
-    let seed: u64 = std::env::var("STRATAFS_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(42)
-        });
+    let rounds: u64 = common::env_parse("STRATAFS_CRASH_LOOPS").unwrap_or(10);
+    let seed: u64 = common::env_parse("STRATAFS_CRASH_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(42)
+    });
     eprintln!("crash loop: {rounds} rounds, STRATAFS_CRASH_SEED={seed}");
     let s = Scratch::new("crashloop");
     let l = s.dir("l");

@@ -90,10 +90,7 @@ fn spawn(sh: &Arc<Shared>, f: impl FnOnce(&Shared) + Send + 'static) -> JoinHand
 
 #[test]
 fn link_after_removing_a_second_name_while_listing() {
-    let secs: u64 = std::env::var("STRATAFS_LINK_RACE_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let secs: u64 = common::env_parse("STRATAFS_LINK_RACE_SECS").unwrap_or(6);
     let s = Scratch::new("link-race");
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     // Several daemon threads, whatever the CPU count: the removal and the listing are

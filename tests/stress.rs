@@ -919,14 +919,8 @@ fn report(label: &str, workers: &[Worker], elapsed: f64, entries: usize, seed: u
 }
 
 fn stress(tag: &str, shape: Shape, opts: &str) {
-    let secs: u64 = std::env::var("STRATAFS_STRESS_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(15);
-    let threads: usize = std::env::var("STRATAFS_STRESS_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(THREADS);
+    let secs: u64 = common::env_parse("STRATAFS_STRESS_SECS").unwrap_or(15);
+    let threads: usize = common::env_parse("STRATAFS_STRESS_THREADS").unwrap_or(THREADS);
     let s = Scratch::new(tag);
     let b = Branches::new(&s, shape);
     let m = s.dir("m");
@@ -1155,9 +1149,7 @@ fn hard_links_and_renames_keep_their_files() {
 #[test]
 fn stress_symlinks_replaced_read_their_latest_target() {
     use std::os::unix::fs::symlink;
-    let secs: u64 = std::env::var("STRATAFS_STRESS_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    let secs: u64 = common::env_parse("STRATAFS_STRESS_SECS")
         .unwrap_or(15)
         .min(5);
     let s = Scratch::new("stress-symlinks");

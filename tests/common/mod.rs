@@ -825,3 +825,9 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// The environment variable `name` parsed as a `T` (a test's duration, rounds, seed…);
+/// None when it is unset or does not parse.
+pub fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
